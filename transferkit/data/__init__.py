@@ -1,0 +1,1 @@
+"""Data sets: folder scanning, image decoding, transforms and caches."""
