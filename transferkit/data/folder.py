@@ -44,7 +44,9 @@ def scan_split(split_dir: Path, classes: list[str]) -> Samples:
     """Every image under `split_dir/<class>/` (recursively), labelled by the index of its class."""
     samples: Samples = []
     for label, name in enumerate(classes):
-        files = sorted(p for p in (split_dir / name).rglob("*") if is_image_file(p))
+        class_dir = split_dir / name
+        files = sorted(p for p in class_dir.rglob("*") if is_image_file(p)
+                       and not any(part.startswith(".") for part in p.relative_to(class_dir).parts))
         if not files:
             raise DataError(f"{split_dir / name}: class folder has no images; add images or remove the folder")
         samples.extend((p, label) for p in files)
@@ -102,3 +104,17 @@ def split_folder(root: str | Path, train_dir: str = "train", test_dir: str = "te
         val = scan_split(val_path, classes)
     return FolderSplits(classes=classes, train=scan_split(train_path, classes),
                         test=scan_split(test_path, classes), val=val, root=root)
+
+
+def _register() -> None:
+    from transferkit.registry import DATASETS
+
+    @DATASETS.register("folder", origin="transferkit")
+    def folder(spec, seed: int = 0) -> FolderSplits:
+        """Images in one sub-folder per class under data.root: train/ and test/ (optional val/), or split by ratio."""
+        if not spec.root:
+            raise DataError("data.root: not set; point it at a folder with train/ and test/ class folders")
+        return split_folder(spec.root, spec.train_dir, spec.test_dir, spec.val_dir, spec.split_ratio, seed)
+
+
+_register()

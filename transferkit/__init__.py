@@ -1,0 +1,15 @@
+"""transferkit: transfer learning for image classification from one validated YAML recipe."""
+
+from transferkit import heads, lr_policies, optim, pypi_weights  # noqa: F401  (register the built-ins)
+from transferkit.data import folder  # noqa: F401
+from transferkit.errors import TransferkitError
+from transferkit.experiment import Experiment, ExperimentResult, VariantResult
+from transferkit.plugins import load_plugins
+from transferkit.registry import BACKBONES, DATASETS, HEADS, LR_POLICIES, OPTIMIZERS, RECIPES, WEIGHT_SOURCES, Registry
+from transferkit.spec import ExperimentSpec, load_recipe
+
+__version__ = "0.1.0"
+
+__all__ = ["Experiment", "ExperimentResult", "VariantResult", "ExperimentSpec", "load_recipe", "load_plugins",
+           "Registry", "BACKBONES", "HEADS", "DATASETS", "LR_POLICIES", "OPTIMIZERS", "WEIGHT_SOURCES", "RECIPES",
+           "TransferkitError", "__version__"]

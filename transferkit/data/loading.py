@@ -1,0 +1,105 @@
+"""Datasets of labelled image files and the DataLoaders that batch them as uint8 tensors."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, NamedTuple
+
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from transferkit.data.images import open_rgb
+from transferkit.errors import DataError
+
+
+class BadImage(NamedTuple):
+    """A sample that could not be decoded: its file and the reason."""
+
+    path: str
+    message: str
+
+
+@dataclass
+class Batch:
+    """uint8 images (N, 3, H, W), int64 labels (N,), and the files left out of this batch."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    bad: list[BadImage] = field(default_factory=list)
+
+
+class ImageFileDataset(Dataset):
+    """(path, label) samples decoded to RGB and transformed; each key is (index, augmentation seed)."""
+
+    def __init__(self, samples: list[tuple[Path, int]], transform: Callable, decode: Callable = open_rgb):
+        self.samples = samples
+        self.transform = transform
+        self.decode = decode
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, key):
+        index, aug_seed = key if isinstance(key, tuple) else (key, None)
+        path, label = self.samples[index]
+        try:
+            image = self.decode(path)
+        except DataError as exc:
+            return BadImage(str(path), str(exc))
+        if aug_seed is None:
+            return self.transform(image), label
+        # Seeding per sample makes augmentation a function of (seed, epoch, index): identical whatever
+        # the worker count, and after a resume. fork_rng keeps the caller's RNG stream untouched.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(aug_seed)
+            return self.transform(image), label
+
+
+class EpochSampler(Sampler):
+    """Yields (index, augmentation seed) in an order fixed by (seed, epoch); call set_epoch each epoch."""
+
+    def __init__(self, size: int, seed: int, shuffle: bool):
+        self.size, self.seed, self.shuffle, self.epoch = size, seed, shuffle, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Choose the epoch whose order and augmentations the next iteration yields."""
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __iter__(self):
+        generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        order = torch.randperm(self.size, generator=generator) if self.shuffle else torch.arange(self.size)
+        seeds = torch.randint(0, 2**62, (self.size,), generator=generator)
+        return iter(zip(order.tolist(), seeds.tolist()))
+
+
+def collate(items: list) -> Batch:
+    """Stack good samples; keep bad ones aside so the engine can skip or stop with the file named."""
+    good = [item for item in items if not isinstance(item, BadImage)]
+    bad = [item for item in items if isinstance(item, BadImage)]
+    if not good:
+        return Batch(torch.empty(0, dtype=torch.uint8), torch.empty(0, dtype=torch.long), bad)
+    images = torch.stack([image for image, _ in good])
+    labels = torch.tensor([label for _, label in good], dtype=torch.long)
+    return Batch(images, labels, bad)
+
+
+def default_num_workers(device: torch.device) -> int:
+    """Worker processes for decoding: most cores on a GPU machine; on CPU leave the cores to the model."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if device.type == "cuda":
+        return min(8, max(1, cores - 1))
+    return min(4, cores // 2)
+
+
+def make_loader(dataset: Dataset, batch_size: int, shuffle: bool, seed: int, num_workers: int,
+                device: torch.device) -> DataLoader:
+    """A DataLoader over `dataset` with the epoch sampler, persistent workers and pinned memory on CUDA."""
+    return DataLoader(
+        dataset, batch_size=batch_size, sampler=EpochSampler(len(dataset), seed, shuffle), collate_fn=collate,
+        num_workers=num_workers, persistent_workers=num_workers > 0, pin_memory=device.type == "cuda",
+        prefetch_factor=4 if num_workers > 0 else None, drop_last=False)

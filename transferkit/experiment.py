@@ -1,0 +1,277 @@
+"""The Experiment: builds each variant of a recipe from the registries, trains it, and collects results.
+
+The CLI and scripts both go through this object, so whatever the CLI can do a script can do too.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from rich.console import Console
+
+from transferkit import report
+from transferkit.backbones import build_backbone
+from transferkit.checkpoints import CheckpointManager
+from transferkit.data.folder import FolderSplits
+from transferkit.data.loading import ImageFileDataset, default_num_workers, make_loader
+from transferkit.data.transforms import eval_transform, train_transform
+from transferkit.device import describe_device, resolve_device, resolve_precision
+from transferkit.engine import Trainer
+from transferkit.errors import NotRegisteredError, SpecError
+from transferkit.heads import build_head
+from transferkit.lr_policies import build_param_groups, describe_groups
+from transferkit.model import TransferModel
+from transferkit.optim import build_optimizer, build_scheduler
+from transferkit.preprocess import Preprocessing
+from transferkit.progress import Progress
+from transferkit.plugins import load_plugins
+from transferkit.registry import DATASETS, HEADS, LR_POLICIES, OPTIMIZERS, WEIGHT_SOURCES
+from transferkit.rundir import atomic_write_text, prepare_run_dir, write_metrics
+from transferkit.seeding import seed_everything, seed_epoch
+from transferkit.spec import ExperimentSpec, apply_overrides, dump_yaml, load_recipe, validate, variant_names, variant_of
+
+
+@dataclass
+class VariantResult:
+    """One trained variant: its per-epoch metrics, parameter groups, time and run directory."""
+
+    name: str
+    history: list[dict]
+    param_groups: list[dict]
+    seconds: float
+    run_dir: Path
+    skipped_images: list[str] = field(default_factory=list)
+
+    @property
+    def final(self) -> dict:
+        """The last epoch's metrics."""
+        return self.history[-1] if self.history else {}
+
+    @property
+    def best_test_accuracy(self) -> float:
+        """The highest test accuracy over the epochs."""
+        return max((row["test_accuracy"] for row in self.history), default=float("nan"))
+
+    def summary(self) -> dict:
+        """Plain-data summary written as summary.json."""
+        return {"name": self.name, "epochs": len(self.history), "final": self.final,
+                "best_test_accuracy": self.best_test_accuracy, "seconds": self.seconds,
+                "param_groups": self.param_groups, "skipped_images": self.skipped_images}
+
+
+@dataclass
+class ExperimentResult:
+    """All variants of one experiment, in run order, and where they were written."""
+
+    name: str
+    variants: dict[str, VariantResult]
+    run_root: Path
+
+    def __getitem__(self, name: str) -> VariantResult:
+        return self.variants[name]
+
+
+@dataclass
+class Built:
+    """Everything a variant needs to train, built from its spec."""
+
+    spec: ExperimentSpec
+    model: TransferModel
+    preprocessing: Preprocessing
+    splits: FolderSplits
+    param_groups: list[dict]
+    weights: str
+
+
+def check_references(spec: ExperimentSpec, source: str = "recipe", variant: str = "") -> None:
+    """SpecError naming the field when the recipe names an unregistered head, dataset, policy or optimizer."""
+    where = f"{source}: " + (f"variant {variant}: " if variant and variant != spec.base_variant else "")
+    for field_name, registry, value in (("head.name", HEADS, spec.head.name),
+                                        ("data.dataset", DATASETS, spec.data.dataset),
+                                        ("lr_policy.name", LR_POLICIES, spec.lr_policy.name),
+                                        ("optimizer.name", OPTIMIZERS, spec.optimizer.name)):
+        try:
+            registry.get(value)
+        except NotRegisteredError as exc:
+            raise SpecError(f"{where}{field_name}: {exc}") from None
+    weights = spec.backbone.weights
+    if not weights or weights in WEIGHT_SOURCES:
+        return
+    from transferkit.backbones import _is_weight_file
+    if _is_weight_file(weights) and not Path(weights).expanduser().is_file():
+        raise SpecError(f"{where}backbone.weights: file {weights} not found; "
+                        f"give the path of a .pth/.pt/.safetensors state dict")
+
+
+def load_splits(spec: ExperimentSpec) -> FolderSplits:
+    """The dataset the recipe names, resolved to labelled files (trimmed to data.limit if set)."""
+    splits = DATASETS.get(spec.data.dataset)(spec.data, spec.seed)
+    if spec.data.limit:
+        generator = torch.Generator().manual_seed(spec.seed)
+
+        def trim(samples):
+            if samples is None or len(samples) <= spec.data.limit:
+                return samples
+            keep = sorted(torch.randperm(len(samples), generator=generator)[: spec.data.limit].tolist())
+            return [samples[i] for i in keep]
+
+        splits.train, splits.test, splits.val = trim(splits.train), trim(splits.test), trim(splits.val)
+    return splits
+
+
+def build_variant(spec: ExperimentSpec) -> Built:
+    """Backbone with weights, new head, data splits and parameter groups for one variant spec."""
+    seed_everything(spec.seed, spec.train.deterministic)
+    backbone = build_backbone(spec.backbone)
+    d = spec.data
+    prep = backbone.preprocessing.with_overrides(d.image_size, d.resize_size, d.mean, d.std, d.interpolation)
+    splits = load_splits(spec)
+    head = build_head(spec.head, backbone.num_features, len(splits.classes))
+    model = TransferModel(backbone.module, head, prep.mean, prep.std)
+    model.is_convolutional = backbone.is_convolutional
+    groups = build_param_groups(model, spec.lr_policy, spec.optimizer.lr)
+    return Built(spec, model, prep, splits, groups, backbone.weights)
+
+
+class Experiment:
+    """A recipe ready to run: `Experiment.from_yaml(path).run()` trains every variant and compares them."""
+
+    def __init__(self, spec: ExperimentSpec, source: str = "recipe"):
+        load_plugins()
+        self.spec = spec
+        self.source = source
+        for name in self.variant_names:
+            check_references(self.variant_spec(name), source, name)
+
+    @classmethod
+    def from_yaml(cls, path: str | Path, overrides: list[str] | None = None) -> "Experiment":
+        """Load and validate a recipe file (or registered recipe name), with `--set`-style overrides."""
+        return cls(load_recipe(path, overrides), source=str(path))
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any], overrides: list[str] | None = None) -> "Experiment":
+        """Validate a recipe given as a plain dict."""
+        return cls(validate(apply_overrides(raw, overrides or [])), source="recipe")
+
+    @property
+    def variant_names(self) -> list[str]:
+        """The base run's name, then each variant's."""
+        return variant_names(self.spec)
+
+    def variant_spec(self, name: str) -> ExperimentSpec:
+        """The full spec of one variant."""
+        return variant_of(self.spec, name, source=self.source)
+
+    def run(self, variants: list[str] | None = None, output_dir: str | Path | None = None,
+            device: str | None = None, console: Console | None = None, progress: bool = True,
+            resume: str | Path | None = None) -> ExperimentResult:
+        """Train the chosen variants (default: all) one after another; print and save a comparison."""
+        console = console or Console(stderr=True)
+        names = variants or self.variant_names
+        specs = [self.variant_spec(n) for n in names]  # validate all before training any
+        run_root = Path(resume) if resume else Path(output_dir or self.spec.output_dir) / self.spec.name
+        results: dict[str, VariantResult] = {}
+        for name, spec in zip(names, specs):
+            if device:
+                spec = spec.model_copy(update={"train": spec.train.model_copy(update={"device": device})})
+            results[name] = run_variant(spec, name, run_root / name, console, progress, resume=bool(resume))
+        result = ExperimentResult(self.spec.name, results, run_root)
+        report.write_comparison(result)
+        report.print_comparison(result, console)
+        return result
+
+
+def _channels_last(spec: ExperimentSpec, model: TransferModel, device: torch.device) -> bool:
+    if spec.train.channels_last == "auto":
+        return bool(getattr(model, "is_convolutional", False)) and device.type in ("cuda", "cpu")
+    return bool(spec.train.channels_last)
+
+
+def run_variant(spec: ExperimentSpec, name: str, run_dir: Path, console: Console, progress: bool = True,
+                resume: bool = False) -> VariantResult:
+    """Build, train and evaluate one variant, writing its run directory as it goes."""
+    summary_path = run_dir / "summary.json"
+    if resume and summary_path.is_file():
+        console.print(f"[bold]{name}[/]: finished already in {run_dir}; not re-trained")
+        return report.result_from_summary(name, run_dir)
+    device = resolve_device(spec.train.device)
+    precision = resolve_precision(spec.train.precision, device)
+    prepare_run_dir(run_dir)
+    built = build_variant(spec)
+    model = built.model
+    channels_last = _channels_last(spec, model, device)
+    model.to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
+    optimizer = build_optimizer(spec.optimizer, built.param_groups)
+    train_ds = ImageFileDataset(built.splits.train, train_transform(built.preprocessing, spec.data))
+    test_ds = ImageFileDataset(built.splits.test, eval_transform(built.preprocessing))
+    workers = spec.data.num_workers if spec.data.num_workers is not None else default_num_workers(device)
+    eval_batch = spec.data.eval_batch_size or spec.data.batch_size
+    train_loader = make_loader(train_ds, spec.data.batch_size, True, spec.seed, workers, device)
+    test_loader = make_loader(test_ds, eval_batch, False, spec.seed, workers, device)
+    val_loader = (make_loader(ImageFileDataset(built.splits.val, eval_transform(built.preprocessing)),
+                              eval_batch, False, spec.seed, workers, device) if built.splits.val else None)
+    scheduler = build_scheduler(spec.schedule, optimizer, len(train_loader), spec.train.epochs)
+    compiled = torch.compile(model) if spec.train.compile else None
+    trainer = Trainer(model, optimizer, scheduler, device, precision, spec.train.loss_reduction,
+                      spec.train.label_smoothing, channels_last, spec.data.on_bad_image,
+                      Progress(console, enabled=progress), compiled)
+    groups = describe_groups(built.param_groups)
+    checkpoints = CheckpointManager(run_dir, spec, built.splits.classes, built.preprocessing)
+
+    history: list[dict] = []
+    skipped: list[str] = []
+    start_epoch, elapsed = 1, 0.0
+    if resume:
+        restored = checkpoints.restore_last(trainer)
+        if restored:
+            history, skipped, elapsed = restored["history"], restored["skipped"], restored["seconds"]
+            start_epoch = restored["epoch"] + 1
+            console.print(f"[bold]{name}[/]: resuming after epoch {restored['epoch']} from {run_dir / 'last.pt'}")
+
+    atomic_write_text(run_dir / "spec.yaml", dump_yaml(spec))
+    atomic_write_text(run_dir / "param_groups.json", json.dumps(groups, indent=2))
+    _print_header(console, name, spec, built, device, precision, channels_last, groups, run_dir)
+
+    for epoch in range(start_epoch, spec.train.epochs + 1):
+        started = time.perf_counter()
+        seed_epoch(spec.seed, epoch)
+        train_loader.sampler.set_epoch(epoch)
+        train = trainer.train_epoch(train_loader, epoch, spec.train.epochs)
+        test = trainer.evaluate(test_loader, "test")
+        row = {"epoch": epoch, "train_loss": train.loss, "train_accuracy": train.accuracy,
+               "test_loss": test.loss, "test_accuracy": test.accuracy}
+        if val_loader is not None:
+            val = trainer.evaluate(val_loader, "val")
+            row.update(val_loss=val.loss, val_accuracy=val.accuracy)
+        elapsed += time.perf_counter() - started
+        row.update(train_images_per_s=train.images_per_s, lr=optimizer.param_groups[0]["lr"],
+                   epoch_seconds=time.perf_counter() - started, elapsed_seconds=elapsed)
+        for bad in train.bad + test.bad:
+            if bad.path not in skipped:
+                skipped.append(bad.path)
+                console.print(f"[yellow]skipped unreadable image[/] {bad.message}")
+        history.append(row)
+        write_metrics(run_dir, history)
+        if spec.train.checkpoint:
+            checkpoints.save(trainer, epoch, history, skipped, elapsed)
+        console.print(report.epoch_line(name, row, spec.train.epochs))
+
+    result = VariantResult(name, history, groups, elapsed, run_dir, skipped)
+    atomic_write_text(summary_path, json.dumps(result.summary(), indent=2))
+    return result
+
+
+def _print_header(console: Console, name: str, spec: ExperimentSpec, built: Built, device, precision: str,
+                  channels_last: bool, groups: list[dict], run_dir: Path) -> None:
+    s = built.splits
+    console.print(f"[bold]{name}[/]: {spec.backbone.name} ({built.weights}) + {spec.head.name} head, "
+                  f"{len(s.classes)} classes, {len(s.train)} train / {len(s.test)} test images, "
+                  f"{built.preprocessing.input_size}px, on {describe_device(device)}, {precision}"
+                  f"{', channels_last' if channels_last else ''} -> {run_dir}")
+    for g in groups:
+        console.print(f"  param group {g['name']:<24} {g['params']:>11,} params  lr {g['lr']:.3g}")

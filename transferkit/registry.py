@@ -1,0 +1,89 @@
+"""A generic name -> object registry with decorator registration, wildcard listing and suggestions."""
+
+from __future__ import annotations
+
+import difflib
+import fnmatch
+from typing import Any, Callable, Iterable
+
+from transferkit.errors import NotRegisteredError
+
+
+def suggest(name: str, candidates: Iterable[str], n: int = 3) -> str:
+    """' (did you mean: a, b?)' for the closest candidates, or '' when none is close."""
+    close = difflib.get_close_matches(name, list(candidates), n=n, cutoff=0.6)
+    return f" (did you mean: {', '.join(close)}?)" if close else ""
+
+
+def first_doc_line(obj: Any) -> str:
+    """The first line of an object's docstring, or ''."""
+    doc = (getattr(obj, "__doc__", None) or "").strip()
+    return doc.splitlines()[0] if doc else ""
+
+
+class Registry:
+    """Named items of one kind (backbones, heads, ...), extended by plugins and user code."""
+
+    def __init__(self, kind: str, list_command: str = ""):
+        self.kind = kind
+        self.list_command = list_command
+        self._items: dict[str, Any] = {}
+        self._origins: dict[str, str] = {}
+
+    def register(self, name: str | None = None, obj: Any = None, *, origin: str = "", overwrite: bool = False):
+        """Register `obj` under `name`; without `obj`, return a decorator that does so."""
+        if obj is None:
+            return lambda target: self.register(name, target, origin=origin, overwrite=overwrite)
+        key = name or obj.__name__
+        if key in self._items and not overwrite and self._items[key] is not obj:
+            raise ValueError(f"{self.kind} '{key}' is registered already; pass overwrite=True to replace it")
+        self._items[key] = obj
+        self._origins[key] = origin or getattr(obj, "__module__", "")
+        return obj
+
+    def unregister(self, name: str) -> None:
+        """Remove `name` (mainly for tests)."""
+        self._items.pop(name, None)
+        self._origins.pop(name, None)
+
+    def get(self, name: str) -> Any:
+        """The item registered as `name`; NotRegisteredError with close suggestions otherwise."""
+        try:
+            return self._items[name]
+        except KeyError:
+            raise NotRegisteredError(
+                f"unknown {self.kind} '{name}'{suggest(name, self._items)}"
+                + (f"; see `transferkit {self.list_command}`" if self.list_command else "")) from None
+
+    def origin(self, name: str) -> str:
+        """The module or plugin that registered `name`."""
+        return self._origins.get(name, "")
+
+    def list(self, pattern: str | None = None) -> list[str]:
+        """Sorted names, filtered by a shell-style wildcard pattern (case-insensitive) if given."""
+        names = sorted(self._items)
+        if pattern:
+            names = [n for n in names if fnmatch.fnmatch(n.lower(), pattern.lower())]
+        return names
+
+    def describe(self, name: str) -> str:
+        """The first docstring line of the item registered as `name`."""
+        return first_doc_line(self.get(name))
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._items
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __repr__(self) -> str:
+        return f"Registry({self.kind!r}, {len(self)} items)"
+
+
+BACKBONES = Registry("backbone", "list-backbones")
+HEADS = Registry("head", "list-heads")
+DATASETS = Registry("dataset", "list-datasets")
+LR_POLICIES = Registry("LR policy", "list-lr-policies")
+OPTIMIZERS = Registry("optimizer")
+WEIGHT_SOURCES = Registry("weight source", "list-backbones --pretrained")
+RECIPES = Registry("recipe", "list-recipes")

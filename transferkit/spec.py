@@ -1,0 +1,264 @@
+"""The recipe: pydantic models of an experiment, YAML loading, `--set` overrides and variants."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from transferkit.errors import SpecError
+from transferkit.spec_errors import describe_validation_error, yaml_line_of
+
+Precision = Literal["auto", "fp32", "bf16", "fp16"]
+
+
+class _Spec(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class BackboneSpec(_Spec):
+    """Which network extracts the features, and with which weights."""
+
+    name: str = Field("resnet18", description="torchvision name (resnet18), timm/<name>[.<tag>], or a registered name")
+    pretrained: bool = Field(True, description="load pretrained weights (the model's default weights unless `weights` names others)")
+    weights: str | None = Field(None, description="torchvision weights name (IMAGENET1K_V1), timm tag, registered weight source, or a .pth/.pt/.safetensors file")
+
+
+class HeadSpec(_Spec):
+    """The freshly initialised classifier on top of the backbone's features."""
+
+    name: str = Field("linear", description="registered head: linear or mlp")
+    hidden: int = Field(512, gt=0, description="hidden width of the mlp head")
+    dropout: float = Field(0.0, ge=0.0, lt=1.0, description="dropout before the head's last layer")
+
+
+class DataSpec(_Spec):
+    """Where the images come from and how they are turned into tensors."""
+
+    dataset: str = Field("folder", description="registered dataset: folder, or one a plugin adds")
+    root: str | None = Field(None, description="data folder; for downloadable datasets, an existing copy (no download)")
+    train_dir: str = Field("train", description="sub-folder of root with the training images")
+    test_dir: str = Field("test", description="sub-folder of root with the test images")
+    val_dir: str = Field("val", description="optional sub-folder of root with validation images")
+    split_ratio: float | None = Field(None, gt=0.0, lt=1.0, description="test share when root holds the class folders directly")
+    image_size: int | None = Field(None, gt=0, description="training/eval crop size in pixels; default: the weights' own")
+    resize_size: int | None = Field(None, gt=0, description="eval resize of the shorter side; default: image_size x the weights' resize/crop ratio")
+    mean: tuple[float, float, float] | None = Field(None, description="normalisation mean; default: the weights' own")
+    std: tuple[float, float, float] | None = Field(None, description="normalisation std; default: the weights' own")
+    interpolation: Literal["bilinear", "bicubic", "nearest"] | None = Field(None, description="resize interpolation; default: the weights' own")
+    crop_scale: tuple[float, float] = Field((0.08, 1.0), description="RandomResizedCrop area range for training")
+    crop_ratio: tuple[float, float] = Field((0.75, 4.0 / 3.0), description="RandomResizedCrop aspect range for training")
+    hflip: bool = Field(True, description="random horizontal flip for training")
+    batch_size: int = Field(64, gt=0, description="training batch size")
+    eval_batch_size: int | None = Field(None, gt=0, description="evaluation batch size; default: batch_size")
+    num_workers: int | None = Field(None, ge=0, description="DataLoader worker processes; default: chosen from the cores")
+    cache: Literal["auto", "none", "memory", "disk"] = Field("auto", description="decoded-image cache: memory, disk (memory-mapped), none, or auto")
+    on_bad_image: Literal["fail", "skip"] = Field("fail", description="what an unreadable image does: stop the run, or be left out and reported")
+    limit: int | None = Field(None, gt=0, description="use at most this many images per split (quick runs)")
+    options: dict[str, Any] = Field(default_factory=dict, description="dataset-specific settings for plugin datasets")
+
+
+class OptimizerSpec(_Spec):
+    """The optimizer and its base learning rate."""
+
+    name: str = Field("sgd", description="sgd or adamw")
+    lr: float = Field(1e-3, gt=0.0, description="base learning rate (the backbone's under head_multiplier)")
+    weight_decay: float = Field(0.0, ge=0.0, description="weight decay")
+    momentum: float = Field(0.9, ge=0.0, lt=1.0, description="SGD momentum")
+    nesterov: bool = Field(False, description="SGD Nesterov momentum")
+    betas: tuple[float, float] = Field((0.9, 0.999), description="AdamW betas")
+
+
+class LRPolicySpec(_Spec):
+    """How the base learning rate is spread over the backbone's and head's parameters."""
+
+    name: str = Field("head_multiplier", description="uniform, head_multiplier, frozen_backbone or layerwise_decay")
+    multiplier: float = Field(10.0, gt=0.0, description="head LR = base LR x multiplier (head_multiplier, layerwise_decay)")
+    decay: float = Field(0.7, gt=0.0, le=1.0, description="LR factor per depth step from head to stem (layerwise_decay)")
+    feature_cache: bool = Field(True, description="frozen_backbone: compute backbone features once and train the head on them")
+    cache_views: int = Field(0, ge=0, description="frozen_backbone feature cache: augmented views per training image (0: eval transform only)")
+
+
+class ScheduleSpec(_Spec):
+    """How the learning rate changes over training."""
+
+    name: Literal["constant", "step", "cosine"] = Field("constant", description="constant, step or cosine")
+    warmup_epochs: float = Field(0.0, ge=0.0, description="linear warm-up length in epochs (may be fractional)")
+    step_size: int = Field(1, gt=0, description="step: epochs between decays")
+    gamma: float = Field(0.1, gt=0.0, le=1.0, description="step: LR factor at each decay")
+    min_lr_ratio: float = Field(0.0, ge=0.0, le=1.0, description="cosine: final LR as a share of the initial LR")
+
+
+class TrainSpec(_Spec):
+    """The training loop: length, device, precision and numerics."""
+
+    epochs: int = Field(5, gt=0, description="training epochs")
+    device: str = Field("auto", description="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps")
+    precision: Precision = Field("auto", description="auto: bf16 autocast on CUDA where supported, else fp16; fp32 elsewhere")
+    channels_last: bool | Literal["auto"] = Field("auto", description="channels_last memory format; auto: for convolutional backbones where it pays")
+    compile: bool = Field(False, description="torch.compile the model")
+    loss_reduction: Literal["mean", "sum"] = Field("mean", description="reduce per-example losses by mean, or by sum as d2l's loop does")
+    label_smoothing: float = Field(0.0, ge=0.0, lt=1.0, description="cross-entropy label smoothing")
+    deterministic: bool = Field(False, description="deterministic algorithms and single-process loading: identical runs for one seed")
+    best_metric: Literal["test_accuracy", "test_loss", "val_accuracy", "val_loss"] = Field("test_accuracy", description="metric that picks the `best` checkpoint")
+    checkpoint: bool = Field(True, description="save `last` and `best` checkpoints")
+
+
+class ExperimentSpec(_Spec):
+    """One experiment: a base run and optional variants, compared in one table."""
+
+    name: str = Field("experiment", min_length=1, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="experiment name; runs go to <output_dir>/<name>/<variant>")
+    description: str = Field("", description="free text shown in reports")
+    seed: int = Field(0, description="random seed for initialisation, data order and augmentation")
+    base_variant: str = Field("base", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="name of the run the recipe itself describes")
+    output_dir: str = Field("runs", description="root of run directories")
+    backbone: BackboneSpec = Field(default_factory=BackboneSpec, description="feature extractor")
+    head: HeadSpec = Field(default_factory=HeadSpec, description="new classifier")
+    data: DataSpec = Field(default_factory=DataSpec, description="data set and transforms")
+    optimizer: OptimizerSpec = Field(default_factory=OptimizerSpec, description="optimizer")
+    lr_policy: LRPolicySpec = Field(default_factory=LRPolicySpec, description="learning rate per parameter group")
+    schedule: ScheduleSpec = Field(default_factory=ScheduleSpec, description="learning rate over time")
+    train: TrainSpec = Field(default_factory=TrainSpec, description="training loop")
+    variants: dict[str, dict[str, Any]] = Field(default_factory=dict, description="name -> partial recipe overriding the base, run after it")
+
+
+def deep_merge(base: dict, override: dict) -> dict:
+    """A copy of `base` with `override` merged in, mappings recursively."""
+    merged = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """'a.b=c' -> (['a', 'b'], c) with c read as a YAML scalar (so numbers, booleans and lists work)."""
+    if "=" not in text:
+        raise SpecError(f"--set {text!r}: expected KEY=VALUE, e.g. --set optimizer.lr=0.01")
+    key, _, raw = text.partition("=")
+    path = [p for p in key.strip().split(".")]
+    if not all(path):
+        raise SpecError(f"--set {text!r}: empty key part; write dotted keys like train.epochs=3")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        value = raw
+    return path, value
+
+
+def apply_overrides(raw: dict, overrides: list[str]) -> dict:
+    """`raw` with each `--set a.b=c` applied; validation of the result happens afterwards."""
+    result = copy.deepcopy(raw)
+    for text in overrides:
+        path, value = parse_override(text)
+        node = result
+        for part in path[:-1]:
+            if not isinstance(node.get(part), dict):
+                node[part] = {}
+            node = node[part]
+        node[path[-1]] = value
+    return result
+
+
+class UniqueKeyLoader(yaml.SafeLoader):
+    """yaml.SafeLoader that refuses a key given twice in one mapping instead of keeping the last."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key '{key}' appears twice in one mapping; keep one", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def read_yaml(path: str | Path) -> dict:
+    """Read a recipe file with yaml.safe_load; SpecError naming the file and line on any problem."""
+    path = Path(path)
+    if not path.is_file():
+        raise SpecError(f"{path}: recipe file not found; check the path (or name a registered recipe)")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SpecError(f"{path}: cannot read recipe ({exc})") from None
+    try:
+        data = yaml.load(text, Loader=UniqueKeyLoader)  # a SafeLoader that also refuses duplicate keys
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise SpecError(f"{path}{where}: YAML syntax error: {problem}; fix the recipe's indentation or quoting") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise SpecError(f"{path}: the recipe's top level must be a mapping of keys (name:, backbone:, ...), "
+                        f"not a {type(data).__name__}")
+    return data
+
+
+def validate(raw: dict, source: str = "recipe", text: str | None = None) -> ExperimentSpec:
+    """Validate a raw recipe dict, variants included; SpecError naming field, line and fix otherwise."""
+    try:
+        spec = ExperimentSpec.model_validate(raw)
+    except ValidationError as exc:
+        raise SpecError(describe_validation_error(exc, ExperimentSpec, source, text)) from None
+    if spec.base_variant in spec.variants:
+        line = yaml_line_of(text, ("variants", spec.base_variant))
+        raise SpecError(f"{source}{line}: variants.{spec.base_variant}: the name clashes with base_variant "
+                        f"'{spec.base_variant}'; rename the variant or set base_variant")
+    for name in spec.variants:
+        variant_of(spec, name, source=source, text=text)
+    return spec
+
+
+def variant_of(spec: ExperimentSpec, name: str, source: str = "recipe", text: str | None = None) -> ExperimentSpec:
+    """The full spec of variant `name`: the base merged with its overrides, without further variants."""
+    if name == spec.base_variant:
+        return spec.model_copy(update={"variants": {}})
+    if name not in spec.variants:
+        from transferkit.registry import suggest
+        raise SpecError(f"unknown variant '{name}'{suggest(name, [spec.base_variant, *spec.variants])}; "
+                        f"variants are: {', '.join([spec.base_variant, *spec.variants])}")
+    override = spec.variants[name]
+    if "variants" in override or "base_variant" in override:
+        raise SpecError(f"{source}: variants.{name} may not set 'variants' or 'base_variant'; remove that key")
+    base = spec.model_dump(mode="python", exclude={"variants"})
+    try:
+        return ExperimentSpec.model_validate(deep_merge(base, override))
+    except ValidationError as exc:
+        raise SpecError(describe_validation_error(exc, ExperimentSpec, source, text,
+                                                  prefix=("variants", name))) from None
+
+
+def variant_names(spec: ExperimentSpec) -> list[str]:
+    """The base run's name followed by the variants', in recipe order."""
+    return [spec.base_variant, *spec.variants]
+
+
+def load_recipe(path_or_name: str | Path, overrides: list[str] | None = None) -> ExperimentSpec:
+    """Load a recipe file (or a plugin-registered recipe name), apply `--set` overrides, validate."""
+    path = Path(path_or_name)
+    if not path.exists():
+        from transferkit.registry import RECIPES
+        if str(path_or_name) in RECIPES:
+            path = Path(RECIPES.get(str(path_or_name)))
+    raw = read_yaml(path)
+    text = path.read_text(encoding="utf-8")
+    return validate(apply_overrides(raw, overrides or []), source=str(path), text=text)
+
+
+def dump_yaml(spec: ExperimentSpec) -> str:
+    """The spec as YAML (tuples as lists), readable back by load_recipe."""
+    return yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False)
+
+
+__all__ = ["ExperimentSpec", "BackboneSpec", "HeadSpec", "DataSpec", "OptimizerSpec", "LRPolicySpec",
+           "ScheduleSpec", "TrainSpec", "load_recipe", "validate", "variant_of", "variant_names",
+           "apply_overrides", "read_yaml", "dump_yaml", "deep_merge", "yaml_line_of"]
