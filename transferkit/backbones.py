@@ -65,6 +65,33 @@ def list_backbones(pattern: str | None = None, source: str | None = None, pretra
     return names
 
 
+def check_backbone(spec: BackboneSpec) -> None:
+    """Cheap checks of a backbone spec before any training: the name exists, a torchvision weights name fits.
+
+    SpecError naming backbone.name / backbone.weights and the fix; nothing is built or downloaded.
+    """
+    if spec.name in BACKBONES:
+        return
+    if spec.name.startswith(TIMM_PREFIX):
+        import timm
+
+        arch = spec.name[len(TIMM_PREFIX):].split(".")[0]
+        if not timm.is_model(arch):
+            raise SpecError(f"backbone.name: timm has no model '{arch}'"
+                            f"{suggest(arch, timm.list_models(arch[:3] + '*'))}; see `transferkit list-backbones 'timm/*'`")
+        return
+    if spec.name not in torchvision_names():
+        _unknown_backbone(spec.name)
+    weights = spec.weights
+    if weights and weights != "DEFAULT" and not _is_weight_file(weights) and weights not in WEIGHT_SOURCES:
+        import torchvision
+
+        choices = [w.name for w in torchvision.models.get_model_weights(spec.name)] + ["DEFAULT"]
+        if weights not in choices:
+            raise SpecError(f"backbone.weights: '{weights}' is not a weights name of {spec.name}"
+                            f"{suggest(weights, choices)}; choose one of {', '.join(choices)} or give a .pth file")
+
+
 def build_backbone(spec: BackboneSpec) -> Backbone:
     """Build the backbone a recipe names, with its weights loaded and its classifier removed."""
     if spec.name in BACKBONES:
@@ -73,14 +100,19 @@ def build_backbone(spec: BackboneSpec) -> Backbone:
         return _timm_backbone(spec)
     if spec.name in torchvision_names():
         return _torchvision_backbone(spec)
-    hint = suggest(spec.name, [*BACKBONES.list(), *torchvision_names()])
+    _unknown_backbone(spec.name)
+
+
+def _unknown_backbone(name: str):
+    """Raise the SpecError for a backbone name that is neither registered, torchvision nor timm/."""
+    hint = suggest(name, [*BACKBONES.list(), *torchvision_names()])
     if not hint:
         import timm
 
-        timm_hits = timm.list_models(spec.name.split(".")[0])
+        timm_hits = timm.list_models(name.split(".")[0])
         if timm_hits:
             hint = f" (did you mean: timm/{timm_hits[0]}?)"
-    raise SpecError(f"backbone.name: unknown backbone '{spec.name}'{hint}; "
+    raise SpecError(f"backbone.name: unknown backbone '{name}'{hint}; "
                     f"use a torchvision name, timm/<name>, or see `transferkit list-backbones`")
 
 
@@ -222,8 +254,12 @@ def _timm_backbone(spec: BackboneSpec) -> Backbone:
 # --- local files -----------------------------------------------------------------------------------
 
 def _load_local(model: nn.Module, path: str, allowed_extra_prefixes: tuple[str, ...]) -> None:
-    state = load_weights_file(path)
-    _load_state(model, state, allowed_extra_prefixes, origin=path)
+    """Load the recipe's backbone.weights file; its errors name that field."""
+    try:
+        state = load_weights_file(path)
+        _load_state(model, state, allowed_extra_prefixes, origin=path)
+    except WeightsError as exc:
+        raise WeightsError(f"backbone.weights: {exc}") from None
 
 
 def _load_state(model: nn.Module, state: dict, allowed_extra_prefixes: tuple[str, ...], origin: str) -> None:

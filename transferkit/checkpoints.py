@@ -27,8 +27,10 @@ class CheckpointManager:
         value = row.get(self.metric, row.get(self.metric.replace("val_", "test_")))
         return -value if self.metric.endswith("loss") else value
 
-    def save(self, trainer: Trainer, epoch: int, history: list[dict], skipped: list[str], seconds: float) -> None:
-        """Atomically write last.pt, and best.pt if this epoch is the best so far."""
+    def save(self, trainer: Trainer, epoch: int, history: list[dict], skipped: list[str], seconds: float,
+             partial: dict | None = None) -> None:
+        """Atomically write last.pt after `epoch` complete epochs (plus an interrupted one's `partial`
+        progress), and best.pt when a completed epoch is the best so far."""
         state = {
             "format": "transferkit-checkpoint-1",
             "model": trainer.model.state_dict(),
@@ -44,8 +46,9 @@ class CheckpointManager:
             "scheduler": trainer.scheduler.state_dict() if trainer.scheduler is not None else None,
             "scaler": trainer.scaler.state_dict(),
             "rng": rng_state(),
+            "partial": partial,
         }
-        score = self._score(history[-1])
+        score = self._score(history[-1]) if history and partial is None else -math.inf
         if score > self.best:
             self.best = score
             state["best_score"] = score

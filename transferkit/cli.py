@@ -13,6 +13,7 @@ from rich.table import Table
 from rich.text import Text
 
 from transferkit.errors import TransferkitError
+from transferkit.signals import RunInterrupted
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, no_args_is_help=True,
                   help="Transfer learning for image classification from one validated YAML recipe.")
@@ -45,8 +46,14 @@ def run(recipe: str = typer.Argument(..., help="recipe YAML file, or a plugin's 
     api = _api()
     experiment = api.Experiment.from_yaml(recipe, set_)
     resume_dir = _resume_dir(experiment, output, resume) if resume else None
-    experiment.run(variants=variant or None, output_dir=output, device=device, console=err,
-                   progress=progress, resume=resume_dir)
+    try:
+        experiment.run(variants=variant or None, output_dir=output, device=device, console=err,
+                       progress=progress, resume=resume_dir)
+    except RunInterrupted as stop:
+        command = ["transferkit", "run", recipe, *[f"--set {s}" for s in set_], "--resume", str(stop.run_root)]
+        err.print(f"interrupted: variant {stop.variant} saved at epoch {stop.epoch}; resume with:\n  "
+                  f"{' '.join(command)}", markup=False, highlight=False, soft_wrap=True)
+        raise typer.Exit(130)
 
 
 def _resume_dir(experiment, output: Optional[Path], resume: str) -> Path:
@@ -56,7 +63,13 @@ def _resume_dir(experiment, output: Optional[Path], resume: str) -> Path:
             raise TransferkitError(f"--resume {resume}: no such run directory; give the folder printed by the "
                                    f"interrupted run (runs/<name>) or use --resume auto")
         return path
-    return Path(output or experiment.spec.output_dir) / experiment.spec.name
+    from transferkit.experiment import latest_unfinished_run
+
+    found = latest_unfinished_run(Path(output or experiment.spec.output_dir), experiment.spec.name)
+    if found is None:
+        raise TransferkitError(f"--resume auto: no unfinished run of '{experiment.spec.name}' under "
+                               f"{output or experiment.spec.output_dir}; run without --resume to start one")
+    return found
 
 
 @app.command()
@@ -67,7 +80,7 @@ def validate(recipe: str = typer.Argument(..., help="recipe YAML file, or a plug
     experiment = api.Experiment.from_yaml(recipe, set_)
     resolved = {name: experiment.variant_spec(name).model_dump(mode="json", exclude={"variants"})
                 for name in experiment.variant_names}
-    out.print(yaml.safe_dump(resolved, sort_keys=False), end="", markup=False, highlight=False)
+    out.print(yaml.safe_dump(resolved, sort_keys=False), end="", markup=False, highlight=False, soft_wrap=True)
     err.print(f"[green]recipe is valid[/]: {len(resolved)} run(s): {', '.join(resolved)}")
 
 
@@ -88,12 +101,12 @@ def list_backbones(pattern: Optional[str] = typer.Argument(None, help="shell-sty
             out.print(f"weights: {name}  {api.WEIGHT_SOURCES.describe(name)}", markup=False, highlight=False)
 
 
-def _print_registry(registry) -> None:
+def _print_registry(registry, describe=None) -> None:
     table = Table(show_header=True)
     for column in ("name", "description", "from"):
         table.add_column(column)
     for name in registry.list():
-        table.add_row(name, registry.describe(name), registry.origin(name))
+        table.add_row(name, describe(name) if describe else registry.describe(name), registry.origin(name))
     out.print(table)
 
 
@@ -118,7 +131,10 @@ def list_lr_policies() -> None:
 @app.command("list-recipes")
 def list_recipes() -> None:
     """List recipes registered by plugins (usable by name in `run`)."""
-    _print_registry(_api().RECIPES)
+    from transferkit.spec import read_yaml
+
+    recipes = _api().RECIPES
+    _print_registry(recipes, lambda name: str(read_yaml(recipes.get(name)).get("description", "")))
 
 
 @app.command()

@@ -16,6 +16,14 @@ from transferkit.errors import DataError, DeviceError, TrainingError
 from transferkit.progress import Progress
 
 
+class Interrupted(Exception):
+    """Training stopped on request (SIGINT/SIGTERM) after a whole step; carries the epoch's progress so far."""
+
+    def __init__(self, epoch: int, partial: dict):
+        super().__init__(f"interrupted during epoch {epoch}")
+        self.epoch, self.partial = epoch, partial
+
+
 @dataclass
 class EpochStats:
     """Mean loss, accuracy, example count and throughput of one pass over a loader."""
@@ -68,15 +76,44 @@ class Trainer:
             bad.extend(batch.bad)
         return batch.labels.numel() > 0
 
-    def train_epoch(self, loader: DataLoader, epoch: int, epochs: int) -> EpochStats:
-        """One pass of training; raises TrainingError at the first non-finite loss, naming epoch and step."""
+    def train_epoch(self, loader: DataLoader, epoch: int, epochs: int, partial: dict | None = None,
+                    should_stop=lambda: False) -> EpochStats:
+        """One pass of training, or its rest after `partial` (a resumed interruption).
+
+        Raises TrainingError at the first non-finite loss (naming epoch and step), and Interrupted
+        after the current step once `should_stop()` is true.
+        """
         self.model.train()
-        loss_sum = torch.zeros((), device=self.device, dtype=torch.float64)
-        correct = torch.zeros((), device=self.device, dtype=torch.int64)
+        partial = partial or {"step": 0, "loss_sum": 0.0, "correct": 0, "examples": 0, "seconds": 0.0}
+        loss_sum = torch.tensor(partial["loss_sum"], device=self.device, dtype=torch.float64)
+        correct = torch.tensor(partial["correct"], device=self.device, dtype=torch.int64)
         pending: list[torch.Tensor] = []
-        examples, bad, start = 0, [], time.perf_counter()
-        with self.progress.task(f"epoch {epoch}/{epochs} train", total=len(loader)) as task:
-            for step, batch in enumerate(loader, start=1):
+        examples, bad, start = partial["examples"], [], time.perf_counter() - partial["seconds"]
+        first_step = partial["step"]
+        total_steps = first_step + len(loader)
+        step = first_step
+
+        def progress_so_far() -> dict:
+            if pending:
+                self._check_finite(pending, epoch, step)
+            return {"step": step, "loss_sum": loss_sum.item(), "correct": int(correct.item()),
+                    "examples": examples, "seconds": time.perf_counter() - start}
+
+        with self.progress.task(f"epoch {epoch}/{epochs} train", total=total_steps) as task:
+            task.advance(first_step)
+            batches = iter(loader)
+            while True:
+                if should_stop():
+                    raise Interrupted(epoch, progress_so_far())
+                try:
+                    batch = next(batches)
+                except StopIteration:
+                    break
+                except RuntimeError:
+                    if should_stop():  # Ctrl-C also reached the loader's workers, which then quit
+                        raise Interrupted(epoch, progress_so_far()) from None
+                    raise
+                step += 1
                 if not self._handle_bad(batch, bad):
                     task.advance()
                     continue
@@ -100,7 +137,7 @@ class Trainer:
                 correct += (logits.detach().argmax(1) == labels).sum()
                 examples += labels.numel()
                 pending.append(batch_loss)
-                if len(pending) >= self.sync_every or step == len(loader):
+                if len(pending) >= self.sync_every or step == total_steps:
                     self._check_finite(pending, epoch, step)
                     pending = []
                     seconds = time.perf_counter() - start
@@ -108,7 +145,7 @@ class Trainer:
                 else:
                     task.advance(1)
         if pending:
-            self._check_finite(pending, epoch, len(loader))
+            self._check_finite(pending, epoch, step)
         seconds = time.perf_counter() - start
         if examples == 0:
             raise DataError("no readable training images; run `transferkit check-data` on the data root")

@@ -17,12 +17,14 @@ from rich.console import Console
 from transferkit import report
 from transferkit.backbones import build_backbone
 from transferkit.checkpoints import CheckpointManager
+from transferkit.data.cache import image_decoder
 from transferkit.data.folder import FolderSplits
 from transferkit.data.loading import ImageFileDataset, default_num_workers, make_loader
 from transferkit.data.transforms import eval_transform, train_transform
 from transferkit.device import describe_device, resolve_device, resolve_precision
-from transferkit.engine import Trainer
+from transferkit.engine import Interrupted, Trainer
 from transferkit.errors import NotRegisteredError, SpecError
+from transferkit.features import train_on_features, uses_feature_cache
 from transferkit.heads import build_head
 from transferkit.lr_policies import build_param_groups, describe_groups
 from transferkit.model import TransferModel
@@ -32,7 +34,8 @@ from transferkit.progress import Progress
 from transferkit.plugins import load_plugins
 from transferkit.registry import DATASETS, HEADS, LR_POLICIES, OPTIMIZERS, WEIGHT_SOURCES
 from transferkit.rundir import atomic_write_text, prepare_run_dir, write_metrics
-from transferkit.seeding import seed_everything, seed_epoch
+from transferkit.seeding import seed_epoch, seed_everything
+from transferkit.signals import GracefulStop, RunInterrupted
 from transferkit.spec import ExperimentSpec, apply_overrides, dump_yaml, load_recipe, validate, variant_names, variant_of
 
 
@@ -90,7 +93,12 @@ class Built:
 
 def check_references(spec: ExperimentSpec, source: str = "recipe", variant: str = "") -> None:
     """SpecError naming the field when the recipe names an unregistered head, dataset, policy or optimizer."""
-    where = f"{source}: " + (f"variant {variant}: " if variant and variant != spec.base_variant else "")
+    from transferkit.backbones import _is_weight_file, check_backbone
+    from transferkit.spec_errors import where_in_recipe
+
+    def where(field_name: str) -> str:  # '<file> line N: [variant V: ]'
+        return where_in_recipe(source, field_name, variant, spec.base_variant)
+
     for field_name, registry, value in (("head.name", HEADS, spec.head.name),
                                         ("data.dataset", DATASETS, spec.data.dataset),
                                         ("lr_policy.name", LR_POLICIES, spec.lr_policy.name),
@@ -98,13 +106,17 @@ def check_references(spec: ExperimentSpec, source: str = "recipe", variant: str 
         try:
             registry.get(value)
         except NotRegisteredError as exc:
-            raise SpecError(f"{where}{field_name}: {exc}") from None
+            raise SpecError(f"{where(field_name)}{field_name}: {exc}") from None
+    try:
+        check_backbone(spec.backbone)
+    except SpecError as exc:
+        field_name = str(exc).partition(":")[0]
+        raise SpecError(f"{where(field_name)}{exc}") from None
     weights = spec.backbone.weights
     if not weights or weights in WEIGHT_SOURCES:
         return
-    from transferkit.backbones import _is_weight_file
     if _is_weight_file(weights) and not Path(weights).expanduser().is_file():
-        raise SpecError(f"{where}backbone.weights: file {weights} not found; "
+        raise SpecError(f"{where('backbone.weights')}backbone.weights: file {weights} not found; "
                         f"give the path of a .pth/.pt/.safetensors state dict")
 
 
@@ -151,6 +163,7 @@ class Experiment:
     @classmethod
     def from_yaml(cls, path: str | Path, overrides: list[str] | None = None) -> "Experiment":
         """Load and validate a recipe file (or registered recipe name), with `--set`-style overrides."""
+        load_plugins()  # a plugin may register the recipe name
         return cls(load_recipe(path, overrides), source=str(path))
 
     @classmethod
@@ -174,16 +187,37 @@ class Experiment:
         console = console or Console(stderr=True)
         names = variants or self.variant_names
         specs = [self.variant_spec(n) for n in names]  # validate all before training any
-        run_root = Path(resume) if resume else Path(output_dir or self.spec.output_dir) / self.spec.name
+        if resume:
+            run_root = Path(resume)
+        else:
+            run_root = fresh_run_root(Path(output_dir or self.spec.output_dir), self.spec.name)
         results: dict[str, VariantResult] = {}
-        for name, spec in zip(names, specs):
-            if device:
-                spec = spec.model_copy(update={"train": spec.train.model_copy(update={"device": device})})
-            results[name] = run_variant(spec, name, run_root / name, console, progress, resume=bool(resume))
+        with GracefulStop(lambda message: console.print(f"[yellow]{message}[/]")) as stop:
+            for name, spec in zip(names, specs):
+                if device:
+                    spec = spec.model_copy(update={"train": spec.train.model_copy(update={"device": device})})
+                results[name] = run_variant(spec, name, run_root / name, console, progress,
+                                            resume=bool(resume), should_stop=stop.is_requested)
         result = ExperimentResult(self.spec.name, results, run_root)
         report.write_comparison(result)
         report.print_comparison(result, console)
         return result
+
+
+def fresh_run_root(output_dir: Path, name: str) -> Path:
+    """output_dir/name, or name-2, name-3, ... when earlier runs are there: nothing is overwritten."""
+    candidate, n = output_dir / name, 1
+    while candidate.exists() and any(candidate.iterdir()):
+        n += 1
+        candidate = output_dir / f"{name}-{n}"
+    return candidate
+
+
+def latest_unfinished_run(output_dir: Path, name: str) -> Path | None:
+    """The most recently changed run folder of experiment `name` that has no final comparison yet."""
+    candidates = [p for p in [output_dir / name, *output_dir.glob(f"{name}-*")]
+                  if p.is_dir() and not (p / "comparison.json").exists()]
+    return max(candidates, key=lambda p: p.stat().st_mtime, default=None)
 
 
 def _channels_last(spec: ExperimentSpec, model: TransferModel, device: torch.device) -> bool:
@@ -193,7 +227,7 @@ def _channels_last(spec: ExperimentSpec, model: TransferModel, device: torch.dev
 
 
 def run_variant(spec: ExperimentSpec, name: str, run_dir: Path, console: Console, progress: bool = True,
-                resume: bool = False) -> VariantResult:
+                resume: bool = False, should_stop=lambda: False) -> VariantResult:
     """Build, train and evaluate one variant, writing its run directory as it goes."""
     summary_path = run_dir / "summary.json"
     if resume and summary_path.is_file():
@@ -207,31 +241,36 @@ def run_variant(spec: ExperimentSpec, name: str, run_dir: Path, console: Console
     channels_last = _channels_last(spec, model, device)
     model.to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
     optimizer = build_optimizer(spec.optimizer, built.param_groups)
-    train_ds = ImageFileDataset(built.splits.train, train_transform(built.preprocessing, spec.data))
-    test_ds = ImageFileDataset(built.splits.test, eval_transform(built.preprocessing))
+    decode = image_decoder(built.splits, built.preprocessing, spec.data.cache)
+    train_ds = ImageFileDataset(built.splits.train, train_transform(built.preprocessing, spec.data), decode)
+    test_ds = ImageFileDataset(built.splits.test, eval_transform(built.preprocessing), decode)
+    val_ds = ImageFileDataset(built.splits.val, eval_transform(built.preprocessing), decode) if built.splits.val else None
     workers = spec.data.num_workers if spec.data.num_workers is not None else default_num_workers(device)
     eval_batch = spec.data.eval_batch_size or spec.data.batch_size
     train_loader = make_loader(train_ds, spec.data.batch_size, True, spec.seed, workers, device)
     test_loader = make_loader(test_ds, eval_batch, False, spec.seed, workers, device)
-    val_loader = (make_loader(ImageFileDataset(built.splits.val, eval_transform(built.preprocessing)),
-                              eval_batch, False, spec.seed, workers, device) if built.splits.val else None)
+    val_loader = make_loader(val_ds, eval_batch, False, spec.seed, workers, device) if val_ds else None
     scheduler = build_scheduler(spec.schedule, optimizer, len(train_loader), spec.train.epochs)
     compiled = torch.compile(model) if spec.train.compile else None
     trainer = Trainer(model, optimizer, scheduler, device, precision, spec.train.loss_reduction,
                       spec.train.label_smoothing, channels_last, spec.data.on_bad_image,
                       Progress(console, enabled=progress), compiled)
+    if uses_feature_cache(spec):
+        trainer, train_loader, test_loader, val_loader = train_on_features(
+            trainer, spec, train_ds, test_ds, val_ds, workers, console)
     groups = describe_groups(built.param_groups)
     checkpoints = CheckpointManager(run_dir, spec, built.splits.classes, built.preprocessing)
 
     history: list[dict] = []
     skipped: list[str] = []
-    start_epoch, elapsed = 1, 0.0
+    start_epoch, elapsed, partial = 1, 0.0, None
     if resume:
         restored = checkpoints.restore_last(trainer)
         if restored:
             history, skipped, elapsed = restored["history"], restored["skipped"], restored["seconds"]
-            start_epoch = restored["epoch"] + 1
-            console.print(f"[bold]{name}[/]: resuming after epoch {restored['epoch']} from {run_dir / 'last.pt'}")
+            start_epoch, partial = restored["epoch"] + 1, restored.get("partial")
+            where = f"step {partial['step']} of epoch {start_epoch}" if partial else f"epoch {start_epoch}"
+            console.print(f"[bold]{name}[/]: resuming at {where} from {run_dir / 'last.pt'}")
 
     atomic_write_text(run_dir / "spec.yaml", dump_yaml(spec))
     atomic_write_text(run_dir / "param_groups.json", json.dumps(groups, indent=2))
@@ -239,9 +278,15 @@ def run_variant(spec: ExperimentSpec, name: str, run_dir: Path, console: Console
 
     for epoch in range(start_epoch, spec.train.epochs + 1):
         started = time.perf_counter()
-        seed_epoch(spec.seed, epoch)
-        train_loader.sampler.set_epoch(epoch)
-        train = trainer.train_epoch(train_loader, epoch, spec.train.epochs)
+        if partial is None:
+            seed_epoch(spec.seed, epoch)  # a resumed partial epoch continues from the saved RNG state instead
+        train_loader.sampler.set_epoch(epoch, skip=partial["step"] * spec.data.batch_size if partial else 0)
+        try:
+            train = trainer.train_epoch(train_loader, epoch, spec.train.epochs, partial, should_stop)
+        except Interrupted as stop:
+            checkpoints.save(trainer, epoch - 1, history, skipped, elapsed, partial=stop.partial)
+            raise RunInterrupted(run_dir.parent, name, epoch) from None
+        partial = None
         test = trainer.evaluate(test_loader, "test")
         row = {"epoch": epoch, "train_loss": train.loss, "train_accuracy": train.accuracy,
                "test_loss": test.loss, "test_accuracy": test.accuracy}
@@ -260,6 +305,8 @@ def run_variant(spec: ExperimentSpec, name: str, run_dir: Path, console: Console
         if spec.train.checkpoint:
             checkpoints.save(trainer, epoch, history, skipped, elapsed)
         console.print(report.epoch_line(name, row, spec.train.epochs))
+        if should_stop() and epoch < spec.train.epochs:
+            raise RunInterrupted(run_dir.parent, name, epoch + 1)
 
     result = VariantResult(name, history, groups, elapsed, run_dir, skipped)
     atomic_write_text(summary_path, json.dumps(result.summary(), indent=2))

@@ -17,6 +17,8 @@ def suggest(name: str, candidates: Iterable[str], n: int = 3) -> str:
 
 def first_doc_line(obj: Any) -> str:
     """The first line of an object's docstring, or ''."""
+    if isinstance(obj, (str, bytes)) or hasattr(obj, "__fspath__"):  # plain values carry their type's docstring
+        return ""
     doc = (getattr(obj, "__doc__", None) or "").strip()
     return doc.splitlines()[0] if doc else ""
 

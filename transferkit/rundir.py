@@ -66,8 +66,8 @@ def prepare_run_dir(path: Path) -> Path:
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as exc:
-        raise TransferkitError(f"{path}: output directory is not writable ({exc.strerror}); "
-                               f"choose another with --output DIR") from None
+        raise TransferkitError(f"output_dir: {path} is not a writable directory ({exc.strerror}); "
+                               f"set output_dir in the recipe or pass --output DIR") from None
     return path
 
 

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import copy
+import re
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from transferkit.errors import SpecError
 from transferkit.spec_errors import describe_validation_error, yaml_line_of
@@ -106,6 +107,14 @@ class TrainSpec(_Spec):
     best_metric: Literal["test_accuracy", "test_loss", "val_accuracy", "val_loss"] = Field("test_accuracy", description="metric that picks the `best` checkpoint")
     checkpoint: bool = Field(True, description="save `last` and `best` checkpoints")
 
+    @field_validator("device")
+    @classmethod
+    def _known_device_kind(cls, value: str) -> str:
+        """Refuse names torch cannot mean here (tpu, gpu, cuda0) when the recipe is read, not mid-run."""
+        if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", value):
+            raise ValueError("use auto, cpu, cuda, cuda:N or mps")
+        return value
+
 
 class ExperimentSpec(_Spec):
     """One experiment: a base run and optional variants, compared in one table."""
@@ -194,31 +203,37 @@ def read_yaml(path: str | Path) -> dict:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        if "appears twice" in problem:  # UniqueKeyLoader: the message already says the fix
+            raise SpecError(f"{path}{where}: {problem}") from None
         raise SpecError(f"{path}{where}: YAML syntax error: {problem}; fix the recipe's indentation or quoting") from None
     if data is None:
         data = {}
     if not isinstance(data, dict):
+        kind = {"str": "string", "int": "number", "float": "number", "bool": "boolean"}.get(
+            type(data).__name__, type(data).__name__)
         raise SpecError(f"{path}: the recipe's top level must be a mapping of keys (name:, backbone:, ...), "
-                        f"not a {type(data).__name__}")
+                        f"not a {kind}")
     return data
 
 
-def validate(raw: dict, source: str = "recipe", text: str | None = None) -> ExperimentSpec:
-    """Validate a raw recipe dict, variants included; SpecError naming field, line and fix otherwise."""
+def validate(raw: dict, source: str = "recipe", text: str | None = None,
+             overrides: list[str] | None = None) -> ExperimentSpec:
+    """Validate a raw recipe dict, variants included; SpecError naming field, line (or `--set`) and fix otherwise."""
     try:
         spec = ExperimentSpec.model_validate(raw)
     except ValidationError as exc:
-        raise SpecError(describe_validation_error(exc, ExperimentSpec, source, text)) from None
+        raise SpecError(describe_validation_error(exc, ExperimentSpec, source, text, overrides=overrides)) from None
     if spec.base_variant in spec.variants:
         line = yaml_line_of(text, ("variants", spec.base_variant))
         raise SpecError(f"{source}{line}: variants.{spec.base_variant}: the name clashes with base_variant "
                         f"'{spec.base_variant}'; rename the variant or set base_variant")
     for name in spec.variants:
-        variant_of(spec, name, source=source, text=text)
+        variant_of(spec, name, source=source, text=text, overrides=overrides)
     return spec
 
 
-def variant_of(spec: ExperimentSpec, name: str, source: str = "recipe", text: str | None = None) -> ExperimentSpec:
+def variant_of(spec: ExperimentSpec, name: str, source: str = "recipe", text: str | None = None,
+               overrides: list[str] | None = None) -> ExperimentSpec:
     """The full spec of variant `name`: the base merged with its overrides, without further variants."""
     if name == spec.base_variant:
         return spec.model_copy(update={"variants": {}})
@@ -227,14 +242,17 @@ def variant_of(spec: ExperimentSpec, name: str, source: str = "recipe", text: st
         raise SpecError(f"unknown variant '{name}'{suggest(name, [spec.base_variant, *spec.variants])}; "
                         f"variants are: {', '.join([spec.base_variant, *spec.variants])}")
     override = spec.variants[name]
-    if "variants" in override or "base_variant" in override:
-        raise SpecError(f"{source}: variants.{name} may not set 'variants' or 'base_variant'; remove that key")
+    for key in ("variants", "base_variant"):
+        if key in override:
+            line = yaml_line_of(text, ("variants", name, key))
+            raise SpecError(f"{source}{line}: variants.{name}.{key}: a variant may not set '{key}' "
+                            f"(variants do not nest); remove that key from variants.{name}")
     base = spec.model_dump(mode="python", exclude={"variants"})
     try:
         return ExperimentSpec.model_validate(deep_merge(base, override))
     except ValidationError as exc:
         raise SpecError(describe_validation_error(exc, ExperimentSpec, source, text,
-                                                  prefix=("variants", name))) from None
+                                                  prefix=("variants", name), overrides=overrides)) from None
 
 
 def variant_names(spec: ExperimentSpec) -> list[str]:
@@ -251,7 +269,7 @@ def load_recipe(path_or_name: str | Path, overrides: list[str] | None = None) ->
             path = Path(RECIPES.get(str(path_or_name)))
     raw = read_yaml(path)
     text = path.read_text(encoding="utf-8")
-    return validate(apply_overrides(raw, overrides or []), source=str(path), text=text)
+    return validate(apply_overrides(raw, overrides or []), source=str(path), text=text, overrides=overrides)
 
 
 def dump_yaml(spec: ExperimentSpec) -> str:

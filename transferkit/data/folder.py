@@ -76,6 +76,9 @@ def split_folder(root: str | Path, train_dir: str = "train", test_dir: str = "te
     if not root.is_dir():
         raise DataError(f"{root}: data root not found; set data.root to a folder with {train_dir}/ and {test_dir}/")
     if split_ratio is not None:
+        if (root / train_dir).is_dir() and (root / test_dir).is_dir():
+            raise DataError(f"data.split_ratio: {root} already holds {train_dir}/ and {test_dir}/ split folders, "
+                            f"which a ratio split would read as two classes; remove data.split_ratio")
         classes = class_folders(root)
         rng = random.Random(seed)
         train: Samples = []

@@ -61,20 +61,20 @@ class EpochSampler(Sampler):
     """Yields (index, augmentation seed) in an order fixed by (seed, epoch); call set_epoch each epoch."""
 
     def __init__(self, size: int, seed: int, shuffle: bool):
-        self.size, self.seed, self.shuffle, self.epoch = size, seed, shuffle, 0
+        self.size, self.seed, self.shuffle, self.epoch, self.skip = size, seed, shuffle, 0, 0
 
-    def set_epoch(self, epoch: int) -> None:
-        """Choose the epoch whose order and augmentations the next iteration yields."""
-        self.epoch = epoch
+    def set_epoch(self, epoch: int, skip: int = 0) -> None:
+        """Choose the epoch the next iteration yields, leaving out its first `skip` samples (a resume)."""
+        self.epoch, self.skip = epoch, skip
 
     def __len__(self) -> int:
-        return self.size
+        return self.size - self.skip
 
     def __iter__(self):
         generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
         order = torch.randperm(self.size, generator=generator) if self.shuffle else torch.arange(self.size)
         seeds = torch.randint(0, 2**62, (self.size,), generator=generator)
-        return iter(zip(order.tolist(), seeds.tolist()))
+        return iter(list(zip(order.tolist(), seeds.tolist()))[self.skip:])
 
 
 def collate(items: list) -> Batch:
@@ -88,9 +88,14 @@ def collate(items: list) -> Batch:
     return Batch(images, labels, bad)
 
 
+def available_cores() -> int:
+    """CPU cores this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
 def default_num_workers(device: torch.device) -> int:
     """Worker processes for decoding: most cores on a GPU machine; on CPU leave the cores to the model."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    cores = available_cores()
     if device.type == "cuda":
         return min(8, max(1, cores - 1))
     return min(4, cores // 2)

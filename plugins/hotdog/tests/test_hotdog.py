@@ -42,9 +42,10 @@ COLORS = {"hotdog": (200, 60, 40), "not-hotdog": (40, 120, 200)}
 
 
 def png(color: tuple[int, int, int], i: int) -> bytes:
-    """A 40x40 PNG of one colour with a lighter stripe whose place depends on `i`."""
+    """A 40x40 PNG of one colour with a white stripe whose place and width depend on `i`."""
     image = Image.new("RGB", (40, 40), color)
-    image.paste((255, 255, 255), (0, 4 * i % 36, 40, 4 * i % 36 + 4))
+    top, height = 4 * i % 36, 1 + i // 9
+    image.paste((255, 255, 255), (0, top, 40, top + height))
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
     return buffer.getvalue()
@@ -53,9 +54,9 @@ def png(color: tuple[int, int, int], i: int) -> bytes:
 def hotdog_members() -> dict[str, bytes]:
     """hotdog.zip's layout: hotdog/{train,test}/{hotdog,not-hotdog}/*.png, a few tiny images each."""
     members = {}
-    for split, count in (("train", TRAIN_PER_CLASS), ("test", TEST_PER_CLASS)):
+    for split, count, first in (("train", TRAIN_PER_CLASS, 0), ("test", TEST_PER_CLASS, TRAIN_PER_CLASS)):
         for cls, color in COLORS.items():
-            for i in range(count):
+            for i in range(first, first + count):  # test images differ from the training ones
                 members[f"hotdog/{split}/{cls}/{i:04d}.png"] = png(color, i)
     return members
 
@@ -139,7 +140,7 @@ def resolve(**data) -> object:
 
 
 def cli(*args: str, env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
-    full_env = {**os.environ, "COLUMNS": "200", **(env or {})}
+    full_env = {**os.environ, "COLUMNS": "200", "TRANSFERKIT_DISABLE_PLUGIN_AUTOLOAD": "", **(env or {})}
     return subprocess.run([sys.executable, "-m", "transferkit.cli", *args], capture_output=True, text=True,
                           env=full_env, cwd=REPO, timeout=timeout)
 

@@ -11,7 +11,7 @@ import re
 from pathlib import Path
 
 from transferkit.data.folder import FolderSplits, split_folder
-from transferkit.download import HOTDOG_SHA1, HOTDOG_URL, data_cache_dir, fetch_and_extract
+from transferkit.download import HOTDOG_SHA1, HOTDOG_URL, fetch_and_extract
 from transferkit.errors import DataError
 from transferkit.registry import DATASETS, RECIPES
 from transferkit.spec import DataSpec
@@ -39,14 +39,17 @@ def resolve_root(path: str | Path, train_dir: str = "train", test_dir: str = "te
 
 
 def download(options: dict) -> Path:
-    """Download and extract hotdog.zip into the data cache once (hash-checked); the extracted folder."""
+    """Download and extract hotdog.zip into the data cache once (hash-checked); the extracted folder.
+
+    The cache is $TRANSFERKIT_DATA (default ~/.cache/transferkit); a second call needs no network.
+    """
     url = str(options.get("url") or HOTDOG_URL)
     sha1 = str(options.get("sha1") or HOTDOG_SHA1).lower()
     if not re.fullmatch(r"[0-9a-f]{40}", sha1):
         raise DataError(f"data.options.sha1: {sha1!r} is not a SHA-1 (40 hex digits); give the archive's sha1sum")
     # Another archive (another sha1) gets a cache entry of its own, so it never reuses d2l's copy or vice versa.
     name = "hotdog" if sha1 == HOTDOG_SHA1 else f"hotdog-{sha1[:12]}"
-    return resolve_root(fetch_and_extract(url, sha1, name, offline_hint=OFFLINE_HINT, cache_dir=data_cache_dir()))
+    return resolve_root(fetch_and_extract(url, sha1, name, offline_hint=OFFLINE_HINT))
 
 
 @DATASETS.register("hotdog", origin=PACKAGE)

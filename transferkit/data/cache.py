@@ -1,0 +1,216 @@
+"""Decoded-image cache: each file decoded and resized once, kept as uint8 in memory or in a memory-mapped file.
+
+Images are stored with their shorter side at the eval resize, as (H, W, 3) uint8, and handed out as
+(3, H, W) tensor views, so training epochs after the first skip JPEG decoding and run their
+augmentations on uint8 tensors. The disk cache is keyed by path, size and mtime: a changed file is
+decoded again. Unreadable files are remembered with their message and raise it on every look-up.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import random
+import shutil
+import stat
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from PIL import Image
+from torchvision.transforms import InterpolationMode
+from torchvision.transforms.v2 import functional as F
+
+from transferkit.data.folder import FolderSplits
+from transferkit.data.images import open_rgb
+from transferkit.data.loading import available_cores
+from transferkit.errors import DataError
+from transferkit.preprocess import Preprocessing
+
+CACHE_FOLDER = ".transferkit-cache"
+MEMORY_SHARE = 0.25  # auto keeps the cache in memory while its estimate stays under this share of RAM
+
+
+def decode_resized(path: str | Path, size: int, interpolation: str) -> np.ndarray:
+    """The file as (H, W, 3) uint8 with its shorter side resized to `size`, exactly as the eval Resize does."""
+    image = F.resize(open_rgb(path), size, interpolation=InterpolationMode(interpolation), antialias=True)
+    return np.array(image, dtype=np.uint8)  # a writable copy, as torch.from_numpy wants
+
+
+def file_key(path: str) -> list[int]:
+    """[size, mtime_ns] of a file: what tells a cached decode is stale; [-1, -1] when it cannot be read."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return [-1, -1]
+    return [st.st_size, st.st_mtime_ns]
+
+
+def _decode_or_error(path: str, size: int, interpolation: str) -> np.ndarray | str:
+    try:
+        return decode_resized(path, size, interpolation)
+    except DataError as exc:
+        return str(exc)
+
+
+def _decode_all(paths: list[str], size: int, interpolation: str, threads: int) -> list[np.ndarray | str]:
+    # Pillow releases the GIL while decoding and resampling, so threads scale without copying pixels.
+    with ThreadPoolExecutor(max(1, threads)) as pool:
+        return list(pool.map(lambda p: _decode_or_error(p, size, interpolation), paths))
+
+
+def estimated_bytes(paths: list[str], size: int, sample: int = 64) -> int:
+    """Bytes the decoded images will take, from the headers of a seeded sample of the files."""
+    chosen = random.Random(0).sample(paths, min(sample, len(paths)))
+    total = 0
+    for path in chosen:
+        try:
+            with Image.open(path) as img:
+                w, h = img.size
+        except (OSError, ValueError, SyntaxError):
+            w = h = size
+        total += size * max(size, round(size * max(w, h) / max(1, min(w, h)))) * 3
+    return total * len(paths) // max(1, len(chosen))
+
+
+def physical_memory() -> int:
+    """Total RAM in bytes (0 when the platform does not say)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 0
+
+
+def is_writable_dir(path: Path) -> bool:
+    """True when `path` is a folder we may write into: write access and a write bit (root ignores the bits)."""
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        return False
+    return stat.S_ISDIR(mode) and bool(mode & 0o222) and os.access(path, os.W_OK)
+
+
+def disk_cache_dir(data_root: Path | None, size: int, interpolation: str) -> Path:
+    """Where the disk cache lives: `.transferkit-cache/` in the data folder, or the TRANSFERKIT cache dir if read-only."""
+    name = f"decoded-{size}-{interpolation}"
+    if data_root is not None and is_writable_dir(data_root):
+        return data_root / CACHE_FOLDER / name
+    from transferkit.download import data_cache_dir
+
+    origin = str(data_root.resolve()) if data_root is not None else "no-root"
+    return data_cache_dir() / "decoded" / f"{hashlib.sha1(origin.encode()).hexdigest()[:16]}-{name}"
+
+
+class DecodedImages:
+    """path -> cached (3, H, W) uint8 tensor; use `decode` as ImageFileDataset's decode function."""
+
+    def __init__(self, entries: dict[str, tuple | str], pixels: list[torch.Tensor] | None = None,
+                 file: Path | None = None):
+        self.entries = entries  # memory: path -> index in pixels; disk: path -> (offset, h, w); or an error
+        self.pixels = pixels
+        self.file = file
+        self._map = None
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_map": None}  # a spawned worker maps the file again instead of copying it
+
+    def _mapped(self) -> np.ndarray:
+        if self._map is None:
+            # copy-on-write mapping: torch wants writable arrays; nothing writes, so the file never changes
+            self._map = np.memmap(self.file, dtype=np.uint8, mode="c") if self.file.stat().st_size else np.empty(0, np.uint8)
+        return self._map
+
+    def decode(self, path: str | Path) -> torch.Tensor:
+        """The cached image of `path` as a (3, H, W) uint8 tensor; DataError with the original message if unreadable."""
+        entry = self.entries.get(os.path.abspath(path))
+        if entry is None:
+            raise DataError(f"{path}: not in the decoded-image cache; set data.cache: none to read files directly")
+        if isinstance(entry, str):
+            raise DataError(entry)
+        if self.pixels is not None:
+            hwc = self.pixels[entry]
+        else:
+            offset, h, w = entry
+            hwc = torch.from_numpy(self._mapped()[offset: offset + h * w * 3].reshape(h, w, 3))
+        return hwc.permute(2, 0, 1)  # a channels-last view: uint8 resizes run fastest on this layout
+
+
+def memory_cache(paths: list[str], size: int, interpolation: str, threads: int) -> DecodedImages:
+    """Decode every file once into memory."""
+    entries: dict[str, tuple | str | int] = {}
+    pixels: list[torch.Tensor] = []
+    for path, result in zip(paths, _decode_all(paths, size, interpolation, threads)):
+        if isinstance(result, str):
+            entries[path] = result
+        else:
+            entries[path] = len(pixels)
+            pixels.append(torch.from_numpy(result))
+    return DecodedImages(entries, pixels=pixels)
+
+
+def disk_cache(paths: list[str], size: int, interpolation: str, folder: Path, threads: int) -> DecodedImages:
+    """Decode the files not cached yet (or changed since) and append them to the memory-mapped file in `folder`."""
+    folder.mkdir(parents=True, exist_ok=True)
+    index_path, pixel_path = folder / "index.json", folder / "pixels.u8"
+    with open(folder / "lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # two runs sharing a cache take turns updating it
+        index = json.loads(index_path.read_text()) if index_path.is_file() else {}
+        keys = {p: file_key(p) for p in paths}
+        stale = [p for p in paths if p not in index or index[p]["key"] != keys[p]]
+        if stale:
+            with open(pixel_path, "ab") as out:
+                for path, result in zip(stale, _decode_all(stale, size, interpolation, threads)):
+                    if isinstance(result, str):
+                        index[path] = {"key": keys[path], "error": result}
+                    else:
+                        h, w, _ = result.shape
+                        index[path] = {"key": keys[path], "offset": out.tell(), "h": h, "w": w}
+                        out.write(np.ascontiguousarray(result).tobytes())
+            tmp = index_path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(index))
+            os.replace(tmp, index_path)
+        pixel_path.touch()
+    entries = {p: index[p]["error"] if "error" in index[p] else (index[p]["offset"], index[p]["h"], index[p]["w"])
+               for p in paths}
+    return DecodedImages(entries, file=pixel_path)
+
+
+def build_cache(paths: list[str | Path], size: int, interpolation: str, mode: str = "auto",
+                data_root: Path | None = None, threads: int | None = None) -> DecodedImages | None:
+    """The decoded-image cache data.cache asks for; auto: memory when it fits, else disk when that fits, else none."""
+    if mode == "none" or not paths:
+        return None
+    names = list(dict.fromkeys(os.path.abspath(p) for p in paths))
+    threads = threads or available_cores()
+    folder = disk_cache_dir(data_root, size, interpolation)
+    if mode == "auto":
+        need = estimated_bytes(names, size)
+        if need <= MEMORY_SHARE * physical_memory():
+            mode = "memory"
+        elif need <= free_disk(folder) // 2:
+            mode = "disk"
+        else:
+            return None
+    if mode == "memory":
+        return memory_cache(names, size, interpolation, threads)
+    return disk_cache(names, size, interpolation, folder, threads)
+
+
+def free_disk(folder: Path) -> int:
+    """Free bytes on the file system that holds (or will hold) `folder`."""
+    existing = next((p for p in [folder, *folder.parents] if p.exists()), Path("/"))
+    return shutil.disk_usage(existing).free
+
+
+def image_decoder(splits: FolderSplits, prep: Preprocessing, mode: str) -> Callable:
+    """The decode function for every split's images: open_rgb, or a lookup in the decoded-image cache."""
+    paths = [path for samples in (splits.train, splits.test, splits.val or []) for path, _ in samples]
+    cache = build_cache(paths, prep.resize_size, prep.interpolation, mode, splits.root)
+    return open_rgb if cache is None else cache.decode

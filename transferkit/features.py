@@ -1,0 +1,134 @@
+"""Feature cache for a frozen backbone: compute its features once, then train only the head on them.
+
+Under `frozen_backbone` the backbone is a fixed function (weights and batch-norm statistics frozen),
+so each image's features can be computed once instead of every epoch. View 0 of a training image
+uses the eval transform; with `lr_policy.cache_views: K` the training set instead gets K augmented
+views (the train transform, seeded per view and image), and each epoch picks one per image from the
+sample's augmentation seed. The head then trains on batches of features in the same order, with the
+same optimizer, scheduler, metrics and checkpoints as the uncached path.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+
+import torch
+from rich.console import Console
+from torch.utils.data import DataLoader, Dataset
+
+from transferkit.data.loading import BadImage, EpochSampler, ImageFileDataset, collate, make_loader
+from transferkit.device import autocast
+from transferkit.engine import Trainer
+from transferkit.spec import ExperimentSpec
+
+
+def uses_feature_cache(spec: ExperimentSpec) -> bool:
+    """True when the recipe trains a frozen backbone's head on cached features."""
+    return spec.lr_policy.name == "frozen_backbone" and spec.lr_policy.feature_cache
+
+
+class _Indexed(Dataset):
+    """Wraps an image dataset so a batch's labels are the samples' indices (bad files stay BadImage)."""
+
+    def __init__(self, dataset: Dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key):
+        item = self.dataset[key]
+        index = key[0] if isinstance(key, tuple) else key
+        return item if isinstance(item, BadImage) else (item[0], index)
+
+
+class FeatureSet(Dataset):
+    """Cached features of one split, (views, N, D), keyed like ImageFileDataset by (index, augmentation seed)."""
+
+    def __init__(self, views: torch.Tensor, labels: list[int], bad: dict[int, BadImage]):
+        self.views, self.labels, self.bad = views, labels, bad
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, key):
+        index, aug_seed = key if isinstance(key, tuple) else (key, None)
+        if index in self.bad:
+            return self.bad[index]
+        view = 0 if aug_seed is None else aug_seed % self.views.shape[0]
+        return self.views[view, index], self.labels[index]
+
+
+@torch.no_grad()
+def extract_features(trainer: Trainer, dataset: Dataset, batch_size: int, seed: int, num_workers: int,
+                     view: int = 0) -> tuple[torch.Tensor, dict[int, BadImage]]:
+    """Backbone features (N, D) of every sample in order, on the CPU in fp32, and the unreadable samples.
+
+    Each sample gets the augmentation seed of `view`, so an augmented view is a fixed, reproducible draw.
+    """
+    model = trainer.model
+    was_training = model.training
+    model.eval()
+    loader = make_loader(_Indexed(dataset), batch_size, False, seed * 7919 + view, num_workers, trainer.device)
+    features: torch.Tensor | None = None
+    bad: dict[int, BadImage] = {}
+    for batch in loader:
+        for item in batch.bad:
+            bad[_index_of(dataset, item.path)] = item
+        if batch.labels.numel() == 0:
+            continue
+        images, indices = trainer.to_device(batch)
+        with autocast(trainer.device, trainer.precision):
+            out = model.features(images).float().cpu()
+        if features is None:
+            features = torch.zeros(len(dataset), out.shape[1])
+        features[indices.cpu()] = out
+    model.train(was_training)
+    return (features if features is not None else torch.zeros(len(dataset), 0)), bad
+
+
+def _index_of(dataset: Dataset, path: str) -> int:
+    return next(i for i, (p, _) in enumerate(dataset.samples) if str(p) == path)
+
+
+def cached_split(trainer: Trainer, dataset: Dataset, views: int, batch_size: int, seed: int,
+                 num_workers: int) -> FeatureSet:
+    """A FeatureSet of one split with `views` seeded views of the dataset's transform (1 for the eval transform)."""
+    extracted = [extract_features(trainer, dataset, batch_size, seed, num_workers, view) for view in range(views)]
+    bad = {index: item for _, view_bad in extracted for index, item in view_bad.items()}
+    labels = [label for _, label in dataset.samples]
+    return FeatureSet(torch.stack([features for features, _ in extracted]), labels, bad)
+
+
+def feature_loader(features: FeatureSet, batch_size: int, shuffle: bool, seed: int) -> DataLoader:
+    """Batches of cached features in the same (seed, epoch) order as the image loader would give."""
+    return DataLoader(features, batch_size=batch_size, sampler=EpochSampler(len(features), seed, shuffle),
+                      collate_fn=collate, num_workers=0)
+
+
+def head_trainer(trainer: Trainer) -> Trainer:
+    """A trainer sharing `trainer`'s model, optimizer, scheduler and scaler that runs only the head, on features."""
+    head_only = copy.copy(trainer)
+    head_only.forward = trainer.model.head
+    head_only.channels_last = False
+    return head_only
+
+
+def train_on_features(trainer: Trainer, spec: ExperimentSpec, train_ds: ImageFileDataset, test_ds: ImageFileDataset,
+                      val_ds: ImageFileDataset | None, num_workers: int, console: Console
+                      ) -> tuple[Trainer, DataLoader, DataLoader, DataLoader | None]:
+    """Extract the frozen backbone's features once; a head-only trainer and feature loaders to use instead."""
+    started = time.perf_counter()
+    views = spec.lr_policy.cache_views
+    batch = spec.data.eval_batch_size or spec.data.batch_size
+    source = train_ds if views else ImageFileDataset(train_ds.samples, test_ds.transform, train_ds.decode)
+    train = cached_split(trainer, source, max(1, views), batch, spec.seed, num_workers)
+    test = cached_split(trainer, test_ds, 1, batch, spec.seed, num_workers)
+    val = cached_split(trainer, val_ds, 1, batch, spec.seed, num_workers) if val_ds is not None else None
+    console.print(f"  feature cache: {len(train)} train images x {max(1, views)} "
+                  f"{'augmented view(s)' if views else 'eval view'}, {train.views.shape[-1]} features, "
+                  f"computed in {time.perf_counter() - started:.1f}s")
+    return (head_trainer(trainer), feature_loader(train, spec.data.batch_size, True, spec.seed),
+            feature_loader(test, batch, False, spec.seed),
+            feature_loader(val, batch, False, spec.seed) if val is not None else None)
