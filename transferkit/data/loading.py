@@ -94,10 +94,10 @@ def available_cores() -> int:
 
 
 def default_num_workers(device: torch.device) -> int:
-    """Worker processes for decoding: most cores on a GPU machine; on CPU leave the cores to the model."""
+    """Worker processes for decoding: all cores but one on a GPU machine; on CPU leave the cores to the model."""
     cores = available_cores()
     if device.type == "cuda":
-        return min(8, max(1, cores - 1))
+        return min(16, max(1, cores - 1))
     return min(4, cores // 2)
 
 
@@ -107,4 +107,6 @@ def make_loader(dataset: Dataset, batch_size: int, shuffle: bool, seed: int, num
     return DataLoader(
         dataset, batch_size=batch_size, sampler=EpochSampler(len(dataset), seed, shuffle), collate_fn=collate,
         num_workers=num_workers, persistent_workers=num_workers > 0, pin_memory=device.type == "cuda",
-        prefetch_factor=4 if num_workers > 0 else None, drop_last=False)
+        prefetch_factor=4 if num_workers > 0 else None,
+        # A lone last training image would make batch norm fail (one value per channel): drop it, this epoch only.
+        drop_last=shuffle and len(dataset) % batch_size == 1)
