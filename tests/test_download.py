@@ -6,10 +6,8 @@ import hashlib
 import shutil
 import socket
 import stat
-import threading
 import zipfile
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -17,6 +15,7 @@ import pytest
 from transferkit import download
 from transferkit.download import download_file, fetch_and_extract, safe_extract_zip
 from transferkit.errors import DownloadError
+from transferkit.testing import LocalServer, make_zip
 
 HOTDOG_FILES = {
     "hotdog/train/hotdog/a.png": b"train hotdog",
@@ -26,60 +25,15 @@ HOTDOG_FILES = {
 }
 
 
-def make_zip(path: Path, members: dict[str | zipfile.ZipInfo, bytes]) -> bytes:
-    """Write a zip holding `members` to `path` and return its bytes."""
-    with zipfile.ZipFile(path, "w") as zf:
-        for name, data in members.items():
-            zf.writestr(name, data)
-    return path.read_bytes()
-
-
-class Server:
-    """A local HTTP server in a thread: serves `routes` in full and `cut_routes` truncated, logs each path."""
-
-    def __init__(self) -> None:
-        self.routes: dict[str, bytes] = {}
-        self.cut_routes: dict[str, bytes] = {}
-        self.requests: list[str] = []
-        server = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                server.requests.append(self.path)
-                full, cut = server.routes.get(self.path), server.cut_routes.get(self.path)
-                if full is None and cut is None:
-                    self.send_error(404)
-                    return
-                body = full if full is not None else cut[: len(cut) // 2]
-                self.send_response(200)
-                self.send_header("Content-Length", str(len(full if full is not None else cut)))
-                self.end_headers()
-                self.wfile.write(body)  # a cut route closes here, short of its Content-Length
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.base = f"http://127.0.0.1:{self.httpd.server_port}"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, args=(0.05,), daemon=True)
-        self.thread.start()
-
-    def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
-        self.thread.join(timeout=5)
-
-
 @pytest.fixture(autouse=True)
 def short_timeout(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(download, "TIMEOUT_S", 5.0)
 
 
 @pytest.fixture
-def server() -> Iterator[Server]:
-    srv = Server()
-    yield srv
-    srv.close()
+def server() -> Iterator[LocalServer]:
+    with LocalServer() as srv:
+        yield srv
 
 
 @pytest.fixture

@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import os
 import socket
 import subprocess
 import sys
-import threading
 import zipfile
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib.metadata import PackageNotFoundError, distribution, entry_points
 from pathlib import Path
 
@@ -34,6 +31,8 @@ from transferkit.model import TransferModel  # noqa: E402
 from transferkit.preview import LABEL_HEIGHT  # noqa: E402
 from transferkit.registry import DATASETS, RECIPES  # noqa: E402
 from transferkit.spec import DataSpec, load_recipe, read_yaml, variant_of  # noqa: E402
+from transferkit import testing  # noqa: E402
+from transferkit.testing import LocalServer, sha1_of  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[3]
 EXAMPLE = REPO / "examples" / "hotdog" / "recipe.yaml"
@@ -63,51 +62,13 @@ def hotdog_members() -> dict[str, bytes]:
 
 def make_zip(path: Path, members: dict[str, bytes]) -> str:
     """Write `members` as a zip at `path`; its sha1."""
-    with zipfile.ZipFile(path, "w") as zf:
-        for name, data in members.items():
-            zf.writestr(name, data)
-    return hashlib.sha1(path.read_bytes()).hexdigest()
-
-
-class Server:
-    """A local HTTP server in a thread serving `routes`, recording each requested path."""
-
-    def __init__(self) -> None:
-        self.routes: dict[str, bytes] = {}
-        self.requests: list[str] = []
-        server = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                server.requests.append(self.path)
-                body = server.routes.get(self.path)
-                if body is None:
-                    self.send_error(404)
-                    return
-                self.send_response(200)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.base = f"http://127.0.0.1:{self.httpd.server_port}"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, args=(0.05,), daemon=True)
-        self.thread.start()
-
-    def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
-        self.thread.join(timeout=5)
+    return sha1_of(testing.make_zip(path, members))
 
 
 @pytest.fixture
-def server() -> Iterator[Server]:
-    srv = Server()
-    yield srv
-    srv.close()
+def server() -> Iterator[LocalServer]:
+    with LocalServer() as srv:
+        yield srv
 
 
 @pytest.fixture
