@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import threading
 import time
@@ -64,10 +65,12 @@ class PeakMemory:
         self.peak = max(self.peak, tree_pss_mib())
 
 
-def measure(fn, *args, **kwargs) -> tuple[object, float, float]:
-    """(fn's result, wall seconds, peak process-tree PSS in MiB) of one call."""
+def measure(fn, *args, **kwargs) -> tuple[object, float, dict]:
+    """(fn's result, wall seconds, {peak, start} process-tree PSS in MiB) of one call, after a garbage collection."""
+    gc.collect()
     with PeakMemory() as memory:
+        start_pss = memory.peak
         start = time.perf_counter()
         result = fn(*args, **kwargs)
         seconds = time.perf_counter() - start
-    return result, seconds, memory.peak
+    return result, seconds, {"peak_pss_mib": memory.peak, "start_pss_mib": start_pss}

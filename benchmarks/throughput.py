@@ -6,7 +6,8 @@ For each backbone it measures, with the same files, network, initial weights, ba
 size, optimizer and epochs:
   1. training images/s and test accuracy of `transferkit run`'s code path (Experiment.run) and of a
      plain-PyTorch loop written as d2l's fine-tuning chapter does (ImageFolder + PIL Compose transforms
-     + DataLoader with its defaults + SGD, fp32, default memory format);
+     + DataLoader with its defaults + SGD, fp32, default memory format); and transferkit again with
+     the recipe switch train.precision: bf16;
   2. pipeline efficiency: transferkit's end-to-end training images/s over model-only images/s
      (forward+backward+step on in-memory uint8 tensors of the same shape, same memory format);
   3. channels_last against the default memory format, model-only, per backbone;
@@ -202,14 +203,16 @@ def compare_backbone(data: str, backbone: str, args) -> dict:
     chosen = _channels_last(validate(raw), built.model, torch.device("cpu"))
     row: dict = {"backbone": backbone, "channels_last_auto": chosen}
     formats: dict[str, list[float]] = {"contiguous": [], "channels_last": []}
-    runs: dict[str, list[dict]] = {"transferkit": [], "tutorial": []}
-    sides = [("transferkit", transferkit_run), ("tutorial", tutorial_loop)]
+    runs: dict[str, list[dict]] = {"transferkit": [], "tutorial": [], "transferkit_bf16": []}
+    bf16 = recipe(data, backbone, args, train={"precision": "bf16"})
+    sides = [("transferkit", transferkit_run, raw), ("tutorial", tutorial_loop, raw),
+             ("transferkit_bf16", transferkit_run, bf16)]
     for repeat in range(args.repeats):
         for name in formats:
             formats[name].append(model_only(raw, name == "channels_last", args.steps)["images_per_s"])
-        for side, fn in (sides if repeat % 2 == 0 else sides[::-1]):
-            result, seconds, peak = measure(fn, raw)
-            runs[side].append({**result, "wall_seconds": seconds, "peak_pss_mib": peak})
+        for side, fn, side_raw in (sides if repeat % 2 == 0 else sides[::-1]):
+            result, seconds, memory = measure(fn, side_raw)
+            runs[side].append({**result, "wall_seconds": seconds, **memory})
             print(f"  {backbone} {side}: {result['train_images_per_s']:.2f} img/s, "
                   f"test accuracy {result['test_accuracy']:.3f}, {seconds:.0f}s", flush=True)
     row["model_only_images_per_s"] = {name: max(values) for name, values in formats.items()}
@@ -219,8 +222,11 @@ def compare_backbone(data: str, backbone: str, args) -> dict:
         row[side] = {"train_images_per_s": max(r["train_images_per_s"] for r in side_runs),
                      "test_accuracy": sum(r["test_accuracy"] for r in side_runs) / len(side_runs),
                      "wall_seconds": min(r["wall_seconds"] for r in side_runs),
-                     "peak_pss_mib": max(r["peak_pss_mib"] for r in side_runs), "runs": side_runs}
+                     "peak_pss_mib": max(r["peak_pss_mib"] for r in side_runs),
+                     "added_pss_mib": max(r["peak_pss_mib"] - r["start_pss_mib"] for r in side_runs),
+                     "runs": side_runs}
     row["speedup"] = row["transferkit"]["train_images_per_s"] / row["tutorial"]["train_images_per_s"]
+    row["bf16_speedup"] = row["transferkit_bf16"]["train_images_per_s"] / row["tutorial"]["train_images_per_s"]
     row["wall_speedup"] = row["tutorial"]["wall_seconds"] / row["transferkit"]["wall_seconds"]
     model_rate = row["model_only_images_per_s"]["channels_last" if chosen else "contiguous"]
     row["pipeline_efficiency"] = row["transferkit"]["train_images_per_s"] / model_rate
@@ -228,18 +234,17 @@ def compare_backbone(data: str, backbone: str, args) -> dict:
 
 
 def probe(data: str, args) -> dict:
-    """frozen_backbone for `probe_epochs` epochs with and without the feature cache."""
+    """frozen_backbone for `probe_epochs` epochs: feature cache (eval view, then 2 augmented views) and without."""
     out: dict = {"backbone": args.probe_backbone, "epochs": args.probe_epochs}
-    for cached in (True, False):
+    for label, policy in (("cached", {"feature_cache": True}), ("cached_2_views", {"feature_cache": True, "cache_views": 2}),
+                          ("uncached", {"feature_cache": False})):
         raw = recipe(data, args.probe_backbone, args, optimizer={"lr": 0.05},
-                     lr_policy={"name": "frozen_backbone", "feature_cache": cached},
-                     train={"epochs": args.probe_epochs})
-        result, seconds, peak = measure(transferkit_run, raw)
-        out["cached" if cached else "uncached"] = {"wall_seconds": seconds, "test_accuracy": result["test_accuracy"],
-                                                   "peak_pss_mib": peak}
-        print(f"  probe {'with' if cached else 'without'} feature cache: {seconds:.0f}s, "
-              f"test accuracy {result['test_accuracy']:.3f}", flush=True)
+                     lr_policy={"name": "frozen_backbone", **policy}, train={"epochs": args.probe_epochs})
+        result, seconds, memory = measure(transferkit_run, raw)
+        out[label] = {"wall_seconds": seconds, "test_accuracy": result["test_accuracy"], **memory}
+        print(f"  probe {label}: {seconds:.0f}s, test accuracy {result['test_accuracy']:.3f}", flush=True)
     out["speedup"] = out["uncached"]["wall_seconds"] / out["cached"]["wall_seconds"]
+    out["speedup_2_views"] = out["uncached"]["wall_seconds"] / out["cached_2_views"]["wall_seconds"]
     return out
 
 
@@ -276,7 +281,7 @@ def print_table(report: dict) -> None:
     print(f"settings: {args['limit'] or 'all'} images per split, {args['epochs']} epoch(s), batch {args['batch_size']}, "
           f"{args['image_size']} px\n")
     print(f"{'backbone':<20}{'tutorial img/s':>15}{'transferkit':>13}{'speedup':>9}{'wall x':>8}"
-          f"{'acc tut/tk':>13}{'model-only':>12}{'efficiency':>12}{'chan-last x':>13}{'peak MiB tut/tk':>17}")
+          f"{'acc tut/tk':>13}{'model-only':>12}{'efficiency':>12}{'chan-last x':>13}{'added MiB tut/tk':>18}")
     for row in report["backbones"]:
         tut, tk = row["tutorial"], row["transferkit"]
         model_rate = row["model_only_images_per_s"]["channels_last" if row["channels_last_auto"] else "contiguous"]
@@ -284,14 +289,20 @@ def print_table(report: dict) -> None:
               f"{row['speedup']:>8.2f}x{row['wall_speedup']:>7.2f}x"
               f"{tut['test_accuracy']:>7.3f}/{tk['test_accuracy']:.3f}{model_rate:>12.2f}"
               f"{row['pipeline_efficiency']:>12.2f}{row['channels_last_speedup']:>12.2f}x"
-              f"{tut['peak_pss_mib']:>9.0f}/{tk['peak_pss_mib']:.0f}")
+              f"{tut['added_pss_mib']:>10.0f}/{tk['added_pss_mib']:.0f}")
+    print(f"\nwith train.precision bf16 (a recipe switch; fp32 is the CPU default):")
+    for row in report["backbones"]:
+        bf = row["transferkit_bf16"]
+        print(f"{row['backbone']:<20}{bf['train_images_per_s']:>8.2f} img/s = {row['bf16_speedup']:.2f}x the tutorial, "
+              f"test accuracy {bf['test_accuracy']:.3f}")
     if "probe" in report:
         p = report["probe"]
-        print(f"\nlinear probe ({p['backbone']}, frozen_backbone, {p['epochs']} epochs): "
-              f"feature cache {p['cached']['wall_seconds']:.0f}s vs {p['uncached']['wall_seconds']:.0f}s "
-              f"= {p['speedup']:.1f}x faster; test accuracy {p['cached']['test_accuracy']:.3f} vs "
-              f"{p['uncached']['test_accuracy']:.3f}; peak {p['cached']['peak_pss_mib']:.0f} vs "
-              f"{p['uncached']['peak_pss_mib']:.0f} MiB")
+        print(f"\nlinear probe ({p['backbone']}, frozen_backbone, {p['epochs']} epochs):")
+        print(f"{'':<28}{'wall s':>8}{'speedup':>9}{'test acc':>10}{'peak MiB':>10}{'added MiB':>11}")
+        for label in ("uncached", "cached", "cached_2_views"):
+            r = p[label]
+            print(f"{label:<28}{r['wall_seconds']:>8.0f}{p['uncached']['wall_seconds'] / r['wall_seconds']:>8.1f}x"
+                  f"{r['test_accuracy']:>10.3f}{r['peak_pss_mib']:>10.0f}{r['peak_pss_mib'] - r['start_pss_mib']:>11.0f}")
     if "loaders" in report:
         d = report["loaders"]
         print(f"data loaders alone ({d['workers']} worker(s) for transferkit, 0 for the tutorial): tutorial "
@@ -320,10 +331,10 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--compile", action="store_true", help="also measure torch.compile (minutes of compiling on a CPU)")
     args = parser.parse_args(argv)
     args.epochs = args.epochs or (1 if args.quick else 2)
-    args.limit = args.limit or (128 if args.quick else None)
-    args.probe_limit = args.probe_limit or (64 if args.quick else args.limit)
+    args.limit = args.limit or (96 if args.quick else None)
+    args.probe_limit = args.probe_limit or (48 if args.quick else args.limit)
     args.repeats = args.repeats or (1 if args.quick else 2)
-    args.steps = 2 if args.quick else 3
+    args.steps = 1 if args.quick else 3
     data = str(Path(args.data).resolve())
 
     report: dict = {"command": " ".join(["python", "benchmarks/throughput.py", *(argv or sys.argv[1:])]),
@@ -339,10 +350,10 @@ def main(argv: list[str] | None = None) -> dict:
     if args.compile:
         report["compile"] = compile_effect(data, args)
     report["seconds"] = time.perf_counter() - started
-    print_table(report)
-    print(f"\n{report['seconds']:.0f}s in all")
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2))
+    print_table(report)
+    print(f"\n{report['seconds']:.0f}s in all")
     return report
 
 

@@ -167,3 +167,17 @@ def test_channels_last_and_contiguous_outputs_agree(image_root, name):
         model.to(memory_format=torch.channels_last)
         got = model(images.contiguous(memory_format=torch.channels_last))
     assert torch.allclose(got, expected, atol=1e-4, rtol=1e-4)
+
+
+def test_cache_views_holds_distinct_augmented_views_and_epochs_pick_among_them(image_root):
+    spec = validate(tiny_recipe(image_root, lr_policy={"name": "frozen_backbone", "cache_views": 2}))
+    built = build_variant(spec)
+    trainer = Trainer(built.model, build_optimizer(spec.optimizer, built.param_groups), None, torch.device("cpu"), "fp32")
+    train_ds = ImageFileDataset(built.splits.train, train_transform(built.preprocessing, spec.data))
+    test_ds = ImageFileDataset(built.splits.test, eval_transform(built.preprocessing))
+    _, train_loader, test_loader, _ = train_on_features(trainer, spec, train_ds, test_ds, None, 0, Console(quiet=True))
+    views = train_loader.dataset.views
+    assert views.shape[:2] == (2, len(built.splits.train)) and test_loader.dataset.views.shape[0] == 1
+    assert not torch.allclose(views[0], views[1])
+    picked = {train_loader.dataset[(0, seed)][0].sum().item() for seed in (10, 11)}
+    assert len(picked) == 2

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from transferkit.data.device_augment import crop_on_device
 from transferkit.data.loading import BadImage, Batch
 from transferkit.device import autocast
 from transferkit.errors import DataError, DeviceError, TrainingError
@@ -46,9 +47,9 @@ class Trainer:
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler, device: torch.device,
                  precision: str, loss_reduction: str = "mean", label_smoothing: float = 0.0,
                  channels_last: bool = False, on_bad_image: str = "fail", progress: Progress | None = None,
-                 compiled: nn.Module | None = None):
+                 compiled: nn.Module | None = None, crop_size: int | None = None):
         self.model = model
-        self.forward = compiled or model
+        self.forward = compiled if compiled is not None else model
         self.optimizer = optimizer
         self.scheduler = scheduler
         self.device = device
@@ -60,10 +61,20 @@ class Trainer:
         self.progress = progress or Progress(enabled=False)
         self.scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
         self.sync_every = 1 if device.type == "cpu" else 16
+        self.crop_size = crop_size  # output side of device augmentation (batches that carry crop boxes)
 
     def to_device(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
-        """uint8 images and labels on the device, in the model's memory format."""
+        """uint8 images and labels on the device, in the model's memory format.
+
+        A batch with crop boxes (data.augment_on: device) is cropped and flipped here, into float 0-255 images.
+        """
         images = batch.images.to(self.device, non_blocking=True)
+        if batch.boxes is not None:
+            if self.crop_size is None:
+                raise ValueError("a batch with crop boxes needs Trainer(crop_size=...)")
+            return (crop_on_device(images, batch.boxes.to(self.device, non_blocking=True),
+                                   batch.flips.to(self.device, non_blocking=True), self.crop_size, self.channels_last),
+                    batch.labels.to(self.device, non_blocking=True))
         if self.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         return images, batch.labels.to(self.device, non_blocking=True)

@@ -18,8 +18,9 @@ from transferkit import report
 from transferkit.backbones import build_backbone
 from transferkit.checkpoints import CheckpointManager
 from transferkit.data.cache import image_decoder
+from transferkit.data.device_augment import augments_on_device, canvas_crop
 from transferkit.data.folder import FolderSplits
-from transferkit.data.loading import ImageFileDataset, default_num_workers, make_loader
+from transferkit.data.loading import ImageFileDataset, default_eval_batch_size, default_num_workers, make_loader
 from transferkit.data.transforms import eval_transform, train_transform
 from transferkit.device import describe_device, resolve_device, resolve_precision
 from transferkit.engine import Interrupted, Trainer
@@ -242,11 +243,13 @@ def run_variant(spec: ExperimentSpec, name: str, run_dir: Path, console: Console
     model.to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
     optimizer = build_optimizer(spec.optimizer, built.param_groups)
     decode = image_decoder(built.splits, built.preprocessing, spec.data.cache)
-    train_ds = ImageFileDataset(built.splits.train, train_transform(built.preprocessing, spec.data), decode)
+    on_device = augments_on_device(spec.data.augment_on, device) and not uses_feature_cache(spec)
+    augment = canvas_crop if on_device else train_transform  # device: workers draw boxes, the device resamples
+    train_ds = ImageFileDataset(built.splits.train, augment(built.preprocessing, spec.data), decode)
     test_ds = ImageFileDataset(built.splits.test, eval_transform(built.preprocessing), decode)
     val_ds = ImageFileDataset(built.splits.val, eval_transform(built.preprocessing), decode) if built.splits.val else None
     workers = spec.data.num_workers if spec.data.num_workers is not None else default_num_workers(device)
-    eval_batch = spec.data.eval_batch_size or spec.data.batch_size
+    eval_batch = spec.data.eval_batch_size or default_eval_batch_size(device, spec.data.batch_size)
     train_loader = make_loader(train_ds, spec.data.batch_size, True, spec.seed, workers, device)
     test_loader = make_loader(test_ds, eval_batch, False, spec.seed, workers, device)
     val_loader = make_loader(val_ds, eval_batch, False, spec.seed, workers, device) if val_ds else None
@@ -254,7 +257,7 @@ def run_variant(spec: ExperimentSpec, name: str, run_dir: Path, console: Console
     compiled = torch.compile(model) if spec.train.compile else None
     trainer = Trainer(model, optimizer, scheduler, device, precision, spec.train.loss_reduction,
                       spec.train.label_smoothing, channels_last, spec.data.on_bad_image,
-                      Progress(console, enabled=progress), compiled)
+                      Progress(console, enabled=progress), compiled, built.preprocessing.input_size)
     if uses_feature_cache(spec):
         trainer, train_loader, test_loader, val_loader = train_on_features(
             trainer, spec, train_ds, test_ds, val_ds, workers, console)

@@ -17,7 +17,8 @@ import torch
 from rich.console import Console
 from torch.utils.data import DataLoader, Dataset
 
-from transferkit.data.loading import BadImage, EpochSampler, ImageFileDataset, collate, make_loader
+from transferkit.data.loading import (BadImage, EpochSampler, ImageFileDataset, collate, default_eval_batch_size,
+                                      make_loader)
 from transferkit.device import autocast
 from transferkit.engine import Trainer
 from transferkit.spec import ExperimentSpec
@@ -121,7 +122,7 @@ def train_on_features(trainer: Trainer, spec: ExperimentSpec, train_ds: ImageFil
     """Extract the frozen backbone's features once; a head-only trainer and feature loaders to use instead."""
     started = time.perf_counter()
     views = spec.lr_policy.cache_views
-    batch = spec.data.eval_batch_size or spec.data.batch_size
+    batch = spec.data.eval_batch_size or default_eval_batch_size(trainer.device, spec.data.batch_size)
     source = train_ds if views else ImageFileDataset(train_ds.samples, test_ds.transform, train_ds.decode)
     train = cached_split(trainer, source, max(1, views), batch, spec.seed, num_workers)
     test = cached_split(trainer, test_ds, 1, batch, spec.seed, num_workers)

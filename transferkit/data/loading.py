@@ -10,6 +10,7 @@ from typing import Callable, NamedTuple
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from transferkit.data.device_augment import DeviceCrop, stack_crops
 from transferkit.data.images import open_rgb
 from transferkit.errors import DataError
 
@@ -23,11 +24,23 @@ class BadImage(NamedTuple):
 
 @dataclass
 class Batch:
-    """uint8 images (N, 3, H, W), int64 labels (N,), and the files left out of this batch."""
+    """uint8 images (N, 3, H, W), int64 labels (N,), and the files left out of this batch.
+
+    Under device augmentation (transferkit.data.device_augment) images are uncropped canvases, with
+    `boxes` (N, 4) float crop boxes and `flips` (N,) bool for the device to apply.
+    """
 
     images: torch.Tensor
     labels: torch.Tensor
     bad: list[BadImage] = field(default_factory=list)
+    boxes: torch.Tensor | None = None
+    flips: torch.Tensor | None = None
+
+    def pin_memory(self) -> "Batch":
+        """A copy in page-locked memory (the DataLoader's pin_memory thread calls this): asynchronous copies."""
+        def pin(t):
+            return None if t is None else t.pin_memory()
+        return Batch(pin(self.images), pin(self.labels), self.bad, pin(self.boxes), pin(self.flips))
 
 
 class ImageFileDataset(Dataset):
@@ -83,8 +96,11 @@ def collate(items: list) -> Batch:
     bad = [item for item in items if isinstance(item, BadImage)]
     if not good:
         return Batch(torch.empty(0, dtype=torch.uint8), torch.empty(0, dtype=torch.long), bad)
-    images = torch.stack([image for image, _ in good])
     labels = torch.tensor([label for _, label in good], dtype=torch.long)
+    if isinstance(good[0][0], DeviceCrop):  # canvases, boxes and flips: the device crops and flips
+        images, boxes, flips = stack_crops([crop for crop, _ in good])
+        return Batch(images, labels, bad, boxes, flips)
+    images = torch.stack([image for image, _ in good])
     return Batch(images, labels, bad)
 
 
@@ -94,11 +110,26 @@ def available_cores() -> int:
 
 
 def default_num_workers(device: torch.device) -> int:
-    """Worker processes for decoding: all cores but one on a GPU machine; on CPU leave the cores to the model."""
+    """Worker processes for decoding: all cores but one on a GPU machine; on CPU one per 4 cores (none on 2).
+
+    On a CPU the model needs every core, and decoding is cheap next to a training step (with the decoded
+    cache, a small share of one), so a worker process there costs memory and core contention for no gain.
+    """
     cores = available_cores()
     if device.type == "cuda":
         return min(16, max(1, cores - 1))
-    return min(4, cores // 2)
+    return min(4, cores // 4)
+
+
+def default_eval_batch_size(device: torch.device, batch_size: int) -> int:
+    """Batch for evaluation and feature extraction: on CPU at most max(8, threads), where inference runs fastest.
+
+    Small batches keep a CPU's activations in cache (measured on 2 cores: 2.7x the images/s of batch 32 for
+    EfficientNet-Lite0, 1.3x for ResNet-18); eval-mode results do not depend on the batch. Elsewhere: batch_size.
+    """
+    if device.type == "cpu":
+        return min(batch_size, max(8, torch.get_num_threads()))
+    return batch_size
 
 
 def make_loader(dataset: Dataset, batch_size: int, shuffle: bool, seed: int, num_workers: int,
