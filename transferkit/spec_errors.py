@@ -9,8 +9,11 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 
-def yaml_line_of(text: str | None, path: tuple) -> str:
-    """' line N' where the deepest existing key of `path` sits in the YAML `text`, or ''."""
+def yaml_line_of(text: str | None, path: tuple, exact: bool = False) -> str:
+    """' line N' where the deepest existing key of `path` sits in the YAML `text`, or ''.
+
+    With `exact`, '' unless every key of `path` is present.
+    """
     if not text:
         return ""
     try:
@@ -19,37 +22,19 @@ def yaml_line_of(text: str | None, path: tuple) -> str:
         return ""
     line = None
     for part in path:
-        if not isinstance(node, yaml.MappingNode):
+        found = isinstance(node, yaml.MappingNode) and next(
+            ((k, v) for k, v in node.value if k.value == str(part)), None)
+        if not found:
+            if exact:
+                return ""
             break
-        for key_node, value_node in node.value:
-            if key_node.value == str(part):
-                line = key_node.start_mark.line + 1
-                node = value_node
-                break
-        else:
-            break
+        line, node = found[0].start_mark.line + 1, found[1]
     return f" line {line}" if line else ""
 
 
 def key_line(text: str | None, path: tuple) -> str:
     """' line N' where the full key `path` sits in the YAML `text`; '' when some key of it is absent."""
-    if not text:
-        return ""
-    try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-    except yaml.YAMLError:
-        return ""
-    line = None
-    for part in path:
-        if not isinstance(node, yaml.MappingNode):
-            return ""
-        for key_node, value_node in node.value:
-            if key_node.value == str(part):
-                line, node = key_node.start_mark.line + 1, value_node
-                break
-        else:
-            return ""
-    return f" line {line}" if line else ""
+    return yaml_line_of(text, path, exact=True)
 
 
 def where_in_recipe(source: str, field: str, variant: str = "", base_variant: str = "base") -> str:
