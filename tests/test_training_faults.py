@@ -29,14 +29,18 @@ def test_on_bad_image_skip_leaves_files_out_names_and_counts_them(tmp_path):
     assert len(summary["skipped_images"]) == 2
 
 
-def test_on_bad_image_fail_stops_naming_the_file(tmp_path):
+@pytest.mark.parametrize("cache", ["memory", "none"])
+def test_on_bad_image_fail_stops_naming_the_file(tmp_path, cache):
     root = make_image_folder(tmp_path / "data")
     _break_two_images(root)
-    raw = tiny_recipe(root, output_dir=str(tmp_path / "runs"))
+    raw = tiny_recipe(root, output_dir=str(tmp_path / "runs"), data={"cache": cache})
     with pytest.raises(DataError) as err:
         Experiment.from_dict(raw).run(progress=False)
     assert "zero.jpg" in str(err.value) or "text.jpg" in str(err.value)
     assert "on_bad_image" in str(err.value)
+    if cache == "memory":  # the cache reads every image first: the run stops before any training step
+        assert "2 unreadable images in all" in str(err.value)
+        assert not (tmp_path / "runs" / "tiny" / "base" / "metrics.json").exists()
 
 
 def test_non_finite_loss_stops_naming_epoch_and_step_and_keeps_last_good_checkpoint(tmp_path):

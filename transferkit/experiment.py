@@ -242,7 +242,7 @@ def run_variant(spec: ExperimentSpec, name: str, run_dir: Path, console: Console
     channels_last = _channels_last(spec, model, device)
     model.to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
     optimizer = build_optimizer(spec.optimizer, built.param_groups)
-    decode = image_decoder(built.splits, built.preprocessing, spec.data.cache)
+    decode = image_decoder(built.splits, built.preprocessing, spec.data.cache, spec.data.on_bad_image)
     on_device = augments_on_device(spec.data.augment_on, device) and not uses_feature_cache(spec)
     augment = canvas_crop if on_device else train_transform  # device: workers draw boxes, the device resamples
     train_ds = ImageFileDataset(built.splits.train, augment(built.preprocessing, spec.data), decode)

@@ -118,6 +118,10 @@ class DecodedImages:
     def __len__(self) -> int:
         return len(self.entries)
 
+    def errors(self) -> list[str]:
+        """The messages of the images that could not be decoded."""
+        return [entry for entry in self.entries.values() if isinstance(entry, str)]
+
     def __getstate__(self) -> dict:
         return {**self.__dict__, "_map": None}  # a spawned worker maps the file again instead of copying it
 
@@ -209,8 +213,18 @@ def free_disk(folder: Path) -> int:
     return shutil.disk_usage(existing).free
 
 
-def image_decoder(splits: FolderSplits, prep: Preprocessing, mode: str) -> Callable:
-    """The decode function for every split's images: open_rgb, or a lookup in the decoded-image cache."""
+def image_decoder(splits: FolderSplits, prep: Preprocessing, mode: str, on_bad_image: str = "skip") -> Callable:
+    """The decode function for every split's images: open_rgb, or a lookup in the decoded-image cache.
+
+    Building the cache reads every image, so with on_bad_image 'fail' an unreadable one stops the
+    run here, before training starts.
+    """
     paths = [path for samples in (splits.train, splits.test, splits.val or []) for path, _ in samples]
     cache = build_cache(paths, prep.resize_size, prep.interpolation, mode, splits.root)
-    return open_rgb if cache is None else cache.decode
+    if cache is None:
+        return open_rgb
+    errors = cache.errors()
+    if errors and on_bad_image == "fail":
+        more = f" ({len(errors)} unreadable images in all; `transferkit check-data` lists them)" if len(errors) > 1 else ""
+        raise DataError(errors[0] + more)
+    return cache.decode
