@@ -12,7 +12,6 @@ import urllib.error
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
 from torch import nn
 
 from transferkit.errors import DownloadError, SpecError, WeightsError
@@ -280,14 +279,3 @@ def _load_state(model: nn.Module, state: dict, allowed_extra_prefixes: tuple[str
                            f"{tuple(expected[k].shape)}; check backbone.name matches the file")
     model.load_state_dict({k: state[k] for k in expected}, strict=True)
 
-
-def describe_backbone(name: str) -> str:
-    """One line about a backbone name: its source and, for registered ones, its docstring."""
-    if name in BACKBONES:
-        return BACKBONES.describe(name)
-    return "timm model" if name.startswith(TIMM_PREFIX) else "torchvision model"
-
-
-def torch_hub_dir() -> Path:
-    """Where torchvision caches downloaded weights (follows TORCH_HOME)."""
-    return Path(torch.hub.get_dir()) / "checkpoints"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import torch
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms import v2
 
@@ -33,9 +32,3 @@ def eval_transform(prep: Preprocessing) -> v2.Compose:
         v2.PILToTensor(),
     ])
 
-
-def to_float_normalized(images: torch.Tensor, prep: Preprocessing) -> torch.Tensor:
-    """uint8 images -> normalised float, for code outside the model (previews, tests)."""
-    mean = torch.tensor(prep.mean).view(-1, 1, 1)
-    std = torch.tensor(prep.std).view(-1, 1, 1)
-    return (images.float() / 255.0 - mean) / std
