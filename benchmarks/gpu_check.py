@@ -1,8 +1,10 @@
 """GPU check: ResNet-18 model-only and end-to-end training images/s, fp32 against bf16 autocast + channels_last.
 
-End-to-end rows crop and flip on the CPU workers (data.augment_on: cpu), except the "augment on device"
-row (data.augment_on: device: the workers only draw crop boxes, the GPU resamples the batch). Each
-end-to-end run trains 3 epochs and reports the last one: steady state, decoded-image cache warm.
+"workers" rows crop and flip on the CPU loader workers (data.augment_on: cpu, data.cache: memory);
+"resident" rows are the CUDA defaults: training images decoded once and kept on the GPU (data.cache:
+device), every batch gathered and cropped there. Each row also times the training loader alone
+(batches on the device, cropped, no model): whichever of loader and model is slower bounds the run.
+Each end-to-end run trains 3 epochs and reports the last one: steady state, caches warm.
 
 Run through benchmarks/gpu_check.sh, which sets up the paths; `--smoke` runs the same code at tiny
 sizes on the CPU. Every measurement is bounded: a fixed number of steps after warm-up, or a fixed
@@ -27,35 +29,37 @@ from rich.console import Console
 from torch import nn
 
 from transferkit.device import autocast, describe_device
-from transferkit.experiment import build_variant, run_variant
+from transferkit.engine import Trainer
+from transferkit.experiment import build_loaders, build_variant, run_variant
 from transferkit.optim import build_optimizer
 from transferkit.spec import validate
 
 
-def write_class(args: tuple[Path, int, int, tuple[int, int]]) -> None:
-    """`count` JPEGs of one class: smooth noise around a class colour, so the task is learnable."""
-    folder, label, count, (width, height) = args
+def write_images(args: tuple[Path, int, int, int, tuple[int, int]]) -> None:
+    """JPEGs `first`..`first + count - 1` of one class: smooth noise around a class colour, so the task is learnable."""
+    folder, label, first, count, (width, height) = args
     folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(label)
+    rng = np.random.default_rng([label, first])
     base = np.array([60 + 140 * label, 120, 200 - 140 * label])
-    for i in range(count):
+    for i in range(first, first + count):
         small = rng.integers(-60, 60, size=(height // 8, width // 8, 3))
         noise = np.kron(small, np.ones((8, 8, 1)))
         pixels = np.clip(base + noise, 0, 255).astype(np.uint8)
         Image.fromarray(pixels).save(folder / f"{label}_{i}.jpg", quality=90)
 
 
-def make_data(root: Path, train: int, test: int, size: tuple[int, int]) -> Path:
-    """root/{train,test}/{class0,class1}/*.jpg."""
-    jobs = [(root / split / f"class{label}", label, count, size)
-            for split, count in (("train", train), ("test", test)) for label in (0, 1)]
+def make_data(root: Path, train: int, test: int, size: tuple[int, int], chunk: int = 250) -> Path:
+    """root/{train,test}/{class0,class1}/*.jpg, written by one process per core."""
+    jobs = [(root / split / f"class{label}", label, first, min(chunk, count - first), size)
+            for split, count in (("train", train), ("test", test)) for label in (0, 1)
+            for first in range(0, count, chunk)]
     with ProcessPoolExecutor(min(len(jobs), os.cpu_count() or 1)) as pool:
-        list(pool.map(write_class, jobs))
+        list(pool.map(write_images, jobs))
     return root
 
 
 def recipe(root: Path, args, precision: str, channels_last: bool, compile_model: bool, cache: str = "auto",
-           augment_on: str = "cpu") -> dict:
+           augment_on: str = "auto") -> dict:
     """ResNet-18 from random init (no download), the given precision, memory format, compile and augmentation switches."""
     return {
         "name": "gpu-check", "seed": 0, "backbone": {"name": "resnet18", "pretrained": False},
@@ -102,6 +106,32 @@ def model_only(raw: dict, args) -> dict:
     return {"images_per_s": args.batch_size * args.steps / (time.perf_counter() - start), "warmup_seconds": warmup}
 
 
+def loader_only(raw: dict, args, skip: int = 4) -> dict:
+    """One epoch of the training loader alone, batches moved to the device (and cropped there if so set): images/s.
+
+    The first `skip` batches (worker start-up) are not timed. Tells whether the data pipeline or the model limits a run.
+    """
+    spec = validate(raw)
+    built = build_variant(spec)
+    device = torch.device(args.device)
+    loaders = build_loaders(spec, built, device)
+    trainer = Trainer(built.model, None, None, device, "fp32", channels_last=spec.train.channels_last is True,
+                      crop_size=built.preprocessing.input_size)
+    loaders.train.sampler.set_epoch(1)
+    skip = min(skip, len(loaders.train) // 2)
+    images, start = 0, None
+    for i, batch in enumerate(loaders.train):
+        if i == skip:
+            sync(device)
+            start = time.perf_counter()
+        x, _ = trainer.to_device(batch)
+        if start is not None:
+            images += x.shape[0]
+    sync(device)
+    del loaders
+    return {"images_per_s": images / (time.perf_counter() - start)}
+
+
 def end_to_end(raw: dict) -> dict:
     """`transferkit run`'s code path (run_variant) from the JPEG folder; images/s of each epoch's training loop."""
     with tempfile.TemporaryDirectory() as out:
@@ -132,10 +162,15 @@ def main() -> None:
         args.device, args.batch_size, args.image_size, args.epochs = "cuda", 256, 224, 3
         args.warmup, args.steps, train, test, size = 5, 30, 4000, 100, (400, 300)
     amp = "bf16" if args.device == "cuda" else "fp32"  # CPU smoke runs keep fp32: it checks the script, not speed
-    configs = [("fp32", "fp32", False, False, "cpu"), (f"{amp} + channels_last", amp, True, False, "cpu"),
-               (f"{amp} + channels_last, augment on device", amp, True, False, "device")]
+    # (row name, precision, channels_last, compile, augment_on, cache). "resident": the defaults on CUDA, training
+    # images kept on the GPU (data.cache: device) and cropped there; "workers": crops on the CPU loader workers.
+    # The smoke run names cache and augmentation explicitly, since on a CPU auto means workers.
+    resident, workers = ("device", "device"), ("cpu", "memory")
+    configs = [("fp32, workers", "fp32", False, False, *workers), ("fp32, resident", "fp32", False, False, *resident),
+               (f"{amp} + channels_last, workers", amp, True, False, *workers),
+               (f"{amp} + channels_last, resident", amp, True, False, *resident)]
     if not args.no_compile:
-        configs.append((f"{amp} + channels_last + compile", amp, True, True, "cpu"))
+        configs.append((f"{amp} + channels_last + compile, resident", amp, True, True, *resident))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     device = torch.device(args.device)
@@ -150,26 +185,28 @@ def main() -> None:
         print(f"{2 * train} train + {2 * test} test JPEGs of {size[0]}x{size[1]} written in "
               f"{report['data_seconds']:.1f}s; device {report['device']}", flush=True)
         model_rates: dict[tuple, dict] = {}  # the device-augment row shares its model-only run
-        for name, precision, channels_last, compile_model, augment_on in configs:
-            raw = recipe(root, args, precision, channels_last, compile_model, augment_on=augment_on)
+        for name, precision, channels_last, compile_model, augment_on, cache in configs:
+            raw = recipe(root, args, precision, channels_last, compile_model, cache=cache, augment_on=augment_on)
             key = (precision, channels_last, compile_model)
             if key not in model_rates:
                 model_rates[key] = model_only(raw, args)
-            row = {"config": name, "augment_on": augment_on, "model_only": model_rates[key], "end_to_end": end_to_end(raw)}
+            row = {"config": name, "augment_on": augment_on, "cache": cache, "model_only": model_rates[key],
+                   "loader_only": loader_only(raw, args), "end_to_end": end_to_end(raw)}
             row["efficiency"] = row["end_to_end"]["images_per_s"] / row["model_only"]["images_per_s"]
             report["rows"].append(row)
-            print(f"  {name:<42} model-only {row['model_only']['images_per_s']:8.0f} img/s   end-to-end "
+            print(f"  {name:<46} model-only {row['model_only']['images_per_s']:8.0f} img/s   loader-only "
+                  f"{row['loader_only']['images_per_s']:8.0f} img/s   end-to-end "
                   f"{row['end_to_end']['images_per_s']:8.0f} img/s   efficiency {row['efficiency']:.2f}", flush=True)
-        raw = recipe(root, args, amp, True, False, cache="none")
+        raw = recipe(root, args, amp, True, False, cache="none", augment_on="cpu")
         raw["train"]["epochs"] = 1  # decode-bound every epoch; one is enough to measure it
         report["end_to_end_without_image_cache"] = end_to_end(raw)
     (out / "gpu_check.json").write_text(json.dumps(report, indent=2))
-    print(f"\n{'config':<44}{'model-only img/s':>18}{'end-to-end img/s':>18}{'efficiency':>12}")
+    print(f"\n{'config':<48}{'model-only img/s':>18}{'loader-only img/s':>18}{'end-to-end img/s':>18}{'efficiency':>12}")
     for row in report["rows"]:
-        print(f"{row['config']:<44}{row['model_only']['images_per_s']:>18.0f}"
+        print(f"{row['config']:<48}{row['model_only']['images_per_s']:>18.0f}{row['loader_only']['images_per_s']:>18.0f}"
               f"{row['end_to_end']['images_per_s']:>18.0f}{row['efficiency']:>12.2f}")
     no_cache = report["end_to_end_without_image_cache"]["images_per_s"]
-    print(f"{amp} + channels_last, data.cache none: end-to-end {no_cache:.0f} img/s")
+    print(f"{amp} + channels_last, workers, data.cache none: end-to-end {no_cache:.0f} img/s")
     print(f"written {out / 'gpu_check.json'}")
 
 

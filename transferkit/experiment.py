@@ -13,12 +13,14 @@ from typing import Any
 
 import torch
 from rich.console import Console
+from torch.utils.data import DataLoader
 
 from transferkit import report
 from transferkit.backbones import build_backbone
 from transferkit.checkpoints import CheckpointManager
 from transferkit.data.cache import image_decoder
 from transferkit.data.device_augment import augments_on_device, canvas_crop
+from transferkit.data.device_bank import DeviceBatches, DeviceImageBank, fits_on_device
 from transferkit.data.folder import FolderSplits
 from transferkit.data.loading import ImageFileDataset, default_eval_batch_size, default_num_workers, make_loader
 from transferkit.data.transforms import eval_transform, train_transform
@@ -227,6 +229,44 @@ def _channels_last(spec: ExperimentSpec, model: TransferModel, device: torch.dev
     return bool(spec.train.channels_last)
 
 
+@dataclass
+class Loaders:
+    """A variant's train, test and (optional) val DataLoaders, and the worker processes each uses."""
+
+    train: DataLoader | DeviceBatches  # DeviceBatches: training images resident on the device (data.cache: device)
+    test: DataLoader
+    val: DataLoader | None
+    workers: int
+
+
+def build_loaders(spec: ExperimentSpec, built: Built, device: torch.device) -> Loaders:
+    """The decoded-image cache, datasets and DataLoaders a variant trains and evaluates on."""
+    d, prep, splits = spec.data, built.preprocessing, built.splits
+    on_device = augments_on_device(d.augment_on, device) and not uses_feature_cache(spec)
+    if d.cache == "device" and not on_device:
+        raise SpecError("data.cache: device keeps training images on the accelerator for device augmentation; set "
+                        "data.augment_on: device (a frozen-backbone feature cache cannot use it), or data.cache: auto")
+    resident = on_device and (d.cache == "device" or (d.cache == "auto" and fits_on_device(len(splits.train), prep.resize_size, device)))
+    if resident:  # only the evaluation splits go through the host-side cache
+        splits = FolderSplits(splits.classes, [], splits.test, splits.val, splits.root)
+    decode = image_decoder(splits, prep, "auto" if d.cache == "device" else d.cache, d.on_bad_image)
+    test_ds = ImageFileDataset(splits.test, eval_transform(prep), decode)
+    val_ds = ImageFileDataset(splits.val, eval_transform(prep), decode) if splits.val else None
+    workers = d.num_workers if d.num_workers is not None else default_num_workers(device)
+    eval_batch = d.eval_batch_size or default_eval_batch_size(device, d.batch_size)
+    if resident:
+        bank = DeviceImageBank.build(built.splits.train, prep.resize_size, prep.interpolation, device, d.on_bad_image)
+        train = DeviceBatches(bank, d.batch_size, spec.seed, d.crop_scale, d.crop_ratio, d.hflip)
+    else:
+        augment = canvas_crop if on_device else train_transform  # device: workers draw boxes, the device resamples
+        train_ds = ImageFileDataset(splits.train, augment(prep, d), decode)
+        train = make_loader(train_ds, d.batch_size, True, spec.seed, workers, device)
+    return Loaders(train,
+                   make_loader(test_ds, eval_batch, False, spec.seed, workers, device),
+                   make_loader(val_ds, eval_batch, False, spec.seed, workers, device) if val_ds else None,
+                   workers)
+
+
 def run_variant(spec: ExperimentSpec, name: str, run_dir: Path, console: Console, progress: bool = True,
                 resume: bool = False, should_stop=lambda: False) -> VariantResult:
     """Build, train and evaluate one variant, writing its run directory as it goes."""
@@ -242,17 +282,8 @@ def run_variant(spec: ExperimentSpec, name: str, run_dir: Path, console: Console
     channels_last = _channels_last(spec, model, device)
     model.to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
     optimizer = build_optimizer(spec.optimizer, built.param_groups)
-    decode = image_decoder(built.splits, built.preprocessing, spec.data.cache, spec.data.on_bad_image)
-    on_device = augments_on_device(spec.data.augment_on, device) and not uses_feature_cache(spec)
-    augment = canvas_crop if on_device else train_transform  # device: workers draw boxes, the device resamples
-    train_ds = ImageFileDataset(built.splits.train, augment(built.preprocessing, spec.data), decode)
-    test_ds = ImageFileDataset(built.splits.test, eval_transform(built.preprocessing), decode)
-    val_ds = ImageFileDataset(built.splits.val, eval_transform(built.preprocessing), decode) if built.splits.val else None
-    workers = spec.data.num_workers if spec.data.num_workers is not None else default_num_workers(device)
-    eval_batch = spec.data.eval_batch_size or default_eval_batch_size(device, spec.data.batch_size)
-    train_loader = make_loader(train_ds, spec.data.batch_size, True, spec.seed, workers, device)
-    test_loader = make_loader(test_ds, eval_batch, False, spec.seed, workers, device)
-    val_loader = make_loader(val_ds, eval_batch, False, spec.seed, workers, device) if val_ds else None
+    data = build_loaders(spec, built, device)
+    train_loader, test_loader, val_loader = data.train, data.test, data.val
     scheduler = build_scheduler(spec.schedule, optimizer, len(train_loader), spec.train.epochs)
     compiled = torch.compile(model) if spec.train.compile else None
     trainer = Trainer(model, optimizer, scheduler, device, precision, spec.train.loss_reduction,
@@ -260,7 +291,7 @@ def run_variant(spec: ExperimentSpec, name: str, run_dir: Path, console: Console
                       Progress(console, enabled=progress), compiled, built.preprocessing.input_size)
     if uses_feature_cache(spec):
         trainer, train_loader, test_loader, val_loader = train_on_features(
-            trainer, spec, train_ds, test_ds, val_ds, workers, console)
+            trainer, spec, data.train.dataset, data.test.dataset, data.val and data.val.dataset, data.workers, console)
     groups = describe_groups(built.param_groups)
     checkpoints = CheckpointManager(run_dir, spec, built.splits.classes, built.preprocessing)
 

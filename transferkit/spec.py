@@ -60,7 +60,9 @@ class DataSpec(_Spec):
     batch_size: int = Field(64, gt=0, description="training batch size")
     eval_batch_size: int | None = Field(None, gt=0, description="evaluation batch size; default: batch_size")
     num_workers: int | None = Field(None, ge=0, description="DataLoader worker processes; default: chosen from the cores")
-    cache: Literal["auto", "none", "memory", "disk"] = Field("auto", description="decoded-image cache: memory, disk (memory-mapped), none, or auto")
+    cache: Literal["auto", "none", "memory", "disk", "device"] = Field(
+        "auto", description="decoded-image cache: memory, disk (memory-mapped), device (training images resident on the "
+                            "accelerator; needs augment_on device), none, or auto (device on CUDA when it fits)")
     on_bad_image: Literal["fail", "skip"] = Field("fail", description="what an unreadable image does: stop the run, or be left out and reported")
     limit: int | None = Field(None, gt=0, description="use at most this many images per split (quick runs)")
     options: dict[str, Any] = Field(default_factory=dict, description="dataset-specific settings for plugin datasets")

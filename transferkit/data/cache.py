@@ -57,7 +57,8 @@ def _decode_or_error(path: str, size: int, interpolation: str) -> np.ndarray | s
         return str(exc)
 
 
-def _decode_all(paths: list[str], size: int, interpolation: str, threads: int) -> list[np.ndarray | str]:
+def decode_all(paths: list[str], size: int, interpolation: str, threads: int) -> list[np.ndarray | str]:
+    """Each file decoded and resized as `decode_resized` does, on `threads` threads; a message where it is unreadable."""
     # Pillow releases the GIL while decoding and resampling, so threads scale without copying pixels.
     with ThreadPoolExecutor(max(1, threads)) as pool:
         return list(pool.map(lambda p: _decode_or_error(p, size, interpolation), paths))
@@ -150,7 +151,7 @@ def memory_cache(paths: list[str], size: int, interpolation: str, threads: int) 
     """Decode every file once into memory."""
     entries: dict[str, tuple | str | int] = {}
     pixels: list[torch.Tensor] = []
-    for path, result in zip(paths, _decode_all(paths, size, interpolation, threads)):
+    for path, result in zip(paths, decode_all(paths, size, interpolation, threads)):
         if isinstance(result, str):
             entries[path] = result
         else:
@@ -170,7 +171,7 @@ def disk_cache(paths: list[str], size: int, interpolation: str, folder: Path, th
         stale = [p for p in paths if p not in index or index[p]["key"] != keys[p]]
         if stale:
             with open(pixel_path, "ab") as out:
-                for path, result in zip(stale, _decode_all(stale, size, interpolation, threads)):
+                for path, result in zip(stale, decode_all(stale, size, interpolation, threads)):
                     if isinstance(result, str):
                         index[path] = {"key": keys[path], "error": result}
                     else:
@@ -223,8 +224,12 @@ def image_decoder(splits: FolderSplits, prep: Preprocessing, mode: str, on_bad_i
     cache = build_cache(paths, prep.resize_size, prep.interpolation, mode, splits.root)
     if cache is None:
         return open_rgb
-    errors = cache.errors()
+    stop_if_unreadable(cache.errors(), on_bad_image)
+    return cache.decode
+
+
+def stop_if_unreadable(errors: list[str], on_bad_image: str) -> None:
+    """Under on_bad_image 'fail', DataError with the first unreadable file's message and how many there are."""
     if errors and on_bad_image == "fail":
         more = f" ({len(errors)} unreadable images in all; `transferkit check-data` lists them)" if len(errors) > 1 else ""
         raise DataError(errors[0] + more)
-    return cache.decode

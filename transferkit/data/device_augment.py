@@ -71,6 +71,27 @@ def _hwc(image, resize_size: int, interpolation: str) -> torch.Tensor:
     return image.permute(1, 2, 0)  # a view; contiguous for the cache's channels-last tensors
 
 
+def fit_to_canvas(hwc: torch.Tensor, side: int) -> torch.Tensor:
+    """An (H, W, 3) image with any side longer than the canvas centre-cropped to it (a view)."""
+    h, w = hwc.shape[0], hwc.shape[1]
+    if h > side:
+        hwc = hwc[(h - side) // 2: (h - side) // 2 + side]
+    if w > side:
+        hwc = hwc[:, (w - side) // 2: (w - side) // 2 + side]
+    return hwc
+
+
+def paste_on_canvas(hwc: torch.Tensor, canvas: torch.Tensor) -> torch.Tensor:
+    """`hwc` (fitted) at the top-left of the (S, S, 3) zeroed `canvas`, its last row and column repeated once beyond it."""
+    h, w, side = hwc.shape[0], hwc.shape[1], canvas.shape[0]
+    canvas[:h, :w] = hwc
+    if h < side:
+        canvas[h, :w] = hwc[h - 1]
+    if w < side:
+        canvas[:h + (h < side), w] = canvas[:h + (h < side), w - 1]
+    return canvas
+
+
 class CanvasCrop:
     """Worker-side half of device augmentation: image -> DeviceCrop (see the module docstring)."""
 
@@ -81,20 +102,10 @@ class CanvasCrop:
         self.crop = v2.RandomResizedCrop(1, scale=scale, ratio=ratio)  # only its make_params is used
 
     def __call__(self, image) -> DeviceCrop:
-        hwc = _hwc(image, self.resize_size, self.interpolation)
-        h, w, side = hwc.shape[0], hwc.shape[1], self.side
-        if h > side:
-            hwc, h = hwc[(h - side) // 2: (h - side) // 2 + side], side
-        if w > side:
-            hwc, w = hwc[:, (w - side) // 2: (w - side) // 2 + side], side
+        hwc = fit_to_canvas(_hwc(image, self.resize_size, self.interpolation), self.side)
         params = self.crop.make_params([hwc.permute(2, 0, 1)])
         flip = bool(torch.rand(1) < 0.5) if self.hflip else False
-        canvas = torch.zeros(side, side, 3, dtype=torch.uint8)
-        canvas[:h, :w] = hwc
-        if h < side:
-            canvas[h, :w] = hwc[h - 1]
-        if w < side:
-            canvas[:h + (h < side), w] = canvas[:h + (h < side), w - 1]
+        canvas = paste_on_canvas(hwc, torch.zeros(self.side, self.side, 3, dtype=torch.uint8))
         top, left = params["top"], params["left"]
         box = torch.tensor([left, top, left + params["width"], top + params["height"]], dtype=torch.float32)
         return DeviceCrop(canvas.permute(2, 0, 1), box, flip)

@@ -1,0 +1,159 @@
+"""Training images resident on the device: no loader workers, no per-step host-to-device copies.
+
+With `data.cache: device` (or `auto` on CUDA when it fits) every training image is decoded once, resized
+(shorter side at the eval resize), pasted on a fixed square uint8 canvas as device augmentation lays it
+out (`device_augment.paste_on_canvas`), and the whole set is kept in one (N, 3, S, S) tensor on the
+device. An epoch is then index arithmetic: the order comes from `EpochSampler` (so shuffling, resume
+and the dropped lone last image are as with a DataLoader), the RandomResizedCrop boxes and flips of
+the whole epoch are drawn at once from a generator seeded by (seed, epoch), and each step gathers its
+canvases on the device and crops them there with `crop_on_device`. The CPU's only work per step is
+launching kernels, which is what a fast GPU needs.
+
+The boxes follow torchvision's RandomResizedCrop rule (ten tries at a random area and log-aspect, else
+a centre crop within the ratio range), vectorised; they are a function of (seed, epoch, position in
+the epoch), not of a per-sample seed, so they differ from the boxes `CanvasCrop` draws for the same seed.
+"""
+
+from __future__ import annotations
+
+import math
+import torch
+
+from transferkit.data.cache import decode_all, stop_if_unreadable
+from transferkit.data.device_augment import canvas_side, fit_to_canvas, paste_on_canvas
+from transferkit.data.loading import BadImage, Batch, EpochSampler, available_cores
+from transferkit.errors import DataError
+
+GPU_MEMORY_SHARE = 0.25  # cache auto keeps training images on a CUDA device while they take under this share of its free memory
+TRIES = 10  # RandomResizedCrop's attempts before its centre-crop fallback
+
+
+def bank_bytes(count: int, resize_size: int) -> int:
+    """Device memory the canvases of `count` images take at this eval resize."""
+    return count * 3 * canvas_side(resize_size) ** 2
+
+
+def fits_on_device(count: int, resize_size: int, device: torch.device) -> bool:
+    """True on a CUDA device whose free memory holds the canvases with room to spare (GPU_MEMORY_SHARE)."""
+    if device.type != "cuda":
+        return False
+    free, _ = torch.cuda.mem_get_info(device)
+    return bank_bytes(count, resize_size) <= GPU_MEMORY_SHARE * free
+
+
+def random_resized_boxes(sizes: torch.Tensor, scale: tuple[float, float], ratio: tuple[float, float],
+                         generator: torch.Generator) -> torch.Tensor:
+    """RandomResizedCrop boxes (x1, y1, x2, y2) for images of `sizes` (N, 2) = (h, w), drawn all at once.
+
+    Per image: up to TRIES draws of area ~ U(scale) x h x w and log-aspect ~ U(log ratio); the first whose
+    rounded width and height fit is placed uniformly; if none fits, the largest centred box within the
+    ratio range. The same rule as torchvision's `RandomResizedCrop.make_params`, one image per row.
+    """
+    n = sizes.shape[0]
+    height, width = sizes[:, 0:1].double(), sizes[:, 1:2].double()
+    area = height * width * torch.empty(n, TRIES, dtype=torch.float64).uniform_(*scale, generator=generator)
+    log_lo, log_hi = math.log(ratio[0]), math.log(ratio[1])
+    aspect = torch.exp(torch.empty(n, TRIES, dtype=torch.float64).uniform_(log_lo, log_hi, generator=generator))
+    w = torch.round(torch.sqrt(area * aspect))
+    h = torch.round(torch.sqrt(area / aspect))
+    fits = (w > 0) & (w <= width) & (h > 0) & (h <= height)
+    first = fits.to(torch.uint8).argmax(dim=1, keepdim=True)  # the first try that fits (0 when none does)
+    found = fits.any(dim=1)
+    w, h = w.gather(1, first)[:, 0], h.gather(1, first)[:, 0]
+    height, width = height[:, 0], width[:, 0]
+    u_top, u_left = torch.rand(n, generator=generator, dtype=torch.float64), torch.rand(n, generator=generator, dtype=torch.float64)
+    top = torch.floor(u_top * (height - h + 1)).clamp(max=height - h)
+    left = torch.floor(u_left * (width - w + 1)).clamp(max=width - w)
+    # Fallback: the whole image, narrowed to the ratio range.
+    in_ratio = width / height
+    fb_w = torch.where(in_ratio > ratio[1], torch.round(height * ratio[1]), width)
+    fb_h = torch.where(in_ratio < ratio[0], torch.round(width / ratio[0]), height)
+    fb_top, fb_left = torch.floor((height - fb_h) / 2), torch.floor((width - fb_w) / 2)
+    w, h = torch.where(found, w, fb_w), torch.where(found, h, fb_h)
+    top, left = torch.where(found, top, fb_top), torch.where(found, left, fb_left)
+    return torch.stack([left, top, left + w, top + h], dim=1).float()
+
+
+class DeviceImageBank:
+    """Training canvases (N, 3, S, S) uint8, their image sizes and labels, all on one device; bad files apart."""
+
+    def __init__(self, canvases: torch.Tensor, sizes: torch.Tensor, labels: torch.Tensor, bad: list[BadImage]):
+        self.canvases, self.sizes, self.labels, self.bad = canvases, sizes, labels, bad
+
+    def __len__(self) -> int:
+        return self.canvases.shape[0]
+
+    @classmethod
+    def build(cls, samples: list[tuple], resize_size: int, interpolation: str, device: torch.device,
+              on_bad_image: str = "fail", threads: int | None = None, chunk: int = 256) -> "DeviceImageBank":
+        """Decode, resize, fit and paste every sample, a chunk at a time (decoded on `threads` threads), onto the device.
+
+        Unreadable files stop the build under on_bad_image 'fail' (the decoded-image cache's message), else are kept aside.
+        """
+        side, threads = canvas_side(resize_size), threads or available_cores()
+        canvases = torch.empty(len(samples), 3, side, side, dtype=torch.uint8, device=device)
+        staging = torch.empty(min(chunk, len(samples)), side, side, 3, dtype=torch.uint8,
+                              pin_memory=device.type == "cuda")
+        sizes, labels, bad, count = [], [], [], 0
+        for start in range(0, len(samples), chunk):
+            part = samples[start:start + chunk]
+            decoded = decode_all([str(path) for path, _ in part], resize_size, interpolation, threads)
+            stop_if_unreadable([d for d in decoded if isinstance(d, str)], on_bad_image)
+            filled = 0
+            for (path, label), pixels in zip(part, decoded):
+                if isinstance(pixels, str):
+                    bad.append(BadImage(str(path), pixels))
+                    continue
+                hwc = fit_to_canvas(torch.from_numpy(pixels), side)
+                paste_on_canvas(hwc, staging[filled].zero_())
+                sizes.append(hwc.shape[:2])
+                labels.append(label)
+                filled += 1
+            canvases[count:count + filled].copy_(staging[:filled].permute(0, 3, 1, 2), non_blocking=True)
+            count += filled
+            if device.type == "cuda":
+                torch.cuda.current_stream(device).synchronize()  # the staging buffer is refilled next
+        if count == 0:
+            raise DataError("no readable training images; run `transferkit check-data` on the data root")
+        return cls(canvases[:count], torch.tensor(sizes, dtype=torch.int64),
+                   torch.tensor(labels, dtype=torch.int64, device=device), bad)
+
+
+class DeviceBatches:
+    """Training batches from a DeviceImageBank: a DataLoader stand-in (len, iteration, `sampler.set_epoch`).
+
+    Each batch is a `Batch` whose images are the gathered canvases on the device, with crop boxes and
+    flips for `crop_on_device`. The first batch of an epoch carries the bank's unreadable files, so they
+    are reported (or stop the run) as with a DataLoader.
+    """
+
+    def __init__(self, bank: DeviceImageBank, batch_size: int, seed: int, scale: tuple[float, float],
+                 ratio: tuple[float, float], hflip: bool):
+        self.bank, self.batch_size, self.seed = bank, batch_size, seed
+        self.scale, self.ratio, self.hflip = scale, ratio, hflip
+        self.sampler = EpochSampler(len(bank), seed, shuffle=True)
+        # As make_loader: a lone last image would make batch norm fail; drop it.
+        self.drop_last = len(bank) % batch_size == 1
+
+    def __len__(self) -> int:
+        n = len(self.sampler)
+        return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
+
+    def epoch_plan(self, epoch: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The whole epoch's image order (N,), boxes (N, 4) and flips (N,), by position: a function of (seed, epoch)."""
+        full = EpochSampler(len(self.bank), self.seed, shuffle=True)
+        full.set_epoch(epoch)
+        order = torch.tensor([index for index, _ in full], dtype=torch.int64)
+        generator = torch.Generator().manual_seed((self.seed * 1_000_003 + epoch) * 7_919 + 17)
+        boxes = random_resized_boxes(self.bank.sizes[order], self.scale, self.ratio, generator)
+        flips = torch.rand(len(order), generator=generator) < 0.5
+        return order, boxes, flips & self.hflip
+
+    def __iter__(self):
+        device, skip = self.bank.canvases.device, self.sampler.skip
+        order, boxes, flips = (t[skip:].to(device) for t in self.epoch_plan(self.sampler.epoch))
+        for step in range(len(self)):
+            part = slice(step * self.batch_size, (step + 1) * self.batch_size)
+            index = order[part]
+            yield Batch(self.bank.canvases[index], self.bank.labels[index], self.bank.bad if step == 0 else [],
+                        boxes[part], flips[part])
