@@ -13,6 +13,11 @@ size, optimizer and epochs:
   3. channels_last against the default memory format, model-only, per backbone;
 then a linear probe (frozen_backbone) with and without the feature cache, the data loaders alone,
 and the peak memory (PSS of the process and its DataLoader workers) of every run.
+
+Every measured run happens in a fresh child process (spawned), so no run inherits another's heap,
+allocator settings (transferkit keeps freed CPU memory for reuse: transferkit/cpu_memory.py) or caches.
+Repeat r of a fine-tuning comparison uses seed r on both sides: speed is each side's best run (other jobs
+only ever slow a run down), accuracy the mean and spread over the seeds.
 """
 
 from __future__ import annotations
@@ -22,9 +27,12 @@ import io
 import json
 import os
 import platform
+import statistics
 import sys
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
 from pathlib import Path
 
 import torch
@@ -38,6 +46,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from memory import measure  # noqa: E402
 
 from transferkit import Experiment  # noqa: E402
+from transferkit.cpu_memory import keep_freed_memory  # noqa: E402
 from transferkit.data.cache import image_decoder  # noqa: E402
 from transferkit.data.loading import ImageFileDataset, default_num_workers, make_loader  # noqa: E402
 from transferkit.data.transforms import train_transform  # noqa: E402
@@ -130,7 +139,11 @@ def transferkit_run(raw: dict) -> dict:
 
 
 def model_only(raw: dict, channels_last: bool, steps: int, compile_model: bool = False) -> dict:
-    """Forward+backward+step images/s on in-memory uint8 tensors, after one warm-up step (compile time apart)."""
+    """Forward+backward+step images/s on in-memory uint8 tensors, after one warm-up step (compile time apart).
+
+    With transferkit's CPU allocator setting, as its training runs: the compute limit transferkit can reach.
+    """
+    keep_freed_memory()
     spec = validate(raw)
     built = build_variant(spec)
     model = built.model.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
@@ -192,6 +205,21 @@ def _drain(loader: DataLoader, batches: int) -> float:
 
 # --- the benchmark ---------------------------------------------------------------------------------
 
+def isolated(fn, *args) -> tuple[object, float, dict]:
+    """`measure(fn, *args)` in a fresh spawned process: (result, wall seconds, memory)."""
+    with ProcessPoolExecutor(1, mp_context=get_context("spawn")) as pool:
+        return pool.submit(measure, fn, *args).result()
+
+
+def native_bf16() -> bool:
+    """True when this CPU computes bf16 in hardware (AVX-512 BF16 or AMX); elsewhere bf16 is emulated and slow."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
 def compare_backbone(data: str, backbone: str, args) -> dict:
     """Tutorial loop vs transferkit, and model-only in both memory formats, for one backbone.
 
@@ -203,17 +231,17 @@ def compare_backbone(data: str, backbone: str, args) -> dict:
     chosen = _channels_last(validate(raw), built.model, torch.device("cpu"))
     row: dict = {"backbone": backbone, "channels_last_auto": chosen}
     formats: dict[str, list[float]] = {"contiguous": [], "channels_last": []}
-    sides = [("transferkit", transferkit_run, raw), ("tutorial", tutorial_loop, raw)]
-    if not args.quick:  # the bf16 recipe switch, for comparison
-        sides.append(("transferkit_bf16", transferkit_run, recipe(data, backbone, args, train={"precision": "bf16"})))
+    sides = [("transferkit", transferkit_run, {}), ("tutorial", tutorial_loop, {})]
+    if not args.quick and native_bf16():  # the bf16 recipe switch, for comparison
+        sides.append(("transferkit_bf16", transferkit_run, {"train": {"precision": "bf16"}}))
     runs: dict[str, list[dict]] = {side: [] for side, _, _ in sides}
     for repeat in range(args.repeats):
         for name in formats:
-            formats[name].append(model_only(raw, name == "channels_last", args.steps)["images_per_s"])
-        for side, fn, side_raw in (sides if repeat % 2 == 0 else sides[::-1]):
-            result, seconds, memory = measure(fn, side_raw)
-            runs[side].append({**result, "wall_seconds": seconds, **memory})
-            print(f"  {backbone} {side}: {result['train_images_per_s']:.2f} img/s, "
+            formats[name].append(isolated(model_only, raw, name == "channels_last", args.steps)[0]["images_per_s"])
+        for side, fn, overrides in (sides if repeat % 2 == 0 else sides[::-1]):
+            result, seconds, memory = isolated(fn, recipe(data, backbone, args, seed=repeat, **overrides))
+            runs[side].append({**result, "seed": repeat, "wall_seconds": seconds, **memory})
+            print(f"  {backbone} {side} seed {repeat}: {result['train_images_per_s']:.2f} img/s, "
                   f"test accuracy {result['test_accuracy']:.3f}, {seconds:.0f}s", flush=True)
     row["model_only_images_per_s"] = {name: max(values) for name, values in formats.items()}
     row["model_only_rounds"] = formats
@@ -221,10 +249,14 @@ def compare_backbone(data: str, backbone: str, args) -> dict:
     for side, side_runs in runs.items():
         row[side] = {"train_images_per_s": max(r["train_images_per_s"] for r in side_runs),
                      "test_accuracy": sum(r["test_accuracy"] for r in side_runs) / len(side_runs),
+                     "test_accuracy_std": statistics.stdev([r["test_accuracy"] for r in side_runs]) if len(side_runs) > 1 else 0.0,
+                     "test_accuracies": [r["test_accuracy"] for r in side_runs],
                      "wall_seconds": min(r["wall_seconds"] for r in side_runs),
                      "peak_pss_mib": max(r["peak_pss_mib"] for r in side_runs),
                      "added_pss_mib": max(r["peak_pss_mib"] - r["start_pss_mib"] for r in side_runs),
                      "runs": side_runs}
+    paired = [tk["test_accuracy"] - tut["test_accuracy"] for tk, tut in zip(runs["transferkit"], runs["tutorial"])]
+    row["accuracy_difference"] = {"per_seed": paired, "mean": sum(paired) / len(paired)}
     row["speedup"] = row["transferkit"]["train_images_per_s"] / row["tutorial"]["train_images_per_s"]
     if "transferkit_bf16" in row:
         row["bf16_speedup"] = row["transferkit_bf16"]["train_images_per_s"] / row["tutorial"]["train_images_per_s"]
@@ -241,7 +273,7 @@ def probe(data: str, args) -> dict:
                           ("uncached", {"feature_cache": False})):
         raw = recipe(data, args.probe_backbone, args, optimizer={"lr": 0.05},
                      lr_policy={"name": "frozen_backbone", **policy}, train={"epochs": args.probe_epochs})
-        result, seconds, memory = measure(transferkit_run, raw)
+        result, seconds, memory = isolated(transferkit_run, raw)
         out[label] = {"wall_seconds": seconds, "test_accuracy": result["test_accuracy"], **memory}
         print(f"  probe {label}: {seconds:.0f}s, test accuracy {result['test_accuracy']:.3f}", flush=True)
     out["speedup"] = out["uncached"]["wall_seconds"] / out["cached"]["wall_seconds"]
@@ -254,8 +286,8 @@ def compile_effect(data: str, args) -> dict:
     raw = recipe(data, args.backbones[0], args)
     spec = validate(raw)
     chosen = _channels_last(spec, build_variant(spec).model, torch.device("cpu"))
-    eager = model_only(raw, chosen, args.steps)
-    compiled = model_only(raw, chosen, args.steps, compile_model=True)
+    eager = isolated(model_only, raw, chosen, args.steps)[0]
+    compiled = isolated(model_only, raw, chosen, args.steps, True)[0]
     return {"backbone": args.backbones[0], "eager_images_per_s": eager["images_per_s"],
             "compiled_images_per_s": compiled["images_per_s"], "compile_seconds": compiled["warmup_seconds"],
             "speedup": compiled["images_per_s"] / eager["images_per_s"]}
@@ -291,6 +323,12 @@ def print_table(report: dict) -> None:
               f"{tut['test_accuracy']:>7.3f}/{tk['test_accuracy']:.3f}{model_rate:>12.2f}"
               f"{row['pipeline_efficiency']:>12.2f}{row['channels_last_speedup']:>12.2f}x"
               f"{tut['added_pss_mib']:>10.0f}/{tk['added_pss_mib']:.0f}")
+    for row in report["backbones"]:
+        tut, tk = row["tutorial"], row["transferkit"]
+        print(f"{row['backbone']}: test accuracy per seed, tutorial {' '.join(f'{a:.3f}' for a in tut['test_accuracies'])} "
+              f"(mean {tut['test_accuracy']:.3f}, sd {tut['test_accuracy_std']:.3f}); transferkit "
+              f"{' '.join(f'{a:.3f}' for a in tk['test_accuracies'])} (mean {tk['test_accuracy']:.3f}, sd "
+              f"{tk['test_accuracy_std']:.3f}); transferkit - tutorial, same seed: mean {row['accuracy_difference']['mean']:+.3f}")
     if any("transferkit_bf16" in row for row in report["backbones"]):
         print("\nwith train.precision bf16 (a recipe switch; fp32 is the CPU default):")
     for row in (r for r in report["backbones"] if "transferkit_bf16" in r):
@@ -329,13 +367,13 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--probe-backbone", default="efficientnet-lite0", choices=list(BACKBONES))
     parser.add_argument("--probe-epochs", type=int, default=10)
     parser.add_argument("--probe-limit", type=int, help="images per split for the probe (default --limit; quick 48)")
-    parser.add_argument("--repeats", type=int, help="alternating runs of each side (default 2; quick 1)")
+    parser.add_argument("--repeats", type=int, help="alternating runs of each side, seeds 0..N-1 (default 3; quick 1)")
     parser.add_argument("--compile", action="store_true", help="also measure torch.compile (minutes of compiling on a CPU)")
     args = parser.parse_args(argv)
     args.epochs = args.epochs or (1 if args.quick else 2)
     args.limit = args.limit or (96 if args.quick else None)
     args.probe_limit = args.probe_limit or (48 if args.quick else args.limit)
-    args.repeats = args.repeats or (1 if args.quick else 2)
+    args.repeats = args.repeats or (1 if args.quick else 3)
     args.steps = 1 if args.quick else 3
     data = str(Path(args.data).resolve())
 

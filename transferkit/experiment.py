@@ -18,6 +18,7 @@ from torch.utils.data import DataLoader
 from transferkit import report
 from transferkit.backbones import build_backbone
 from transferkit.checkpoints import CheckpointManager
+from transferkit.cpu_memory import keep_freed_memory
 from transferkit.data.cache import image_decoder
 from transferkit.data.device_augment import augments_on_device, canvas_crop
 from transferkit.data.device_bank import DeviceBatches, DeviceImageBank, fits_on_device
@@ -276,6 +277,8 @@ def run_variant(spec: ExperimentSpec, name: str, run_dir: Path, console: Console
         return report.result_from_summary(name, run_dir)
     device = resolve_device(spec.train.device)
     precision = resolve_precision(spec.train.precision, device)
+    if device.type == "cpu":
+        keep_freed_memory()  # activations are reused from the heap instead of page-faulted in every step
     prepare_run_dir(run_dir)
     built = build_variant(spec)
     model = built.model
