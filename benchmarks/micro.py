@@ -3,6 +3,8 @@
     python benchmarks/micro.py channels-last [--threads N] [NAMES...]   # training step, both memory formats
     python benchmarks/micro.py eval-batch [NAMES...]                    # inference images/s per batch size
     python benchmarks/micro.py bf16 [NAMES...]                          # training step, fp32 vs bf16 autocast
+    python benchmarks/micro.py allocator [NAMES...]                     # training step, glibc malloc default vs
+                                                                        # transferkit's kept freed memory
 
 Random-init networks on random tensors at 224 px; each figure is the best of interleaved rounds,
 because other jobs on a shared machine only ever slow a round down.
@@ -11,6 +13,9 @@ because other jobs on a shared machine only ever slow a round down.
 from __future__ import annotations
 
 import argparse
+import resource
+import subprocess
+import sys
 import time
 
 import timm
@@ -100,22 +105,62 @@ def bf16(names: list[str], batch: int, rounds: int) -> None:
         print(f"{name:<30}{best['fp32']:>10.1f}{best['bf16']:>10.1f}{best['bf16'] / best['fp32']:>7.2f}x", flush=True)
 
 
+def allocator_child(name: str, batch: int, steps: int, keep: bool) -> None:
+    """(In a fresh process) channels_last training steps; print images/s and minor page faults per step."""
+    if keep:
+        from transferkit.cpu_memory import keep_freed_memory
+
+        assert keep_freed_memory(), "the allocator setting could not be applied here"
+    model = network(name).train().to(memory_format=torch.channels_last)
+    x = torch.randn(batch, 3, 224, 224).contiguous(memory_format=torch.channels_last)
+    train_rate(model, x, steps=2)  # warm-up: the heap grows to its working size
+    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    rate = train_rate(model, x, steps=steps)
+    faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults) / steps
+    print(f"{rate} {faults} {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}")
+
+
+def allocator(names: list[str], batch: int, rounds: int, threads: int | None, steps: int) -> None:
+    """Training images/s with glibc's default malloc and with freed memory kept, each round in fresh processes."""
+    print(f"{'backbone':<30}{'default':>10}{'kept':>10}{'ratio':>8}{'faults/step default':>21}{'kept':>8}"
+          f"{'max RSS MiB default':>21}{'kept':>8}")
+    for name in names:
+        best: dict[bool, list] = {False: [0.0, 0.0, 0.0], True: [0.0, 0.0, 0.0]}
+        for _ in range(rounds):
+            for keep in (False, True):
+                command = [sys.executable, __file__, "allocator-child", name, "--batch", str(batch), "--steps", str(steps),
+                           *(["--threads", str(threads)] if threads else []), *(["--keep"] if keep else [])]
+                rate, faults, rss = map(float, subprocess.run(command, check=True, capture_output=True,
+                                                              text=True).stdout.split())
+                if rate > best[keep][0]:
+                    best[keep] = [rate, faults, rss]
+        (d_rate, d_faults, d_rss), (k_rate, k_faults, k_rss) = best[False], best[True]
+        print(f"{name:<30}{d_rate:>10.1f}{k_rate:>10.1f}{k_rate / d_rate:>7.2f}x{d_faults:>21.0f}{k_faults:>8.0f}"
+              f"{d_rss:>21.0f}{k_rss:>8.0f}", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("what", choices=["channels-last", "eval-batch", "bf16"])
+    parser.add_argument("what", choices=["channels-last", "eval-batch", "bf16", "allocator", "allocator-child"])
     parser.add_argument("names", nargs="*", help=f"backbones (default {' '.join(DEFAULT_NAMES)}; 'survey' for more)")
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's own, one per core)")
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=4, help="allocator: timed steps per process")
+    parser.add_argument("--keep", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     names = SURVEY if args.names == ["survey"] else (args.names or DEFAULT_NAMES)
+    if args.what == "allocator-child":
+        return allocator_child(names[0], args.batch, args.steps, args.keep)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch}, 224 px")
     if args.what == "channels-last":
         channels_last(names, args.batch, args.rounds)
     elif args.what == "eval-batch":
         eval_batch(names, args.rounds)
+    elif args.what == "allocator":
+        allocator(names, args.batch, args.rounds, args.threads, args.steps)
     else:
         bf16(names, args.batch, args.rounds)
 

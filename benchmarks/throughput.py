@@ -47,7 +47,7 @@ from memory import measure  # noqa: E402
 
 from transferkit import Experiment  # noqa: E402
 from transferkit.cpu_memory import keep_freed_memory  # noqa: E402
-from transferkit.data.cache import image_decoder  # noqa: E402
+from transferkit.data.cache import image_decoders, train_cache_size  # noqa: E402
 from transferkit.data.loading import ImageFileDataset, default_num_workers, make_loader  # noqa: E402
 from transferkit.data.transforms import train_transform  # noqa: E402
 from transferkit.experiment import _channels_last, build_variant  # noqa: E402
@@ -184,7 +184,8 @@ def loaders_alone(raw: dict, batches: int) -> dict:
     out = {"workers": workers, "tutorial_images_per_s": _drain(tutorial, batches)}
     for mode in ("none", "auto"):
         start = time.perf_counter()
-        decode = image_decoder(built.splits, prep, mode)
+        train_size = train_cache_size(prep.input_size, prep.resize_size, spec.data.crop_scale[0])
+        decode, _ = image_decoders(built.splits, prep, mode, train_size=train_size)
         build_seconds = time.perf_counter() - start
         dataset = ImageFileDataset(built.splits.train, train_transform(prep, spec.data), decode)
         loader = make_loader(dataset, spec.data.batch_size, True, spec.seed, workers, device)

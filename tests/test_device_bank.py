@@ -14,8 +14,8 @@ from torchvision.transforms import v2
 from conftest import make_image_folder, tiny_recipe
 from transferkit import Experiment
 from transferkit.data.cache import decode_resized
-from transferkit.data.device_augment import CanvasCrop, canvas_side
-from transferkit.data.device_bank import DeviceBatches, DeviceImageBank, bank_bytes, random_resized_boxes
+from transferkit.data.device_augment import canvas_side
+from transferkit.data.device_bank import DeviceBatches, DeviceImageBank, random_resized_boxes
 from transferkit.errors import DataError, SpecError
 from transferkit.rundir import load_checkpoint
 
@@ -56,19 +56,25 @@ def test_boxes_fall_back_to_torchvisions_centre_crop_when_no_try_fits():
         assert torch.equal(ours, theirs.expand(5, 4)), (ours[0], theirs)
 
 
-def test_bank_holds_the_canvases_worker_augmentation_would_ship(tmp_path):
+def test_bank_holds_each_image_shrunk_fitted_and_pasted_with_edges_repeated(tmp_path):
     root = make_image_folder(tmp_path / "data", per_class=(3, 1), size=(70, 45))
     Image.fromarray(np.full((45, 130, 3), 90, np.uint8)).save(root / "train" / "cat" / "wide.png")  # beyond 4:3
+    Image.fromarray(np.full((30, 30, 3), 50, np.uint8)).save(root / "train" / "cat" / "small.png")  # below the cap
     samples = [(p, 0) for p in sorted((root / "train").rglob("*.*"))]
     bank = DeviceImageBank.build(samples, 37, "bilinear", torch.device("cpu"), threads=2, chunk=3)
-    side = canvas_side(37)
+    side = canvas_side(37)  # the largest shorter side once shrunk is the cap
     assert bank.canvases.shape == (len(samples), 3, side, side) and bank.canvases.dtype == torch.uint8
-    assert bank_bytes(len(samples), 37) == bank.canvases.numel()
-    crop = CanvasCrop(37, SCALE, RATIO, hflip=True)
     for i, (path, _) in enumerate(samples):
-        pixels = torch.from_numpy(decode_resized(path, 37, "bilinear")).permute(2, 0, 1)
-        assert torch.equal(bank.canvases[i], crop(pixels).canvas), path
-        assert tuple(bank.sizes[i].tolist()) == (min(pixels.shape[1], side), min(pixels.shape[2], side))
+        pixels = torch.from_numpy(decode_resized(path, 37, "bilinear", shrink_only=True))
+        h, w = min(pixels.shape[0], side), min(pixels.shape[1], side)
+        top, left = (pixels.shape[0] - h) // 2, (pixels.shape[1] - w) // 2
+        canvas = bank.canvases[i].permute(1, 2, 0)
+        assert tuple(bank.sizes[i].tolist()) == (h, w), path
+        assert torch.equal(canvas[:h, :w], pixels[top:top + h, left:left + w]), path
+        if h < side:
+            assert torch.equal(canvas[h, :w], canvas[h - 1, :w])
+        assert not canvas[h + 1:].any() and not canvas[:, w + 1:].any()
+    assert tuple(bank.sizes[samples.index(next(s for s in samples if s[0].name == "small.png"))].tolist()) == (30, 30)
 
 
 def _bank(n: int, labels=None) -> DeviceImageBank:
@@ -159,6 +165,9 @@ def test_training_on_resident_images_changes_weights_and_needs_device_augmentati
     cpu_augment = tiny_recipe(image_root, data={"augment_on": "cpu", "cache": "device"}, output_dir=str(tmp_path / "r2"))
     with pytest.raises(SpecError, match="data.cache: device .*data.augment_on: device"):
         Experiment.from_dict(cpu_augment).run(progress=False)
+    host_cache = tiny_recipe(image_root, data={"augment_on": "device", "cache": "memory"}, output_dir=str(tmp_path / "r3"))
+    with pytest.raises(SpecError, match="data.augment_on: device .*data.cache is memory"):
+        Experiment.from_dict(host_cache).run(progress=False)
 
 
 def test_an_interrupted_run_on_resident_images_resumes_exactly(tmp_path):

@@ -12,7 +12,7 @@ from torchvision.transforms.v2 import functional as F
 
 from conftest import tiny_recipe
 from transferkit import Experiment
-from transferkit.data.cache import build_cache, disk_cache_dir, image_decoder
+from transferkit.data.cache import build_cache, decode_resized, disk_cache_dir, image_decoders, train_cache_size
 from transferkit.data.images import open_rgb
 from transferkit.data.loading import BadImage, ImageFileDataset, make_loader
 from transferkit.data.transforms import eval_transform, train_transform
@@ -88,10 +88,30 @@ def test_a_bad_file_is_reported_with_the_same_message_as_without_cache(image_roo
 
 
 def test_cache_none_decodes_files_directly(image_root):
-    splits = build_variant(validate(tiny_recipe(image_root))).splits
-    prep = build_variant(validate(tiny_recipe(image_root))).preprocessing
-    assert image_decoder(splits, prep, "none") is open_rgb
-    assert image_decoder(splits, prep, "auto") is not open_rgb
+    built = build_variant(validate(tiny_recipe(image_root)))
+    assert image_decoders(built.splits, built.preprocessing, "none", train_size=99) == (open_rgb, open_rgb)
+    assert open_rgb not in image_decoders(built.splits, built.preprocessing, "auto", train_size=99)
+
+
+@pytest.mark.parametrize("mode", ["memory", "disk"])
+def test_training_images_keep_their_detail_and_evaluation_images_their_eval_resize(tmp_path, mode):
+    from conftest import make_image_folder
+
+    root = make_image_folder(tmp_path / "data", per_class=(2, 1), size=(90, 120))  # shorter side 90
+    built = build_variant(validate(tiny_recipe(root)))  # 32 px crops, eval resize 37
+    prep = built.preprocessing
+    assert train_cache_size(32, 37, 0.08) == 114 and train_cache_size(32, 37, 1.0) == 37
+    train_decode, eval_decode = image_decoders(built.splits, prep, mode, train_size=60)
+    for path, _ in built.splits.train:
+        shrunk = train_decode(path)
+        assert shrunk.shape == (3, 80, 60)  # shorter side shrunk to the cap, never to the eval resize
+        assert torch.equal(shrunk, torch.from_numpy(decode_resized(path, 60, prep.interpolation)).permute(2, 0, 1))
+    large = image_decoders(built.splits, prep, mode, train_size=500)[0]
+    assert large(built.splits.train[0][0]).shape == (3, 120, 90)  # a small image is kept at its own size
+    for path, _ in built.splits.test:
+        assert torch.equal(eval_transform(prep)(eval_decode(path)), eval_transform(prep)(open_rgb(path)))
+    together = image_decoders(built.splits, prep, mode, train_size=None)[0]  # e.g. features of the eval view
+    assert together(built.splits.train[0][0]).shape[1:] == (49, 37)
 
 
 def test_train_transform_runs_on_cached_uint8_tensors(image_root):

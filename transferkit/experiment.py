@@ -19,8 +19,8 @@ from transferkit import report
 from transferkit.backbones import build_backbone
 from transferkit.checkpoints import CheckpointManager
 from transferkit.cpu_memory import keep_freed_memory
-from transferkit.data.cache import image_decoder
-from transferkit.data.device_augment import augments_on_device, canvas_crop
+from transferkit.data.cache import image_decoders, train_cache_size
+from transferkit.data.device_augment import augments_on_device
 from transferkit.data.device_bank import DeviceBatches, DeviceImageBank, fits_on_device
 from transferkit.data.folder import FolderSplits
 from transferkit.data.loading import ImageFileDataset, default_eval_batch_size, default_num_workers, make_loader
@@ -247,20 +247,28 @@ def build_loaders(spec: ExperimentSpec, built: Built, device: torch.device) -> L
     if d.cache == "device" and not on_device:
         raise SpecError("data.cache: device keeps training images on the accelerator for device augmentation; set "
                         "data.augment_on: device (a frozen-backbone feature cache cannot use it), or data.cache: auto")
-    resident = on_device and (d.cache == "device" or (d.cache == "auto" and fits_on_device(len(splits.train), prep.resize_size, device)))
+    train_size = train_cache_size(prep.input_size, prep.resize_size, d.crop_scale[0])
+    resident = on_device and (d.cache == "device" or (d.cache == "auto" and fits_on_device(splits.train, train_size, device)))
+    if on_device and not resident:
+        if d.augment_on == "device":
+            raise SpecError("data.augment_on: device crops training images kept on the device, but "
+                            + ("data.cache is " + d.cache if d.cache != "auto" else "they do not fit in a quarter of its free memory")
+                            + "; set data.augment_on: cpu (or data.cache: device to force it)")
+        on_device = False
     if resident:  # only the evaluation splits go through the host-side cache
         splits = FolderSplits(splits.classes, [], splits.test, splits.val, splits.root)
-    decode = image_decoder(splits, prep, "auto" if d.cache == "device" else d.cache, d.on_bad_image)
-    test_ds = ImageFileDataset(splits.test, eval_transform(prep), decode)
-    val_ds = ImageFileDataset(splits.val, eval_transform(prep), decode) if splits.val else None
+    eval_view_features = uses_feature_cache(spec) and spec.lr_policy.cache_views == 0
+    train_decode, eval_decode = image_decoders(splits, prep, "auto" if d.cache == "device" else d.cache, d.on_bad_image,
+                                               None if eval_view_features else train_size)
+    test_ds = ImageFileDataset(splits.test, eval_transform(prep), eval_decode)
+    val_ds = ImageFileDataset(splits.val, eval_transform(prep), eval_decode) if splits.val else None
     workers = d.num_workers if d.num_workers is not None else default_num_workers(device)
     eval_batch = d.eval_batch_size or default_eval_batch_size(device, d.batch_size)
     if resident:
-        bank = DeviceImageBank.build(built.splits.train, prep.resize_size, prep.interpolation, device, d.on_bad_image)
+        bank = DeviceImageBank.build(built.splits.train, train_size, prep.interpolation, device, d.on_bad_image)
         train = DeviceBatches(bank, d.batch_size, spec.seed, d.crop_scale, d.crop_ratio, d.hflip)
     else:
-        augment = canvas_crop if on_device else train_transform  # device: workers draw boxes, the device resamples
-        train_ds = ImageFileDataset(splits.train, augment(prep, d), decode)
+        train_ds = ImageFileDataset(splits.train, train_transform(prep, d), train_decode)
         train = make_loader(train_ds, d.batch_size, True, spec.seed, workers, device)
     return Loaders(train,
                    make_loader(test_ds, eval_batch, False, spec.seed, workers, device),

@@ -54,9 +54,9 @@ class DataSpec(_Spec):
     crop_ratio: tuple[float, float] = Field((0.75, 4.0 / 3.0), description="RandomResizedCrop aspect range for training")
     hflip: bool = Field(True, description="random horizontal flip for training")
     augment_on: Literal["auto", "cpu", "device"] = Field(
-        "auto", description="where training crops and flips are resampled: cpu (loader workers), device (batched "
-                            "on the accelerator; workers only draw boxes), or auto (device on CUDA, else cpu); "
-                            "a frozen-backbone feature cache always augments on the cpu")
+        "auto", description="where training crops and flips are resampled: cpu (the loader), device (training images "
+                            "kept on the accelerator, cropped there in batches), or auto (device on CUDA when they "
+                            "fit, else cpu); a frozen-backbone feature cache always augments on the cpu")
     batch_size: int = Field(64, gt=0, description="training batch size")
     eval_batch_size: int | None = Field(None, gt=0, description="evaluation batch size; default: batch_size")
     num_workers: int | None = Field(None, ge=0, description="DataLoader worker processes; default: chosen from the cores")

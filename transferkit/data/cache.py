@@ -1,9 +1,14 @@
 """Decoded-image cache: each file decoded and resized once, kept as uint8 in memory or in a memory-mapped file.
 
-Images are stored with their shorter side at the eval resize, as (H, W, 3) uint8, and handed out as
-(3, H, W) tensor views, so training epochs after the first skip JPEG decoding and run their
-augmentations on uint8 tensors. The disk cache is keyed by path, size and mtime: a changed file is
-decoded again. Unreadable files are remembered with their message and raise it on every look-up.
+Images are stored as (H, W, 3) uint8 and handed out as (3, H, W) tensor views, so epochs after the
+first skip JPEG decoding and run their augmentations on uint8 tensors. Evaluation images are stored
+with their shorter side at the eval resize (so the eval transform's Resize is a no-op and the pixels are
+exactly the uncached ones). Training images keep their detail: their shorter side is only shrunk, to
+`train_cache_size` (the side at which even RandomResizedCrop's smallest crop still has at least the
+output's pixels), never enlarged. Caching them at the eval resize instead made every small crop an
+upsampled, blurred patch and cost EfficientNet-Lite0 about 5 points of test accuracy (docs/performance.md).
+The disk cache is keyed by path, size and mtime: a changed file is decoded again. Unreadable files are
+remembered with their message and raise it on every look-up.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import json
+import math
 import os
 import random
 import shutil
@@ -35,10 +41,21 @@ CACHE_FOLDER = ".transferkit-cache"
 MEMORY_SHARE = 0.25  # auto keeps the cache in memory while its estimate stays under this share of RAM
 
 
-def decode_resized(path: str | Path, size: int, interpolation: str) -> np.ndarray:
-    """The file as (H, W, 3) uint8 with its shorter side resized to `size`, exactly as the eval Resize does."""
-    image = F.resize(open_rgb(path), size, interpolation=InterpolationMode(interpolation), antialias=True)
+def decode_resized(path: str | Path, size: int, interpolation: str, shrink_only: bool = False) -> np.ndarray:
+    """The file as (H, W, 3) uint8 with its shorter side resized to `size`, exactly as the eval Resize does.
+
+    With `shrink_only`, an image whose shorter side is `size` or less is kept at its own size.
+    """
+    image = open_rgb(path)
+    if not (shrink_only and min(image.size) <= size):
+        image = F.resize(image, size, interpolation=InterpolationMode(interpolation), antialias=True)
     return np.array(image, dtype=np.uint8)  # a writable copy, as torch.from_numpy wants
+
+
+def train_cache_size(input_size: int, resize_size: int, min_crop_scale: float) -> int:
+    """Shorter side training images are cached at (at most): where RandomResizedCrop's smallest crop still
+    spans `input_size` pixels, and never below the eval resize."""
+    return max(resize_size, math.ceil(input_size / math.sqrt(min_crop_scale)))
 
 
 def file_key(path: str) -> list[int]:
@@ -50,31 +67,43 @@ def file_key(path: str) -> list[int]:
     return [st.st_size, st.st_mtime_ns]
 
 
-def _decode_or_error(path: str, size: int, interpolation: str) -> np.ndarray | str:
+def _decode_or_error(path: str, size: int, interpolation: str, shrink_only: bool) -> np.ndarray | str:
     try:
-        return decode_resized(path, size, interpolation)
+        return decode_resized(path, size, interpolation, shrink_only)
     except DataError as exc:
         return str(exc)
 
 
-def decode_all(paths: list[str], size: int, interpolation: str, threads: int) -> list[np.ndarray | str]:
+def decode_all(paths: list[str], size: int, interpolation: str, threads: int,
+               shrink_only: bool = False) -> list[np.ndarray | str]:
     """Each file decoded and resized as `decode_resized` does, on `threads` threads; a message where it is unreadable."""
     # Pillow releases the GIL while decoding and resampling, so threads scale without copying pixels.
     with ThreadPoolExecutor(max(1, threads)) as pool:
-        return list(pool.map(lambda p: _decode_or_error(p, size, interpolation), paths))
+        return list(pool.map(lambda p: _decode_or_error(p, size, interpolation, shrink_only), paths))
 
 
-def estimated_bytes(paths: list[str], size: int, sample: int = 64) -> int:
+def header_size(path: str) -> tuple[int, int] | None:
+    """(width, height) from the file's header, without decoding it; None when unreadable."""
+    try:
+        with Image.open(path) as img:
+            return img.size
+    except (OSError, ValueError, SyntaxError):
+        return None
+
+
+def stored_shape(image_size: tuple[int, int] | None, size: int, shrink_only: bool) -> tuple[int, int]:
+    """(shorter, longer) side an image of `image_size` (w, h) is cached at; size x size when unknown."""
+    if image_size is None:
+        return size, size
+    short, long = min(image_size), max(image_size)
+    target = min(short, size) if shrink_only else size
+    return target, max(target, round(target * long / max(1, short)))
+
+
+def estimated_bytes(paths: list[str], size: int, sample: int = 64, shrink_only: bool = False) -> int:
     """Bytes the decoded images will take, from the headers of a seeded sample of the files."""
     chosen = random.Random(0).sample(paths, min(sample, len(paths)))
-    total = 0
-    for path in chosen:
-        try:
-            with Image.open(path) as img:
-                w, h = img.size
-        except (OSError, ValueError, SyntaxError):
-            w = h = size
-        total += size * max(size, round(size * max(w, h) / max(1, min(w, h)))) * 3
+    total = sum(math.prod(stored_shape(header_size(path), size, shrink_only)) * 3 for path in chosen)
     return total * len(paths) // max(1, len(chosen))
 
 
@@ -95,9 +124,9 @@ def is_writable_dir(path: Path) -> bool:
     return stat.S_ISDIR(mode) and bool(mode & 0o222) and os.access(path, os.W_OK)
 
 
-def disk_cache_dir(data_root: Path | None, size: int, interpolation: str) -> Path:
+def disk_cache_dir(data_root: Path | None, size: int, interpolation: str, shrink_only: bool = False) -> Path:
     """Where the disk cache lives: `.transferkit-cache/` in the data folder, or the TRANSFERKIT cache dir if read-only."""
-    name = f"decoded-{size}-{interpolation}"
+    name = f"decoded-{'max' if shrink_only else ''}{size}-{interpolation}"
     if data_root is not None and is_writable_dir(data_root):
         return data_root / CACHE_FOLDER / name
     from transferkit.download import data_cache_dir
@@ -147,11 +176,11 @@ class DecodedImages:
         return hwc.permute(2, 0, 1)  # a channels-last view: uint8 resizes run fastest on this layout
 
 
-def memory_cache(paths: list[str], size: int, interpolation: str, threads: int) -> DecodedImages:
+def memory_cache(paths: list[str], size: int, interpolation: str, threads: int, shrink_only: bool = False) -> DecodedImages:
     """Decode every file once into memory."""
     entries: dict[str, tuple | str | int] = {}
     pixels: list[torch.Tensor] = []
-    for path, result in zip(paths, decode_all(paths, size, interpolation, threads)):
+    for path, result in zip(paths, decode_all(paths, size, interpolation, threads, shrink_only)):
         if isinstance(result, str):
             entries[path] = result
         else:
@@ -160,7 +189,8 @@ def memory_cache(paths: list[str], size: int, interpolation: str, threads: int) 
     return DecodedImages(entries, pixels=pixels)
 
 
-def disk_cache(paths: list[str], size: int, interpolation: str, folder: Path, threads: int) -> DecodedImages:
+def disk_cache(paths: list[str], size: int, interpolation: str, folder: Path, threads: int,
+               shrink_only: bool = False) -> DecodedImages:
     """Decode the files not cached yet (or changed since) and append them to the memory-mapped file in `folder`."""
     folder.mkdir(parents=True, exist_ok=True)
     index_path, pixel_path = folder / "index.json", folder / "pixels.u8"
@@ -171,7 +201,7 @@ def disk_cache(paths: list[str], size: int, interpolation: str, folder: Path, th
         stale = [p for p in paths if p not in index or index[p]["key"] != keys[p]]
         if stale:
             with open(pixel_path, "ab") as out:
-                for path, result in zip(stale, decode_all(stale, size, interpolation, threads)):
+                for path, result in zip(stale, decode_all(stale, size, interpolation, threads, shrink_only)):
                     if isinstance(result, str):
                         index[path] = {"key": keys[path], "error": result}
                     else:
@@ -188,24 +218,28 @@ def disk_cache(paths: list[str], size: int, interpolation: str, folder: Path, th
 
 
 def build_cache(paths: list[str | Path], size: int, interpolation: str, mode: str = "auto",
-                data_root: Path | None = None, threads: int | None = None) -> DecodedImages | None:
-    """The decoded-image cache data.cache asks for; auto: memory when it fits, else disk when that fits, else none."""
+                data_root: Path | None = None, threads: int | None = None, shrink_only: bool = False,
+                extra_bytes: int = 0) -> DecodedImages | None:
+    """The decoded-image cache data.cache asks for; auto: memory when it fits, else disk when that fits, else none.
+
+    `extra_bytes`: memory another cache of the same run takes, counted against auto's memory share.
+    """
     if mode == "none" or not paths:
         return None
     names = list(dict.fromkeys(os.path.abspath(p) for p in paths))
     threads = threads or available_cores()
-    folder = disk_cache_dir(data_root, size, interpolation)
+    folder = disk_cache_dir(data_root, size, interpolation, shrink_only)
     if mode == "auto":
-        need = estimated_bytes(names, size)
-        if need <= MEMORY_SHARE * physical_memory():
+        need = estimated_bytes(names, size, shrink_only=shrink_only)
+        if need + extra_bytes <= MEMORY_SHARE * physical_memory():
             mode = "memory"
         elif need <= free_disk(folder) // 2:
             mode = "disk"
         else:
             return None
     if mode == "memory":
-        return memory_cache(names, size, interpolation, threads)
-    return disk_cache(names, size, interpolation, folder, threads)
+        return memory_cache(names, size, interpolation, threads, shrink_only)
+    return disk_cache(names, size, interpolation, folder, threads, shrink_only)
 
 
 def free_disk(folder: Path) -> int:
@@ -214,18 +248,31 @@ def free_disk(folder: Path) -> int:
     return shutil.disk_usage(existing).free
 
 
-def image_decoder(splits: FolderSplits, prep: Preprocessing, mode: str, on_bad_image: str = "skip") -> Callable:
-    """The decode function for every split's images: open_rgb, or a lookup in the decoded-image cache.
+def image_decoders(splits: FolderSplits, prep: Preprocessing, mode: str, on_bad_image: str = "skip",
+                   train_size: int | None = None) -> tuple[Callable, Callable]:
+    """(decode for training images, decode for evaluation images): open_rgb, or look-ups in the decoded-image cache.
 
-    Building the cache reads every image, so with on_bad_image 'fail' an unreadable one stops the
-    run here, before training starts.
+    Evaluation images are cached at the eval resize; training images with their shorter side shrunk to at
+    most `train_size` (None: exactly at the eval resize, as evaluation images, e.g. for features of their eval
+    view). Building the caches reads every
+    image, so with on_bad_image 'fail' an unreadable one stops the run here, before training starts.
     """
-    paths = [path for samples in (splits.train, splits.test, splits.val or []) for path, _ in samples]
-    cache = build_cache(paths, prep.resize_size, prep.interpolation, mode, splits.root)
-    if cache is None:
-        return open_rgb
-    stop_if_unreadable(cache.errors(), on_bad_image)
-    return cache.decode
+    train = [path for path, _ in splits.train]
+    evaluation = [path for samples in (splits.test, splits.val or []) for path, _ in samples]
+    if train_size is None:
+        train, evaluation, train_size = [], train + evaluation, prep.resize_size
+    eval_cache = build_cache(evaluation, prep.resize_size, prep.interpolation, mode, splits.root)
+    if mode != "none" and eval_cache is None and evaluation:
+        mode = "none"  # auto found no room for the small cache: none for the large one either
+    held = sum(t.numel() for t in eval_cache.pixels) if eval_cache is not None and eval_cache.pixels else 0
+    train_cache = build_cache(train, train_size, prep.interpolation, mode, splits.root, shrink_only=True,
+                              extra_bytes=held)
+    stop_if_unreadable([e for cache in (eval_cache, train_cache) if cache is not None for e in cache.errors()],
+                       on_bad_image)
+    eval_decode = eval_cache.decode if eval_cache is not None else open_rgb
+    if not train:
+        return eval_decode, eval_decode
+    return (train_cache.decode if train_cache is not None else open_rgb), eval_decode
 
 
 def stop_if_unreadable(errors: list[str], on_bad_image: str) -> None:

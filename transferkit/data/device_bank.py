@@ -1,17 +1,17 @@
 """Training images resident on the device: no loader workers, no per-step host-to-device copies.
 
-With `data.cache: device` (or `auto` on CUDA when it fits) every training image is decoded once, resized
-(shorter side at the eval resize), pasted on a fixed square uint8 canvas as device augmentation lays it
-out (`device_augment.paste_on_canvas`), and the whole set is kept in one (N, 3, S, S) tensor on the
-device. An epoch is then index arithmetic: the order comes from `EpochSampler` (so shuffling, resume
-and the dropped lone last image are as with a DataLoader), the RandomResizedCrop boxes and flips of
-the whole epoch are drawn at once from a generator seeded by (seed, epoch), and each step gathers its
-canvases on the device and crops them there with `crop_on_device`. The CPU's only work per step is
-launching kernels, which is what a fast GPU needs.
+With `data.cache: device` (or `auto` on CUDA when it fits) every training image is decoded once, its
+shorter side shrunk to at most the training cache size (`cache.train_cache_size`), pasted on a fixed
+square uint8 canvas (`device_augment.paste_on_canvas`), and the whole set is kept in one (N, 3, S, S)
+tensor on the device. An epoch is then index arithmetic: the order comes from `EpochSampler` (so
+shuffling, resume and the dropped lone last image are as with a DataLoader), the RandomResizedCrop
+boxes and flips of the whole epoch are drawn at once from a generator seeded by (seed, epoch), and each
+step gathers its canvases on the device and crops them there with `crop_on_device`. The CPU's only
+work per step is launching kernels, which is what a fast GPU needs.
 
 The boxes follow torchvision's RandomResizedCrop rule (ten tries at a random area and log-aspect, else
 a centre crop within the ratio range), vectorised; they are a function of (seed, epoch, position in
-the epoch), not of a per-sample seed, so they differ from the boxes `CanvasCrop` draws for the same seed.
+the epoch).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 import torch
 
-from transferkit.data.cache import decode_all, stop_if_unreadable
+from transferkit.data.cache import decode_all, header_size, stop_if_unreadable, stored_shape
 from transferkit.data.device_augment import canvas_side, fit_to_canvas, paste_on_canvas
 from transferkit.data.loading import BadImage, Batch, EpochSampler, available_cores
 from transferkit.errors import DataError
@@ -28,17 +28,19 @@ GPU_MEMORY_SHARE = 0.25  # cache auto keeps training images on a CUDA device whi
 TRIES = 10  # RandomResizedCrop's attempts before its centre-crop fallback
 
 
-def bank_bytes(count: int, resize_size: int) -> int:
-    """Device memory the canvases of `count` images take at this eval resize."""
-    return count * 3 * canvas_side(resize_size) ** 2
+def canvas_side_for(paths: list, max_shorter_side: int) -> int:
+    """Canvas side holding every image once cached (shorter side shrunk to at most `max_shorter_side`), from file headers."""
+    shorter = [stored_shape(header_size(str(path)), max_shorter_side, shrink_only=True)[0] for path in paths]
+    return canvas_side(max(shorter, default=max_shorter_side))
 
 
-def fits_on_device(count: int, resize_size: int, device: torch.device) -> bool:
-    """True on a CUDA device whose free memory holds the canvases with room to spare (GPU_MEMORY_SHARE)."""
-    if device.type != "cuda":
+def fits_on_device(samples: list[tuple], max_shorter_side: int, device: torch.device) -> bool:
+    """True on a CUDA device whose free memory holds the training canvases with room to spare (GPU_MEMORY_SHARE)."""
+    if device.type != "cuda" or not samples:
         return False
     free, _ = torch.cuda.mem_get_info(device)
-    return bank_bytes(count, resize_size) <= GPU_MEMORY_SHARE * free
+    side = canvas_side_for([path for path, _ in samples], max_shorter_side)
+    return len(samples) * 3 * side * side <= GPU_MEMORY_SHARE * free
 
 
 def random_resized_boxes(sizes: torch.Tensor, scale: tuple[float, float], ratio: tuple[float, float],
@@ -84,20 +86,20 @@ class DeviceImageBank:
         return self.canvases.shape[0]
 
     @classmethod
-    def build(cls, samples: list[tuple], resize_size: int, interpolation: str, device: torch.device,
+    def build(cls, samples: list[tuple], max_shorter_side: int, interpolation: str, device: torch.device,
               on_bad_image: str = "fail", threads: int | None = None, chunk: int = 256) -> "DeviceImageBank":
-        """Decode, resize, fit and paste every sample, a chunk at a time (decoded on `threads` threads), onto the device.
+        """Decode, shrink, fit and paste every sample, a chunk at a time (decoded on `threads` threads), onto the device.
 
         Unreadable files stop the build under on_bad_image 'fail' (the decoded-image cache's message), else are kept aside.
         """
-        side, threads = canvas_side(resize_size), threads or available_cores()
+        side, threads = canvas_side_for([p for p, _ in samples], max_shorter_side), threads or available_cores()
         canvases = torch.empty(len(samples), 3, side, side, dtype=torch.uint8, device=device)
         staging = torch.empty(min(chunk, len(samples)), side, side, 3, dtype=torch.uint8,
                               pin_memory=device.type == "cuda")
         sizes, labels, bad, count = [], [], [], 0
         for start in range(0, len(samples), chunk):
             part = samples[start:start + chunk]
-            decoded = decode_all([str(path) for path, _ in part], resize_size, interpolation, threads)
+            decoded = decode_all([str(path) for path, _ in part], max_shorter_side, interpolation, threads, shrink_only=True)
             stop_if_unreadable([d for d in decoded if isinstance(d, str)], on_bad_image)
             filled = 0
             for (path, label), pixels in zip(part, decoded):

@@ -10,7 +10,6 @@ from typing import Callable, NamedTuple
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from transferkit.data.device_augment import DeviceCrop, stack_crops
 from transferkit.data.images import open_rgb
 from transferkit.errors import DataError
 
@@ -26,7 +25,7 @@ class BadImage(NamedTuple):
 class Batch:
     """uint8 images (N, 3, H, W), int64 labels (N,), and the files left out of this batch.
 
-    Under device augmentation (transferkit.data.device_augment) images are uncropped canvases, with
+    Under device augmentation (transferkit.data.device_bank) images are uncropped canvases, with
     `boxes` (N, 4) float crop boxes and `flips` (N,) bool for the device to apply.
     """
 
@@ -97,9 +96,6 @@ def collate(items: list) -> Batch:
     if not good:
         return Batch(torch.empty(0, dtype=torch.uint8), torch.empty(0, dtype=torch.long), bad)
     labels = torch.tensor([label for _, label in good], dtype=torch.long)
-    if isinstance(good[0][0], DeviceCrop):  # canvases, boxes and flips: the device crops and flips
-        images, boxes, flips = stack_crops([crop for crop, _ in good])
-        return Batch(images, labels, bad, boxes, flips)
     images = torch.stack([image for image, _ in good])
     return Batch(images, labels, bad)
 
