@@ -253,14 +253,14 @@ def image_decoders(splits: FolderSplits, prep: Preprocessing, mode: str, on_bad_
     """(decode for training images, decode for evaluation images): open_rgb, or look-ups in the decoded-image cache.
 
     Evaluation images are cached at the eval resize; training images with their shorter side shrunk to at
-    most `train_size` (None: exactly at the eval resize, as evaluation images, e.g. for features of their eval
-    view). Building the caches reads every
-    image, so with on_bad_image 'fail' an unreadable one stops the run here, before training starts.
+    most `train_size` (None: exactly at the eval resize, as evaluation images, e.g. for features of their
+    eval view). Building the caches reads every image, so with on_bad_image 'fail' an unreadable one stops
+    the run here, before training starts.
     """
     train = [path for path, _ in splits.train]
     evaluation = [path for samples in (splits.test, splits.val or []) for path, _ in samples]
     if train_size is None:
-        train, evaluation, train_size = [], train + evaluation, prep.resize_size
+        train, evaluation = [], train + evaluation
     eval_cache = build_cache(evaluation, prep.resize_size, prep.interpolation, mode, splits.root)
     if mode != "none" and eval_cache is None and evaluation:
         mode = "none"  # auto found no room for the small cache: none for the large one either
