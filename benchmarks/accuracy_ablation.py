@@ -51,6 +51,7 @@ VARIANTS = {
 
 
 def main(argv: list[str] | None = None) -> dict:
+    """Run every variant for every seed in fresh processes; print and return the accuracies."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", required=True)
     parser.add_argument("--backbone", default="efficientnet-lite0", choices=list(BACKBONES))

@@ -1,8 +1,8 @@
 """GPU check: ResNet-18 model-only and end-to-end training images/s, fp32 against bf16 autocast + channels_last.
 
 "workers" rows crop and flip on the CPU loader workers (data.augment_on: cpu, data.cache: memory);
-"resident" rows are the CUDA defaults: training images decoded once and kept on the GPU (data.cache:
-device), every batch gathered and cropped there. Each row also times the training loader alone
+"resident" rows (data.cache: device, data.augment_on: device; what auto picks on CUDA when the images fit):
+training images decoded once and kept on the GPU, every batch gathered and cropped there. Each row also times the training loader alone
 (batches on the device, cropped, no model): whichever of loader and model is slower bounds the run.
 Each end-to-end run trains 3 epochs and reports the last one: steady state, caches warm.
 
@@ -145,11 +145,13 @@ def end_to_end(raw: dict) -> dict:
 
 
 def sync(device: torch.device) -> None:
+    """Wait for the device's queued work (CUDA), so timings cover it."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
 
 def main() -> None:
+    """Parse the arguments, write the data, measure every row, print the table and write the JSON."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default=os.environ.get("OUT") or "gpu_check_out")
     parser.add_argument("--smoke", action="store_true", help="tiny sizes on the CPU, to check the script itself")
@@ -163,9 +165,9 @@ def main() -> None:
         args.device, args.batch_size, args.image_size, args.epochs = "cuda", 256, 224, 3
         args.warmup, args.steps, train, test, size = 5, 30, 4000, 100, (400, 300)
     amp = "bf16" if args.device == "cuda" else "fp32"  # CPU smoke runs keep fp32: it checks the script, not speed
-    # (row name, precision, channels_last, compile, augment_on, cache). "resident": the defaults on CUDA, training
-    # images kept on the GPU (data.cache: device) and cropped there; "workers": crops on the CPU loader workers.
-    # The smoke run names cache and augmentation explicitly, since on a CPU auto means workers.
+    # (row name, precision, channels_last, compile, augment_on, cache). "resident": training images kept on the GPU
+    # (data.cache: device) and cropped there, what auto picks on CUDA when they fit; "workers": crops on the CPU
+    # loader workers. Both are named explicitly, so the smoke run on a CPU measures the same paths.
     resident, workers = ("device", "device"), ("cpu", "memory")
     configs = [("fp32, workers", "fp32", False, False, *workers), ("fp32, resident", "fp32", False, False, *resident),
                (f"{amp} + channels_last, workers", amp, True, False, *workers),

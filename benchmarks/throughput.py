@@ -1,4 +1,4 @@
-"""transferkit against the tutorial's loop, in one process on one machine: speed, accuracy and memory.
+"""transferkit against the tutorial's loop, in one command on one machine: speed, accuracy and memory.
 
     python benchmarks/throughput.py --data DIR [--quick] [--json OUT]
 

@@ -189,3 +189,26 @@ def test_an_interrupted_run_on_resident_images_resumes_exactly(tmp_path):
     resumed = run_cli("run", str(recipe), "--output", str(out), "--resume", "auto")
     assert resumed.returncode == 0 and "resuming at step 5 of epoch 2" in resumed.stderr, resumed.stderr
     _assert_same_run(tmp_path / "ref" / "tiny" / "base", out / "tiny" / "base")
+
+
+def test_any_seed_plans_an_epoch():
+    batches = DeviceBatches(_bank(8), batch_size=4, seed=2**32 - 1, scale=SCALE, ratio=RATIO, hflip=True)
+    assert len(_epoch(batches, 1)) == 2
+
+
+def test_contradicting_cache_and_augmentation_settings_are_refused_when_read():
+    from transferkit.spec import validate
+
+    with pytest.raises(SpecError, match="data.crop_scale: use two area shares"):
+        validate(tiny_recipe("x", data={"crop_scale": [0.0, 1.0]}))
+    with pytest.raises(SpecError, match="data.augment_on: device .*data.cache is none"):
+        validate(tiny_recipe("x", data={"augment_on": "device", "cache": "none"}))
+
+
+def test_augment_on_device_with_cache_auto_keeps_images_resident_off_cuda(image_root, tmp_path, monkeypatch):
+    built = []
+    original = DeviceImageBank.build.__func__
+    monkeypatch.setattr(DeviceImageBank, "build", classmethod(lambda cls, *a, **k: built.append(1) or original(cls, *a, **k)))
+    raw = tiny_recipe(image_root, data={"augment_on": "device"}, output_dir=str(tmp_path / "runs"))
+    assert Experiment.from_dict(raw).run(progress=False)["base"].history
+    assert built == [1]

@@ -4,7 +4,7 @@ glibc's malloc serves each large block (activations and their gradients: tens to
 fresh `mmap` and gives it back with `munmap` when freed, so every training step on the CPU faults in
 and zeroes all its activation memory again. Measured on this project's 2-core machine (training step,
 batch 32, 224 px, channels_last): 10-30x fewer page faults, EfficientNet-Lite0 1.35-1.55x and ResNet-18
-1.03-1.19x the images/s, for 15-20% more resident memory. Results are bit-identical: only where memory
+1.03-1.19x the images/s, for 0-20% more peak resident memory. Results are bit-identical: only where memory
 comes from changes.
 
 `keep_freed_memory()` sets two malloc options for the whole process: no mmap'd blocks (M_MMAP_MAX 0),

@@ -245,15 +245,22 @@ def build_loaders(spec: ExperimentSpec, built: Built, device: torch.device) -> L
     d, prep, splits = spec.data, built.preprocessing, built.splits
     on_device = augments_on_device(d.augment_on, device) and not uses_feature_cache(spec)
     if d.cache == "device" and not on_device:
-        raise SpecError("data.cache: device keeps training images on the accelerator for device augmentation; set "
-                        "data.augment_on: device (a frozen-backbone feature cache cannot use it), or data.cache: auto")
+        raise SpecError("data.cache: device crops training images on the device, which a frozen-backbone feature "
+                        "cache does not do; set data.cache: auto")
+    # torchvision's roi_align falls back to a pure-Python version under deterministic algorithms on CUDA, one that
+    # materialises every canvas for every output pixel: far too large. Deterministic CUDA runs crop on the CPU.
+    deterministic_cuda = spec.train.deterministic and device.type == "cuda"
+    if d.cache == "device" and deterministic_cuda:
+        raise SpecError("data.cache: device cannot crop deterministically on CUDA; set data.cache: auto (the CPU "
+                        "crops) or train.deterministic: false")
     train_size = train_cache_size(prep.input_size, prep.resize_size, d.crop_scale[0])
-    resident = on_device and (d.cache == "device" or (d.cache == "auto" and fits_on_device(splits.train, train_size, device)))
+    resident = on_device and not deterministic_cuda and (
+        d.cache == "device" or device.type != "cuda" or fits_on_device(splits.train, train_size, d.batch_size, device))
     if on_device and not resident:
         if d.augment_on == "device":
-            raise SpecError("data.augment_on: device crops training images kept on the device, but "
-                            + ("data.cache is " + d.cache if d.cache != "auto" else "they do not fit in a quarter of its free memory")
-                            + "; set data.augment_on: cpu (or data.cache: device to force it)")
+            why = "train.deterministic is set" if deterministic_cuda else "they do not fit in a quarter of its free memory"
+            raise SpecError(f"data.augment_on: device crops training images kept on the device, but {why}; "
+                            f"set data.augment_on: auto or cpu")
         on_device = False
     if resident:  # only the evaluation splits go through the host-side cache
         splits = FolderSplits(splits.classes, [], splits.test, splits.val, splits.root)

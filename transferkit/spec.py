@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from transferkit.errors import SpecError
 from transferkit.spec_errors import describe_validation_error, yaml_line_of
@@ -55,17 +55,37 @@ class DataSpec(_Spec):
     hflip: bool = Field(True, description="random horizontal flip for training")
     augment_on: Literal["auto", "cpu", "device"] = Field(
         "auto", description="where training crops and flips are resampled: cpu (the loader), device (training images "
-                            "kept on the accelerator, cropped there in batches), or auto (device on CUDA when they "
-                            "fit, else cpu); a frozen-backbone feature cache always augments on the cpu")
+                            "kept on the accelerator, cropped there in batches), or auto (device on CUDA when cache is "
+                            "auto or device and they fit, else cpu); a frozen-backbone feature cache always augments on the cpu")
     batch_size: int = Field(64, gt=0, description="training batch size")
     eval_batch_size: int | None = Field(None, gt=0, description="evaluation batch size; default: batch_size")
     num_workers: int | None = Field(None, ge=0, description="DataLoader worker processes; default: chosen from the cores")
     cache: Literal["auto", "none", "memory", "disk", "device"] = Field(
         "auto", description="decoded-image cache: memory, disk (memory-mapped), device (training images resident on the "
-                            "accelerator; needs augment_on device), none, or auto (device on CUDA when it fits)")
+                            "accelerator, cropped there; not with augment_on cpu), none, or auto (device on CUDA when "
+                            "augmentation is on the device and the images fit)")
     on_bad_image: Literal["fail", "skip"] = Field("fail", description="what an unreadable image does: stop the run, or be left out and reported")
     limit: int | None = Field(None, gt=0, description="use at most this many images per split (quick runs)")
     options: dict[str, Any] = Field(default_factory=dict, description="dataset-specific settings for plugin datasets")
+
+    @field_validator("crop_scale")
+    @classmethod
+    def _positive_area_range(cls, value: tuple[float, float]) -> tuple[float, float]:
+        """A crop of no area is no image: refuse 0 when the recipe is read."""
+        if not 0.0 < value[0] <= value[1] <= 1.0:
+            raise ValueError("use two area shares with 0 < min <= max <= 1, e.g. [0.08, 1.0]")
+        return value
+
+    @model_validator(mode="after")
+    def _cache_fits_augmentation(self) -> "DataSpec":
+        """cache: device crops on the device; augment_on: device needs the images there: refuse the contradictions."""
+        if self.cache == "device" and self.augment_on == "cpu":
+            raise ValueError("data.cache: device keeps training images on the accelerator to crop them there; "
+                             "set data.augment_on: device or auto, or another data.cache")
+        if self.augment_on == "device" and self.cache in ("memory", "disk", "none"):
+            raise ValueError(f"data.augment_on: device crops training images kept on the device, but data.cache is "
+                             f"{self.cache}; set data.cache: auto or device, or data.augment_on: cpu")
+        return self
 
 
 class OptimizerSpec(_Spec):

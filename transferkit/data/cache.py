@@ -87,8 +87,8 @@ def header_size(path: str) -> tuple[int, int] | None:
     try:
         with Image.open(path) as img:
             return img.size
-    except (OSError, ValueError, SyntaxError):
-        return None
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
+        return None  # decoding it later raises the DataError that names the file
 
 
 def stored_shape(image_size: tuple[int, int] | None, size: int, shrink_only: bool) -> tuple[int, int]:

@@ -34,13 +34,14 @@ def canvas_side_for(paths: list, max_shorter_side: int) -> int:
     return canvas_side(max(shorter, default=max_shorter_side))
 
 
-def fits_on_device(samples: list[tuple], max_shorter_side: int, device: torch.device) -> bool:
-    """True on a CUDA device whose free memory holds the training canvases with room to spare (GPU_MEMORY_SHARE)."""
+def fits_on_device(samples: list[tuple], max_shorter_side: int, batch_size: int, device: torch.device) -> bool:
+    """True on a CUDA device whose free memory holds the training canvases and a step's float copy of a batch of
+    them (crop_on_device) with room to spare (GPU_MEMORY_SHARE)."""
     if device.type != "cuda" or not samples:
         return False
     free, _ = torch.cuda.mem_get_info(device)
-    side = canvas_side_for([path for path, _ in samples], max_shorter_side)
-    return len(samples) * 3 * side * side <= GPU_MEMORY_SHARE * free
+    canvas = 3 * canvas_side_for([path for path, _ in samples], max_shorter_side) ** 2
+    return len(samples) * canvas + batch_size * canvas * 4 <= GPU_MEMORY_SHARE * free
 
 
 def random_resized_boxes(sizes: torch.Tensor, scale: tuple[float, float], ratio: tuple[float, float],
@@ -94,27 +95,27 @@ class DeviceImageBank:
         """
         side, threads = canvas_side_for([p for p, _ in samples], max_shorter_side), threads or available_cores()
         canvases = torch.empty(len(samples), 3, side, side, dtype=torch.uint8, device=device)
-        staging = torch.empty(min(chunk, len(samples)), side, side, 3, dtype=torch.uint8,
-                              pin_memory=device.type == "cuda")
+        cuda = device.type == "cuda"
+        staging = torch.empty(min(chunk, len(samples)), 3, side, side, dtype=torch.uint8, pin_memory=cuda)
         sizes, labels, bad, count = [], [], [], 0
         for start in range(0, len(samples), chunk):
             part = samples[start:start + chunk]
             decoded = decode_all([str(path) for path, _ in part], max_shorter_side, interpolation, threads, shrink_only=True)
-            stop_if_unreadable([d for d in decoded if isinstance(d, str)], on_bad_image)
             filled = 0
             for (path, label), pixels in zip(part, decoded):
                 if isinstance(pixels, str):
                     bad.append(BadImage(str(path), pixels))
                     continue
                 hwc = fit_to_canvas(torch.from_numpy(pixels), side)
-                paste_on_canvas(hwc, staging[filled].zero_())
+                paste_on_canvas(hwc, staging[filled].zero_().permute(1, 2, 0))
                 sizes.append(hwc.shape[:2])
                 labels.append(label)
                 filled += 1
-            canvases[count:count + filled].copy_(staging[:filled].permute(0, 3, 1, 2), non_blocking=True)
+            canvases[count:count + filled].copy_(staging[:filled], non_blocking=cuda)
             count += filled
-            if device.type == "cuda":
+            if cuda:
                 torch.cuda.current_stream(device).synchronize()  # the staging buffer is refilled next
+        stop_if_unreadable([item.message for item in bad], on_bad_image)
         if count == 0:
             raise DataError("no readable training images; run `transferkit check-data` on the data root")
         return cls(canvases[:count], torch.tensor(sizes, dtype=torch.int64),
@@ -146,7 +147,7 @@ class DeviceBatches:
         full = EpochSampler(len(self.bank), self.seed, shuffle=True)
         full.set_epoch(epoch)
         order = torch.tensor([index for index, _ in full], dtype=torch.int64)
-        generator = torch.Generator().manual_seed((self.seed * 1_000_003 + epoch) * 7_919 + 17)
+        generator = torch.Generator().manual_seed(((self.seed * 1_000_003 + epoch) * 7_919 + 17) % 2**63)
         boxes = random_resized_boxes(self.bank.sizes[order], self.scale, self.ratio, generator)
         flips = torch.rand(len(order), generator=generator) < 0.5
         return order, boxes, flips & self.hflip
