@@ -63,4 +63,5 @@ def test_padding_never_bleeds_into_crops_at_the_image_edges():
 def test_augment_on_resolves_per_device():
     assert augments_on_device("auto", torch.device("cuda")) and not augments_on_device("auto", torch.device("cpu"))
     assert augments_on_device("device", torch.device("cpu")) and not augments_on_device("cpu", torch.device("cuda"))
+    assert augments_on_device("auto", torch.device("cpu"), cache="device")  # cache: device means cropping there
     assert validate(tiny_recipe("x")).data.augment_on == "auto"

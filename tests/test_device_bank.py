@@ -148,7 +148,7 @@ def test_training_on_resident_images_changes_weights_and_needs_device_augmentati
         return bank
 
     monkeypatch.setattr(DeviceImageBank, "build", classmethod(counting))
-    raw = tiny_recipe(image_root, data={"augment_on": "device", "cache": "device"}, train={"epochs": 2},
+    raw = tiny_recipe(image_root, data={"cache": "device"}, train={"epochs": 2},  # augment_on auto, on the CPU
                       output_dir=str(tmp_path / "runs"))
     from transferkit.experiment import build_variant
     from transferkit.spec import validate

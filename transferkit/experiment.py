@@ -21,7 +21,7 @@ from transferkit.checkpoints import CheckpointManager
 from transferkit.cpu_memory import keep_freed_memory
 from transferkit.data.cache import image_decoders, train_cache_size
 from transferkit.data.device_augment import augments_on_device
-from transferkit.data.device_bank import DeviceBatches, DeviceImageBank, fits_on_device
+from transferkit.data.device_bank import DeviceBatches, DeviceImageBank, canvas_side_for, fits_on_device
 from transferkit.data.folder import FolderSplits
 from transferkit.data.loading import ImageFileDataset, default_eval_batch_size, default_num_workers, make_loader
 from transferkit.data.transforms import eval_transform, train_transform
@@ -243,7 +243,7 @@ class Loaders:
 def build_loaders(spec: ExperimentSpec, built: Built, device: torch.device) -> Loaders:
     """The decoded-image cache, datasets and DataLoaders a variant trains and evaluates on."""
     d, prep, splits = spec.data, built.preprocessing, built.splits
-    on_device = augments_on_device(d.augment_on, device) and not uses_feature_cache(spec)
+    on_device = augments_on_device(d.augment_on, device, d.cache) and not uses_feature_cache(spec)
     if d.cache == "device" and not on_device:
         raise SpecError("data.cache: device crops training images on the device, which a frozen-backbone feature "
                         "cache does not do; set data.cache: auto")
@@ -254,8 +254,9 @@ def build_loaders(spec: ExperimentSpec, built: Built, device: torch.device) -> L
         raise SpecError("data.cache: device cannot crop deterministically on CUDA; set data.cache: auto (the CPU "
                         "crops) or train.deterministic: false")
     train_size = train_cache_size(prep.input_size, prep.resize_size, d.crop_scale[0])
+    side = canvas_side_for([path for path, _ in splits.train], train_size) if on_device else 0  # reads every header
     resident = on_device and not deterministic_cuda and (
-        d.cache == "device" or device.type != "cuda" or fits_on_device(splits.train, train_size, d.batch_size, device))
+        d.cache == "device" or device.type != "cuda" or fits_on_device(len(splits.train), side, d.batch_size, device))
     if on_device and not resident:
         if d.augment_on == "device":
             why = "train.deterministic is set" if deterministic_cuda else "they do not fit in a quarter of its free memory"
@@ -272,7 +273,7 @@ def build_loaders(spec: ExperimentSpec, built: Built, device: torch.device) -> L
     workers = d.num_workers if d.num_workers is not None else default_num_workers(device)
     eval_batch = d.eval_batch_size or default_eval_batch_size(device, d.batch_size)
     if resident:
-        bank = DeviceImageBank.build(built.splits.train, train_size, prep.interpolation, device, d.on_bad_image)
+        bank = DeviceImageBank.build(built.splits.train, train_size, prep.interpolation, device, d.on_bad_image, side=side)
         train = DeviceBatches(bank, d.batch_size, spec.seed, d.crop_scale, d.crop_ratio, d.hflip)
     else:
         train_ds = ImageFileDataset(splits.train, train_transform(prep, d), train_decode)

@@ -27,10 +27,10 @@ from torchvision.ops import roi_align
 MAX_ASPECT = 4.0 / 3.0  # canvas side = shorter side x this; longer sides are centre-cropped to it
 
 
-def augments_on_device(setting: Literal["auto", "cpu", "device"], device: torch.device) -> bool:
-    """data.augment_on resolved: auto means on the device on CUDA, on the CPU elsewhere."""
+def augments_on_device(setting: Literal["auto", "cpu", "device"], device: torch.device, cache: str = "auto") -> bool:
+    """data.augment_on resolved: auto means on the device on CUDA, or wherever data.cache: device keeps the images."""
     if setting == "auto":
-        return device.type == "cuda"
+        return device.type == "cuda" or cache == "device"
     return setting == "device"
 
 

@@ -34,14 +34,14 @@ def canvas_side_for(paths: list, max_shorter_side: int) -> int:
     return canvas_side(max(shorter, default=max_shorter_side))
 
 
-def fits_on_device(samples: list[tuple], max_shorter_side: int, batch_size: int, device: torch.device) -> bool:
-    """True on a CUDA device whose free memory holds the training canvases and a step's float copy of a batch of
+def fits_on_device(count: int, side: int, batch_size: int, device: torch.device) -> bool:
+    """True on a CUDA device whose free memory holds `count` canvases of `side` and a step's float copy of a batch of
     them (crop_on_device) with room to spare (GPU_MEMORY_SHARE)."""
-    if device.type != "cuda" or not samples:
+    if device.type != "cuda" or not count:
         return False
     free, _ = torch.cuda.mem_get_info(device)
-    canvas = 3 * canvas_side_for([path for path, _ in samples], max_shorter_side) ** 2
-    return len(samples) * canvas + batch_size * canvas * 4 <= GPU_MEMORY_SHARE * free
+    canvas = 3 * side * side
+    return count * canvas + batch_size * canvas * 4 <= GPU_MEMORY_SHARE * free
 
 
 def random_resized_boxes(sizes: torch.Tensor, scale: tuple[float, float], ratio: tuple[float, float],
@@ -88,12 +88,15 @@ class DeviceImageBank:
 
     @classmethod
     def build(cls, samples: list[tuple], max_shorter_side: int, interpolation: str, device: torch.device,
-              on_bad_image: str = "fail", threads: int | None = None, chunk: int = 256) -> "DeviceImageBank":
+              on_bad_image: str = "fail", threads: int | None = None, chunk: int = 256,
+              side: int | None = None) -> "DeviceImageBank":
         """Decode, shrink, fit and paste every sample, a chunk at a time (decoded on `threads` threads), onto the device.
 
-        Unreadable files stop the build under on_bad_image 'fail' (the decoded-image cache's message), else are kept aside.
+        Unreadable files stop the build under on_bad_image 'fail' (the decoded-image cache's message), else are kept
+        aside. `side`: the canvas side, when the caller has read it already (`canvas_side_for`).
         """
-        side, threads = canvas_side_for([p for p, _ in samples], max_shorter_side), threads or available_cores()
+        side = side or canvas_side_for([p for p, _ in samples], max_shorter_side)
+        threads = threads or available_cores()
         canvases = torch.empty(len(samples), 3, side, side, dtype=torch.uint8, device=device)
         cuda = device.type == "cuda"
         staging = torch.empty(min(chunk, len(samples)), 3, side, side, dtype=torch.uint8, pin_memory=cuda)
