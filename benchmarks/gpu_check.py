@@ -28,11 +28,11 @@ from PIL import Image
 from rich.console import Console
 from torch import nn
 
-from transferkit.device import autocast, describe_device
-from transferkit.engine import Trainer
-from transferkit.experiment import build_loaders, build_variant, run_variant
-from transferkit.optim import build_optimizer
-from transferkit.spec import validate
+from transferkit.engine.placement import autocast, describe_device
+from transferkit.engine.trainer import Trainer
+from transferkit.run.experiment import build_loaders, build_variant, run_variant
+from transferkit.optim.optimizers import build_optimizer
+from transferkit.recipe.spec import validate
 
 
 def write_images(args: tuple[Path, int, int, int, tuple[int, int]]) -> None:

@@ -50,9 +50,9 @@ from transferkit.cpu_memory import keep_freed_memory  # noqa: E402
 from transferkit.data.cache import image_decoders, train_cache_size  # noqa: E402
 from transferkit.data.loading import ImageFileDataset, default_num_workers, make_loader  # noqa: E402
 from transferkit.data.transforms import train_transform  # noqa: E402
-from transferkit.experiment import _channels_last, build_variant  # noqa: E402
-from transferkit.optim import build_optimizer  # noqa: E402
-from transferkit.spec import deep_merge, validate  # noqa: E402
+from transferkit.run.experiment import _channels_last, build_variant  # noqa: E402
+from transferkit.optim.optimizers import build_optimizer  # noqa: E402
+from transferkit.recipe.spec import deep_merge, validate  # noqa: E402
 
 # ResNet-18 trains from random init: its ImageNet weights need a download, which this machine cannot do.
 BACKBONES = {

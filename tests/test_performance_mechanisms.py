@@ -16,13 +16,13 @@ from transferkit.data.cache import build_cache, decode_resized, disk_cache_dir, 
 from transferkit.data.images import open_rgb
 from transferkit.data.loading import BadImage, ImageFileDataset, make_loader
 from transferkit.data.transforms import eval_transform, train_transform
-from transferkit.engine import Trainer
+from transferkit.engine.trainer import Trainer
 from transferkit.errors import DataError
-from transferkit.experiment import build_variant
-from transferkit.features import train_on_features
-from transferkit.optim import build_optimizer
-from transferkit.rundir import load_checkpoint
-from transferkit.spec import validate
+from transferkit.run.experiment import build_variant
+from transferkit.data.features import train_on_features
+from transferkit.optim.optimizers import build_optimizer
+from transferkit.run.rundir import load_checkpoint
+from transferkit.recipe.spec import validate
 
 
 def images_of(root):

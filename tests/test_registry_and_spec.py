@@ -8,7 +8,7 @@ import yaml
 from conftest import run_cli
 from transferkit.errors import NotRegisteredError, SpecError
 from transferkit.registry import Registry
-from transferkit.spec import load_recipe, validate, variant_of
+from transferkit.recipe.spec import load_recipe, validate, variant_of
 
 
 def test_registry_decorator_call_get_and_suggestion():

@@ -14,7 +14,7 @@ import torch
 import yaml
 
 from conftest import make_image_folder, run_cli, tiny_recipe
-from transferkit.rundir import load_checkpoint
+from transferkit.run.rundir import load_checkpoint
 
 METRICS = ("epoch", "train_loss", "train_accuracy", "test_loss", "test_accuracy")
 
@@ -37,7 +37,7 @@ def reference(tmp_path_factory):
 DRIVER = """
 import os, signal, sys
 fault, at = sys.argv[1], int(sys.argv[2])
-from transferkit.engine import Trainer
+from transferkit.engine.trainer import Trainer
 real_to_device, real_replace, steps, saves = Trainer.to_device, os.replace, [0], [0]
 
 def to_device(self, batch):

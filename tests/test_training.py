@@ -10,12 +10,12 @@ from torch import nn
 
 from conftest import run_cli, tiny_recipe
 from transferkit import BACKBONES, HEADS, Experiment
-from transferkit.backbones import Backbone
-from transferkit.experiment import build_variant
-from transferkit.optim import build_optimizer
-from transferkit.preprocess import Preprocessing
-from transferkit.rundir import load_checkpoint
-from transferkit.spec import validate
+from transferkit.model.backbones import Backbone
+from transferkit.run.experiment import build_variant
+from transferkit.optim.optimizers import build_optimizer
+from transferkit.model.preprocess import Preprocessing
+from transferkit.run.rundir import load_checkpoint
+from transferkit.recipe.spec import validate
 
 
 def test_head_multiplier_puts_10x_lr_on_the_head_inside_the_optimizer(image_root):
@@ -104,8 +104,8 @@ def test_timm_backbone_builds_and_trains(image_root, tmp_path):
 def test_imagenet_weights_load_through_torchvision_cache(tmp_path, monkeypatch):
     import torchvision
 
-    from transferkit.backbones import build_backbone
-    from transferkit.spec import BackboneSpec
+    from transferkit.model.backbones import build_backbone
+    from transferkit.recipe.spec import BackboneSpec
 
     checkpoints = tmp_path / "torch" / "hub" / "checkpoints"
     checkpoints.mkdir(parents=True)

@@ -1,12 +1,13 @@
 """transferkit: transfer learning for image classification from one validated YAML recipe."""
 
-from transferkit import heads, lr_policies, optim, pypi_weights  # noqa: F401  (register the built-ins)
+from transferkit.model import heads, pypi_weights  # noqa: F401  (register the built-ins)
+from transferkit.optim import lr_policies, optimizers  # noqa: F401
 from transferkit.data import folder  # noqa: F401
 from transferkit.errors import TransferkitError
-from transferkit.experiment import Experiment, ExperimentResult, VariantResult
+from transferkit.run.experiment import Experiment, ExperimentResult, VariantResult
 from transferkit.plugins import load_plugins
 from transferkit.registry import BACKBONES, DATASETS, HEADS, LR_POLICIES, OPTIMIZERS, RECIPES, WEIGHT_SOURCES, Registry
-from transferkit.spec import ExperimentSpec, load_recipe
+from transferkit.recipe.spec import ExperimentSpec, load_recipe
 
 __version__ = "0.1.0"
 

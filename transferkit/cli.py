@@ -63,7 +63,7 @@ def _resume_dir(experiment, output: Optional[Path], resume: str) -> Path:
             raise TransferkitError(f"--resume {resume}: no such run directory; give the folder printed by the "
                                    f"interrupted run (runs/<name>) or use --resume auto")
         return path
-    from transferkit.experiment import latest_unfinished_run
+    from transferkit.run.experiment import latest_unfinished_run
 
     found = latest_unfinished_run(Path(output or experiment.spec.output_dir), experiment.spec.name)
     if found is None:
@@ -90,7 +90,7 @@ def list_backbones(pattern: Optional[str] = typer.Argument(None, help="shell-sty
                    pretrained: bool = typer.Option(False, "--pretrained", help="only models with pretrained weights")) -> None:
     """List backbone names: torchvision models, timm/<name> models and registered ones."""
     api = _api()
-    from transferkit.backbones import list_backbones as names
+    from transferkit.model.backbones import list_backbones as names
 
     if source not in (None, "torchvision", "timm", "registered"):
         raise TransferkitError(f"--source {source}: use torchvision, timm or registered")
@@ -131,7 +131,7 @@ def list_lr_policies() -> None:
 @app.command("list-recipes")
 def list_recipes() -> None:
     """List recipes registered by plugins (usable by name in `run`)."""
-    from transferkit.spec import read_yaml
+    from transferkit.recipe.spec import read_yaml
 
     recipes = _api().RECIPES
     _print_registry(recipes, lambda name: str(read_yaml(recipes.get(name)).get("description", "")))
@@ -164,8 +164,8 @@ def plugins() -> None:
 def _splits_for(target: str, root: Optional[str], set_: list[str]):
     """FolderSplits from a recipe file, a registered recipe, a dataset name or a folder."""
     api = _api()
-    from transferkit.experiment import load_splits
-    from transferkit.spec import DataSpec, ExperimentSpec
+    from transferkit.run.experiment import load_splits
+    from transferkit.recipe.spec import DataSpec, ExperimentSpec
 
     if Path(target).is_file() or target in api.RECIPES:
         return load_splits(api.Experiment.from_yaml(target, set_).spec)
@@ -185,7 +185,7 @@ def preview(target: str = typer.Argument(..., help="recipe file, recipe name, da
             set_: list[str] = typer.Option([], "--set", help="override a recipe value"),
             cell: int = typer.Option(128, "--cell", min=16, help="pixel size of each image in the grid")) -> None:
     """Write a PNG grid: the first 8 images of the first class and the last 8 of the last class."""
-    from transferkit.preview import write_preview
+    from transferkit.data.preview import write_preview
 
     splits = _splits_for(target, root, set_)
     grid = write_preview(splits, output, cell=cell)

@@ -35,7 +35,7 @@ from transferkit.data.folder import FolderSplits
 from transferkit.data.images import open_rgb
 from transferkit.data.loading import available_cores
 from transferkit.errors import DataError
-from transferkit.preprocess import Preprocessing
+from transferkit.model.preprocess import Preprocessing
 
 CACHE_FOLDER = ".transferkit-cache"
 MEMORY_SHARE = 0.25  # auto keeps the cache in memory while its estimate stays under this share of RAM

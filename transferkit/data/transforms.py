@@ -5,8 +5,8 @@ from __future__ import annotations
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms import v2
 
-from transferkit.preprocess import Preprocessing
-from transferkit.spec import DataSpec
+from transferkit.model.preprocess import Preprocessing
+from transferkit.recipe.spec import DataSpec
 
 
 def interpolation_mode(name: str) -> InterpolationMode:

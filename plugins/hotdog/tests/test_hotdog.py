@@ -26,11 +26,11 @@ import transferkit_hotdog  # noqa: E402  (registers the dataset and the recipe)
 from torch import nn  # noqa: E402
 from transferkit import download  # noqa: E402
 from transferkit.errors import DataError, DownloadError  # noqa: E402
-from transferkit.lr_policies import build_param_groups, describe_groups  # noqa: E402
-from transferkit.model import TransferModel  # noqa: E402
-from transferkit.preview import LABEL_HEIGHT  # noqa: E402
+from transferkit.optim.lr_policies import build_param_groups, describe_groups  # noqa: E402
+from transferkit.model.transfer import TransferModel  # noqa: E402
+from transferkit.data.preview import LABEL_HEIGHT  # noqa: E402
 from transferkit.registry import DATASETS, RECIPES  # noqa: E402
-from transferkit.spec import DataSpec, load_recipe, read_yaml, variant_of  # noqa: E402
+from transferkit.recipe.spec import DataSpec, load_recipe, read_yaml, variant_of  # noqa: E402
 from transferkit import testing  # noqa: E402
 from transferkit.testing import LocalServer, sha1_of  # noqa: E402
 

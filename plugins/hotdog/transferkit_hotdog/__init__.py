@@ -14,7 +14,7 @@ from transferkit.data.folder import FolderSplits, split_folder
 from transferkit.download import HOTDOG_SHA1, HOTDOG_URL, fetch_and_extract
 from transferkit.errors import DataError
 from transferkit.registry import DATASETS, RECIPES
-from transferkit.spec import DataSpec
+from transferkit.recipe.spec import DataSpec
 
 __version__ = "0.1.0"
 

@@ -1,4 +1,4 @@
-"""Optimizers and learning-rate schedules built from the recipe."""
+"""Learning-rate schedules: a multiplier of each group's initial LR per optimizer update."""
 
 from __future__ import annotations
 
@@ -6,26 +6,7 @@ import math
 
 import torch
 
-from transferkit.registry import OPTIMIZERS
-from transferkit.spec import OptimizerSpec, ScheduleSpec
-
-
-@OPTIMIZERS.register("sgd")
-def sgd(groups: list[dict], spec: OptimizerSpec) -> torch.optim.Optimizer:
-    """SGD with optional momentum and Nesterov."""
-    return torch.optim.SGD(groups, lr=spec.lr, momentum=spec.momentum, weight_decay=spec.weight_decay,
-                           nesterov=spec.nesterov and spec.momentum > 0)
-
-
-@OPTIMIZERS.register("adamw")
-def adamw(groups: list[dict], spec: OptimizerSpec) -> torch.optim.Optimizer:
-    """AdamW (decoupled weight decay)."""
-    return torch.optim.AdamW(groups, lr=spec.lr, betas=spec.betas, weight_decay=spec.weight_decay)
-
-
-def build_optimizer(spec: OptimizerSpec, groups: list[dict]) -> torch.optim.Optimizer:
-    """The recipe's optimizer over the policy's named groups (each group keeps its own LR)."""
-    return OPTIMIZERS.get(spec.name)(groups, spec)
+from transferkit.recipe.spec import ScheduleSpec
 
 
 class LRFactor:

@@ -5,11 +5,12 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from transferkit.engine import Trainer
-from transferkit.preprocess import Preprocessing
-from transferkit.rundir import atomic_torch_save, load_checkpoint
+from transferkit.engine.trainer import Trainer
+from transferkit.model.preprocess import Preprocessing
+from transferkit.files import atomic_torch_save
+from transferkit.run.rundir import load_checkpoint
 from transferkit.seeding import rng_state, set_rng_state
-from transferkit.spec import ExperimentSpec
+from transferkit.recipe.spec import ExperimentSpec
 
 
 class CheckpointManager:

@@ -19,9 +19,9 @@ from torch.utils.data import DataLoader, Dataset
 
 from transferkit.data.loading import (BadImage, EpochSampler, ImageFileDataset, collate, default_eval_batch_size,
                                       make_loader)
-from transferkit.device import autocast
-from transferkit.engine import Trainer
-from transferkit.spec import ExperimentSpec
+from transferkit.engine.placement import autocast
+from transferkit.engine.trainer import Trainer
+from transferkit.recipe.spec import ExperimentSpec
 
 
 def uses_feature_cache(spec: ExperimentSpec) -> bool:

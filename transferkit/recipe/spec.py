@@ -11,7 +11,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from transferkit.errors import SpecError
-from transferkit.spec_errors import describe_validation_error, yaml_line_of
+from transferkit.recipe.messages import describe_validation_error, yaml_line_of
 
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
 

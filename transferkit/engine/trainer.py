@@ -12,7 +12,7 @@ from torch.utils.data import DataLoader
 
 from transferkit.data.device_augment import crop_on_device
 from transferkit.data.loading import BadImage, Batch
-from transferkit.device import autocast
+from transferkit.engine.placement import autocast
 from transferkit.errors import DataError, DeviceError, TrainingError
 from transferkit.progress import Progress
 

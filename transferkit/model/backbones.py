@@ -15,10 +15,10 @@ from pathlib import Path
 from torch import nn
 
 from transferkit.errors import DownloadError, SpecError, WeightsError
-from transferkit.preprocess import Preprocessing
+from transferkit.model.preprocess import Preprocessing
 from transferkit.registry import BACKBONES, WEIGHT_SOURCES, suggest
-from transferkit.spec import BackboneSpec
-from transferkit.weights_io import load_weights_file
+from transferkit.recipe.spec import BackboneSpec
+from transferkit.model.weights_io import load_weights_file
 
 TIMM_PREFIX = "timm/"
 WEIGHT_FILE_SUFFIXES = (".pth", ".pt", ".safetensors", ".bin")

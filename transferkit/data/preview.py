@@ -8,7 +8,7 @@ from PIL import Image, ImageDraw, ImageOps
 
 from transferkit.data.folder import FolderSplits
 from transferkit.data.images import open_rgb
-from transferkit.rundir import atomic_write_bytes
+from transferkit.files import atomic_write_bytes
 
 LABEL_HEIGHT = 18
 

@@ -15,9 +15,9 @@ import torch
 from rich.console import Console
 from torch.utils.data import DataLoader
 
-from transferkit import report
-from transferkit.backbones import build_backbone
-from transferkit.checkpoints import CheckpointManager
+from transferkit.run import report
+from transferkit.model.backbones import build_backbone
+from transferkit.callbacks.checkpoint import CheckpointManager
 from transferkit.cpu_memory import keep_freed_memory
 from transferkit.data.cache import image_decoders, train_cache_size
 from transferkit.data.device_augment import augments_on_device
@@ -25,22 +25,24 @@ from transferkit.data.device_bank import DeviceBatches, DeviceImageBank, canvas_
 from transferkit.data.folder import FolderSplits
 from transferkit.data.loading import ImageFileDataset, default_eval_batch_size, default_num_workers, make_loader
 from transferkit.data.transforms import eval_transform, train_transform
-from transferkit.device import describe_device, resolve_device, resolve_precision
-from transferkit.engine import Interrupted, Trainer
+from transferkit.engine.placement import describe_device, resolve_device, resolve_precision
+from transferkit.engine.trainer import Interrupted, Trainer
 from transferkit.errors import NotRegisteredError, SpecError
-from transferkit.features import train_on_features, uses_feature_cache
-from transferkit.heads import build_head
-from transferkit.lr_policies import build_param_groups, describe_groups
-from transferkit.model import TransferModel
-from transferkit.optim import build_optimizer, build_scheduler
-from transferkit.preprocess import Preprocessing
+from transferkit.data.features import train_on_features, uses_feature_cache
+from transferkit.model.heads import build_head
+from transferkit.optim.lr_policies import build_param_groups, describe_groups
+from transferkit.model.transfer import TransferModel
+from transferkit.optim.optimizers import build_optimizer
+from transferkit.optim.schedules import build_scheduler
+from transferkit.model.preprocess import Preprocessing
 from transferkit.progress import Progress
 from transferkit.plugins import load_plugins
 from transferkit.registry import DATASETS, HEADS, LR_POLICIES, OPTIMIZERS, WEIGHT_SOURCES
-from transferkit.rundir import atomic_write_text, prepare_run_dir, write_metrics
+from transferkit.files import atomic_write_text
+from transferkit.run.rundir import prepare_run_dir, write_metrics
 from transferkit.seeding import seed_epoch, seed_everything
 from transferkit.signals import GracefulStop, RunInterrupted
-from transferkit.spec import ExperimentSpec, apply_overrides, dump_yaml, load_recipe, validate, variant_names, variant_of
+from transferkit.recipe.spec import ExperimentSpec, apply_overrides, dump_yaml, load_recipe, validate, variant_names, variant_of
 
 
 @dataclass
@@ -97,8 +99,8 @@ class Built:
 
 def check_references(spec: ExperimentSpec, source: str = "recipe", variant: str = "") -> None:
     """SpecError naming the field when the recipe names an unregistered head, dataset, policy or optimizer."""
-    from transferkit.backbones import _is_weight_file, check_backbone
-    from transferkit.spec_errors import where_in_recipe
+    from transferkit.model.backbones import _is_weight_file, check_backbone
+    from transferkit.recipe.messages import where_in_recipe
 
     def where(field_name: str) -> str:  # '<file> line N: [variant V: ]'
         return where_in_recipe(source, field_name, variant, spec.base_variant)

@@ -9,10 +9,10 @@ from typing import TYPE_CHECKING
 from rich.console import Console
 from rich.table import Table
 
-from transferkit.rundir import atomic_write_bytes, atomic_write_text
+from transferkit.files import atomic_write_bytes, atomic_write_text
 
 if TYPE_CHECKING:
-    from transferkit.experiment import ExperimentResult, VariantResult
+    from transferkit.run.experiment import ExperimentResult, VariantResult
 
 
 def epoch_line(name: str, row: dict, epochs: int) -> str:
@@ -95,7 +95,7 @@ def curves_png(result: "ExperimentResult") -> bytes:
 
 def result_from_summary(name: str, run_dir: Path) -> "VariantResult":
     """A finished variant's result, read back from its run directory."""
-    from transferkit.experiment import VariantResult
+    from transferkit.run.experiment import VariantResult
 
     summary = json.loads((run_dir / "summary.json").read_text())
     history = json.loads((run_dir / "metrics.json").read_text())

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from torch import nn
 
-from transferkit.model import TransferModel
+from transferkit.model.transfer import TransferModel
 from transferkit.registry import LR_POLICIES
-from transferkit.spec import LRPolicySpec
+from transferkit.recipe.spec import LRPolicySpec
 
 
 def _group(name: str, module_or_params, lr: float) -> dict:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from torch import nn
 
 from transferkit.registry import HEADS
-from transferkit.spec import HeadSpec
+from transferkit.recipe.spec import HeadSpec
 
 
 @HEADS.register("linear")

@@ -135,7 +135,7 @@ def pypi_lite_preprocessing(source_name: str) -> dict:
 
 def _register_sources() -> None:
     from transferkit.errors import SpecError
-    from transferkit.preprocess import Preprocessing
+    from transferkit.model.preprocess import Preprocessing
     from transferkit.registry import WEIGHT_SOURCES
 
     def make_loader(source_name: str):
