@@ -9,8 +9,9 @@ from torch import nn
 class TransferModel(nn.Module):
     """Backbone features -> head logits; takes images as 0-255 values (uint8 or float) and normalises them."""
 
-    def __init__(self, backbone: nn.Module, head: nn.Module, mean, std):
+    def __init__(self, backbone: nn.Module, head: nn.Module, mean, std, convolutional: bool = True):
         super().__init__()
+        self.is_convolutional = convolutional  # channels_last pays for convolutions, not for patch-embed transformers
         self.backbone = backbone
         self.head = head
         mean_t = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)

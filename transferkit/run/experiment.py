@@ -16,7 +16,7 @@ from rich.console import Console
 from torch.utils.data import DataLoader
 
 from transferkit.run import report
-from transferkit.model.backbones import build_backbone
+from transferkit.model.build import build_model
 from transferkit.callbacks.checkpoint import CheckpointManager
 from transferkit.cpu_memory import keep_freed_memory
 from transferkit.data.cache import image_decoders, train_cache_size
@@ -29,7 +29,6 @@ from transferkit.engine.placement import describe_device, resolve_device, resolv
 from transferkit.engine.trainer import Interrupted, Trainer
 from transferkit.errors import NotRegisteredError, SpecError
 from transferkit.data.features import train_on_features, uses_feature_cache
-from transferkit.model.heads import build_head
 from transferkit.optim.lr_policies import build_param_groups, describe_groups
 from transferkit.model.transfer import TransferModel
 from transferkit.optim.optimizers import build_optimizer
@@ -145,15 +144,10 @@ def load_splits(spec: ExperimentSpec) -> FolderSplits:
 def build_variant(spec: ExperimentSpec) -> Built:
     """Backbone with weights, new head, data splits and parameter groups for one variant spec."""
     seed_everything(spec.seed, spec.train.deterministic)
-    backbone = build_backbone(spec.backbone)
-    d = spec.data
-    prep = backbone.preprocessing.with_overrides(d.image_size, d.resize_size, d.mean, d.std, d.interpolation)
     splits = load_splits(spec)
-    head = build_head(spec.head, backbone.num_features, len(splits.classes))
-    model = TransferModel(backbone.module, head, prep.mean, prep.std)
-    model.is_convolutional = backbone.is_convolutional
-    groups = build_param_groups(model, spec.lr_policy, spec.optimizer.lr)
-    return Built(spec, model, prep, splits, groups, backbone.weights)
+    built = build_model(spec, len(splits.classes))
+    groups = build_param_groups(built.model, spec.lr_policy, spec.optimizer.lr)
+    return Built(spec, built.model, built.preprocessing, splits, groups, built.weights_origin)
 
 
 class Experiment:
@@ -228,7 +222,7 @@ def latest_unfinished_run(output_dir: Path, name: str) -> Path | None:
 
 def _channels_last(spec: ExperimentSpec, model: TransferModel, device: torch.device) -> bool:
     if spec.train.channels_last == "auto":
-        return bool(getattr(model, "is_convolutional", False)) and device.type in ("cuda", "cpu")
+        return model.is_convolutional and device.type in ("cuda", "cpu")
     return bool(spec.train.channels_last)
 
 
