@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from conftest import make_image_folder, tiny_recipe  # noqa: E402
 
 from transferkit import Experiment  # noqa: E402
-from transferkit.run.rundir import load_checkpoint  # noqa: E402
+from transferkit.callbacks.checkpoint import load_checkpoint  # noqa: E402
 
 
 def main() -> None:

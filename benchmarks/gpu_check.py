@@ -28,7 +28,7 @@ from PIL import Image
 from rich.console import Console
 from torch import nn
 
-from transferkit.engine.placement import autocast, describe_device
+from transferkit.device import autocast, describe_device
 from transferkit.engine.trainer import Trainer
 from transferkit.run.experiment import build_loaders, build_variant, run_variant
 from transferkit.optim.optimizers import build_optimizer

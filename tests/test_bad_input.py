@@ -77,7 +77,7 @@ LOAD_CASES = [
                  ["line 2", "optimizer.name", "unknown optimizer 'adamww'", "did you mean: adamw"],
                  id="unknown-optimizer"),
     pytest.param("name: x\nschedule:\n  name: cosin\n", [],
-                 ["line 3", "schedule.name", "'constant', 'step' or 'cosine'", "did you mean: cosine"],
+                 ["line 3", "schedule.name", "'constant', 'step', 'cosine' or 'onecycle'", "did you mean: cosine"],
                  id="unknown-schedule"),
     pytest.param("name: x\nvariants:\n  scratch:\n    head: {name: linaer}\n", [],
                  ["line 4", "variant scratch", "head.name", "did you mean: linear"], id="unknown-head-in-variant"),

@@ -17,7 +17,7 @@ from transferkit.data.cache import decode_resized
 from transferkit.data.device_augment import canvas_side
 from transferkit.data.device_bank import DeviceBatches, DeviceImageBank, random_resized_boxes
 from transferkit.errors import DataError, SpecError
-from transferkit.run.rundir import load_checkpoint
+from transferkit.callbacks.checkpoint import load_checkpoint
 
 SCALE, RATIO = (0.08, 1.0), (3 / 4, 4 / 3)
 
@@ -150,7 +150,7 @@ def test_training_on_resident_images_changes_weights_and_needs_device_augmentati
     monkeypatch.setattr(DeviceImageBank, "build", classmethod(counting))
     raw = tiny_recipe(image_root, data={"cache": "device"}, train={"epochs": 2},  # augment_on auto, on the CPU
                       output_dir=str(tmp_path / "runs"))
-    from transferkit.run.experiment import build_variant
+    from transferkit.run.assemble import build_variant
     from transferkit.recipe.spec import validate
 
     initial = build_variant(validate(raw)).model.state_dict()

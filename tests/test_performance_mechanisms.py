@@ -16,12 +16,13 @@ from transferkit.data.cache import build_cache, decode_resized, disk_cache_dir, 
 from transferkit.data.images import open_rgb
 from transferkit.data.loading import BadImage, ImageFileDataset, make_loader
 from transferkit.data.transforms import eval_transform, train_transform
+from transferkit.engine.optimization import Optimization
 from transferkit.engine.trainer import Trainer
 from transferkit.errors import DataError
-from transferkit.run.experiment import build_variant
-from transferkit.data.features import train_on_features
+from transferkit.run.assemble import build_variant
+from transferkit.data.features import Extractor, cache_features
 from transferkit.optim.optimizers import build_optimizer
-from transferkit.run.rundir import load_checkpoint
+from transferkit.callbacks.checkpoint import load_checkpoint
 from transferkit.recipe.spec import validate
 
 
@@ -131,16 +132,19 @@ def _probe(image_root, tmp_path, feature_cache: bool):
                                 lr_policy={"name": "frozen_backbone", "feature_cache": feature_cache}))
     torch.manual_seed(0)
     built = build_variant(spec)
-    optimizer = build_optimizer(spec.optimizer, built.param_groups)
-    trainer = Trainer(built.model, optimizer, None, torch.device("cpu"), "fp32")
+    cpu = torch.device("cpu")
+    optimization = Optimization(build_optimizer(spec.optimizer, built.param_groups), device=cpu)
     prep = built.preprocessing
     train_ds = ImageFileDataset(built.splits.train, eval_transform(prep))
     test_ds = ImageFileDataset(built.splits.test, eval_transform(prep))
-    train_loader = make_loader(train_ds, spec.data.batch_size, True, spec.seed, 0, trainer.device)
-    test_loader = make_loader(test_ds, spec.data.batch_size, False, spec.seed, 0, trainer.device)
+    train_loader = make_loader(train_ds, spec.data.batch_size, True, spec.seed, 0, cpu)
+    test_loader = make_loader(test_ds, spec.data.batch_size, False, spec.seed, 0, cpu)
+    forward = built.model
     if feature_cache:
-        trainer, train_loader, test_loader, _ = train_on_features(trainer, spec, train_ds, test_ds, None, 0,
-                                                                  Console(quiet=True))
+        train_loader, evals = cache_features(Extractor(built.model, cpu), spec, train_ds, {"test": test_ds},
+                                             spec.data.batch_size, 0, Console(quiet=True))
+        test_loader, forward = evals["test"], built.model.head
+    trainer = Trainer(built.model, optimization, device=cpu, forward=forward)
     stats = []
     for epoch in (1, 2):
         train_loader.sampler.set_epoch(epoch)
@@ -192,10 +196,11 @@ def test_channels_last_and_contiguous_outputs_agree(image_root, name):
 def test_cache_views_holds_distinct_augmented_views_and_epochs_pick_among_them(image_root):
     spec = validate(tiny_recipe(image_root, lr_policy={"name": "frozen_backbone", "cache_views": 2}))
     built = build_variant(spec)
-    trainer = Trainer(built.model, build_optimizer(spec.optimizer, built.param_groups), None, torch.device("cpu"), "fp32")
     train_ds = ImageFileDataset(built.splits.train, train_transform(built.preprocessing, spec.data))
     test_ds = ImageFileDataset(built.splits.test, eval_transform(built.preprocessing))
-    _, train_loader, test_loader, _ = train_on_features(trainer, spec, train_ds, test_ds, None, 0, Console(quiet=True))
+    train_loader, evals = cache_features(Extractor(built.model, torch.device("cpu")), spec, train_ds,
+                                         {"test": test_ds}, 8, 0, Console(quiet=True))
+    test_loader = evals["test"]
     views = train_loader.dataset.views
     assert views.shape[:2] == (2, len(built.splits.train)) and test_loader.dataset.views.shape[0] == 1
     assert not torch.allclose(views[0], views[1])

@@ -14,7 +14,7 @@ import torch
 import yaml
 
 from conftest import make_image_folder, run_cli, tiny_recipe
-from transferkit.run.rundir import load_checkpoint
+from transferkit.callbacks.checkpoint import load_checkpoint
 
 METRICS = ("epoch", "train_loss", "train_accuracy", "test_loss", "test_accuracy")
 

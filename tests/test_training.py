@@ -11,10 +11,10 @@ from torch import nn
 from conftest import run_cli, tiny_recipe
 from transferkit import BACKBONES, HEADS, Experiment
 from transferkit.model.backbones import Backbone
-from transferkit.run.experiment import build_variant
+from transferkit.run.assemble import build_variant
 from transferkit.optim.optimizers import build_optimizer
 from transferkit.model.preprocess import Preprocessing
-from transferkit.run.rundir import load_checkpoint
+from transferkit.callbacks.checkpoint import load_checkpoint
 from transferkit.recipe.spec import validate
 
 

@@ -7,7 +7,7 @@ import yaml
 from conftest import make_image_folder, run_cli, tiny_recipe
 from transferkit import Experiment
 from transferkit.errors import DataError, TrainingError
-from transferkit.run.rundir import load_checkpoint
+from transferkit.callbacks.checkpoint import load_checkpoint
 
 import pytest
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 import sys
 from pathlib import Path
 from typing import Optional
@@ -46,13 +47,19 @@ def run(recipe: str = typer.Argument(..., help="recipe YAML file, or a plugin's 
     api = _api()
     experiment = api.Experiment.from_yaml(recipe, set_)
     resume_dir = _resume_dir(experiment, output, resume) if resume else None
+
+    def resume_command(run_root: Path) -> str:
+        words = ["transferkit", "run", recipe, *[w for s in set_ for w in ("--set", s)],
+                 *[w for v in variant for w in ("--variant", v)], *(["--device", device] if device else []),
+                 "--resume", str(run_root)]
+        return shlex.join(words)
+
     try:
         experiment.run(variants=variant or None, output_dir=output, device=device, console=err,
-                       progress=progress, resume=resume_dir)
+                       progress=progress, resume=resume_dir, resume_command=resume_command)
     except RunInterrupted as stop:
-        command = ["transferkit", "run", recipe, *[f"--set {s}" for s in set_], "--resume", str(stop.run_root)]
-        err.print(f"interrupted: variant {stop.variant} saved at epoch {stop.epoch}; resume with:\n  "
-                  f"{' '.join(command)}", markup=False, highlight=False, soft_wrap=True)
+        err.print(f"interrupted: {stop.what_resume_does()}; resume with:\n  {resume_command(stop.run_root)}",
+                  markup=False, highlight=False, soft_wrap=True)
         raise typer.Exit(130)
 
 
@@ -164,7 +171,7 @@ def plugins() -> None:
 def _splits_for(target: str, root: Optional[str], set_: list[str]):
     """FolderSplits from a recipe file, a registered recipe, a dataset name or a folder."""
     api = _api()
-    from transferkit.run.experiment import load_splits
+    from transferkit.run.assemble import load_splits
     from transferkit.recipe.spec import DataSpec, ExperimentSpec
 
     if Path(target).is_file() or target in api.RECIPES:

@@ -10,11 +10,21 @@ import threading
 
 
 class RunInterrupted(Exception):
-    """A run stopped on request after saving its progress; `run_root` is the folder to resume."""
+    """A run stopped on request after saving its progress; `run_root` is the folder to resume.
 
-    def __init__(self, run_root, variant: str, epoch: int):
+    `epoch` is the epoch a resume continues, after its first `step` of `steps` training steps (0: from its start).
+    """
+
+    def __init__(self, run_root, variant: str, epoch: int, step: int = 0, steps: int = 0):
         super().__init__(f"interrupted in variant {variant}, epoch {epoch}; progress saved in {run_root}")
-        self.run_root, self.variant, self.epoch = run_root, variant, epoch
+        self.run_root, self.variant, self.epoch, self.step, self.steps = run_root, variant, epoch, step, steps
+
+    def what_resume_does(self) -> str:
+        """'variant V: epochs 1-2 complete; a resume continues epoch 3 at step 5 of 12' (or from its start)."""
+        done = f"epochs 1-{self.epoch - 1} complete" if self.epoch > 2 else (
+            "epoch 1 complete" if self.epoch == 2 else "no epoch complete yet")
+        where = f"at step {self.step + 1} of {self.steps}" if self.step else "from its start"
+        return f"variant {self.variant}: {done}; a resume continues epoch {self.epoch} {where}"
 
 
 class GracefulStop:

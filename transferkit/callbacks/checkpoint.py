@@ -1,73 +1,65 @@
-"""`last` and `best` checkpoints of a variant: everything needed to predict with it, or resume it exactly."""
+"""Checkpoints: last.pt (everything an exact resume needs) and best.pt (the best weights and what predicting needs)."""
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
+from transferkit.callbacks.best import BestTracker
+from transferkit.callbacks.ema import EMA
+from transferkit.engine.callbacks import Callback
 from transferkit.engine.trainer import Trainer
-from transferkit.model.preprocess import Preprocessing
+from transferkit.errors import TransferkitError
 from transferkit.files import atomic_torch_save
-from transferkit.run.rundir import load_checkpoint
-from transferkit.seeding import rng_state, set_rng_state
+from transferkit.model.preprocess import Preprocessing
+from transferkit.model.weights_io import safe_torch_load
 from transferkit.recipe.spec import ExperimentSpec
 
+CHECKPOINT_FORMAT = "transferkit-checkpoint-1"
 
-class CheckpointManager:
-    """Writes last.pt every epoch and best.pt when the recipe's best_metric improves; restores last.pt."""
+
+def load_checkpoint(path: Path) -> dict:
+    """A checkpoint written by transferkit, loaded with weights_only=True; TransferkitError for anything else."""
+    state = safe_torch_load(path)
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT or "model" not in state:
+        raise TransferkitError(f"{path}: not a transferkit checkpoint (no '{CHECKPOINT_FORMAT}' format key); "
+                               f"give a best.pt or last.pt that `transferkit run` wrote")
+    return state
+
+
+class Checkpoint(Callback):
+    """Writes last.pt after every epoch and on interrupt, best.pt when the tracker's metric improves.
+
+    train.keep: `last` writes no best.pt; `best` removes last.pt once training has finished.
+    """
+
+    order = 50
 
     def __init__(self, run_dir: Path, spec: ExperimentSpec, classes: list[str], preprocessing: Preprocessing):
-        self.run_dir = run_dir
-        self.spec = spec
-        self.classes = classes
-        self.preprocessing = preprocessing
-        self.metric = spec.train.best_metric
-        self.best = -math.inf
+        self.run_dir, self.spec, self.classes, self.preprocessing = run_dir, spec, list(classes), preprocessing
+        self.keep = spec.train.keep
 
-    def _score(self, row: dict) -> float:
-        value = row.get(self.metric, row.get(self.metric.replace("val_", "test_")))
-        return -value if self.metric.endswith("loss") else value
+    def _identity(self) -> dict:
+        return {"format": CHECKPOINT_FORMAT, "classes": self.classes,
+                "preprocessing": self.preprocessing.to_dict(), "recipe": self.spec.model_dump(mode="json")}
 
-    def save(self, trainer: Trainer, epoch: int, history: list[dict], skipped: list[str], seconds: float,
-             partial: dict | None = None) -> None:
-        """Atomically write last.pt after `epoch` complete epochs (plus an interrupted one's `partial`
-        progress), and best.pt when a completed epoch is the best so far."""
-        state = {
-            "format": "transferkit-checkpoint-1",
-            "model": trainer.model.state_dict(),
-            "classes": list(self.classes),
-            "preprocessing": self.preprocessing.to_dict(),
-            "recipe": self.spec.model_dump(mode="json"),
-            "epoch": epoch,
-            "history": history,
-            "skipped": skipped,
-            "seconds": seconds,
-            "best_score": self.best,
-            "optimizer": trainer.optimizer.state_dict(),
-            "scheduler": trainer.scheduler.state_dict() if trainer.scheduler is not None else None,
-            "scaler": trainer.scaler.state_dict(),
-            "rng": rng_state(),
-            "partial": partial,
-        }
-        score = self._score(history[-1]) if history and partial is None else -math.inf
-        if score > self.best:
-            self.best = score
-            state["best_score"] = score
-            atomic_torch_save(self.run_dir / "best.pt", state)
-        atomic_torch_save(self.run_dir / "last.pt", state)
+    def save_last(self, trainer: Trainer) -> None:
+        """last.pt: the trainer's whole state."""
+        atomic_torch_save(self.run_dir / "last.pt", {**self._identity(), **trainer.state_dict()})
 
-    def restore_last(self, trainer: Trainer) -> dict | None:
-        """Load last.pt into the trainer (model, optimizer, scheduler, scaler, RNG); None when absent."""
-        path = self.run_dir / "last.pt"
-        if not path.is_file():
-            return None
-        state = load_checkpoint(path)
-        trainer.model.load_state_dict(state["model"])
-        trainer.optimizer.load_state_dict(state["optimizer"])
-        if trainer.scheduler is not None and state.get("scheduler"):
-            trainer.scheduler.load_state_dict(state["scheduler"])
-        trainer.scaler.load_state_dict(state["scaler"])
-        set_rng_state(state["rng"])
-        self.best = state["best_score"]
-        return state
+    def on_epoch_end(self, trainer: Trainer, epoch: int, row: dict) -> None:
+        tracker = trainer.callback(BestTracker)
+        if self.keep != "last" and (tracker is None or tracker.improved):
+            source = tracker.source if tracker else "raw"
+            ema = trainer.callback(EMA)
+            weights = ema.averaged_state(trainer.model) if source == "ema" and ema else trainer.model.state_dict()
+            atomic_torch_save(self.run_dir / "best.pt", {
+                **self._identity(), "model": weights, "epoch": epoch, "metrics": row, "weights": source,
+                "selected_on": tracker.metric if tracker else None})
+        self.save_last(trainer)
 
+    def on_interrupt(self, trainer: Trainer) -> None:
+        self.save_last(trainer)
+
+    def on_fit_end(self, trainer: Trainer) -> None:
+        if self.keep == "best":
+            (self.run_dir / "last.pt").unlink(missing_ok=True)

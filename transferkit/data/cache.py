@@ -230,16 +230,21 @@ def build_cache(paths: list[str | Path], size: int, interpolation: str, mode: st
     threads = threads or available_cores()
     folder = disk_cache_dir(data_root, size, interpolation, shrink_only)
     if mode == "auto":
-        need = estimated_bytes(names, size, shrink_only=shrink_only)
-        if need + extra_bytes <= MEMORY_SHARE * physical_memory():
-            mode = "memory"
-        elif need <= free_disk(folder) // 2:
-            mode = "disk"
-        else:
+        mode = auto_cache_mode(names, size, folder, shrink_only, extra_bytes)
+        if mode == "none":
             return None
     if mode == "memory":
         return memory_cache(names, size, interpolation, threads, shrink_only)
     return disk_cache(names, size, interpolation, folder, threads, shrink_only)
+
+
+def auto_cache_mode(paths: list[str], size: int, folder: Path, shrink_only: bool = False, extra_bytes: int = 0) -> str:
+    """data.cache auto resolved for these files: memory when they fit in MEMORY_SHARE of RAM (beside
+    `extra_bytes` already held), else disk when they fit in half the free disk, else none."""
+    need = estimated_bytes(paths, size, shrink_only=shrink_only)
+    if need + extra_bytes <= MEMORY_SHARE * physical_memory():
+        return "memory"
+    return "disk" if need <= free_disk(folder) // 2 else "none"
 
 
 def free_disk(folder: Path) -> int:
@@ -248,25 +253,46 @@ def free_disk(folder: Path) -> int:
     return shutil.disk_usage(existing).free
 
 
+def _cached_sides(splits: FolderSplits, train_size: int | None) -> tuple[list[str], list[str]]:
+    """(training files, evaluation files) as cached: with train_size None the training files join the eval side."""
+    train = [os.path.abspath(path) for path, _ in splits.train]
+    evaluation = [os.path.abspath(path) for samples in (splits.test, splits.val or []) for path, _ in samples]
+    return ([], evaluation + train) if train_size is None else (train, evaluation)
+
+
+def cache_modes(splits: FolderSplits, prep: Preprocessing, mode: str, train_size: int | None) -> tuple[str, str]:
+    """(training cache mode, evaluation cache mode) with auto resolved from the files' header sizes.
+
+    auto: the evaluation images first (they are small); if they find no room, none for either side.
+    """
+    train, evaluation = _cached_sides(splits, train_size)
+    if mode != "auto":
+        return (mode if train else "none"), (mode if evaluation else "none")
+    root = Path(splits.root) if splits.root else None
+    eval_mode = (auto_cache_mode(evaluation, prep.resize_size, disk_cache_dir(root, prep.resize_size, prep.interpolation))
+                 if evaluation else "none")
+    if not train:
+        return "none", eval_mode
+    if eval_mode == "none" and evaluation:
+        return "none", "none"
+    held = estimated_bytes(evaluation, prep.resize_size) if eval_mode == "memory" else 0
+    folder = disk_cache_dir(root, train_size, prep.interpolation, shrink_only=True)
+    return auto_cache_mode(train, train_size, folder, True, held), eval_mode
+
+
 def image_decoders(splits: FolderSplits, prep: Preprocessing, mode: str, on_bad_image: str = "skip",
-                   train_size: int | None = None) -> tuple[Callable, Callable]:
+                   train_size: int | None = None, modes: tuple[str, str] | None = None) -> tuple[Callable, Callable]:
     """(decode for training images, decode for evaluation images): open_rgb, or look-ups in the decoded-image cache.
 
     Evaluation images are cached at the eval resize; training images with their shorter side shrunk to at
     most `train_size` (None: exactly at the eval resize, as evaluation images, e.g. for features of their
-    eval view). Building the caches reads every image, so with on_bad_image 'fail' an unreadable one stops
-    the run here, before training starts.
+    eval view). `modes` (from `cache_modes`, e.g. through the data plan) overrides `mode`. Building the caches
+    reads every image, so with on_bad_image 'fail' an unreadable one stops the run here, before training starts.
     """
-    train = [path for path, _ in splits.train]
-    evaluation = [path for samples in (splits.test, splits.val or []) for path, _ in samples]
-    if train_size is None:
-        train, evaluation = [], train + evaluation
-    eval_cache = build_cache(evaluation, prep.resize_size, prep.interpolation, mode, splits.root)
-    if mode != "none" and eval_cache is None and evaluation:
-        mode = "none"  # auto found no room for the small cache: none for the large one either
-    held = sum(t.numel() for t in eval_cache.pixels) if eval_cache is not None and eval_cache.pixels else 0
-    train_cache = build_cache(train, train_size, prep.interpolation, mode, splits.root, shrink_only=True,
-                              extra_bytes=held)
+    train, evaluation = _cached_sides(splits, train_size)
+    train_mode, eval_mode = modes or cache_modes(splits, prep, mode, train_size)
+    eval_cache = build_cache(evaluation, prep.resize_size, prep.interpolation, eval_mode, splits.root)
+    train_cache = build_cache(train, train_size, prep.interpolation, train_mode, splits.root, shrink_only=True)
     stop_if_unreadable([e for cache in (eval_cache, train_cache) if cache is not None for e in cache.errors()],
                        on_bad_image)
     eval_decode = eval_cache.decode if eval_cache is not None else open_rgb

@@ -20,7 +20,7 @@ import math
 import torch
 
 from transferkit.data.cache import decode_all, header_size, stop_if_unreadable, stored_shape
-from transferkit.data.device_augment import canvas_side, fit_to_canvas, paste_on_canvas
+from transferkit.data.device_augment import canvas_side, crop_on_device, fit_to_canvas, paste_on_canvas
 from transferkit.data.loading import BadImage, Batch, EpochSampler, available_cores
 from transferkit.errors import DataError
 
@@ -134,10 +134,13 @@ class DeviceBatches:
     """
 
     def __init__(self, bank: DeviceImageBank, batch_size: int, seed: int, scale: tuple[float, float],
-                 ratio: tuple[float, float], hflip: bool):
+                 ratio: tuple[float, float], hflip: bool, weights: torch.Tensor | None = None,
+                 crop_size: int | None = None, channels_last: bool = False):
         self.bank, self.batch_size, self.seed = bank, batch_size, seed
         self.scale, self.ratio, self.hflip = scale, ratio, hflip
-        self.sampler = EpochSampler(len(bank), seed, shuffle=True)
+        self.weights = weights
+        self.crop_size, self.channels_last = crop_size, channels_last  # crop_size set: yield ready crops
+        self.sampler = EpochSampler(len(bank), seed, shuffle=True, weights=weights)
         # As make_loader: a lone last image would make batch norm fail; drop it.
         self.drop_last = len(bank) % batch_size == 1
 
@@ -147,7 +150,7 @@ class DeviceBatches:
 
     def epoch_plan(self, epoch: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The whole epoch's image order (N,), boxes (N, 4) and flips (N,), by position: a function of (seed, epoch)."""
-        full = EpochSampler(len(self.bank), self.seed, shuffle=True)
+        full = EpochSampler(len(self.bank), self.seed, shuffle=True, weights=self.weights)
         full.set_epoch(epoch)
         order = torch.tensor([index for index, _ in full], dtype=torch.int64)
         generator = torch.Generator().manual_seed(((self.seed * 1_000_003 + epoch) * 7_919 + 17) % 2**63)
@@ -161,5 +164,10 @@ class DeviceBatches:
         for step in range(len(self)):
             part = slice(step * self.batch_size, (step + 1) * self.batch_size)
             index = order[part]
-            yield Batch(self.bank.canvases[index], self.bank.labels[index], self.bank.bad if step == 0 else [],
-                        boxes[part], flips[part])
+            bad = self.bank.bad if step == 0 else []
+            if self.crop_size is None:
+                yield Batch(self.bank.canvases[index], self.bank.labels[index], bad, boxes[part], flips[part])
+            else:
+                crops = crop_on_device(self.bank.canvases[index], boxes[part], flips[part], self.crop_size,
+                                       self.channels_last)
+                yield Batch(crops, self.bank.labels[index], bad)

@@ -5,28 +5,22 @@ so each image's features can be computed once instead of every epoch. View 0 of 
 uses the eval transform; with `lr_policy.cache_views: K` the training set instead gets K augmented
 views (the train transform, seeded per view and image), and each epoch picks one per image from the
 sample's augmentation seed. The head then trains on batches of features in the same order, with the
-same optimizer, scheduler, metrics and checkpoints as the uncached path.
+same optimizer, scheduler, metrics and checkpoints as the uncached path (a Trainer whose `forward` is the head).
 """
 
 from __future__ import annotations
 
-import copy
 import time
+from dataclasses import dataclass
 
 import torch
 from rich.console import Console
 from torch.utils.data import DataLoader, Dataset
 
-from transferkit.data.loading import (BadImage, EpochSampler, ImageFileDataset, collate, default_eval_batch_size,
-                                      make_loader)
-from transferkit.engine.placement import autocast
-from transferkit.engine.trainer import Trainer
+from transferkit.data.loading import BadImage, EpochSampler, ImageFileDataset, batch_to_device, collate, make_loader
+from transferkit.device import autocast
+from transferkit.model.transfer import TransferModel
 from transferkit.recipe.spec import ExperimentSpec
-
-
-def uses_feature_cache(spec: ExperimentSpec) -> bool:
-    """True when the recipe trains a frozen backbone's head on cached features."""
-    return spec.lr_policy.name == "frozen_backbone" and spec.lr_policy.feature_cache
 
 
 class _Indexed(Dataset):
@@ -61,17 +55,27 @@ class FeatureSet(Dataset):
         return self.views[view, index], self.labels[index]
 
 
+@dataclass
+class Extractor:
+    """What feature extraction runs on: the model (its `features`), device, precision and memory format."""
+
+    model: TransferModel
+    device: torch.device
+    precision: str = "fp32"
+    channels_last: bool = False
+
+
 @torch.no_grad()
-def extract_features(trainer: Trainer, dataset: Dataset, batch_size: int, seed: int, num_workers: int,
+def extract_features(extractor: Extractor, dataset: Dataset, batch_size: int, seed: int, num_workers: int,
                      view: int = 0) -> tuple[torch.Tensor, dict[int, BadImage]]:
     """Backbone features (N, D) of every sample in order, on the CPU in fp32, and the unreadable samples.
 
     Each sample gets the augmentation seed of `view`, so an augmented view is a fixed, reproducible draw.
     """
-    model = trainer.model
+    model = extractor.model
     was_training = model.training
     model.eval()
-    loader = make_loader(_Indexed(dataset), batch_size, False, seed * 7919 + view, num_workers, trainer.device)
+    loader = make_loader(_Indexed(dataset), batch_size, False, seed * 7919 + view, num_workers, extractor.device)
     features: torch.Tensor | None = None
     bad: dict[int, BadImage] = {}
     for batch in loader:
@@ -79,8 +83,8 @@ def extract_features(trainer: Trainer, dataset: Dataset, batch_size: int, seed: 
             bad[_index_of(dataset, item.path)] = item
         if batch.labels.numel() == 0:
             continue
-        images, indices = trainer.to_device(batch)
-        with autocast(trainer.device, trainer.precision):
+        images, indices = batch_to_device(batch, extractor.device, extractor.channels_last)
+        with autocast(extractor.device, extractor.precision):
             out = model.features(images).float().cpu()
         if features is None:
             features = torch.zeros(len(dataset), out.shape[1])
@@ -93,43 +97,35 @@ def _index_of(dataset: Dataset, path: str) -> int:
     return next(i for i, (p, _) in enumerate(dataset.samples) if str(p) == path)
 
 
-def cached_split(trainer: Trainer, dataset: Dataset, views: int, batch_size: int, seed: int,
+def cached_split(extractor: Extractor, dataset: Dataset, views: int, batch_size: int, seed: int,
                  num_workers: int) -> FeatureSet:
     """A FeatureSet of one split with `views` seeded views of the dataset's transform (1 for the eval transform)."""
-    extracted = [extract_features(trainer, dataset, batch_size, seed, num_workers, view) for view in range(views)]
+    extracted = [extract_features(extractor, dataset, batch_size, seed, num_workers, view) for view in range(views)]
     bad = {index: item for _, view_bad in extracted for index, item in view_bad.items()}
     labels = [label for _, label in dataset.samples]
     return FeatureSet(torch.stack([features for features, _ in extracted]), labels, bad)
 
 
-def feature_loader(features: FeatureSet, batch_size: int, shuffle: bool, seed: int) -> DataLoader:
-    """Batches of cached features in the same (seed, epoch) order as the image loader would give."""
-    return DataLoader(features, batch_size=batch_size, sampler=EpochSampler(len(features), seed, shuffle),
-                      collate_fn=collate, num_workers=0)
+def feature_loader(features: FeatureSet, batch_size: int, shuffle: bool, seed: int,
+                   weights: torch.Tensor | None = None) -> DataLoader:
+    """Batches of cached features in the same (seed, epoch) order as the image loader would give; like it, a
+    lone last training sample is dropped (batch norm in an mlp head cannot take it)."""
+    return DataLoader(features, batch_size=batch_size, sampler=EpochSampler(len(features), seed, shuffle, weights),
+                      collate_fn=collate, num_workers=0, drop_last=shuffle and len(features) % batch_size == 1)
 
 
-def head_trainer(trainer: Trainer) -> Trainer:
-    """A trainer sharing `trainer`'s model, optimizer, scheduler and scaler that runs only the head, on features."""
-    head_only = copy.copy(trainer)
-    head_only.forward = trainer.model.head
-    head_only.channels_last = False
-    return head_only
-
-
-def train_on_features(trainer: Trainer, spec: ExperimentSpec, train_ds: ImageFileDataset, test_ds: ImageFileDataset,
-                      val_ds: ImageFileDataset | None, num_workers: int, console: Console
-                      ) -> tuple[Trainer, DataLoader, DataLoader, DataLoader | None]:
-    """Extract the frozen backbone's features once; a head-only trainer and feature loaders to use instead."""
+def cache_features(extractor: Extractor, spec: ExperimentSpec, train_ds: ImageFileDataset, eval_sets: dict,
+                   eval_batch: int, num_workers: int, console: Console,
+                   weights: torch.Tensor | None = None) -> tuple[DataLoader, dict[str, DataLoader]]:
+    """Extract the frozen backbone's features once: a training loader and one loader per evaluation split."""
     started = time.perf_counter()
     views = spec.lr_policy.cache_views
-    batch = spec.data.eval_batch_size or default_eval_batch_size(trainer.device, spec.data.batch_size)
-    source = train_ds if views else ImageFileDataset(train_ds.samples, test_ds.transform, train_ds.decode)
-    train = cached_split(trainer, source, max(1, views), batch, spec.seed, num_workers)
-    test = cached_split(trainer, test_ds, 1, batch, spec.seed, num_workers)
-    val = cached_split(trainer, val_ds, 1, batch, spec.seed, num_workers) if val_ds is not None else None
+    source = train_ds if views else ImageFileDataset(train_ds.samples, next(iter(eval_sets.values())).transform,
+                                                     train_ds.decode)
+    train = cached_split(extractor, source, max(1, views), eval_batch, spec.seed, num_workers)
+    evals = {split: feature_loader(cached_split(extractor, ds, 1, eval_batch, spec.seed, num_workers), eval_batch,
+                                   False, spec.seed) for split, ds in eval_sets.items()}
     console.print(f"  feature cache: {len(train)} train images x {max(1, views)} "
                   f"{'augmented view(s)' if views else 'eval view'}, {train.views.shape[-1]} features, "
                   f"computed in {time.perf_counter() - started:.1f}s")
-    return (head_trainer(trainer), feature_loader(train, spec.data.batch_size, True, spec.seed),
-            feature_loader(test, batch, False, spec.seed),
-            feature_loader(val, batch, False, spec.seed) if val is not None else None)
+    return feature_loader(train, spec.data.batch_size, True, spec.seed, weights), evals

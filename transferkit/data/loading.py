@@ -70,10 +70,15 @@ class ImageFileDataset(Dataset):
 
 
 class EpochSampler(Sampler):
-    """Yields (index, augmentation seed) in an order fixed by (seed, epoch); call set_epoch each epoch."""
+    """Yields (index, augmentation seed) in an order fixed by (seed, epoch); call set_epoch each epoch.
 
-    def __init__(self, size: int, seed: int, shuffle: bool):
+    With `weights` (one per sample) each epoch draws `size` samples with replacement in proportion to
+    them: inverse class frequencies make a balanced sampler.
+    """
+
+    def __init__(self, size: int, seed: int, shuffle: bool, weights: torch.Tensor | None = None):
         self.size, self.seed, self.shuffle, self.epoch, self.skip = size, seed, shuffle, 0, 0
+        self.weights = weights
 
     def set_epoch(self, epoch: int, skip: int = 0) -> None:
         """Choose the epoch the next iteration yields, leaving out its first `skip` samples (a resume)."""
@@ -84,9 +89,22 @@ class EpochSampler(Sampler):
 
     def __iter__(self):
         generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
-        order = torch.randperm(self.size, generator=generator) if self.shuffle else torch.arange(self.size)
+        if self.weights is not None:
+            order = torch.multinomial(self.weights, self.size, replacement=True, generator=generator)
+        elif self.shuffle:
+            order = torch.randperm(self.size, generator=generator)
+        else:
+            order = torch.arange(self.size)
         seeds = torch.randint(0, 2**62, (self.size,), generator=generator)
         return iter(list(zip(order.tolist(), seeds.tolist()))[self.skip:])
+
+
+def batch_to_device(batch: Batch, device: torch.device, channels_last: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """A batch's images and labels on `device`, images in the model's memory format."""
+    images = batch.images.to(device, non_blocking=True)
+    if channels_last:
+        images = images.contiguous(memory_format=torch.channels_last)
+    return images, batch.labels.to(device, non_blocking=True)
 
 
 def collate(items: list) -> Batch:
@@ -129,10 +147,10 @@ def default_eval_batch_size(device: torch.device, batch_size: int) -> int:
 
 
 def make_loader(dataset: Dataset, batch_size: int, shuffle: bool, seed: int, num_workers: int,
-                device: torch.device) -> DataLoader:
+                device: torch.device, weights: torch.Tensor | None = None) -> DataLoader:
     """A DataLoader over `dataset` with the epoch sampler, persistent workers and pinned memory on CUDA."""
     return DataLoader(
-        dataset, batch_size=batch_size, sampler=EpochSampler(len(dataset), seed, shuffle), collate_fn=collate,
+        dataset, batch_size=batch_size, sampler=EpochSampler(len(dataset), seed, shuffle, weights), collate_fn=collate,
         num_workers=num_workers, persistent_workers=num_workers > 0, pin_memory=device.type == "cuda",
         prefetch_factor=4 if num_workers > 0 else None,
         # A lone last training image would make batch norm fail (one value per channel): drop it, this epoch only.

@@ -1,39 +1,42 @@
-"""The training and evaluation loop: device placement, precision, progress and non-finite checks."""
+"""The training loop: fit over epochs, train_epoch, evaluate and predict, with callbacks at a few events."""
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass, field
+from typing import Callable, Iterable
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
 
-from transferkit.data.device_augment import crop_on_device
-from transferkit.data.loading import BadImage, Batch
-from transferkit.engine.placement import autocast
-from transferkit.errors import DataError, DeviceError, TrainingError
+from transferkit.data.loading import BadImage, Batch, batch_to_device
+from transferkit.device import autocast
+from transferkit.engine.callbacks import Callback
+from transferkit.engine.optimization import Optimization
+from transferkit.errors import DataError
 from transferkit.progress import Progress
+from transferkit.seeding import rng_state, seed_epoch, set_rng_state
 
 
 class Interrupted(Exception):
-    """Training stopped on request (SIGINT/SIGTERM) after a whole step; carries the epoch's progress so far."""
+    """Training stopped on request after a whole optimizer update; `partial` is the epoch's progress (None at an
+    epoch boundary), and `epoch` the epoch a resume continues."""
 
-    def __init__(self, epoch: int, partial: dict):
+    def __init__(self, epoch: int, partial: dict | None):
         super().__init__(f"interrupted during epoch {epoch}")
         self.epoch, self.partial = epoch, partial
 
 
 @dataclass
 class EpochStats:
-    """Mean loss, accuracy, example count and throughput of one pass over a loader."""
+    """Mean loss, accuracy, example count and time of one pass over a loader (data wait and step time apart)."""
 
     loss: float
     accuracy: float
     examples: int
     seconds: float
     bad: list[BadImage] = field(default_factory=list)
+    data_seconds: float = 0.0
 
     @property
     def images_per_s(self) -> float:
@@ -42,42 +45,50 @@ class EpochStats:
 
 
 class Trainer:
-    """Runs epochs of a model on one device with the recipe's precision, loss reduction and memory format."""
+    """Fits a model on one device: the optimizer step is `optimization`'s, lifecycle behaviours are callbacks.
 
-    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler, device: torch.device,
-                 precision: str, loss_reduction: str = "mean", label_smoothing: float = 0.0,
-                 channels_last: bool = False, on_bad_image: str = "fail", progress: Progress | None = None,
-                 compiled: nn.Module | None = None, crop_size: int | None = None):
-        self.model = model
-        self.forward = compiled if compiled is not None else model
-        self.optimizer = optimizer
-        self.scheduler = scheduler
-        self.device = device
-        self.precision = precision
-        self.loss_reduction = loss_reduction
-        self.criterion = nn.CrossEntropyLoss(reduction="none", label_smoothing=label_smoothing)
-        self.channels_last = channels_last
-        self.on_bad_image = on_bad_image
+    `forward` is what batches go through (the model itself, a compiled model, or only its head on cached
+    features); `model` is what is saved, averaged and evaluated. `batch_transform` (MixUp/CutMix) turns a
+    batch's images and labels into mixed images and soft targets.
+    """
+
+    def __init__(self, model: nn.Module, optimization: Optimization, *, device: torch.device, seed: int = 0,
+                 precision: str = "fp32", forward: nn.Module | None = None, channels_last: bool = False,
+                 batch_transform: Callable | None = None, callbacks: Iterable[Callback] = (),
+                 progress: Progress | None = None, on_bad_image: str = "fail"):
+        self.model, self.optimization = model, optimization
+        self.forward = forward if forward is not None else model
+        self.device, self.seed, self.precision, self.channels_last = device, seed, precision, channels_last
+        self.batch_transform = batch_transform
+        self.callbacks = sorted(callbacks, key=lambda cb: cb.order)
         self.progress = progress or Progress(enabled=False)
-        self.scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+        self.on_bad_image = on_bad_image
         self.sync_every = 1 if device.type == "cpu" else 16
-        self.crop_size = crop_size  # output side of device augmentation (batches that carry crop boxes)
+        self.epoch = 0  # completed epochs
+        self.history: list[dict] = []
+        self.elapsed = 0.0
+        self.partial: dict | None = None  # progress of an interrupted epoch, to continue on resume
+        self.stop_reason: str | None = None  # set by a callback to end fit after the current epoch
+        self.epochs = 0
+        self.eval_loaders: dict = {}
+        self.last_bad: list[BadImage] = []
+
+    @property
+    def optimizer(self) -> torch.optim.Optimizer:
+        """The optimizer the updates go through."""
+        return self.optimization.optimizer
+
+    def callback(self, kind: type) -> Callback | None:
+        """The first callback of class `kind`, or None."""
+        return next((cb for cb in self.callbacks if isinstance(cb, kind)), None)
+
+    def _call(self, event: str, *args) -> None:
+        for cb in self.callbacks:
+            getattr(cb, event)(self, *args)
 
     def to_device(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
-        """uint8 images and labels on the device, in the model's memory format.
-
-        A batch with crop boxes (data.augment_on: device) is cropped and flipped here, into float 0-255 images.
-        """
-        images = batch.images.to(self.device, non_blocking=True)
-        if batch.boxes is not None:
-            if self.crop_size is None:
-                raise ValueError("a batch with crop boxes needs Trainer(crop_size=...)")
-            return (crop_on_device(images, batch.boxes.to(self.device, non_blocking=True),
-                                   batch.flips.to(self.device, non_blocking=True), self.crop_size, self.channels_last),
-                    batch.labels.to(self.device, non_blocking=True))
-        if self.channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
-        return images, batch.labels.to(self.device, non_blocking=True)
+        """uint8 (or ready float) images and labels on the device, in the model's memory format."""
+        return batch_to_device(batch, self.device, self.channels_last)
 
     def _handle_bad(self, batch: Batch, bad: list[BadImage]) -> bool:
         """Record unreadable files; stop under on_bad_image=fail. False when the batch is empty."""
@@ -87,97 +98,151 @@ class Trainer:
             bad.extend(batch.bad)
         return batch.labels.numel() > 0
 
-    def train_epoch(self, loader: DataLoader, epoch: int, epochs: int, partial: dict | None = None,
-                    should_stop=lambda: False) -> EpochStats:
+    def fit(self, train_loader, eval_loaders: dict, epochs: int, should_stop: Callable[[], bool] = lambda: False
+            ) -> list[dict]:
+        """Train from the epoch after `self.epoch` up to `epochs`, evaluating each split of `eval_loaders` after
+        every epoch; returns the history. Raises Interrupted once `should_stop()` is true (after saving through
+        the callbacks), at the next update boundary."""
+        self.eval_loaders, self.epochs = eval_loaders, epochs
+        self._call("on_fit_start")
+        for epoch in range(self.epoch + 1, epochs + 1):
+            if self.stop_reason:
+                break
+            started = time.perf_counter()
+            partial, self.partial = self.partial, None
+            if partial is None:
+                seed_epoch(self.seed, epoch)  # a resumed partial epoch continues from the saved RNG state instead
+            skip = partial["step"] * train_loader.batch_size if partial else 0
+            train_loader.sampler.set_epoch(epoch, skip=skip)
+            self._call("on_epoch_start", epoch)
+            try:
+                train = self.train_epoch(train_loader, epoch, epochs, partial, should_stop)
+            except Interrupted as stop:
+                self.partial = stop.partial
+                self._call("on_interrupt")
+                raise
+            row = {"epoch": epoch, "train_loss": train.loss, "train_accuracy": train.accuracy}
+            bad = list(train.bad)
+            for split, loader in eval_loaders.items():
+                self._call("before_evaluate", split)
+                stats = self.evaluate(loader, split)
+                row[f"{split}_loss"], row[f"{split}_accuracy"] = stats.loss, stats.accuracy
+                bad += stats.bad
+                self._call("after_evaluate", split, row)
+            epoch_seconds = time.perf_counter() - started
+            self.elapsed += epoch_seconds
+            row.update(train_images_per_s=train.images_per_s, lr=self.optimizer.param_groups[0]["lr"],
+                       data_wait_seconds=train.data_seconds, step_seconds=train.seconds - train.data_seconds,
+                       epoch_seconds=epoch_seconds, elapsed_seconds=self.elapsed)
+            self.epoch, self.last_bad = epoch, bad
+            self.history.append(row)
+            self._call("on_epoch_end", epoch, row)
+            if should_stop() and epoch < epochs and not self.stop_reason:
+                raise Interrupted(epoch + 1, None)
+        self._call("on_fit_end")
+        return self.history
+
+    def train_epoch(self, loader, epoch: int, epochs: int, partial: dict | None = None,
+                    should_stop: Callable[[], bool] = lambda: False) -> EpochStats:
         """One pass of training, or its rest after `partial` (a resumed interruption).
 
-        Raises TrainingError at the first non-finite loss (naming epoch and step), and Interrupted
-        after the current step once `should_stop()` is true.
+        Raises TrainingError at the first non-finite loss (naming epoch and step), and Interrupted at the first
+        update boundary once `should_stop()` is true.
         """
         self.model.train()
-        partial = partial or {"step": 0, "loss_sum": 0.0, "correct": 0, "examples": 0, "seconds": 0.0}
+        opt = self.optimization
+        partial = partial or {"step": 0, "loss_sum": 0.0, "correct": 0, "examples": 0, "seconds": 0.0,
+                              "data_seconds": 0.0}
         loss_sum = torch.tensor(partial["loss_sum"], device=self.device, dtype=torch.float64)
         correct = torch.tensor(partial["correct"], device=self.device, dtype=torch.int64)
         pending: list[torch.Tensor] = []
         examples, bad, start = partial["examples"], [], time.perf_counter() - partial["seconds"]
+        data_seconds = partial.get("data_seconds", 0.0)
         first_step = partial["step"]
         total_steps = first_step + len(loader)
         step = first_step
 
         def progress_so_far() -> dict:
             if pending:
-                self._check_finite(pending, epoch, step)
+                opt.check_finite(pending, epoch, step)
             return {"step": step, "loss_sum": loss_sum.item(), "correct": int(correct.item()),
-                    "examples": examples, "seconds": time.perf_counter() - start}
+                    "examples": examples, "seconds": time.perf_counter() - start, "data_seconds": data_seconds}
 
         with self.progress.task(f"epoch {epoch}/{epochs} train", total=total_steps) as task:
             task.advance(first_step)
             batches = iter(loader)
             while True:
-                if should_stop():
+                at_boundary = step % opt.accumulate_steps == 0
+                if at_boundary and should_stop():
                     raise Interrupted(epoch, progress_so_far())
+                waited = time.perf_counter()
                 try:
                     batch = next(batches)
                 except StopIteration:
                     break
                 except RuntimeError:
-                    if should_stop():  # Ctrl-C also reached the loader's workers, which then quit
+                    if should_stop() and at_boundary:  # Ctrl-C also reached the loader's workers, which then quit
                         raise Interrupted(epoch, progress_so_far()) from None
                     raise
+                data_seconds += time.perf_counter() - waited
                 step += 1
                 if not self._handle_bad(batch, bad):
                     task.advance()
                     continue
                 images, labels = self.to_device(batch)
-                try:
-                    with autocast(self.device, self.precision):
-                        logits = self.forward(images)
-                        losses = self.criterion(logits.float(), labels)
-                    loss = losses.sum() if self.loss_reduction == "sum" else losses.mean()
-                    self.optimizer.zero_grad(set_to_none=True)
-                    self.scaler.scale(loss).backward()
-                    self.scaler.step(self.optimizer)
-                    self.scaler.update()
-                except torch.OutOfMemoryError:
-                    raise DeviceError(f"out of memory on {self.device} at batch size {labels.numel()}; "
-                                      f"lower data.batch_size (e.g. --set data.batch_size={max(1, labels.numel() // 2)})") from None
-                if self.scheduler is not None:
-                    self.scheduler.step()
-                batch_loss = losses.detach().sum()
+                targets = labels
+                if self.batch_transform is not None:
+                    images, targets = self.batch_transform(images.float(), labels)
+                logits, losses = opt.step(self.forward, images, targets, opt.is_update_boundary(step, total_steps))
+                if opt.is_update_boundary(step, total_steps):
+                    self._call("after_update", opt.updates)
+                batch_loss = losses.sum()
                 loss_sum += batch_loss
-                correct += (logits.detach().argmax(1) == labels).sum()
+                correct += (logits.argmax(1) == labels).sum()
                 examples += labels.numel()
                 pending.append(batch_loss)
                 if len(pending) >= self.sync_every or step == total_steps:
-                    self._check_finite(pending, epoch, step)
+                    opt.check_finite(pending, epoch, step)
                     pending = []
                     seconds = time.perf_counter() - start
                     task.advance(1, loss=loss_sum.item() / examples, rate=examples / max(seconds, 1e-9))
                 else:
                     task.advance(1)
         if pending:
-            self._check_finite(pending, epoch, step)
+            opt.check_finite(pending, epoch, step)
         seconds = time.perf_counter() - start
         if examples == 0:
             raise DataError("no readable training images; run `transferkit check-data` on the data root")
-        return EpochStats(loss_sum.item() / examples, correct.item() / examples, examples, seconds, bad)
-
-    @staticmethod
-    def _check_finite(pending: list[torch.Tensor], epoch: int, last_step: int) -> None:
-        values = torch.stack(pending).tolist()
-        for offset, value in enumerate(values):
-            if not math.isfinite(value):
-                step = last_step - len(values) + offset + 1
-                raise TrainingError(f"loss became {value} at epoch {epoch}, step {step}; the last good checkpoint "
-                                    f"is kept; lower optimizer.lr or use precision fp32")
+        return EpochStats(loss_sum.item() / examples, correct.item() / examples, examples, seconds, bad, data_seconds)
 
     @torch.no_grad()
-    def evaluate(self, loader: DataLoader, label: str = "test") -> EpochStats:
-        """Mean loss and accuracy over a loader in eval mode."""
+    def predict(self, loader, label: str = "predict") -> tuple[torch.Tensor, torch.Tensor, list[BadImage]]:
+        """Logits (N, classes) in fp32 on the CPU and labels (N,) of every readable sample, in loader order,
+        and the unreadable ones."""
+        self.model.eval()
+        logits_all, labels_all, bad = [], [], []
+        with self.progress.task(label, total=len(loader)) as task:
+            for batch in loader:
+                task.advance()
+                if not self._handle_bad(batch, bad):
+                    continue
+                images, labels = self.to_device(batch)
+                with autocast(self.device, self.precision):
+                    logits = self.forward(images)
+                logits_all.append(logits.float().cpu())
+                labels_all.append(labels.cpu())
+        if not logits_all:
+            return torch.empty(0, 0), torch.empty(0, dtype=torch.long), bad
+        return torch.cat(logits_all), torch.cat(labels_all), bad
+
+    @torch.no_grad()
+    def evaluate(self, loader, label: str = "test") -> EpochStats:
+        """Mean loss and accuracy over a loader in eval mode (class weights do not weigh the reported loss)."""
         self.model.eval()
         loss_sum = torch.zeros((), device=self.device, dtype=torch.float64)
         correct = torch.zeros((), device=self.device, dtype=torch.int64)
         examples, bad, start = 0, [], time.perf_counter()
+        criterion = nn.CrossEntropyLoss(reduction="sum", label_smoothing=self.optimization.criterion.label_smoothing)
         with self.progress.task(f"{label}", total=len(loader)) as task:
             for batch in loader:
                 task.advance()
@@ -186,10 +251,28 @@ class Trainer:
                 images, labels = self.to_device(batch)
                 with autocast(self.device, self.precision):
                     logits = self.forward(images)
-                loss_sum += self.criterion(logits.float(), labels).sum()
+                loss_sum += criterion(logits.float(), labels)
                 correct += (logits.argmax(1) == labels).sum()
                 examples += labels.numel()
         if examples == 0:
             raise DataError(f"no readable {label} images; run `transferkit check-data` on the data root")
         return EpochStats(loss_sum.item() / examples, correct.item() / examples, examples,
                           time.perf_counter() - start, bad)
+
+    def state_dict(self) -> dict:
+        """Everything a resume needs: model, optimizer/scheduler/scaler, progress, history, RNG and callbacks."""
+        return {"model": self.model.state_dict(), "optimization": self.optimization.state_dict(),
+                "epoch": self.epoch, "history": self.history, "seconds": self.elapsed, "partial": self.partial,
+                "rng": rng_state(), "stop_reason": self.stop_reason,
+                "callbacks": {cb.state_key: cb.state_dict() for cb in self.callbacks}}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore what state_dict() returned (the RNG too, so the next step draws what it would have)."""
+        self.model.load_state_dict(state["model"])
+        self.optimization.load_state_dict(state["optimization"])
+        self.epoch, self.history, self.elapsed = state["epoch"], state["history"], state["seconds"]
+        self.partial, self.stop_reason = state.get("partial"), state.get("stop_reason")
+        for cb in self.callbacks:
+            if cb.state_key in state.get("callbacks", {}):
+                cb.load_state_dict(state["callbacks"][cb.state_key])
+        set_rng_state(state["rng"])

@@ -36,6 +36,25 @@ class HeadSpec(_Spec):
     dropout: float = Field(0.0, ge=0.0, lt=1.0, description="dropout before the head's last layer")
 
 
+class AugmentSpec(_Spec):
+    """Augmentation beyond crop and flip: a per-image policy, random erasing, and batch mixing."""
+
+    policy: Literal["none", "trivialaugment", "randaugment", "autoaugment"] = Field("none", description="per-image torchvision.transforms.v2 policy, applied in the CPU loader")
+    random_erasing: float = Field(0.0, ge=0.0, le=1.0, description="probability of erasing a random rectangle of each training image (CPU loader)")
+    mixup: float = Field(0.0, ge=0.0, description="MixUp alpha (0: off); a batch op, so it works on device-resident images too")
+    cutmix: float = Field(0.0, ge=0.0, description="CutMix alpha (0: off); with mixup too, each batch picks one of the two")
+
+    @property
+    def per_image(self) -> bool:
+        """True when some augmentation runs image by image in the CPU loader."""
+        return self.policy != "none" or self.random_erasing > 0
+
+    @property
+    def mixes_batches(self) -> bool:
+        """True when MixUp or CutMix blends the images of a batch."""
+        return self.mixup > 0 or self.cutmix > 0
+
+
 class DataSpec(_Spec):
     """Where the images come from and how they are turned into tensors."""
 
@@ -67,6 +86,9 @@ class DataSpec(_Spec):
     on_bad_image: Literal["fail", "skip"] = Field("fail", description="what an unreadable image does: stop the run, or be left out and reported")
     limit: int | None = Field(None, gt=0, description="use at most this many images per split (quick runs)")
     options: dict[str, Any] = Field(default_factory=dict, description="dataset-specific settings for plugin datasets")
+    val_split: float | None = Field(None, gt=0.0, lt=1.0, description="carve this share of train out as a seeded, stratified validation split (when the data has none)")
+    sampler: Literal["random", "balanced"] = Field("random", description="training order: random (each image once per epoch) or balanced (classes drawn evenly, with replacement)")
+    augment: "AugmentSpec" = Field(default_factory=lambda: AugmentSpec(), description="augmentation policy and batch mixing on top of the crop and flip")
 
     @field_validator("crop_scale")
     @classmethod
@@ -85,6 +107,10 @@ class DataSpec(_Spec):
         if self.augment_on == "device" and self.cache in ("memory", "disk", "none"):
             raise ValueError(f"data.augment_on: device crops training images kept on the device, but data.cache is "
                              f"{self.cache}; set data.cache: auto or device, or data.augment_on: cpu")
+        if self.augment.per_image and (self.augment_on == "device" or self.cache == "device"):
+            raise ValueError("data.augment: policy and random_erasing run image by image in the CPU loader, which "
+                             "device-resident images skip; set data.augment_on: cpu and data.cache: auto "
+                             "(mixup and cutmix work on the device)")
         return self
 
 
@@ -112,11 +138,29 @@ class LRPolicySpec(_Spec):
 class ScheduleSpec(_Spec):
     """How the learning rate changes over training."""
 
-    name: Literal["constant", "step", "cosine"] = Field("constant", description="constant, step or cosine")
+    name: Literal["constant", "step", "cosine", "onecycle"] = Field("constant", description="constant, step, cosine, or onecycle (rise to the LR, then anneal far below it)")
     warmup_epochs: float = Field(0.0, ge=0.0, description="linear warm-up length in epochs (may be fractional)")
+    warmup_steps: int = Field(0, ge=0, description="linear warm-up length in optimizer updates (instead of warmup_epochs)")
+    pct_start: float = Field(0.25, gt=0.0, lt=1.0, description="onecycle: share of training spent rising to the LR")
+    div_factor: float = Field(25.0, ge=1.0, description="onecycle: the LR starts at LR / div_factor")
+    final_div_factor: float = Field(1e4, ge=1.0, description="onecycle: the LR ends at LR / (div_factor x final_div_factor)")
     step_size: int = Field(1, gt=0, description="step: epochs between decays")
     gamma: float = Field(0.1, gt=0.0, le=1.0, description="step: LR factor at each decay")
     min_lr_ratio: float = Field(0.0, ge=0.0, le=1.0, description="cosine: final LR as a share of the initial LR")
+
+
+class EarlyStoppingSpec(_Spec):
+    """Stop training once the best metric (train.best_metric) has stopped improving."""
+
+    patience: int = Field(3, ge=1, description="epochs without improvement before stopping")
+    min_delta: float = Field(0.0, ge=0.0, description="smallest change that counts as an improvement")
+    metric: Literal["auto", "val_accuracy", "val_loss", "test_accuracy", "test_loss"] = Field("auto", description="must match train.best_metric when both are set: best.pt and early stopping share one notion of best")
+
+
+class EMASpec(_Spec):
+    """Exponential moving average of the weights, updated after every optimizer update."""
+
+    decay: float = Field(0.999, gt=0.0, lt=1.0, description="weight of the old average at each update")
 
 
 class TrainSpec(_Spec):
@@ -130,8 +174,20 @@ class TrainSpec(_Spec):
     loss_reduction: Literal["mean", "sum"] = Field("mean", description="reduce per-example losses by mean, or by sum as d2l's loop does")
     label_smoothing: float = Field(0.0, ge=0.0, lt=1.0, description="cross-entropy label smoothing")
     deterministic: bool = Field(False, description="deterministic algorithms and single-process loading: identical runs for one seed")
-    best_metric: Literal["test_accuracy", "test_loss", "val_accuracy", "val_loss"] = Field("test_accuracy", description="metric that picks the `best` checkpoint")
-    checkpoint: bool = Field(True, description="save `last` and `best` checkpoints")
+    best_metric: Literal["auto", "val_accuracy", "val_loss", "test_accuracy", "test_loss"] = Field(
+        "auto", description="metric that picks best.pt and drives early stopping; auto: val_accuracy when there is a "
+                            "validation split, else no selection (best.pt is the last epoch); a test_ metric selects "
+                            "on the test split, and the run says so")
+    checkpoint: bool = Field(True, description="save checkpoints (see keep)")
+    keep: Literal["both", "last", "best"] = Field("both", description="which checkpoints to keep: last.pt (everything a resume needs), best.pt (weights and what predicting needs), or both")
+    freeze_epochs: int = Field(0, ge=0, description="train only the head (backbone weights and batch-norm statistics frozen) for this many first epochs, then the whole network")
+    early_stopping: "EarlyStoppingSpec | None" = Field(None, description="stop when the best metric has not improved for `patience` epochs")
+    ema: "EMASpec | None" = Field(None, description="exponential moving average of the weights, evaluated beside the raw ones")
+    accumulate_steps: int = Field(1, ge=1, description="batches whose gradients add up to one optimizer update (batch_size 8 x 4 steps like 32)")
+    clip_grad_norm: float | None = Field(None, gt=0.0, description="clip the gradients' global L2 norm to this before each update")
+    class_weights: Literal["none", "auto"] | list[float] = Field("none", description="per-class loss weights: none, auto (inverse class frequency ^ class_weight_power), or one weight per class")
+    class_weight_power: float = Field(1.0, ge=0.0, description="auto class weights: (1 / frequency) ^ power (0.5 softens them)")
+    loggers: list[Literal["csv", "tensorboard"]] = Field(default_factory=lambda: ["csv"], description="metric writers: csv (metrics.csv/json), tensorboard (event files under tensorboard/)")
 
     @field_validator("device")
     @classmethod

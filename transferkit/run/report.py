@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from rich.console import Console
@@ -12,7 +11,7 @@ from rich.table import Table
 from transferkit.files import atomic_write_bytes, atomic_write_text
 
 if TYPE_CHECKING:
-    from transferkit.run.experiment import ExperimentResult, VariantResult
+    from transferkit.run.results import ExperimentResult
 
 
 def epoch_line(name: str, row: dict, epochs: int) -> str:
@@ -91,13 +90,3 @@ def curves_png(result: "ExperimentResult") -> bytes:
     fig.savefig(buffer, format="png", dpi=100)
     plt.close(fig)
     return buffer.getvalue()
-
-
-def result_from_summary(name: str, run_dir: Path) -> "VariantResult":
-    """A finished variant's result, read back from its run directory."""
-    from transferkit.run.experiment import VariantResult
-
-    summary = json.loads((run_dir / "summary.json").read_text())
-    history = json.loads((run_dir / "metrics.json").read_text())
-    return VariantResult(name, history, summary["param_groups"], summary["seconds"], run_dir,
-                         summary.get("skipped_images", []))

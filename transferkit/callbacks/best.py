@@ -1,0 +1,54 @@
+"""The one notion of "best" that best.pt and early stopping share (fastai's TrackerCallback idea)."""
+
+from __future__ import annotations
+
+import math
+
+from transferkit.engine.callbacks import Callback
+
+
+class BestTracker(Callback):
+    """After each epoch: did `metric` improve by more than `min_delta`, and did the raw or the EMA weights score it?
+
+    With `metric` None there is no selection: every epoch counts as the best so far (best.pt = last epoch).
+    """
+
+    order = 20  # after EMA has added its metrics, before early stopping and checkpoints read the verdict
+
+    def __init__(self, metric: str | None, min_delta: float = 0.0):
+        self.metric, self.min_delta = metric, min_delta
+        self.mode = "min" if metric and metric.endswith("loss") else "max"
+        self.best, self.best_epoch, self.source, self.improved = None, 0, "raw", False
+
+    def _better(self, value: float, than: float | None) -> bool:
+        if than is None:
+            return math.isfinite(value)
+        return value < than - self.min_delta if self.mode == "min" else value > than + self.min_delta
+
+    def on_epoch_end(self, trainer, epoch: int, row: dict) -> None:
+        if self.metric is None:
+            self.improved, self.best_epoch = True, epoch
+            return
+        candidates = {"raw": row[self.metric]}
+        if f"ema_{self.metric}" in row:
+            candidates["ema"] = row[f"ema_{self.metric}"]
+        pick = min if self.mode == "min" else max
+        source = pick(candidates, key=candidates.get)
+        self.improved = self._better(candidates[source], self.best)
+        if self.improved:
+            self.best, self.best_epoch, self.source = candidates[source], epoch, source
+
+    def describe(self) -> str:
+        """'val_accuracy 0.912 at epoch 3 (EMA weights)', or what best.pt holds without selection."""
+        if self.metric is None:
+            return "last epoch (no selection metric)"
+        weights = " (EMA weights)" if self.source == "ema" else ""
+        best = "none" if self.best is None else f"{self.best:.4f}"
+        return f"{self.metric} {best} at epoch {self.best_epoch}{weights}"
+
+    def state_dict(self) -> dict:
+        return {"best": self.best, "best_epoch": self.best_epoch, "source": self.source, "improved": self.improved}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.best, self.best_epoch = state["best"], state["best_epoch"]
+        self.source, self.improved = state["source"], state["improved"]

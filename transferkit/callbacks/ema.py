@@ -1,0 +1,57 @@
+"""Exponential moving average of the weights, evaluated beside the raw weights after every epoch."""
+
+from __future__ import annotations
+
+import torch
+
+from transferkit.engine.callbacks import Callback
+
+
+class EMA(Callback):
+    """avg = decay x avg + (1 - decay) x weights after every optimizer update; buffers (batch-norm statistics)
+    are copied. After each split's evaluation the averaged weights are evaluated too, as ema_<split>_*."""
+
+    order = 10
+
+    def __init__(self, decay: float):
+        self.decay = decay
+        self.shadow: dict[str, torch.Tensor] | None = None
+        self.params: set[str] = set()
+
+    def on_fit_start(self, trainer) -> None:
+        self.params = {name for name, _ in trainer.model.named_parameters()}
+        if self.shadow is None:
+            self.shadow = {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
+
+    @torch.no_grad()
+    def after_update(self, trainer, update: int) -> None:
+        averaged, current = [], []
+        for name, value in trainer.model.state_dict().items():
+            target = self.shadow[name]
+            if name in self.params:
+                averaged.append(target)
+                current.append(value)
+            else:
+                target.copy_(value)
+        torch._foreach_lerp_(averaged, current, 1.0 - self.decay)
+
+    def averaged_state(self, model) -> dict[str, torch.Tensor]:
+        """The averaged weights as a state dict (copies)."""
+        return {k: v.clone() for k, v in self.shadow.items()}
+
+    @torch.no_grad()
+    def after_evaluate(self, trainer, split: str, row: dict) -> None:
+        model = trainer.model
+        raw = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        model.load_state_dict(self.shadow)
+        try:
+            stats = trainer.evaluate(trainer.eval_loaders[split], f"{split} (EMA)")
+        finally:
+            model.load_state_dict(raw)
+        row[f"ema_{split}_loss"], row[f"ema_{split}_accuracy"] = stats.loss, stats.accuracy
+
+    def state_dict(self) -> dict:
+        return {"shadow": self.shadow}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.shadow = state["shadow"]

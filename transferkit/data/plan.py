@@ -1,0 +1,107 @@
+"""The data plan: every decision about where training and evaluation images come from, made once.
+
+`DataPlan.resolve` reads the recipe, the device and the file lists (file headers only, no decoding),
+decides the training source (a DataLoader, images resident on the device, or cached features), the
+cache mode of each side, the canvas side, worker processes and the evaluation batch, and says why.
+The run prints it in its header and saves it as data_plan.json.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import torch
+
+from transferkit.data.cache import cache_modes, train_cache_size
+from transferkit.data.device_augment import augments_on_device
+from transferkit.data.device_bank import canvas_side_for, fits_on_device
+from transferkit.data.folder import FolderSplits
+from transferkit.data.loading import default_eval_batch_size, default_num_workers
+from transferkit.errors import SpecError
+from transferkit.model.preprocess import Preprocessing
+from transferkit.recipe.check import uses_feature_cache
+from transferkit.recipe.spec import ExperimentSpec
+
+
+@dataclass
+class DataPlan:
+    """Where each split's images come from and how they are batched, with the reasons."""
+
+    train_source: str  # "loader", "device_bank" or "feature_cache"
+    train_cache: str  # none, memory, disk (host-side decoded images) or device
+    eval_cache: str
+    train_cache_side: int  # shorter side (at most) training images are cached at
+    canvas_side: int  # device bank canvas side; 0 without one
+    batch_size: int
+    eval_batch_size: int
+    workers: int
+    sampler: str
+    reasons: list[str] = field(default_factory=list)
+
+    @staticmethod
+    def refuse_contradictions(spec: ExperimentSpec, device: torch.device) -> None:
+        """SpecError for data settings this device cannot do; needs no files, so it runs before any work."""
+        # torchvision's deterministic roi_align on CUDA falls back to a pure-Python version far too large to use.
+        if spec.data.cache == "device" and spec.train.deterministic and device.type == "cuda":
+            raise SpecError("data.cache: device cannot crop deterministically on CUDA; set data.cache: auto (the CPU "
+                            "crops) or train.deterministic: false")
+
+    @classmethod
+    def resolve(cls, spec: ExperimentSpec, device: torch.device, splits: FolderSplits,
+                prep: Preprocessing) -> "DataPlan":
+        """Decide everything for `spec` on `device`; SpecError for a contradiction only the device or data shows."""
+        cls.refuse_contradictions(spec, device)
+        d, reasons = spec.data, []
+        train_side = train_cache_size(prep.input_size, prep.resize_size, d.crop_scale[0])
+        features = uses_feature_cache(spec)
+        on_device = augments_on_device(d.augment_on, device, d.cache) and not features and not d.augment.per_image
+        deterministic_cuda = spec.train.deterministic and device.type == "cuda"
+        side = canvas_side_for([path for path, _ in splits.train], train_side) if on_device else 0
+        resident = on_device and not deterministic_cuda and (
+            d.cache == "device" or device.type != "cuda"
+            or fits_on_device(len(splits.train), side, d.batch_size, device))
+        if on_device and not resident:
+            if d.augment_on == "device":
+                why = ("train.deterministic is set" if deterministic_cuda
+                       else "they do not fit in a quarter of its free memory")
+                raise SpecError(f"data.augment_on: device crops training images kept on the device, but {why}; "
+                                f"set data.augment_on: auto or cpu")
+            reasons.append("training images cropped on the CPU: " + ("deterministic CUDA" if deterministic_cuda
+                                                                     else "too large for the device"))
+        if d.augment.per_image and device.type == "cuda" and d.augment_on == "auto":
+            reasons.append("data.augment policy/random_erasing: crops on the CPU loader")
+        source = "feature_cache" if features else "device_bank" if resident else "loader"
+        train_cache, eval_cache = _cache_modes(spec, splits, prep, train_side, source)
+        workers = d.num_workers if d.num_workers is not None else default_num_workers(device)
+        if source == "device_bank":
+            workers_note = "no loader workers for training (images on the device)"
+            reasons.append(workers_note)
+        eval_batch = d.eval_batch_size or default_eval_batch_size(device, d.batch_size)
+        return cls(source, train_cache, eval_cache, train_side, side if resident else 0, d.batch_size, eval_batch,
+                   workers, d.sampler, reasons)
+
+    def describe(self) -> str:
+        """One line for the run header."""
+        where = {"loader": "DataLoader", "device_bank": "resident on the device",
+                 "feature_cache": "cached backbone features"}[self.train_source]
+        canvas = f", canvases {self.canvas_side}px" if self.canvas_side else ""
+        why = f" ({'; '.join(self.reasons)})" if self.reasons else ""
+        return (f"data: train {where}{canvas}, train cache {self.train_cache}, eval cache {self.eval_cache}, "
+                f"batch {self.batch_size} ({self.sampler}), eval batch {self.eval_batch_size}, "
+                f"{self.workers} worker(s){why}")
+
+    def to_dict(self) -> dict:
+        """Plain data, written as data_plan.json."""
+        return asdict(self)
+
+
+def _cache_modes(spec: ExperimentSpec, splits: FolderSplits, prep: Preprocessing, train_side: int,
+                 source: str) -> tuple[str, str]:
+    """(train cache, eval cache): what `cache_modes` decides, with the device bank holding the training images."""
+    requested = "auto" if spec.data.cache == "device" else spec.data.cache
+    if source == "device_bank":  # only the evaluation splits go through the host-side cache
+        evaluation_only = FolderSplits(splits.classes, [], splits.test, splits.val, splits.root)
+        return "device", cache_modes(evaluation_only, prep, requested, train_side)[1]
+    eval_view = source == "feature_cache" and spec.lr_policy.cache_views == 0
+    train_mode, eval_mode = cache_modes(splits, prep, requested, None if eval_view else train_side)
+    return ("eval-side" if eval_view else train_mode), eval_mode

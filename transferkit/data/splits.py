@@ -1,0 +1,46 @@
+"""What the recipe does to a dataset's splits after it is read: a validation split carved out of train, a limit."""
+
+from __future__ import annotations
+
+import random
+
+import torch
+
+from transferkit.data.folder import FolderSplits
+from transferkit.errors import DataError
+
+
+def carve_validation(splits: FolderSplits, share: float, seed: int) -> FolderSplits:
+    """A seeded, stratified validation split: `share` of each class's training images (at least one, and at
+    least one left to train on), the rest stays in train. Refused when the data has a validation split."""
+    if splits.val:
+        raise DataError(f"data.val_split: the data already has a validation split ({len(splits.val)} images); "
+                        f"remove data.val_split, or the validation folder")
+    by_class: dict[int, list] = {}
+    for sample in splits.train:
+        by_class.setdefault(sample[1], []).append(sample)
+    rng = random.Random(seed * 1_000_003 + 7)
+    train, val = [], []
+    for label in sorted(by_class):
+        samples = sorted(by_class[label])
+        if len(samples) < 2:
+            raise DataError(f"data.val_split: class '{splits.classes[label]}' has {len(samples)} training image; "
+                            f"a validation split needs at least 2 per class")
+        rng.shuffle(samples)
+        n_val = min(len(samples) - 1, max(1, round(len(samples) * share)))
+        val.extend(samples[:n_val])
+        train.extend(samples[n_val:])
+    return FolderSplits(splits.classes, sorted(train), splits.test, sorted(val), splits.root)
+
+
+def limit_splits(splits: FolderSplits, limit: int, seed: int) -> FolderSplits:
+    """At most `limit` images per split, a seeded choice kept in file order."""
+    generator = torch.Generator().manual_seed(seed)
+
+    def trim(samples):
+        if samples is None or len(samples) <= limit:
+            return samples
+        keep = sorted(torch.randperm(len(samples), generator=generator)[:limit].tolist())
+        return [samples[i] for i in keep]
+
+    return FolderSplits(splits.classes, trim(splits.train), trim(splits.test), trim(splits.val), splits.root)

@@ -1,0 +1,58 @@
+"""Cross-field checks of one variant's recipe: contradictions refused when the recipe is read, before any work."""
+
+from __future__ import annotations
+
+from transferkit.errors import SpecError
+from transferkit.recipe.spec import ExperimentSpec
+
+
+def uses_feature_cache(spec: ExperimentSpec) -> bool:
+    """True when the recipe trains a frozen backbone's head on cached features."""
+    return spec.lr_policy.name == "frozen_backbone" and spec.lr_policy.feature_cache
+
+
+def contradictions(spec: ExperimentSpec) -> list[tuple[str, str]]:
+    """(field, message with the fix) for every setting that contradicts another in `spec`."""
+    found: list[tuple[str, str]] = []
+    t, d = spec.train, spec.data
+    if t.freeze_epochs and spec.lr_policy.name == "frozen_backbone":
+        found.append(("train.freeze_epochs", "the frozen_backbone policy keeps the backbone frozen throughout; "
+                                             "use lr_policy head_multiplier (or uniform) with freeze_epochs"))
+    if t.freeze_epochs >= t.epochs:
+        found.append(("train.freeze_epochs", f"{t.freeze_epochs} frozen epochs leave none of the {t.epochs} to "
+                                             f"fine-tune; lower it or use lr_policy.name: frozen_backbone"))
+    stop = t.early_stopping
+    if stop and stop.metric != "auto" and t.best_metric != "auto" and stop.metric != t.best_metric:
+        found.append(("train.early_stopping.metric", f"{stop.metric} differs from train.best_metric "
+                                                     f"{t.best_metric}; best.pt and early stopping share one "
+                                                     f"metric: set one of them"))
+    if isinstance(t.class_weights, list) and any(w < 0 for w in t.class_weights):
+        found.append(("train.class_weights", "weights must be zero or positive"))
+    if uses_feature_cache(spec):
+        if d.cache == "device":
+            found.append(("data.cache", "device crops training images on the device, which a frozen-backbone "
+                                        "feature cache does not do; set data.cache: auto"))
+        if d.augment.mixes_batches:
+            found.append(("data.augment", "mixup and cutmix blend images, not cached features; set "
+                                          "lr_policy.feature_cache: false to train on images"))
+        if d.augment.per_image and spec.lr_policy.cache_views == 0:
+            found.append(("data.augment", "the feature cache's single view uses the eval transform; set "
+                                          "lr_policy.cache_views: K for K augmented views, or "
+                                          "lr_policy.feature_cache: false"))
+    return found
+
+
+def check_contradictions(spec: ExperimentSpec, where=lambda field: "") -> None:
+    """SpecError for the first contradiction; `where(field)` gives the 'file line N: ' prefix."""
+    for field, message in contradictions(spec):
+        raise SpecError(f"{where(field)}{field}: {message}")
+
+
+def selection_metric(spec: ExperimentSpec, has_val: bool) -> str | None:
+    """The metric that picks best.pt and drives early stopping, resolved; None: no selection (last epoch)."""
+    chosen = spec.train.best_metric
+    if chosen == "auto" and spec.train.early_stopping and spec.train.early_stopping.metric != "auto":
+        chosen = spec.train.early_stopping.metric
+    if chosen == "auto":
+        return "val_accuracy" if has_val else None
+    return chosen

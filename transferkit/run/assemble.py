@@ -1,0 +1,173 @@
+"""Put one variant together: seed -> splits -> model -> data plan -> loaders -> optimization -> trainer.
+
+`assemble` is shared by `transferkit run`, `lr-find` and the benchmarks, so each trains with the same
+pieces; only what is around the trainer (callbacks, run directory) differs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from rich.console import Console
+
+from transferkit.data.balance import balanced_weights, loss_weights
+from transferkit.data.cache import image_decoders
+from transferkit.data.device_bank import DeviceBatches, DeviceImageBank
+from transferkit.data.features import Extractor, cache_features
+from transferkit.data.folder import FolderSplits
+from transferkit.data.loading import ImageFileDataset, make_loader
+from transferkit.data.plan import DataPlan
+from transferkit.data.splits import carve_validation, limit_splits
+from transferkit.data.transforms import batch_mixer, eval_transform, train_transform
+from transferkit.device import resolve_device, resolve_precision
+from transferkit.engine.callbacks import Callback
+from transferkit.engine.optimization import Optimization
+from transferkit.engine.trainer import Trainer
+from transferkit.errors import SpecError
+from transferkit.model.build import build_model
+from transferkit.model.preprocess import Preprocessing
+from transferkit.model.transfer import TransferModel
+from transferkit.optim.lr_policies import build_param_groups
+from transferkit.optim.optimizers import build_optimizer
+from transferkit.optim.schedules import build_scheduler
+from transferkit.progress import Progress
+from transferkit.recipe.check import selection_metric, uses_feature_cache
+from transferkit.recipe.spec import ExperimentSpec
+from transferkit.registry import DATASETS
+from transferkit.seeding import seed_everything
+
+
+def load_splits(spec: ExperimentSpec) -> FolderSplits:
+    """The dataset the recipe names, resolved to labelled files: limited to data.limit, val carved out if asked."""
+    splits = DATASETS.get(spec.data.dataset)(spec.data, spec.seed)
+    if spec.data.limit:
+        splits = limit_splits(splits, spec.data.limit, spec.seed)
+    if spec.data.val_split:
+        splits = carve_validation(splits, spec.data.val_split, spec.seed)
+    return splits
+
+
+def check_against_data(spec: ExperimentSpec, splits: FolderSplits) -> None:
+    """SpecError for settings the data contradicts: a validation metric without a validation split."""
+    metric = selection_metric(spec, bool(splits.val))
+    if metric and metric.startswith("val_") and not splits.val:
+        raise SpecError(f"train.best_metric: {metric} needs a validation split, and the data has none; set "
+                        f"data.val_split: 0.1 (or add a val/ folder), or choose a test_ metric explicitly")
+
+
+def channels_last_for(spec: ExperimentSpec, model: TransferModel, device: torch.device) -> bool:
+    """train.channels_last resolved: auto means for convolutional backbones on CUDA and CPU."""
+    if spec.train.channels_last == "auto":
+        return model.is_convolutional and device.type in ("cuda", "cpu")
+    return bool(spec.train.channels_last)
+
+
+@dataclass
+class Built:
+    """A variant's model with its weights, the preprocessing they expect, its data splits and parameter groups."""
+
+    spec: ExperimentSpec
+    model: TransferModel
+    preprocessing: Preprocessing
+    splits: FolderSplits
+    param_groups: list[dict]
+    weights_origin: str
+
+
+def build_variant(spec: ExperimentSpec) -> Built:
+    """Seed, splits, model (weights loaded) and the LR policy's parameter groups of one variant spec."""
+    seed_everything(spec.seed, spec.train.deterministic)
+    splits = load_splits(spec)
+    check_against_data(spec, splits)
+    built = build_model(spec, len(splits.classes))
+    groups = build_param_groups(built.model, spec.lr_policy, spec.optimizer.lr)
+    return Built(spec, built.model, built.preprocessing, splits, groups, built.weights_origin)
+
+
+@dataclass
+class Assembled:
+    """A variant ready to fit: its trainer, loaders, data plan and what the header reports."""
+
+    spec: ExperimentSpec
+    trainer: Trainer
+    train_loader: object
+    eval_loaders: dict
+    plan: DataPlan
+    splits: FolderSplits
+    preprocessing: Preprocessing
+    param_groups: list[dict]
+    weights_origin: str
+    device: torch.device
+    precision: str
+    channels_last: bool
+    selection: str | None
+
+
+def build_loaders(spec: ExperimentSpec, plan: DataPlan, splits: FolderSplits, prep: Preprocessing,
+                  device: torch.device, channels_last: bool, model: TransferModel, precision: str,
+                  console: Console) -> tuple[object, dict]:
+    """The training loader (DataLoader, device-resident batches or cached features) and one loader per eval split."""
+    d = spec.data
+    weights = balanced_weights([label for _, label in splits.train]) if d.sampler == "balanced" else None
+    train_size = None if plan.train_cache == "eval-side" else plan.train_cache_side
+    host_train = "none" if plan.train_cache in ("device", "eval-side") else plan.train_cache
+    host_splits = FolderSplits(splits.classes, [], splits.test, splits.val, splits.root) \
+        if plan.train_source == "device_bank" else splits
+    train_decode, eval_decode = image_decoders(host_splits, prep, "auto", d.on_bad_image, train_size,
+                                               modes=(host_train, plan.eval_cache))
+    eval_sets = {"test": ImageFileDataset(splits.test, eval_transform(prep), eval_decode)}
+    if splits.val:
+        eval_sets["val"] = ImageFileDataset(splits.val, eval_transform(prep), eval_decode)
+    if plan.train_source == "feature_cache":
+        train_ds = ImageFileDataset(splits.train, train_transform(prep, d), train_decode)
+        extractor = Extractor(model, device, precision, channels_last)
+        return cache_features(extractor, spec, train_ds, eval_sets, plan.eval_batch_size, plan.workers, console,
+                              weights)
+    if plan.train_source == "device_bank":
+        bank = DeviceImageBank.build(splits.train, plan.train_cache_side, prep.interpolation, device, d.on_bad_image,
+                                     side=plan.canvas_side)
+        train = DeviceBatches(bank, d.batch_size, spec.seed, d.crop_scale, d.crop_ratio, d.hflip, weights,
+                              crop_size=prep.input_size, channels_last=channels_last)
+    else:
+        train_ds = ImageFileDataset(splits.train, train_transform(prep, d), train_decode)
+        train = make_loader(train_ds, d.batch_size, True, spec.seed, plan.workers, device, weights)
+    evals = {split: make_loader(ds, plan.eval_batch_size, False, spec.seed, plan.workers, device)
+             for split, ds in eval_sets.items()}
+    return train, evals
+
+
+def assemble(spec: ExperimentSpec, console: Console, progress: bool = True,
+             callbacks: list[Callback] | None = None) -> Assembled:
+    """Everything one variant trains with, built from its spec (weights loaded, caches filled)."""
+    device = resolve_device(spec.train.device)
+    precision = resolve_precision(spec.train.precision, device)
+    DataPlan.refuse_contradictions(spec, device)
+    built = build_variant(spec)
+    model, splits, groups = built.model, built.splits, built.param_groups
+    class_weights = loss_weights(spec.train.class_weights, spec.train.class_weight_power,
+                                 [label for _, label in splits.train], splits.classes)
+    channels_last = channels_last_for(spec, model, device)
+    model.to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
+    optimizer = build_optimizer(spec.optimizer, groups)
+    plan = DataPlan.resolve(spec, device, splits, built.preprocessing)
+    train_loader, eval_loaders = build_loaders(spec, plan, splits, built.preprocessing, device, channels_last, model,
+                                               precision, console)
+    updates = Optimization.updates_per_epoch(len(train_loader), spec.train.accumulate_steps)
+    scheduler = build_scheduler(spec.schedule, optimizer, updates, spec.train.epochs)
+    optimization = Optimization(optimizer, scheduler, device=device, precision=precision,
+                                loss_reduction=spec.train.loss_reduction, label_smoothing=spec.train.label_smoothing,
+                                class_weights=class_weights, accumulate_steps=spec.train.accumulate_steps,
+                                clip_grad_norm=spec.train.clip_grad_norm)
+    features = uses_feature_cache(spec)
+    if features:
+        forward = model.head
+    else:
+        # dynamic=False: the short last batch and evaluation get static graphs of their own (docs/performance.md).
+        forward = torch.compile(model, dynamic=False) if spec.train.compile else model
+    trainer = Trainer(model, optimization, device=device, seed=spec.seed, precision=precision, forward=forward,
+                      channels_last=channels_last and not features,
+                      batch_transform=batch_mixer(spec.data, len(splits.classes)), callbacks=callbacks or [],
+                      progress=Progress(console, enabled=progress), on_bad_image=spec.data.on_bad_image)
+    return Assembled(spec, trainer, train_loader, eval_loaders, plan, splits, built.preprocessing, groups,
+                     built.weights_origin, device, precision, channels_last, selection_metric(spec, bool(splits.val)))

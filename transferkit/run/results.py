@@ -1,0 +1,73 @@
+"""What a run produced, in memory and as summary.json: written by the experiment, read back on resume."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from transferkit.files import atomic_write_text
+
+SUMMARY = "summary.json"
+
+
+@dataclass
+class VariantResult:
+    """One trained variant: its per-epoch metrics, parameter groups, time, run directory and how it ended."""
+
+    name: str
+    history: list[dict]
+    param_groups: list[dict]
+    seconds: float
+    run_dir: Path
+    skipped_images: list[str] = field(default_factory=list)
+    stop_reason: str | None = None
+    best: str = ""
+
+    @property
+    def final(self) -> dict:
+        """The last epoch's metrics."""
+        return self.history[-1] if self.history else {}
+
+    @property
+    def best_test_accuracy(self) -> float:
+        """The highest test accuracy over the epochs."""
+        return max((row["test_accuracy"] for row in self.history), default=float("nan"))
+
+    def summary(self) -> dict:
+        """Plain-data summary written as summary.json."""
+        return {"name": self.name, "epochs": len(self.history), "final": self.final,
+                "best_test_accuracy": self.best_test_accuracy, "seconds": self.seconds,
+                "param_groups": self.param_groups, "skipped_images": self.skipped_images,
+                "stop_reason": self.stop_reason, "best_checkpoint": self.best}
+
+
+@dataclass
+class ExperimentResult:
+    """All variants of one experiment, in run order, and where they were written."""
+
+    name: str
+    variants: dict[str, VariantResult]
+    run_root: Path
+
+    def __getitem__(self, name: str) -> VariantResult:
+        return self.variants[name]
+
+
+def write_summary(result: VariantResult) -> None:
+    """summary.json in the variant's run directory: the mark of a finished variant."""
+    atomic_write_text(result.run_dir / SUMMARY, json.dumps(result.summary(), indent=2))
+
+
+def is_finished(run_dir: Path) -> bool:
+    """True when the variant in `run_dir` finished (its summary.json exists)."""
+    return (run_dir / SUMMARY).is_file()
+
+
+def read_summary(name: str, run_dir: Path) -> VariantResult:
+    """A finished variant's result, read back from its run directory."""
+    summary = json.loads((run_dir / SUMMARY).read_text())
+    history = json.loads((run_dir / "metrics.json").read_text())
+    return VariantResult(name, history, summary["param_groups"], summary["seconds"], run_dir,
+                         summary.get("skipped_images", []), summary.get("stop_reason"),
+                         summary.get("best_checkpoint", ""))
