@@ -142,3 +142,52 @@ def test_a_new_run_never_overwrites_an_earlier_one(tmp_path):
         assert result.returncode == 0, result.stderr
     assert (tmp_path / "out" / "tiny" / "comparison.json").is_file()
     assert (tmp_path / "out" / "tiny-2" / "comparison.json").is_file()
+
+
+@pytest.fixture(scope="module")
+def featured_reference(tmp_path_factory):
+    """freeze schedule + EMA + early stopping + accumulation + one-cycle + a carved validation split, uninterrupted."""
+    tmp_path = tmp_path_factory.mktemp("resume-features")
+    root = make_image_folder(tmp_path / "data", per_class=(48, 6))
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(yaml.safe_dump(tiny_recipe(
+        root, data={"batch_size": 4, "val_split": 0.125}, optimizer={"momentum": 0.9},
+        lr_policy={"name": "head_multiplier"}, schedule={"name": "onecycle"},
+        train={"epochs": 3, "deterministic": True, "freeze_epochs": 1, "ema": {"decay": 0.9},
+               "early_stopping": {"patience": 2}, "accumulate_steps": 3, "clip_grad_norm": 5.0})))
+    result = run_cli("run", str(recipe), "--output", str(tmp_path / "ref"))
+    assert result.returncode == 0, result.stderr
+    return recipe, tmp_path / "ref" / "tiny" / "base"
+
+
+def test_sigkill_mid_epoch_with_every_training_feature_on_resumes_bit_identically(tmp_path, featured_reference):
+    recipe, reference_dir = featured_reference
+    steps = 21  # 84 training images after the validation split, batch 4
+    out = tmp_path / "out"
+    killed = _run_with_fault(tmp_path, "SIGKILL", steps + 10, "run", str(recipe), "--output", str(out))
+    assert killed.returncode == -signal.SIGKILL
+    run_dir = out / "tiny" / "base"
+    assert load_checkpoint(run_dir / "last.pt")["epoch"] == 1
+    resumed = run_cli("run", str(recipe), "--output", str(out), "--resume", "auto")
+    assert resumed.returncode == 0, resumed.stderr
+    _assert_same_run(reference_dir, run_dir)
+    rows = json.loads((run_dir / "metrics.json").read_text())
+    reference_rows = json.loads((reference_dir / "metrics.json").read_text())
+    for key in ("val_accuracy", "ema_val_accuracy", "ema_test_loss", "lr"):
+        assert [r[key] for r in rows] == [r[key] for r in reference_rows], key
+    ema_a = load_checkpoint(run_dir / "last.pt")["callbacks"]["EMA"]["shadow"]
+    ema_b = load_checkpoint(reference_dir / "last.pt")["callbacks"]["EMA"]["shadow"]
+    assert all(torch.equal(ema_a[k], ema_b[k]) for k in ema_a)
+
+
+def test_sigint_with_accumulation_stops_at_an_update_boundary(tmp_path, featured_reference):
+    recipe, reference_dir = featured_reference
+    out = tmp_path / "out"
+    stopped = _run_with_fault(tmp_path, "SIGINT", 21 + 8, "run", str(recipe), "--output", str(out))
+    assert stopped.returncode == 130, stopped.stderr
+    assert "a resume continues epoch 2 at step 10 of 21" in stopped.stderr
+    saved = load_checkpoint(out / "tiny" / "base" / "last.pt")
+    assert saved["partial"]["step"] % 3 == 0
+    resumed = run_cli("run", str(recipe), "--output", str(out), "--resume", "auto")
+    assert resumed.returncode == 0, resumed.stderr
+    _assert_same_run(reference_dir, out / "tiny" / "base")

@@ -165,7 +165,7 @@ class Trainer:
         def progress_so_far() -> dict:
             if pending:
                 opt.check_finite(pending, epoch, step)
-            return {"step": step, "loss_sum": loss_sum.item(), "correct": int(correct.item()),
+            return {"step": step, "steps": total_steps, "loss_sum": loss_sum.item(), "correct": int(correct.item()),
                     "examples": examples, "seconds": time.perf_counter() - start, "data_seconds": data_seconds}
 
         with self.progress.task(f"epoch {epoch}/{epochs} train", total=total_steps) as task:

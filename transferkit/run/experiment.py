@@ -199,8 +199,8 @@ def run_variant(spec: ExperimentSpec, name: str, run_dir: Path, console: Console
     try:
         trainer.fit(parts.train_loader, parts.eval_loaders, spec.train.epochs, should_stop)
     except Interrupted as stop:
-        raise RunInterrupted(run_dir.parent, name, stop.epoch, stop.partial["step"] if stop.partial else 0,
-                             len(parts.train_loader)) from None
+        step, steps = (stop.partial["step"], stop.partial["steps"]) if stop.partial else (0, 0)
+        raise RunInterrupted(run_dir.parent, name, stop.epoch, step, steps) from None
     if trainer.stop_reason:
         console.print(f"[bold]{name}[/]: {trainer.stop_reason}", highlight=False)
     tracker = trainer.callback(BestTracker)
