@@ -91,6 +91,35 @@ def validate(recipe: str = typer.Argument(..., help="recipe YAML file, or a plug
     err.print(f"[green]recipe is valid[/]: {len(resolved)} run(s): {', '.join(resolved)}")
 
 
+@app.command("lr-find")
+def lr_find(recipe: str = typer.Argument(..., help="recipe YAML file, or a plugin's recipe name"),
+            set_: list[str] = typer.Option([], "--set", help="override a recipe value, e.g. --set data.batch_size=32"),
+            variant: Optional[str] = typer.Option(None, "--variant", help="which variant to sweep (default: the base)"),
+            device: Optional[str] = typer.Option(None, "--device", help="auto, cpu, cuda, cuda:N or mps"),
+            steps: int = typer.Option(200, "--steps", min=10, help="optimizer updates in the sweep"),
+            start_lr: float = typer.Option(1e-7, "--start-lr", help="first LR tried"),
+            end_lr: float = typer.Option(10.0, "--end-lr", help="last LR tried"),
+            output: Path = typer.Option(Path("lr-find.png"), "--output", "-o", help="PNG of the loss curve"),
+            progress: bool = typer.Option(True, "--progress/--no-progress", help="show progress bars")) -> None:
+    """Sweep the learning rate on a copy of the model and suggest one; writes a PNG, leaves no run behind."""
+    api = _api()
+    from transferkit.run.assemble import assemble
+    from transferkit.run.lr_find import sweep_lr, write_plot
+
+    experiment = api.Experiment.from_yaml(recipe, set_)
+    spec = experiment.variant_spec(variant or experiment.spec.base_variant)
+    if device:
+        spec = spec.model_copy(update={"train": spec.train.model_copy(update={"device": device})})
+    if not 0 < start_lr < end_lr:
+        raise TransferkitError(f"--start-lr {start_lr} / --end-lr {end_lr}: need 0 < start < end, e.g. 1e-7 and 10")
+    parts = assemble(spec, err, progress)
+    result = sweep_lr(parts.trainer, parts.train_loader, spec.optimizer.lr, start_lr, end_lr, steps)
+    write_plot(result, output, f"{spec.name}: lr-find ({len(result.lrs)} updates)")
+    err.print(f"lr-find: {len(result.lrs)} updates from {result.lrs[0]:.1e} to {result.lrs[-1]:.1e}; loss curve in "
+              f"{output}", highlight=False, soft_wrap=True)
+    out.print(f"--set optimizer.lr={result.suggestion:.3g}", markup=False, highlight=False)
+
+
 @app.command("list-backbones")
 def list_backbones(pattern: Optional[str] = typer.Argument(None, help="shell-style wildcard, e.g. 'resnet*' or 'timm/vit_*'"),
                    source: Optional[str] = typer.Option(None, "--source", help="torchvision, timm or registered"),
