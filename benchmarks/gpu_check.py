@@ -26,11 +26,11 @@ import numpy as np
 import torch
 from PIL import Image
 from rich.console import Console
-from torch import nn
 
-from transferkit.device import autocast, describe_device
-from transferkit.engine.trainer import Trainer
-from transferkit.run.experiment import build_loaders, build_variant, run_variant
+from transferkit.device import describe_device
+from transferkit.engine.optimization import Optimization
+from transferkit.run.assemble import assemble, build_variant
+from transferkit.run.experiment import run_variant
 from transferkit.optim.optimizers import build_optimizer
 from transferkit.recipe.spec import validate
 
@@ -86,13 +86,10 @@ def model_only(raw: dict, args) -> dict:
     labels = torch.randint(0, 2, (args.batch_size,), device=device)
     forward = torch.compile(model, dynamic=False) if spec.train.compile else model
     model.train()
+    optimization = Optimization(optimizer, device=device, precision=spec.train.precision)
 
-    def step():
-        with autocast(device, spec.train.precision):
-            loss = nn.functional.cross_entropy(forward(images).float(), labels)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+    def step():  # the engine's own step: autocast, loss, backward, scaler, update
+        optimization.step(forward, images, labels, update=True)
 
     start = time.perf_counter()
     for _ in range(args.warmup):
@@ -112,15 +109,13 @@ def loader_only(raw: dict, args, skip: int = 4) -> dict:
     The first `skip` batches (worker start-up) are not timed. Tells whether the data pipeline or the model limits a run.
     """
     spec = validate(raw)
-    built = build_variant(spec)
     device = torch.device(args.device)
-    loaders = build_loaders(spec, built, device)
-    trainer = Trainer(built.model, None, None, device, "fp32", channels_last=spec.train.channels_last is True,
-                      crop_size=built.preprocessing.input_size)
-    loaders.train.sampler.set_epoch(1)
-    skip = min(skip, len(loaders.train) // 2)
+    parts = assemble(spec, Console(file=io.StringIO()), progress=False)
+    trainer, train_loader = parts.trainer, parts.train_loader
+    train_loader.sampler.set_epoch(1)
+    skip = min(skip, len(train_loader) // 2)
     images, start = 0, None
-    for i, batch in enumerate(loaders.train):
+    for i, batch in enumerate(train_loader):
         if i == skip:
             sync(device)
             start = time.perf_counter()
@@ -128,7 +123,7 @@ def loader_only(raw: dict, args, skip: int = 4) -> dict:
         if start is not None:
             images += x.shape[0]
     sync(device)
-    del loaders
+    del parts, trainer, train_loader
     return {"images_per_s": images / (time.perf_counter() - start)}
 
 

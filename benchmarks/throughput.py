@@ -50,7 +50,8 @@ from transferkit.cpu_memory import keep_freed_memory  # noqa: E402
 from transferkit.data.cache import image_decoders, train_cache_size  # noqa: E402
 from transferkit.data.loading import ImageFileDataset, default_num_workers, make_loader  # noqa: E402
 from transferkit.data.transforms import train_transform  # noqa: E402
-from transferkit.run.experiment import _channels_last, build_variant  # noqa: E402
+from transferkit.engine.optimization import Optimization  # noqa: E402
+from transferkit.run.assemble import build_variant, channels_last_for  # noqa: E402
 from transferkit.optim.optimizers import build_optimizer  # noqa: E402
 from transferkit.recipe.spec import deep_merge, validate  # noqa: E402
 
@@ -155,12 +156,10 @@ def model_only(raw: dict, channels_last: bool, steps: int, compile_model: bool =
     labels = torch.randint(0, len(built.splits.classes), (batch,))
     forward = torch.compile(model) if compile_model else model
     model.train()
+    optimization = Optimization(optimizer, device=torch.device("cpu"))
 
-    def step():
-        loss = nn.functional.cross_entropy(forward(images), labels)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+    def step():  # the engine's own step
+        optimization.step(forward, images, labels, update=True)
 
     start = time.perf_counter()
     step()
@@ -229,7 +228,7 @@ def compare_backbone(data: str, backbone: str, args) -> dict:
     """
     raw = recipe(data, backbone, args)
     built = build_variant(validate(raw))
-    chosen = _channels_last(validate(raw), built.model, torch.device("cpu"))
+    chosen = channels_last_for(validate(raw), built.model, torch.device("cpu"))
     row: dict = {"backbone": backbone, "channels_last_auto": chosen}
     formats: dict[str, list[float]] = {"contiguous": [], "channels_last": []}
     sides = [("transferkit", transferkit_run, {}), ("tutorial", tutorial_loop, {})]
@@ -286,7 +285,7 @@ def compile_effect(data: str, args) -> dict:
     """torch.compile against eager, model-only, on the first backbone in its auto memory format."""
     raw = recipe(data, args.backbones[0], args)
     spec = validate(raw)
-    chosen = _channels_last(spec, build_variant(spec).model, torch.device("cpu"))
+    chosen = channels_last_for(spec, build_variant(spec).model, torch.device("cpu"))
     eager = isolated(model_only, raw, chosen, args.steps)[0]
     compiled = isolated(model_only, raw, chosen, args.steps, True)[0]
     return {"backbone": args.backbones[0], "eager_images_per_s": eager["images_per_s"],
