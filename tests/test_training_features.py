@@ -229,7 +229,8 @@ def test_class_weights_reach_the_loss(tmp_path):
 def test_augmentation_policies_and_batch_mixing_train(image_root, tmp_path):
     raw = tiny_recipe(image_root, output_dir=str(tmp_path / "runs"),
                       data={"augment": {"policy": "trivialaugment", "random_erasing": 0.5, "mixup": 0.2,
-                                        "cutmix": 1.0}, "sampler": "balanced"})
+                                        "cutmix": 1.0}, "sampler": "balanced", "interpolation": "bicubic",
+                            "cache": "memory"})
     result = Experiment.from_dict(raw).run(progress=False, console=QUIET)["base"]
     row = result.history[0]
     assert row["train_loss"] > 0 and 0 <= row["test_accuracy"] <= 1

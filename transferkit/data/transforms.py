@@ -25,7 +25,8 @@ def train_transform(prep: Preprocessing, spec: DataSpec) -> v2.Compose:
     if spec.hflip:
         steps.append(v2.RandomHorizontalFlip())
     if spec.augment.policy != "none":
-        steps.append(POLICIES[spec.augment.policy](interpolation=interpolation_mode(prep.interpolation)))
+        # The policies' geometric ops take nearest or bilinear on tensors (cached images are tensors), not bicubic.
+        steps.append(POLICIES[spec.augment.policy](interpolation=InterpolationMode.BILINEAR))
     steps.append(v2.PILToTensor())
     if spec.augment.random_erasing > 0:
         steps.append(v2.RandomErasing(p=spec.augment.random_erasing, value=0))
