@@ -91,6 +91,45 @@ def validate(recipe: str = typer.Argument(..., help="recipe YAML file, or a plug
     err.print(f"[green]recipe is valid[/]: {len(resolved)} run(s): {', '.join(resolved)}")
 
 
+@app.command()
+def fit(folder: str = typer.Argument(..., help="folder of photos: train/ and test/ class folders (val/ optional), or one folder per class"),
+        preset: str = typer.Option("balanced", "--preset", help="fast, balanced or best (docs/presets.md)"),
+        budget: Optional[str] = typer.Option(None, "--budget", help="wall-time budget, e.g. 10m: epochs are fitted to it"),
+        backbone: Optional[str] = typer.Option(None, "--backbone", help="backbone name (default: EfficientNet-Lite0, offline weights)"),
+        device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps"),
+        seed: int = typer.Option(0, "--seed", help="random seed"),
+        set_: list[str] = typer.Option([], "--set", help="override a value of the generated recipe"),
+        output: Path = typer.Option(Path("runs"), "--output", help="root folder for run directories"),
+        progress: bool = typer.Option(True, "--progress/--no-progress", help="show progress bars")) -> None:
+    """Train a classifier on a folder of photos with no recipe: a preset's rules write one, then it runs."""
+    api = _api()
+    from transferkit.device import resolve_device
+    from transferkit.recipe.spec import apply_overrides
+    from transferkit.run.experiment import fresh_run_root
+    from transferkit.run.fit import fit_recipe
+    from transferkit.files import atomic_write_text
+
+    cpu = resolve_device(device).type == "cpu"
+    raw = apply_overrides(fit_recipe(folder, preset, backbone, budget, device, seed, cpu), set_)
+    raw["output_dir"] = str(output)
+    experiment = api.Experiment.from_dict(raw)
+    run_root = fresh_run_root(output, experiment.spec.name)
+    recipe_text = "# written by transferkit fit; `transferkit run` on this file repeats the run\n" + \
+        yaml.safe_dump(raw, sort_keys=False)
+    atomic_write_text(run_root / "recipe.yaml", recipe_text)
+    err.print(f"fit: --preset {preset} on {folder}; the resolved recipe ({run_root / 'recipe.yaml'}):", highlight=False)
+    out.print(recipe_text, end="", markup=False, highlight=False, soft_wrap=True)
+    try:
+        experiment.run(console=err, progress=progress, run_root=run_root)
+    except TransferkitError:
+        if not any(p.is_dir() for p in run_root.iterdir()):  # failed before training: leave no run behind
+            (run_root / "recipe.yaml").unlink()
+            run_root.rmdir()
+        raise
+    err.print(f"repeat with: transferkit run {shlex.quote(str(run_root / 'recipe.yaml'))}", highlight=False,
+              soft_wrap=True)
+
+
 @app.command("lr-find")
 def lr_find(recipe: str = typer.Argument(..., help="recipe YAML file, or a plugin's recipe name"),
             set_: list[str] = typer.Option([], "--set", help="override a recipe value, e.g. --set data.batch_size=32"),

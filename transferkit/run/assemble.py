@@ -168,6 +168,7 @@ def assemble(spec: ExperimentSpec, console: Console, progress: bool = True,
     trainer = Trainer(model, optimization, device=device, seed=spec.seed, precision=precision, forward=forward,
                       channels_last=channels_last and not features,
                       batch_transform=batch_mixer(spec.data, len(splits.classes)), callbacks=callbacks or [],
-                      progress=Progress(console, enabled=progress), on_bad_image=spec.data.on_bad_image)
+                      progress=Progress(console, enabled=progress), on_bad_image=spec.data.on_bad_image,
+                      tta_flip=spec.train.tta_flip)
     return Assembled(spec, trainer, train_loader, eval_loaders, plan, splits, built.preprocessing, groups,
                      built.weights_origin, device, precision, channels_last, selection_metric(spec, bool(splits.val)))
