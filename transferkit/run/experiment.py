@@ -224,7 +224,8 @@ def run_variant(spec: ExperimentSpec, name: str, run_dir: Path, console: Console
         timing["budget_seconds"], timing["budget"] = budget.seconds, budget.note
     console.print(f"[bold]{name}[/]: {describe_time(timing)}", highlight=False)
     result = VariantResult(name, trainer.history, groups, trainer.elapsed, run_dir, bad.skipped if bad else [],
-                           trainer.stop_reason, tracker.describe() if tracker else "", timing)
+                           trainer.stop_reason, tracker.describe() if tracker else "", timing,
+                           tracker.best_epoch if tracker else 0)
     write_summary(result)
     return result
 
