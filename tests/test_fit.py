@@ -80,3 +80,26 @@ def test_a_single_folder_of_classes_is_split_with_the_seed(tmp_path):
     (tmp_path / "tmp" / "train").rename(root)
     recipe = fit_recipe(root, "fast")
     assert recipe["data"]["split_ratio"] == 0.2 and recipe["data"]["val_split"] == 0.1
+
+
+def test_batch_size_auto_picks_a_batch_that_runs(image_root, tmp_path):
+    from transferkit import Experiment
+    raw = {"name": "auto", "backbone": {"name": "resnet18", "pretrained": False},
+           "data": {"root": str(image_root), "image_size": 32, "batch_size": "auto", "num_workers": 0},
+           "train": {"epochs": 1, "device": "cpu"}, "output_dir": str(tmp_path / "runs")}
+    result = Experiment.from_dict(raw).run(progress=False)["base"]
+    plan = json.loads((result.run_dir / "data_plan.json").read_text())
+    assert isinstance(plan["batch_size"], int) and 1 <= plan["batch_size"] <= 16  # 16 training images
+    assert result.history[0]["train_loss"] > 0
+
+
+def test_a_batch_that_cannot_fit_is_refused_before_training_with_one_that_would(image_root, tmp_path):
+    import pytest
+    from transferkit import Experiment
+    from transferkit.errors import SpecError
+    raw = {"name": "huge", "backbone": {"name": "resnet18", "pretrained": False},
+           "data": {"root": str(image_root), "image_size": 224, "batch_size": 100_000, "num_workers": 0},
+           "train": {"epochs": 1, "device": "cpu"}, "output_dir": str(tmp_path / "runs")}
+    with pytest.raises(SpecError, match=r"data.batch_size: 100000 needs about .* GB .* --set data.batch_size=\d+"):
+        Experiment.from_dict(raw).run(progress=False)
+    assert not (tmp_path / "runs").exists()

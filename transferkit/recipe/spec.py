@@ -78,7 +78,7 @@ class DataSpec(_Spec):
         "auto", description="where training crops and flips are resampled: cpu (the loader), device (training images "
                             "kept on the accelerator, cropped there in batches), or auto (device on CUDA when cache is "
                             "auto or device and they fit, else cpu); a frozen-backbone feature cache always augments on the cpu")
-    batch_size: int = Field(64, gt=0, description="training batch size")
+    batch_size: int | Literal["auto"] = Field(64, description="training batch size, or auto: the largest power of two (up to 256) whose training step fits in the device's free memory with a margin")
     eval_batch_size: int | None = Field(None, gt=0, description="evaluation batch size; default: batch_size")
     num_workers: int | None = Field(None, ge=0, description="DataLoader worker processes; default: chosen from the cores")
     cache: Literal["auto", "none", "memory", "disk", "device"] = Field(
@@ -91,6 +91,14 @@ class DataSpec(_Spec):
     val_split: float | None = Field(None, gt=0.0, lt=1.0, description="carve this share of train out as a seeded, stratified validation split (when the data has none)")
     sampler: Literal["random", "balanced"] = Field("random", description="training order: random (each image once per epoch) or balanced (classes drawn evenly, with replacement)")
     augment: "AugmentSpec" = Field(default_factory=lambda: AugmentSpec(), description="augmentation policy and batch mixing on top of the crop and flip")
+
+    @field_validator("batch_size")
+    @classmethod
+    def _positive_batch(cls, value):
+        """A batch of no images trains nothing."""
+        if value != "auto" and value <= 0:
+            raise ValueError("use a positive number of images, or auto")
+        return value
 
     @field_validator("crop_scale")
     @classmethod
