@@ -28,6 +28,7 @@ from transferkit.data.transforms import eval_transform, train_transform
 from transferkit.engine.placement import describe_device, resolve_device, resolve_precision
 from transferkit.engine.trainer import Interrupted, Trainer
 from transferkit.errors import NotRegisteredError, SpecError
+from transferkit.inference.evaluate import evaluate_run_dir
 from transferkit.data.features import train_on_features, uses_feature_cache
 from transferkit.optim.lr_policies import build_param_groups, describe_groups
 from transferkit.model.transfer import TransferModel
@@ -201,6 +202,8 @@ class Experiment:
         result = ExperimentResult(self.spec.name, results, run_root)
         report.write_comparison(result)
         report.print_comparison(result, console)
+        for variant in results.values():  # per-class metrics and confusion matrix of each best checkpoint
+            evaluate_run_dir(variant.run_dir, "test", console, progress)
         return result
 
 
