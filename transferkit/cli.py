@@ -220,7 +220,7 @@ def evaluate(model: str = typer.Argument(..., help="run directory (runs/<name>/<
                                                                          "<run>/evaluation/<split>/"),
              progress: bool = typer.Option(True, "--progress/--no-progress", help="show progress")) -> None:
     """Loss, top-1/top-5 accuracy, per-class precision/recall/F1, confusion matrix and top losses."""
-    from transferkit.inference.evaluate import default_output, evaluate_folder, print_evaluation
+    from transferkit.inference.evaluate import default_output, evaluate_folder, print_evaluation, print_unreadable
     from transferkit.inference.predictor import load
 
     if split not in ("test", "val"):
@@ -229,8 +229,9 @@ def evaluate(model: str = typer.Argument(..., help="run directory (runs/<name>/<
     target = output or default_output(predictor, split)
     result = evaluate_folder(predictor, data, split, target, err, progress)
     print_evaluation(result, out, f"{predictor.source}: {split} ({result.metrics['data']})")
+    print_unreadable(result, err)
     err.print(f"wrote {target} (metrics.json, per_class.csv, confusion_matrix.png/.csv, top_losses.png, "
-              f"misclassified.csv, predictions.csv)", highlight=False)
+              f"misclassified.csv, predictions.csv)", highlight=False, soft_wrap=True)
 
 
 @app.command()
@@ -255,7 +256,7 @@ def predict(model: str = typer.Argument(..., help="run directory, checkpoint (.p
     predictor = load(model, device, batch_size)
     summary = predict_to_file(predictor, paths, output, top_k, err, overwrite, progress)
     where = f" -> {output}" if output else ""
-    err.print(f"{summary.predicted} predicted, {summary.failed} unreadable{where}", highlight=False)
+    err.print(f"{summary.predicted} predicted, {summary.failed} unreadable{where}", highlight=False, soft_wrap=True)
     raise typer.Exit(1 if summary.failed else 0)
 
 
@@ -275,7 +276,7 @@ def export(model: str = typer.Argument(..., help="run directory or checkpoint"),
         err.print(f"checked on {result.checked} {result.check_images}: max probability difference "
                   f"{result.max_probability_difference:.1e} (tolerance {TOLERANCE:.0e}), max logit difference "
                   f"{result.max_logit_difference:.1e}, same label on {result.same_labels}/{result.checked}",
-                  highlight=False)
+                  highlight=False, soft_wrap=True)
     else:
         err.print("not checked (--check 0)")
     out.print(str(result.path), markup=False, highlight=False)

@@ -194,8 +194,12 @@ def print_evaluation(result: Evaluation, console: Console, title: str) -> None:
     console.print(table)
     top5 = f", top-5 {m['top5_accuracy']:.3f}" if "top5_accuracy" in m else ""
     console.print(f"{m['images']} images: loss {m['loss']:.4f}, top-1 {m['top1_accuracy']:.3f}{top5}")
+
+
+def print_unreadable(result: Evaluation, console: Console) -> None:
+    """One line per file left out because it could not be read."""
     for bad in result.unreadable:
-        console.print(f"[yellow]unreadable, left out:[/] {bad['path']}: {bad['error']}", highlight=False)
+        console.print(f"[yellow]unreadable, left out:[/] {bad['path']}: {bad['error']}", highlight=False, soft_wrap=True)
 
 
 def evaluate_folder(predictor: Predictor, folder: str | Path | None, split: str = "test",
@@ -239,10 +243,11 @@ def evaluate_run_dir(variant_dir: str | Path, split: str = "test", console: Cons
         output = default_output(predictor, split)
         result = evaluate_folder(predictor, None, split, output, console, progress and console.is_terminal)
     except TransferkitError as exc:
-        console.print(f"[yellow]{variant_dir.name}: evaluation skipped: {exc}[/]", highlight=False)
+        console.print(f"[yellow]{variant_dir.name}: evaluation skipped: {exc}[/]", highlight=False, soft_wrap=True)
         return None
     m = result.metrics
     top5 = f", top-5 {m['top5_accuracy']:.3f}" if "top5_accuracy" in m else ""
     console.print(f"[bold]{variant_dir.name}[/]: best checkpoint on {split}: top-1 {m['top1_accuracy']:.3f}{top5}, "
-                  f"macro F1 {m['macro_avg']['f1']:.3f} -> {output}", highlight=False)
+                  f"macro F1 {m['macro_avg']['f1']:.3f} -> {output}", highlight=False, soft_wrap=True)
+    print_unreadable(result, console)
     return result
