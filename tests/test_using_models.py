@@ -217,3 +217,23 @@ def test_checkpoint_saved_on_cuda_loads_on_cpu(trained, tmp_path):
     assert next(predictor.model.parameters()).device.type == "cpu"
     photo = next((trained["photos"] / "a").glob("*.jpg"))
     assert predictor.predict(photo)[0].label == transferkit.load(trained["variant"], device="cpu").predict(photo)[0].label
+
+
+def test_inputs_from_files_folders_lists_and_stdin(tmp_path):
+    import io
+
+    from transferkit.errors import DataError
+    from transferkit.inference.inputs import collect_inputs
+
+    folder = make_image_folder(tmp_path / "imgs", classes=("x",), per_class=(2, 0))
+    (folder / "train" / "x" / ".hidden.jpg").write_bytes(b"")
+    (folder / "train" / "x" / "notes.md").write_text("not an image")
+    found = sorted((folder / "train" / "x").glob("x_*.jpg"))
+    listing = tmp_path / "list.txt"
+    listing.write_text(f"# two files\n{found[1]}\n\n{found[0]}\n")
+    stdin = io.StringIO(f"{found[0]}\n")
+    paths = collect_inputs([str(folder), str(listing), "-", "missing.jpg"], stdin=stdin)
+    assert paths == [*found, found[1], found[0], found[0], Path("missing.jpg")]
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="no image files"):
+        collect_inputs([str(tmp_path / "empty")])

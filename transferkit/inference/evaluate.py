@@ -210,8 +210,7 @@ def evaluate_folder(predictor: Predictor, folder: str | Path | None, split: str 
         raise TransferkitError(f"--split {split}: use test or val")
     console = console or Console(stderr=True)
     if folder is None:
-        recipe = getattr(predictor, "recipe", None) or predictor.checkpoint.recipe
-        samples, where = recipe_samples(recipe, split, predictor.classes)
+        samples, where = recipe_samples(predictor.recipe, split, predictor.classes)
     else:
         samples, where = folder_samples(folder, split, predictor.classes)
     result = evaluate_samples(predictor, samples, console, progress)

@@ -61,7 +61,7 @@ def top_losses_png(images: list[np.ndarray], captions: list[str], title: str, co
         return _png(fig)
     columns = min(columns, len(images))
     rows = (len(images) + columns - 1) // columns
-    fig, axes = plt.subplots(rows, columns, figsize=(3 * columns, 3.4 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, columns, figsize=(2.5 * columns, 2.9 * rows), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
     for ax, image, caption in zip(axes.flat, images, captions):

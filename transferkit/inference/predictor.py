@@ -50,6 +50,7 @@ class Predictor:
 
     classes: list[str]
     preprocessing: Preprocessing
+    recipe: dict
     source: Path
     device: torch.device
     batch_size: int
@@ -115,6 +116,7 @@ class TorchPredictor(Predictor):
         self.source = checkpoint.path
         self.classes = checkpoint.classes
         self.preprocessing = checkpoint.preprocessing
+        self.recipe = checkpoint.recipe
         self.spec = ExperimentSpec.model_validate(checkpoint.recipe)
         self.device = device if isinstance(device, torch.device) else resolve_device(device)
         if self.device.type == "cpu":
