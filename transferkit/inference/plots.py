@@ -68,5 +68,5 @@ def top_losses_png(images: list[np.ndarray], captions: list[str], title: str, co
         ax.imshow(image)
         ax.set_title(caption, fontsize=8)
     fig.suptitle(title)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.35 / fig.get_figheight()))  # keep the title clear of the first captions
     return _png(fig)
