@@ -95,8 +95,12 @@ def test_predict_writes_a_row_per_file_and_agrees_with_evaluate(trained, tmp_pat
     evaluated_labels = {r["path"]: r["predicted_label"] for r in read_csv(evaluated / "predictions.csv")}
     assert evaluated_labels == {r["path"]: r["label"] for r in rows if not r["error"]}
 
-    again = run_cli("predict", str(trained["run_root"]), str(photos), "--output", str(preds))
-    assert again.returncode == 2 and "--overwrite" in again.stderr
+    from transferkit.errors import TransferkitError
+    from transferkit.inference.predict_files import open_output
+
+    with pytest.raises(TransferkitError, match="file exists; choose another name or add --overwrite"):
+        with open_output(preds, overwrite=False):
+            pass
 
 
 def test_exported_onnx_agrees_and_predicts_without_the_checkpoint(trained, tmp_path):

@@ -271,6 +271,8 @@ def export(model: str = typer.Argument(..., help="run directory or checkpoint"),
     from transferkit.inference.export import TOLERANCE, export_model
     from transferkit.inference.predictor import TorchPredictor
 
+    if Path(model).suffix.lower() == ".onnx":
+        raise TransferkitError(f"{model}: already an exported model; export takes a run directory or checkpoint")
     result = export_model(TorchPredictor(read_checkpoint(model), "cpu"), format, output, check)
     if result.checked:
         err.print(f"checked on {result.checked} {result.check_images}: max probability difference "
