@@ -84,7 +84,10 @@ def recipe_samples(recipe: dict, split: str, classes: list[str]) -> tuple[Sample
 
     load_plugins()
     spec = ExperimentSpec.model_validate(recipe)
-    splits = DATASETS.get(spec.data.dataset)(spec.data, spec.seed)
+    try:
+        splits = DATASETS.get(spec.data.dataset)(spec.data, spec.seed)
+    except TransferkitError as exc:
+        raise DataError(f"the run's data cannot be read ({exc}); pass --data FOLDER (in Python: a folder)") from None
     if spec.data.limit:  # the same seeded trim, in the same order, as training's: the very files it was tested on
         generator = torch.Generator().manual_seed(spec.seed)
 

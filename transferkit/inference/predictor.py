@@ -86,8 +86,10 @@ class Predictor:
         items = expand_items(inputs if isinstance(inputs, (list, tuple)) else [inputs])
         return [p for batch in self.prediction_batches(items, top_k) for p in batch]
 
-    def evaluate(self, folder: str | Path, split: str = "test", output: str | Path | None = None, progress: bool = False):
-        """Metrics, confusion matrix and misclassified files on a class-per-folder set (see inference.evaluate)."""
+    def evaluate(self, folder: str | Path | None = None, split: str = "test", output: str | Path | None = None,
+                 progress: bool = False):
+        """Metrics, confusion matrix and misclassified files on a class-per-folder set, or (folder None) the run's
+        own split; files are written when `output` is given (see inference.evaluate)."""
         from transferkit.inference.evaluate import evaluate_folder
 
         return evaluate_folder(self, folder, split, output, progress=progress)
