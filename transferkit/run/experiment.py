@@ -26,6 +26,7 @@ from transferkit.device import describe_device, resolve_device
 from transferkit.engine.callbacks import Callback
 from transferkit.engine.trainer import Interrupted
 from transferkit.errors import NotRegisteredError, SpecError
+from transferkit.inference.evaluate import evaluate_run_dir
 from transferkit.files import atomic_write_text
 from transferkit.optim.lr_policies import describe_groups
 from transferkit.plugins import load_plugins
@@ -134,6 +135,8 @@ class Experiment:
         result = ExperimentResult(self.spec.name, results, run_root)
         report.write_comparison(result)
         report.print_comparison(result, console)
+        for variant in results.values():  # per-class metrics and confusion matrix of each best checkpoint
+            evaluate_run_dir(variant.run_dir, "test", console, progress)
         return result
 
 
