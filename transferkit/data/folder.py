@@ -119,5 +119,7 @@ def _register() -> None:
             raise DataError("data.root: not set; point it at a folder with train/ and test/ class folders")
         return split_folder(spec.root, spec.train_dir, spec.test_dir, spec.val_dir, spec.split_ratio, seed)
 
+    folder.requires_root = True  # checked when the recipe is read
+
 
 _register()

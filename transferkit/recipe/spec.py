@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from transferkit.errors import SpecError
 from transferkit.recipe.messages import describe_validation_error, yaml_line_of
+from transferkit.recipe.paths import resolve_override_paths, resolve_recipe_paths
 
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
 
@@ -34,6 +35,7 @@ class HeadSpec(_Spec):
     name: str = Field("linear", description="registered head: linear or mlp")
     hidden: int = Field(512, gt=0, description="hidden width of the mlp head")
     dropout: float = Field(0.0, ge=0.0, lt=1.0, description="dropout before the head's last layer")
+    options: dict[str, Any] = Field(default_factory=dict, description="settings of a registered head that declares its own options (checked against them when the recipe is read)")
 
 
 class DataSpec(_Spec):
@@ -66,7 +68,7 @@ class DataSpec(_Spec):
                             "augmentation is on the device and the images fit)")
     on_bad_image: Literal["fail", "skip"] = Field("fail", description="what an unreadable image does: stop the run, or be left out and reported")
     limit: int | None = Field(None, gt=0, description="use at most this many images per split (quick runs)")
-    options: dict[str, Any] = Field(default_factory=dict, description="dataset-specific settings for plugin datasets")
+    options: dict[str, Any] = Field(default_factory=dict, description="settings of a dataset that declares its own options (checked against them when the recipe is read); folder takes none")
 
     @field_validator("crop_scale")
     @classmethod
@@ -107,6 +109,7 @@ class LRPolicySpec(_Spec):
     decay: float = Field(0.7, gt=0.0, le=1.0, description="LR factor per depth step from head to stem (layerwise_decay)")
     feature_cache: bool = Field(True, description="frozen_backbone: compute backbone features once and train the head on them")
     cache_views: int = Field(0, ge=0, description="frozen_backbone feature cache: augmented views per training image (0: eval transform only)")
+    options: dict[str, Any] = Field(default_factory=dict, description="settings of a registered LR policy that declares its own options (checked against them when the recipe is read)")
 
 
 class ScheduleSpec(_Spec):
@@ -255,6 +258,9 @@ def validate(raw: dict, source: str = "recipe", text: str | None = None,
                         f"'{spec.base_variant}'; rename the variant or set base_variant")
     for name in spec.variants:
         variant_of(spec, name, source=source, text=text, overrides=overrides)
+    from transferkit.recipe.check import check_recipe
+
+    check_recipe(spec, source=source, text=text, overrides=overrides)
     return spec
 
 
@@ -293,9 +299,10 @@ def load_recipe(path_or_name: str | Path, overrides: list[str] | None = None) ->
         from transferkit.registry import RECIPES
         if str(path_or_name) in RECIPES:
             path = Path(RECIPES.get(str(path_or_name)))
-    raw = read_yaml(path)
+    raw = resolve_recipe_paths(read_yaml(path), path.parent)  # a recipe's paths: relative to its folder
     text = path.read_text(encoding="utf-8")
-    return validate(apply_overrides(raw, overrides or []), source=str(path), text=text, overrides=overrides)
+    applied = resolve_override_paths(overrides or [], Path.cwd())  # --set paths: relative to the working dir
+    return validate(apply_overrides(raw, applied), source=str(path), text=text, overrides=overrides)
 
 
 def dump_yaml(spec: ExperimentSpec) -> str:
