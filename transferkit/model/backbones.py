@@ -365,3 +365,58 @@ def check_weights_fit(spec: BackboneSpec) -> None:
                             f"{suggest(tagged.split('.', 1)[-1], tags)}; {fix} "
                             f"(see `transferkit list-weights timm/{arch}`)")
 
+
+
+# --- listing weights -------------------------------------------------------------------------------
+
+def torchvision_weight_names(name: str) -> list[str]:
+    """The torchvision weights names of model `name` (IMAGENET1K_V1, ...), [] for other names."""
+    if name.startswith(TIMM_PREFIX) or name in BACKBONES or name not in torchvision_names():
+        return []
+    import torchvision
+
+    return [w.name for w in torchvision.models.get_model_weights(name)]
+
+
+def weight_sources_for(pattern: str | None = None, installed_only: bool = False) -> list[tuple[str, str]]:
+    """(architecture, weight source) for each registered source whose architecture matches `pattern`."""
+    found = []
+    for name in WEIGHT_SOURCES.list():
+        source = WEIGHT_SOURCES.get(name)
+        arch = getattr(source, "architecture", None)
+        installed = getattr(source, "is_installed", None)
+        if installed_only and callable(installed) and not installed():
+            continue
+        if pattern and not (arch and (fnmatch.fnmatch(arch.lower(), pattern.lower())
+                                      or fnmatch.fnmatch(arch.lower(), TIMM_PREFIX + pattern.lower()))):
+            continue
+        found.append((arch or "?", name))
+    return found
+
+
+def weights_for(backbone: str) -> list[list[str]]:
+    """[weights, kind, description] for each weights backbone `backbone` can load."""
+    rows: list[list[str]] = []
+    if backbone.startswith(TIMM_PREFIX):
+        import timm
+
+        arch = backbone[len(TIMM_PREFIX):].split(".")[0]
+        if not timm.is_model(arch):
+            raise SpecError(f"{backbone}: timm has no model '{arch}'{suggest(arch, timm.list_models(arch[:3] + '*'))}")
+        rows += [[tag.split(".", 1)[1], "timm tag", f"timm/{tag}"] for tag in timm.list_pretrained(f"{arch}.*")]
+    elif backbone not in BACKBONES:
+        if backbone not in torchvision_names():
+            _unknown_backbone(backbone)
+        import torchvision
+
+        for w in torchvision.models.get_model_weights(backbone):
+            top1 = (w.meta.get("_metrics", {}).get("ImageNet-1K", {}) or {}).get("acc@1")
+            rows.append([w.name, "torchvision", f"ImageNet-1K top-1 {top1}%" if top1 else ""])
+        if rows:
+            rows.append(["DEFAULT", "torchvision", "the best of the above (what pretrained: true loads)"])
+    for arch, name in weight_sources_for(backbone.split(".")[0]):
+        source = WEIGHT_SOURCES.get(name)
+        installed = getattr(source, "is_installed", None)
+        state = "" if not callable(installed) else (" (installed)" if installed() else " (not installed)")
+        rows.append([name, "weight source" + state, WEIGHT_SOURCES.describe(name)])
+    return rows

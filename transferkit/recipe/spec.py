@@ -26,13 +26,13 @@ class BackboneSpec(_Spec):
 
     name: str = Field("resnet18", description="torchvision name (resnet18), timm/<name>[.<tag>], or a registered name")
     pretrained: bool = Field(True, description="load pretrained weights (the model's default weights unless `weights` names others)")
-    weights: str | None = Field(None, description="torchvision weights name (IMAGENET1K_V1), timm tag, registered weight source, or a .pth/.pt/.safetensors file")
+    weights: str | None = Field(None, description="torchvision weights name (IMAGENET1K_V1), timm tag, registered weight source, or a .pth/.pt/.safetensors file (relative to the recipe file's folder; with --set, to the working directory)")
 
 
 class HeadSpec(_Spec):
     """The freshly initialised classifier on top of the backbone's features."""
 
-    name: str = Field("linear", description="registered head: linear or mlp")
+    name: str = Field("linear", description="a registered head (see `transferkit list-heads`)")
     hidden: int = Field(512, gt=0, description="hidden width of the mlp head")
     dropout: float = Field(0.0, ge=0.0, lt=1.0, description="dropout before the head's last layer")
     options: dict[str, Any] = Field(default_factory=dict, description="settings of a registered head that declares its own options (checked against them when the recipe is read)")
@@ -41,11 +41,11 @@ class HeadSpec(_Spec):
 class DataSpec(_Spec):
     """Where the images come from and how they are turned into tensors."""
 
-    dataset: str = Field("folder", description="registered dataset: folder, or one a plugin adds")
-    root: str | None = Field(None, description="data folder; for downloadable datasets, an existing copy (no download)")
+    dataset: str = Field("folder", description="a registered dataset: folder, or one a plugin adds (see `transferkit list-datasets`)")
+    root: str | None = Field(None, description="data folder (relative to the recipe file's folder; with --set, to the working directory); for downloadable datasets, an existing copy (no download)")
     train_dir: str = Field("train", description="sub-folder of root with the training images")
     test_dir: str = Field("test", description="sub-folder of root with the test images")
-    val_dir: str = Field("val", description="optional sub-folder of root with validation images")
+    val_dir: str = Field("val", description="optional sub-folder of root with validation images (for the default val, also validation/ or valid/)")
     split_ratio: float | None = Field(None, gt=0.0, lt=1.0, description="test share when root holds the class folders directly")
     image_size: int | None = Field(None, gt=0, description="training/eval crop size in pixels; default: the weights' own")
     resize_size: int | None = Field(None, gt=0, description="eval resize of the shorter side; default: image_size x the weights' resize/crop ratio")
@@ -93,7 +93,7 @@ class DataSpec(_Spec):
 class OptimizerSpec(_Spec):
     """The optimizer and its base learning rate."""
 
-    name: str = Field("sgd", description="sgd or adamw")
+    name: str = Field("sgd", description="a registered optimizer (see `transferkit list-optimizers`)")
     lr: float = Field(1e-3, gt=0.0, description="base learning rate (the backbone's under head_multiplier)")
     weight_decay: float = Field(0.0, ge=0.0, description="weight decay")
     momentum: float = Field(0.9, ge=0.0, lt=1.0, description="SGD momentum")
@@ -104,7 +104,7 @@ class OptimizerSpec(_Spec):
 class LRPolicySpec(_Spec):
     """How the base learning rate is spread over the backbone's and head's parameters."""
 
-    name: str = Field("head_multiplier", description="uniform, head_multiplier, frozen_backbone or layerwise_decay")
+    name: str = Field("head_multiplier", description="a registered LR policy (see `transferkit list-lr-policies`)")
     multiplier: float = Field(10.0, gt=0.0, description="head LR = base LR x multiplier (head_multiplier, layerwise_decay)")
     decay: float = Field(0.7, gt=0.0, le=1.0, description="LR factor per depth step from head to stem (layerwise_decay)")
     feature_cache: bool = Field(True, description="frozen_backbone: compute backbone features once and train the head on them")
@@ -115,7 +115,7 @@ class LRPolicySpec(_Spec):
 class ScheduleSpec(_Spec):
     """How the learning rate changes over training."""
 
-    name: Literal["constant", "step", "cosine"] = Field("constant", description="constant, step or cosine")
+    name: Literal["constant", "step", "cosine"] = Field("constant", description="the schedule (see `transferkit list-schedules`)")
     warmup_epochs: float = Field(0.0, ge=0.0, description="linear warm-up length in epochs (may be fractional)")
     step_size: int = Field(1, gt=0, description="step: epochs between decays")
     gamma: float = Field(0.1, gt=0.0, le=1.0, description="step: LR factor at each decay")
