@@ -71,3 +71,6 @@ def failed_plugins_note() -> str:
     if not failed:
         return ""
     return " (" + "; ".join(f"plugin {info.package or info.name} failed to load: {info.error}" for info in failed) + ")"
+
+
+registry.add_missing_note(failed_plugins_note)

@@ -9,6 +9,20 @@ from typing import Any, Callable, Iterable
 from transferkit.errors import NotRegisteredError
 
 
+_missing_notes: list[Callable[[], str]] = []
+
+
+def add_missing_note(note: Callable[[], str]) -> None:
+    """Have every unknown-name error carry `note()` (plugins.py adds the plugins that failed to load)."""
+    if note not in _missing_notes:
+        _missing_notes.append(note)
+
+
+def missing_note() -> str:
+    """What the registered notes say about a name that is not registered, e.g. ' (plugin X failed to load: ...)'."""
+    return "".join(note() for note in _missing_notes)
+
+
 def suggest(name: str, candidates: Iterable[str], n: int = 3) -> str:
     """' (did you mean: a, b?)' for the closest candidates, or '' when none is close."""
     close = difflib.get_close_matches(name, list(candidates), n=n, cutoff=0.6)
@@ -85,7 +99,7 @@ class Registry:
             return self._items[name]
         except KeyError:
             raise NotRegisteredError(
-                f"unknown {self.kind} '{name}'{suggest(name, self._items)}"
+                f"unknown {self.kind} '{name}'{missing_note()}{suggest(name, self._items)}"
                 + (f"; see `transferkit {self.list_command}`" if self.list_command else "")) from None
 
     def origin(self, name: str) -> str:

@@ -16,7 +16,7 @@ from torch import nn
 
 from transferkit.errors import DownloadError, SpecError, WeightsError
 from transferkit.model.preprocess import Preprocessing
-from transferkit.registry import BACKBONES, WEIGHT_SOURCES, suggest
+from transferkit.registry import BACKBONES, WEIGHT_SOURCES, missing_note, suggest
 from transferkit.recipe.paths import WEIGHT_FILE_SUFFIXES, looks_like_weight_file  # noqa: F401  (re-exported)
 from transferkit.recipe.spec import BackboneSpec
 from transferkit.model.weights_io import load_weights_file
@@ -111,7 +111,7 @@ def _unknown_backbone(name: str):
         timm_hits = timm.list_models(name.split(".")[0])
         if timm_hits:
             hint = f" (did you mean: timm/{timm_hits[0]}?)"
-    raise SpecError(f"backbone.name: unknown backbone '{name}'{hint}; "
+    raise SpecError(f"backbone.name: unknown backbone '{name}'{missing_note()}{hint}; "
                     f"use a torchvision name, timm/<name>, or see `transferkit list-backbones`")
 
 

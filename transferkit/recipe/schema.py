@@ -14,14 +14,11 @@ from pydantic import BaseModel
 
 from transferkit.recipe.spec import ExperimentSpec
 
-SCHEMA_ID = "https://transferkit.dev/recipe.schema.json"
-
-
 def json_schema() -> dict:
     """The recipe's JSON Schema (draft 2020-12): every key, type, default and description."""
     schema = ExperimentSpec.model_json_schema(mode="validation")
-    schema = {"$schema": "https://json-schema.org/draft/2020-12/schema", "$id": SCHEMA_ID,
-              "title": "transferkit recipe", **{k: v for k, v in schema.items() if k != "title"}}
+    schema = {"$schema": "https://json-schema.org/draft/2020-12/schema", "title": "transferkit recipe",
+              **{k: v for k, v in schema.items() if k != "title"}}
     return schema
 
 

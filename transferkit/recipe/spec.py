@@ -300,6 +300,9 @@ def load_recipe(path_or_name: str | Path, overrides: list[str] | None = None) ->
         if str(path_or_name) in RECIPES:
             path = Path(RECIPES.get(str(path_or_name)))
     raw = resolve_recipe_paths(read_yaml(path), path.parent)  # a recipe's paths: relative to its folder
+    if not raw and not overrides:
+        raise SpecError(f"{path}: the recipe is empty; give at least data.root (a folder with train/ and test/ "
+                        f"class folders); every key is in docs/recipe.md")
     text = path.read_text(encoding="utf-8")
     applied = resolve_override_paths(overrides or [], Path.cwd())  # --set paths: relative to the working dir
     return validate(apply_overrides(raw, applied), source=str(path), text=text, overrides=overrides)

@@ -10,7 +10,6 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from transferkit.errors import DataError, NotRegisteredError, SpecError, WeightsError
-from transferkit.plugins import failed_plugins_note
 from transferkit.recipe.messages import first_problem, override_for, where_in_recipe
 from transferkit.recipe.spec import ExperimentSpec
 from transferkit.registry import DATASETS, HEADS, LR_POLICIES, OPTIMIZERS, strict_model
@@ -36,7 +35,7 @@ class Where:
 def check_references(spec: ExperimentSpec, source: str = "recipe", variant: str = "",
                      overrides: list[str] | None = None) -> None:
     """SpecError naming the field when the recipe names an unregistered head, dataset, policy, optimizer or
-    backbone; a plugin that failed to load is named in the message, since the name may be its."""
+    backbone; a plugin that failed to load is named in the message (registry.missing_note), the name may be its."""
     from transferkit.model.backbones import check_backbone
 
     where = Where(source, variant, spec.base_variant, overrides)
@@ -47,13 +46,12 @@ def check_references(spec: ExperimentSpec, source: str = "recipe", variant: str 
         try:
             registry.get(value)
         except NotRegisteredError as exc:
-            raise SpecError(f"{where(field_name)}{field_name}: {exc}{failed_plugins_note()}") from None
+            raise SpecError(f"{where(field_name)}{field_name}: {exc}") from None
     try:
         check_backbone(spec.backbone)
     except SpecError as exc:
         field_name = str(exc).partition(":")[0]
-        note = failed_plugins_note() if "unknown backbone" in str(exc) else ""
-        raise SpecError(f"{where(field_name)}{exc}{note}") from None
+        raise SpecError(f"{where(field_name)}{exc}") from None
 
 
 def check_options(spec: ExperimentSpec, source: str = "recipe", variant: str = "",
