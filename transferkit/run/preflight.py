@@ -116,6 +116,9 @@ def check_weights(spec: ExperimentSpec, source: str = "recipe", variant: str = "
     weights = spec.backbone.weights
     if weights and weights not in WEIGHT_SOURCES and is_weight_file(weights):
         path = Path(weights).expanduser().absolute()
+        if path.is_dir():
+            raise SpecError(f"{where('backbone.weights')}backbone.weights: {path} is a folder, not a weights file; "
+                            f"give the path of the .pth/.pt/.safetensors file inside it")
         if not path.is_file():
             raise SpecError(f"{where('backbone.weights')}backbone.weights: file {path} not found; "
                             f"give the path of a .pth/.pt/.safetensors state dict (a relative path in a recipe "
