@@ -49,6 +49,9 @@ def test_example_recipe_names_the_schema_and_validates(path):
     assert list(validator.iter_errors(recipe)) == []
     recipe["data"]["batchsize"] = 8  # a typo the editor must flag
     assert any("batchsize" in error.message for error in validator.iter_errors(recipe))
+    recipe["data"].pop("batchsize")
+    recipe["variants"]["scratch"]["optimizer"]["lrr"] = 0.1  # inside a variant too
+    assert any("lrr" in error.message for error in validator.iter_errors(recipe))
 
 
 def test_schema_command_writes_both_files(tmp_path):

@@ -17,6 +17,11 @@ from transferkit.recipe.spec import ExperimentSpec
 def json_schema() -> dict:
     """The recipe's JSON Schema (draft 2020-12): every key, type, default and description."""
     schema = ExperimentSpec.model_json_schema(mode="validation")
+    # a variant is a partial recipe: the same keys (all optional) except variants and base_variant, so
+    # editors complete and check inside variants too
+    variant = {"type": "object", "additionalProperties": False,
+               "properties": {k: v for k, v in schema["properties"].items() if k not in ("variants", "base_variant")}}
+    schema["properties"]["variants"]["additionalProperties"] = variant
     schema = {"$schema": "https://json-schema.org/draft/2020-12/schema", "title": "transferkit recipe",
               **{k: v for k, v in schema.items() if k != "title"}}
     return schema
