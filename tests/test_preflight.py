@@ -191,3 +191,11 @@ def test_examples_validate(tmp_path):
     assert experiment.variant_names == ["finetune", "scratch"]
     with pytest.raises(TransferkitError, match="data.root: not set"):
         Experiment.from_yaml(clothing)
+
+
+def test_a_variant_is_blamed_for_its_own_value(tmp_path, root):
+    path = write(tmp_path / "recipe.yaml", f"name: x\ndata: {{root: {root}}}\nvariants:\n  v:\n    data: {{root: gone}}\n")
+    with pytest.raises(DataError) as info:
+        Experiment.from_yaml(path, [f"data.root={root}"])
+    message = one_line(info.value)
+    assert "line 5: variant v: data.root: folder" in message and str(tmp_path / "gone") in message

@@ -10,7 +10,7 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from transferkit.errors import DataError, NotRegisteredError, SpecError, WeightsError
-from transferkit.recipe.messages import first_problem, override_for, where_in_recipe
+from transferkit.recipe.messages import first_problem, key_line, override_for, where_in_recipe
 from transferkit.recipe.spec import ExperimentSpec
 from transferkit.registry import DATASETS, HEADS, LR_POLICIES, OPTIMIZERS, strict_model
 
@@ -21,14 +21,25 @@ class Where:
     def __init__(self, source: str, variant: str, base_variant: str, overrides: list[str] | None):
         self.source, self.variant, self.base_variant = source, variant, base_variant
         self.overrides = overrides or []
+        try:
+            self.text = Path(source).read_text(encoding="utf-8") if Path(source).is_file() else None
+        except (OSError, UnicodeDecodeError, ValueError):
+            self.text = None
 
     def __call__(self, field_name: str) -> str:
+        """The prefix for `field_name`: the variant's own --set or key first, then the base's --set or key."""
         keys = tuple(field_name.split("."))
         in_variant = bool(self.variant) and self.variant != self.base_variant
-        culprit = override_for(keys, self.overrides) or (
-            override_for(("variants", self.variant, *keys), self.overrides) if in_variant else None)
+        label = f"variant {self.variant}: " if in_variant else ""
+        if in_variant:
+            own = override_for(("variants", self.variant, *keys), self.overrides)
+            if own is not None:
+                return f"--set {own}: {label}"
+            if key_line(self.text, ("variants", self.variant, *keys)):
+                return where_in_recipe(self.source, field_name, self.variant, self.base_variant)
+        culprit = override_for(keys, self.overrides)
         if culprit is not None:
-            return f"--set {culprit}: " + (f"variant {self.variant}: " if in_variant else "")
+            return f"--set {culprit}: {label}"
         return where_in_recipe(self.source, field_name, self.variant, self.base_variant)
 
 
