@@ -144,7 +144,7 @@ def test_bad_recipe_is_one_clear_line(tmp_path, text, overrides, parts):
 
 def test_set_fixing_a_bad_file_value_is_accepted(tmp_path):
     path = tmp_path / "recipe.yaml"
-    path.write_text("name: x\ntrain:\n  epochs: 0\n")
+    path.write_text("name: x\ndata: {root: .}\ntrain:\n  epochs: 0\n")
     assert Experiment.from_yaml(path, ["train.epochs=2"]).spec.train.epochs == 2
 
 
@@ -225,7 +225,7 @@ def test_run_time_failure_is_one_clear_line(tmp_path, setup, error_type, parts):
 
 def test_unknown_variant_requested_from_the_api(tmp_path):
     path = tmp_path / "recipe.yaml"
-    path.write_text("name: x\nvariants:\n  scratch: {backbone: {pretrained: false}}\n")
+    path.write_text("name: x\ndata: {root: .}\nvariants:\n  scratch: {backbone: {pretrained: false}}\n")
     experiment = Experiment.from_yaml(path)
     with pytest.raises(SpecError) as info:
         experiment.run(variants=["bsae"], output_dir=tmp_path / "runs", progress=False)
@@ -318,7 +318,7 @@ def test_cli_set_without_equals(tmp_path):
 
 def test_cli_unknown_variant_option(tmp_path):
     path = tmp_path / "recipe.yaml"
-    path.write_text("name: x\nvariants:\n  scratch: {backbone: {pretrained: false}}\n")
+    path.write_text("name: x\ndata: {root: .}\nvariants:\n  scratch: {backbone: {pretrained: false}}\n")
     assert_cli_error(run_cli("run", str(path), "--variant", "scratchh", "--output", str(tmp_path / "out")),
                      ["unknown variant 'scratchh'", "did you mean: scratch"])
     assert not (tmp_path / "out").exists()

@@ -80,19 +80,33 @@ def test_every_problem_is_reported(tmp_path, monkeypatch):
     assert all("\n" not in m for m in messages.values())
 
 
-def test_duplicates_inside_train_are_not_reported(tmp_path):
+def test_duplicates_inside_one_train_class_are_not_reported(tmp_path):
+    root = clean_root(tmp_path)
+    shutil.copy(root / "train/cat/a.png", root / "train/cat/copy_of_a.png")
+    assert check_folder(root, progress=False).ok
+
+
+def test_one_image_in_two_classes_of_a_split_is_a_label_conflict(tmp_path):
     root = clean_root(tmp_path)
     shutil.copy(root / "train/cat/a.png", root / "train/dog/copy_of_a.png")
-    assert check_folder(root, progress=False).ok
+    report = check_folder(root, progress=False)
+    assert kinds_and_paths(report) == [("label-conflict", root / "train/dog/copy_of_a.png")]
+    message = report.problems[0].message
+    assert str(root / "train/cat/a.png") in message and "class dog, not cat" in message
+    # the same through a recipe's splits
+    assert kinds_and_paths(check_splits(split_folder(root), progress=False)) == kinds_and_paths(report)
 
 
 def test_single_class_per_folder_root(tmp_path):
     for seed, rel in enumerate(["cat/a.png", "cat/b.png", "dog/c.png"]):
         image(tmp_path / rel, seed)
     assert check_folder(tmp_path, progress=False).ok
-    shutil.copy(tmp_path / "cat/a.png", tmp_path / "dog/z.png")  # a random split may put it on both sides
+    shutil.copy(tmp_path / "cat/a.png", tmp_path / "cat/z.png")  # a random split may put it on both sides
     report = check_folder(tmp_path, progress=False)
-    assert kinds_and_paths(report) == [("duplicate", tmp_path / "dog/z.png")]
+    assert kinds_and_paths(report) == [("duplicate", tmp_path / "cat/z.png")]
+    shutil.copy(tmp_path / "cat/a.png", tmp_path / "dog/y.png")  # and this one under two labels
+    assert kinds_and_paths(check_folder(tmp_path, progress=False)) == [("duplicate", tmp_path / "cat/z.png"),
+                                                                        ("label-conflict", tmp_path / "dog/y.png")]
 
 
 def test_workers_give_the_same_report(tmp_path):
@@ -130,3 +144,26 @@ def test_table_lists_each_problem(tmp_path):
     Console(file=out, width=200).print(report.table())
     text = out.getvalue()
     assert "zero-byte" in text and "train/cat/empty.jpg" in text and "7 images checked, 1 problem" in text
+
+
+def test_loose_and_hidden_files_and_a_validation_folder_are_seen_through_a_recipe(tmp_path):
+    root = clean_root(tmp_path)
+    image(root / "train/loose.png", 20)
+    (root / "train/cat/._a.png").write_bytes(b"\0\1")
+    image(root / "validation/cat/v.png", 21)
+    image(root / "validation/dog/w.png", 22)
+    splits = split_folder(root)
+    assert [p.name for p, _ in splits.val] == ["v.png", "w.png"]  # validation/ is the val split
+    report = check_splits(splits, progress=False)
+    assert kinds_and_paths(report) == sorted([("loose-image", root / "train/loose.png"),
+                                              ("hidden-file", root / "train/cat/._a.png")])
+    assert report.images_checked == 8
+    assert kinds_and_paths(check_folder(root, progress=False)) == kinds_and_paths(report)
+
+
+def test_valid_folder_is_the_val_split_unless_val_dir_names_another(tmp_path):
+    root = clean_root(tmp_path)
+    image(root / "valid/cat/v.png", 21)
+    image(root / "valid/dog/w.png", 22)
+    assert len(split_folder(root).val) == 2
+    assert split_folder(root, val_dir="holdout").val is None

@@ -81,7 +81,7 @@ def test_cli_bad_recipe_exits_2_with_one_line(tmp_path):
 
 def test_cli_validate_prints_every_variant_resolved(tmp_path):
     path = tmp_path / "r.yaml"
-    path.write_text("name: x\nbase_variant: finetune\noptimizer: {lr: 0.1}\n"
+    path.write_text("name: x\nbase_variant: finetune\noptimizer: {lr: 0.1}\ndata: {root: .}\n"
                     "variants:\n  scratch: {optimizer: {lr: 0.5}}\n")
     result = run_cli("validate", str(path), "--set", "train.epochs=2")
     assert result.returncode == 0, result.stderr

@@ -10,17 +10,26 @@ from typing import Optional
 import typer
 import yaml
 from rich.console import Console
-from rich.table import Table
 from rich.text import Text
 
 from transferkit.errors import TransferkitError
 from transferkit.signals import RunInterrupted
 
-app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, no_args_is_help=True,
+app = typer.Typer(add_completion=True, pretty_exceptions_enable=False, no_args_is_help=True,
                   help="Transfer learning for image classification from one validated YAML recipe.")
-out = Console()
-err = Console(stderr=True)
+# soft_wrap: a line longer than the width stays one line (the terminal wraps it; a log file keeps it whole)
+out = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
 _state = {"debug": False}
+
+
+def _flag_type(self, ctx):
+    """Help shows no type for flags (typer's default prints `<bool>` after every flag, --help included)."""
+    return None if self.is_flag else _typer_option_type(self, ctx)
+
+
+_typer_option_type = typer.core.TyperOption.display_type_rich
+typer.core.TyperOption.display_type_rich = _flag_type
 
 
 @app.callback()
@@ -35,13 +44,27 @@ def _api():
     return transferkit
 
 
+def _complete_recipe(incomplete: str) -> list[str]:
+    """Shell completion for RECIPE: registered recipe names and YAML files under the working directory."""
+    names = list(_api().RECIPES.list(f"{incomplete}*"))
+    folder = Path(incomplete).parent if incomplete else Path(".")
+    if folder.is_dir():
+        names += sorted(str(p) for p in folder.glob("*") if str(p).startswith(incomplete.removeprefix("./"))
+                        and (p.is_dir() or p.suffix in (".yaml", ".yml")))
+    return names
+
+
+def _complete_source(incomplete: str) -> list[str]:
+    return [s for s in ("torchvision", "timm", "registered") if s.startswith(incomplete)]
+
+
 @app.command()
-def run(recipe: str = typer.Argument(..., help="recipe YAML file, or a plugin's recipe name"),
-        set_: list[str] = typer.Option([], "--set", help="override a recipe value, e.g. --set train.epochs=3"),
-        device: Optional[str] = typer.Option(None, "--device", help="auto, cpu, cuda, cuda:N or mps"),
-        output: Optional[Path] = typer.Option(None, "--output", help="root folder for run directories"),
-        variant: list[str] = typer.Option([], "--variant", help="run only these variants (repeatable)"),
-        resume: Optional[str] = typer.Option(None, "--resume", help="run directory to continue, or 'auto'"),
+def run(recipe: str = typer.Argument(..., metavar="RECIPE", autocompletion=_complete_recipe, help="recipe YAML file, or a plugin's recipe name"),
+        set_: list[str] = typer.Option([], "--set", metavar="KEY=VALUE", help="override a recipe value, e.g. --set train.epochs=3 (repeatable)"),
+        device: Optional[str] = typer.Option(None, "--device", metavar="DEVICE", help="auto, cpu, cuda, cuda:N or mps"),
+        output: Optional[Path] = typer.Option(None, "--output", metavar="DIR", help="root folder for run directories"),
+        variant: list[str] = typer.Option([], "--variant", metavar="NAME", help="run only these variants (repeatable)"),
+        resume: Optional[str] = typer.Option(None, "--resume", metavar="DIR|auto", help="run directory to continue, or 'auto'"),
         progress: bool = typer.Option(True, "--progress/--no-progress", help="show progress bars")) -> None:
     """Train every variant of a recipe and compare them."""
     api = _api()
@@ -80,8 +103,8 @@ def _resume_dir(experiment, output: Optional[Path], resume: str) -> Path:
 
 
 @app.command()
-def validate(recipe: str = typer.Argument(..., help="recipe YAML file, or a plugin's recipe name"),
-             set_: list[str] = typer.Option([], "--set", help="override a recipe value")) -> None:
+def validate(recipe: str = typer.Argument(..., metavar="RECIPE", autocompletion=_complete_recipe, help="recipe YAML file, or a plugin's recipe name"),
+             set_: list[str] = typer.Option([], "--set", metavar="KEY=VALUE", help="override a recipe value (repeatable)")) -> None:
     """Check a recipe and print it resolved, each variant expanded in full."""
     api = _api()
     experiment = api.Experiment.from_yaml(recipe, set_)
@@ -160,29 +183,39 @@ def lr_find(recipe: str = typer.Argument(..., help="recipe YAML file, or a plugi
 
 
 @app.command("list-backbones")
-def list_backbones(pattern: Optional[str] = typer.Argument(None, help="shell-style wildcard, e.g. 'resnet*' or 'timm/vit_*'"),
-                   source: Optional[str] = typer.Option(None, "--source", help="torchvision, timm or registered"),
-                   pretrained: bool = typer.Option(False, "--pretrained", help="only models with pretrained weights")) -> None:
-    """List backbone names: torchvision models, timm/<name> models and registered ones."""
+def list_backbones(pattern: Optional[str] = typer.Argument(None, metavar="[PATTERN]", help="shell-style wildcard, e.g. 'resnet*' or 'timm/vit_*'"),
+                   source: Optional[str] = typer.Option(None, "--source", metavar="SOURCE", autocompletion=_complete_source,
+                                                        help="torchvision, timm or registered"),
+                   pretrained: bool = typer.Option(False, "--pretrained", help="only models with pretrained weights, with their weight names")) -> None:
+    """List backbone names (sorted): torchvision models, timm/<name> models and registered ones."""
     api = _api()
-    from transferkit.model.backbones import list_backbones as names
+    from transferkit.model.backbones import list_backbones as names, torchvision_weight_names, weight_sources_for
 
     if source not in (None, "torchvision", "timm", "registered"):
         raise TransferkitError(f"--source {source}: use torchvision, timm or registered")
+    entries = []
     for name in names(pattern, source, pretrained):
-        out.print(name, markup=False, highlight=False)
-    if pretrained:
-        for name in api.WEIGHT_SOURCES.list():
-            out.print(f"weights: {name}  {api.WEIGHT_SOURCES.describe(name)}", markup=False, highlight=False)
+        tv = torchvision_weight_names(name) if pretrained else []
+        entries.append((name, f"{name}  weights: {', '.join(tv)}" if tv else name))
+    if pretrained and source in (None, "timm"):
+        for arch, weights in weight_sources_for(pattern, installed_only=True):
+            entries.append((arch, f"{arch}  weights: {weights}  ({api.WEIGHT_SOURCES.describe(weights)})"))
+    lines = [line for _, line in sorted(entries, key=lambda e: (e[0].lower(), e[1]))]
+    if not lines:
+        err.print(f"no backbone matches {pattern!r}{f' in {source}' if source else ''}"
+                  f"{' with pretrained weights' if pretrained else ''}; try a wider pattern such as "
+                  f"'*{(pattern or '').strip('*')}*'", markup=False, highlight=False)
+        raise typer.Exit(1)
+    for line in lines:
+        out.print(line, markup=False, highlight=False)
 
 
 def _print_registry(registry, describe=None) -> None:
-    table = Table(show_header=True)
-    for column in ("name", "description", "from"):
-        table.add_column(column)
-    for name in registry.list():
-        table.add_row(name, describe(name) if describe else registry.describe(name), registry.origin(name))
-    out.print(table)
+    from transferkit.run.display import print_table
+
+    rows = [[name, describe(name) if describe else registry.describe(name), registry.origin(name)]
+            for name in registry.list()]
+    print_table(out, ["name", "description", "from"], rows)
 
 
 @app.command("list-heads")
@@ -203,6 +236,60 @@ def list_lr_policies() -> None:
     _print_registry(_api().LR_POLICIES)
 
 
+@app.command("list-optimizers")
+def list_optimizers() -> None:
+    """List the registered optimizers."""
+    _print_registry(_api().OPTIMIZERS)
+
+
+SCHEDULE_HELP = {"constant": "the base LR throughout (after any warm-up)",
+                 "step": "the LR times gamma every step_size epochs",
+                 "cosine": "cosine decay from the base LR to min_lr_ratio x base over training",
+                 "onecycle": "rise from LR / div_factor to the LR over pct_start of training, then anneal to "
+                             "LR / (div_factor x final_div_factor)"}
+
+
+@app.command("list-schedules")
+def list_schedules() -> None:
+    """List the LR schedules a recipe's schedule.name may take."""
+    import typing
+
+    from transferkit.recipe.spec import ScheduleSpec
+    from transferkit.run.display import print_table
+
+    names = typing.get_args(ScheduleSpec.model_fields["name"].annotation)
+    print_table(out, ["name", "description"], [[n, SCHEDULE_HELP.get(n, "see docs/recipe.md")] for n in names])
+
+
+@app.command("list-weights")
+def list_weights(backbone: Optional[str] = typer.Argument(None, metavar="[BACKBONE]",
+                                                         help="a backbone name: list the weights it can load")) -> None:
+    """List registered weight sources, or the weights one backbone can load (torchvision names, timm tags, sources)."""
+    api = _api()
+    from transferkit.model.backbones import weights_for
+    from transferkit.run.display import print_table
+
+    if backbone is None:
+        rows = []
+        for name in api.WEIGHT_SOURCES.list():
+            source = api.WEIGHT_SOURCES.get(name)
+            installed = getattr(source, "is_installed", None)
+            rows.append([name, getattr(source, "architecture", "?"),
+                         ("yes" if installed() else "no") if callable(installed) else "?",
+                         api.WEIGHT_SOURCES.describe(name)])
+        if not rows:
+            err.print("no weight sources registered", markup=False)
+            return
+        print_table(out, ["weights", "fits", "installed", "description"], rows)
+        return
+    rows = weights_for(backbone)
+    if not rows:
+        err.print(f"{backbone}: no pretrained weights; train it with backbone.pretrained: false", markup=False,
+                  highlight=False)
+        raise typer.Exit(1)
+    print_table(out, ["weights", "kind", "description"], rows)
+
+
 @app.command("list-recipes")
 def list_recipes() -> None:
     """List recipes registered by plugins (usable by name in `run`)."""
@@ -218,6 +305,7 @@ def plugins() -> None:
     import os
 
     from transferkit.plugins import DISABLE_ENV
+    from transferkit.run.display import print_table
 
     infos = _api().load_plugins()
     if os.environ.get(DISABLE_ENV, "").strip() not in ("", "0"):
@@ -226,19 +314,47 @@ def plugins() -> None:
     if not infos:
         out.print("no plugins installed (entry-point group transferkit.plugins)")
         return
-    table = Table()
-    for column in ("plugin", "package", "status", "registered"):
-        table.add_column(column)
+    rows = []
     for info in infos:
         registered = "; ".join(f"{kind}: {', '.join(names)}" for kind, names in info.registered.items())
-        status = f"[red]failed: {info.error}[/]" if info.error else "[green]loaded[/]"
-        table.add_row(info.name, info.package, status, registered or "-")
-    out.print(table)
+        rows.append([info.name, info.package, f"failed: {info.error}" if info.error else "loaded", registered or "-"])
+    print_table(out, ["plugin", "package", "status", "registered"], rows)
+
+
+@app.command()
+def schema(output: Optional[Path] = typer.Option(None, "--output", "-o", metavar="FILE",
+                                                 help="file to write (default: print it)"),
+           markdown: bool = typer.Option(False, "--markdown", help="the Markdown key reference (docs/recipe.md) instead")) -> None:
+    """Print or write the recipe's JSON Schema (every key, type, default, description), or its Markdown reference."""
+    from transferkit.files import atomic_write_text
+    from transferkit.recipe.schema import json_schema_text, markdown as markdown_text
+
+    text = markdown_text() if markdown else json_schema_text()
+    if output is None:
+        sys.stdout.write(text)
+        return
+    atomic_write_text(output, text)
+    err.print(f"wrote {output}", markup=False, highlight=False)
+
+
+def _folder_data_spec(target: str, set_: list[str]):
+    """The `data:` section for a folder TARGET, with --set overrides (paths relative to the working directory)."""
+    from transferkit.recipe.paths import resolve_override_paths
+    from transferkit.recipe.spec import apply_overrides, validate
+
+    raw = apply_overrides({"data": {"dataset": "folder", "root": str(Path(target).absolute())}},
+                          resolve_override_paths(set_, Path.cwd()))
+    return validate(raw, source="--set", overrides=set_)
 
 
 def _splits_for(target: str, root: Optional[str], set_: list[str]):
-    """FolderSplits from a recipe file, a registered recipe, a dataset name or a folder."""
+    """FolderSplits from a recipe file, a registered recipe, a dataset name or a folder.
+
+    A folder is read in the layouts check-data reads: train/ and test/ (and val/), a ratio split with
+    --set data.split_ratio, or one sub-folder per class (every image shown as one split).
+    """
     api = _api()
+    from transferkit.data.folder import ALL, FolderSplits, scan_folder
     from transferkit.run.assemble import load_splits
     from transferkit.recipe.spec import DataSpec, ExperimentSpec
 
@@ -247,41 +363,58 @@ def _splits_for(target: str, root: Optional[str], set_: list[str]):
     if target in api.DATASETS:
         return load_splits(ExperimentSpec(data=DataSpec(dataset=target, root=root)))
     if Path(target).is_dir():
-        return load_splits(ExperimentSpec(data=DataSpec(dataset="folder", root=target)))
+        spec = _folder_data_spec(target, set_)
+        d = spec.data
+        if d.split_ratio is None:
+            scan = scan_folder(d.root, d.train_dir, d.test_dir, d.val_dir)
+            if scan.layout == ALL:
+                whole = scan.splits[0]
+                return FolderSplits(whole.classes, whole.samples, [], root=scan.root, scan=scan)
+        return load_splits(spec)
     from transferkit.registry import suggest
     raise TransferkitError(f"{target}: not a recipe file, registered recipe, dataset or folder"
                            f"{suggest(target, api.DATASETS.list() + api.RECIPES.list())}")
 
 
 @app.command()
-def preview(target: str = typer.Argument(..., help="recipe file, recipe name, dataset name or data folder"),
-            output: Path = typer.Option(Path("preview.png"), "--output", "-o", help="PNG to write"),
-            root: Optional[str] = typer.Option(None, "--root", help="data root when TARGET is a dataset name"),
-            set_: list[str] = typer.Option([], "--set", help="override a recipe value"),
-            cell: int = typer.Option(128, "--cell", min=16, help="pixel size of each image in the grid")) -> None:
-    """Write a PNG grid: the first 8 images of the first class and the last 8 of the last class."""
+def preview(target: str = typer.Argument(..., metavar="TARGET", autocompletion=_complete_recipe,
+                                         help="recipe file, recipe name, dataset name or data folder"),
+            output: Path = typer.Option(Path("preview.png"), "--output", "-o", metavar="FILE", help="PNG to write"),
+            root: Optional[str] = typer.Option(None, "--root", metavar="DIR", help="data root when TARGET is a dataset name"),
+            set_: list[str] = typer.Option([], "--set", metavar="KEY=VALUE", help="override a recipe value (repeatable)"),
+            cell: int = typer.Option(128, "--cell", min=16, metavar="PIXELS", help="pixel size of each image in the grid"),
+            classes: int = typer.Option(20, "--classes", min=1, metavar="N", help="show at most this many classes")) -> None:
+    """Write a PNG grid of training images: a row per class (up to --classes), 8 images each, labelled."""
     from transferkit.data.preview import write_preview
 
     splits = _splits_for(target, root, set_)
-    grid = write_preview(splits, output, cell=cell)
-    err.print(f"wrote {output} ({grid.width}x{grid.height}): {splits.classes[0]} and {splits.classes[-1]}")
+    grid = write_preview(splits, output, cell=cell, max_classes=classes)
+    shown = min(classes, len(splits.classes))
+    more = f" (first {shown} of {len(splits.classes)}; --classes N for more)" if shown < len(splits.classes) else ""
+    err.print(f"wrote {output} ({grid.width}x{grid.height}): {shown} classes{more}: "
+              f"{', '.join(splits.classes[:shown])}", markup=False, highlight=False)
 
 
 @app.command("check-data")
-def check_data(target: str = typer.Argument(..., help="recipe file, recipe name, or data folder"),
-               set_: list[str] = typer.Option([], "--set", help="override a recipe value"),
-               workers: int = typer.Option(1, "--workers", min=1, help="processes reading images")) -> None:
-    """Read every image and report broken, duplicate, hidden or misplaced files (exit 1 if any)."""
+def check_data(target: str = typer.Argument(..., metavar="TARGET", autocompletion=_complete_recipe,
+                                            help="recipe file, recipe name, or data folder"),
+               set_: list[str] = typer.Option([], "--set", metavar="KEY=VALUE", help="override a recipe value (repeatable)"),
+               workers: int = typer.Option(1, "--workers", min=1, metavar="N", help="processes reading images")) -> None:
+    """Read every image and report broken, duplicate, conflicting, hidden or misplaced files (exit 1 if any)."""
     from transferkit.data.check import check_folder, check_splits
+    from transferkit.run.display import print_table
 
     _api()
     if Path(target).is_dir():
-        report = check_folder(Path(target), workers=workers)
+        d = _folder_data_spec(target, set_).data
+        report = check_folder(Path(d.root), d.train_dir, d.test_dir, d.val_dir, workers=workers,
+                              progress=err.is_terminal)
     else:
-        report = check_splits(_splits_for(target, None, set_), workers=workers)
+        report = check_splits(_splits_for(target, None, set_), workers=workers, progress=err.is_terminal)
     if report.problems:
-        out.print(report.table())
-    out.print(f"{report.images_checked} images checked, {len(report.problems)} problem(s)")
+        print_table(out, ["problem", "path", "explanation"], report.rows())
+    out.print(f"{report.images_checked} images checked, {len(report.problems)} problem(s)", markup=False,
+              highlight=False)
     raise typer.Exit(0 if report.ok else 1)
 
 

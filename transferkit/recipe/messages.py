@@ -149,3 +149,11 @@ def describe_validation_error(exc: ValidationError, model: type[BaseModel], sour
         source, line = f"--set {culprit}", ""
     more = f" (and {len(errors) - 1} more problem{'s' if len(errors) > 2 else ''})" if len(errors) > 1 else ""
     return f"{source}{line}: {field}: {_fix_for(first, model, loc)}{more}"
+
+
+def first_problem(exc: ValidationError, model: type[BaseModel]) -> tuple[str, str]:
+    """(dotted location, problem and fix) of a validation error's first problem, for messages built elsewhere."""
+    errors = exc.errors()
+    loc = tuple(errors[0]["loc"])
+    more = f" (and {len(errors) - 1} more problem{'s' if len(errors) > 2 else ''})" if len(errors) > 1 else ""
+    return ".".join(str(p) for p in loc), _fix_for(errors[0], model, loc) + more

@@ -14,6 +14,7 @@ from transferkit.errors import SpecError
 from transferkit.recipe.merge import deep_merge
 from transferkit.recipe.presets import with_preset
 from transferkit.recipe.messages import describe_validation_error, yaml_line_of
+from transferkit.recipe.paths import resolve_override_paths, resolve_recipe_paths
 
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
 
@@ -27,15 +28,16 @@ class BackboneSpec(_Spec):
 
     name: str = Field("resnet18", description="torchvision name (resnet18), timm/<name>[.<tag>], or a registered name")
     pretrained: bool = Field(True, description="load pretrained weights (the model's default weights unless `weights` names others)")
-    weights: str | None = Field(None, description="torchvision weights name (IMAGENET1K_V1), timm tag, registered weight source, or a .pth/.pt/.safetensors file")
+    weights: str | None = Field(None, description="torchvision weights name (IMAGENET1K_V1), timm tag, registered weight source, or a .pth/.pt/.safetensors file (relative to the recipe file's folder; with --set, to the working directory)")
 
 
 class HeadSpec(_Spec):
     """The freshly initialised classifier on top of the backbone's features."""
 
-    name: str = Field("linear", description="registered head: linear or mlp")
+    name: str = Field("linear", description="a registered head (see `transferkit list-heads`)")
     hidden: int = Field(512, gt=0, description="hidden width of the mlp head")
     dropout: float = Field(0.0, ge=0.0, lt=1.0, description="dropout before the head's last layer")
+    options: dict[str, Any] = Field(default_factory=dict, description="settings of a registered head that declares its own options (checked against them when the recipe is read)")
 
 
 class AugmentSpec(_Spec):
@@ -60,11 +62,11 @@ class AugmentSpec(_Spec):
 class DataSpec(_Spec):
     """Where the images come from and how they are turned into tensors."""
 
-    dataset: str = Field("folder", description="registered dataset: folder, or one a plugin adds")
-    root: str | None = Field(None, description="data folder; for downloadable datasets, an existing copy (no download)")
+    dataset: str = Field("folder", description="a registered dataset: folder, or one a plugin adds (see `transferkit list-datasets`)")
+    root: str | None = Field(None, description="data folder (relative to the recipe file's folder; with --set, to the working directory); for downloadable datasets, an existing copy (no download)")
     train_dir: str = Field("train", description="sub-folder of root with the training images")
     test_dir: str = Field("test", description="sub-folder of root with the test images")
-    val_dir: str = Field("val", description="optional sub-folder of root with validation images")
+    val_dir: str = Field("val", description="optional sub-folder of root with validation images (for the default val, also validation/ or valid/)")
     split_ratio: float | None = Field(None, gt=0.0, lt=1.0, description="test share when root holds the class folders directly")
     image_size: int | None = Field(None, gt=0, description="training/eval crop size in pixels; default: the weights' own")
     resize_size: int | None = Field(None, gt=0, description="eval resize of the shorter side; default: image_size x the weights' resize/crop ratio")
@@ -87,7 +89,7 @@ class DataSpec(_Spec):
                             "augmentation is on the device and the images fit)")
     on_bad_image: Literal["fail", "skip"] = Field("fail", description="what an unreadable image does: stop the run, or be left out and reported")
     limit: int | None = Field(None, gt=0, description="use at most this many images per split (quick runs)")
-    options: dict[str, Any] = Field(default_factory=dict, description="dataset-specific settings for plugin datasets")
+    options: dict[str, Any] = Field(default_factory=dict, description="settings of a dataset that declares its own options (checked against them when the recipe is read); folder takes none")
     val_split: float | None = Field(None, gt=0.0, lt=1.0, description="carve this share of train out as a seeded, stratified validation split (when the data has none)")
     sampler: Literal["random", "balanced"] = Field("random", description="training order: random (each image once per epoch) or balanced (classes drawn evenly, with replacement)")
     augment: "AugmentSpec" = Field(default_factory=lambda: AugmentSpec(), description="augmentation policy and batch mixing on top of the crop and flip")
@@ -127,7 +129,7 @@ class DataSpec(_Spec):
 class OptimizerSpec(_Spec):
     """The optimizer and its base learning rate."""
 
-    name: str = Field("sgd", description="sgd or adamw")
+    name: str = Field("sgd", description="a registered optimizer (see `transferkit list-optimizers`)")
     lr: float = Field(1e-3, gt=0.0, description="base learning rate (the backbone's under head_multiplier)")
     weight_decay: float = Field(0.0, ge=0.0, description="weight decay")
     momentum: float = Field(0.9, ge=0.0, lt=1.0, description="SGD momentum")
@@ -138,17 +140,18 @@ class OptimizerSpec(_Spec):
 class LRPolicySpec(_Spec):
     """How the base learning rate is spread over the backbone's and head's parameters."""
 
-    name: str = Field("head_multiplier", description="uniform, head_multiplier, frozen_backbone or layerwise_decay")
+    name: str = Field("head_multiplier", description="a registered LR policy (see `transferkit list-lr-policies`)")
     multiplier: float = Field(10.0, gt=0.0, description="head LR = base LR x multiplier (head_multiplier, layerwise_decay)")
     decay: float = Field(0.7, gt=0.0, le=1.0, description="LR factor per depth step from head to stem (layerwise_decay)")
     feature_cache: bool = Field(True, description="frozen_backbone: compute backbone features once and train the head on them")
     cache_views: int = Field(0, ge=0, description="frozen_backbone feature cache: augmented views per training image (0: eval transform only)")
+    options: dict[str, Any] = Field(default_factory=dict, description="settings of a registered LR policy that declares its own options (checked against them when the recipe is read)")
 
 
 class ScheduleSpec(_Spec):
     """How the learning rate changes over training."""
 
-    name: Literal["constant", "step", "cosine", "onecycle"] = Field("constant", description="constant, step, cosine, or onecycle (rise to the LR, then anneal far below it)")
+    name: Literal["constant", "step", "cosine", "onecycle"] = Field("constant", description="the schedule (see `transferkit list-schedules`)")
     warmup_epochs: float = Field(0.0, ge=0.0, description="linear warm-up length in epochs (may be fractional)")
     warmup_steps: int = Field(0, ge=0, description="linear warm-up length in optimizer updates (instead of warmup_epochs)")
     pct_start: float = Field(0.25, gt=0.0, lt=1.0, description="onecycle: share of training spent rising to the LR")
@@ -331,6 +334,9 @@ def validate(raw: dict, source: str = "recipe", text: str | None = None,
                         f"'{spec.base_variant}'; rename the variant or set base_variant")
     for name in spec.variants:
         variant_of(spec, name, source=source, text=text, overrides=overrides)
+    from transferkit.recipe.check import check_recipe
+
+    check_recipe(spec, source=source, text=text, overrides=overrides)
     return spec
 
 
@@ -369,9 +375,13 @@ def load_recipe(path_or_name: str | Path, overrides: list[str] | None = None) ->
         from transferkit.registry import RECIPES
         if str(path_or_name) in RECIPES:
             path = Path(RECIPES.get(str(path_or_name)))
-    raw = read_yaml(path)
+    raw = resolve_recipe_paths(read_yaml(path), path.parent)  # a recipe's paths: relative to its folder
+    if not raw and not overrides:
+        raise SpecError(f"{path}: the recipe is empty; give at least data.root (a folder with train/ and test/ "
+                        f"class folders); every key is in docs/recipe.md")
     text = path.read_text(encoding="utf-8")
-    return validate(apply_overrides(raw, overrides or []), source=str(path), text=text, overrides=overrides)
+    applied = resolve_override_paths(overrides or [], Path.cwd())  # --set paths: relative to the working dir
+    return validate(apply_overrides(raw, applied), source=str(path), text=text, overrides=overrides)
 
 
 def dump_yaml(spec: ExperimentSpec) -> str:

@@ -25,7 +25,6 @@ from transferkit.cpu_memory import keep_freed_memory
 from transferkit.device import describe_device, resolve_device
 from transferkit.engine.callbacks import Callback
 from transferkit.engine.trainer import Interrupted
-from transferkit.errors import NotRegisteredError, SpecError
 from transferkit.inference.evaluate import evaluate_run_dir
 from transferkit.files import atomic_write_text
 from transferkit.optim.lr_policies import describe_groups
@@ -34,66 +33,39 @@ from transferkit.recipe.check import check_contradictions
 from transferkit.recipe.messages import where_in_recipe
 from transferkit.recipe.spec import (ExperimentSpec, apply_overrides, dump_yaml, load_recipe, parse_duration, validate,
                                      variant_names, variant_of)
-from transferkit.registry import DATASETS, HEADS, LR_POLICIES, OPTIMIZERS, WEIGHT_SOURCES
 from transferkit.run import report
 from transferkit.run.assemble import Assembled, assemble
 from transferkit.run.probe import probe_head
 from transferkit.run.results import ExperimentResult, VariantResult, is_finished, read_summary, write_summary
 from transferkit.run.rundir import prepare_run_dir
 from transferkit.signals import GracefulStop, RunInterrupted
-
-
-def check_references(spec: ExperimentSpec, source: str = "recipe", variant: str = "") -> None:
-    """SpecError naming the field when the recipe names an unregistered head, dataset, policy or optimizer."""
-    from transferkit.model.backbones import _is_weight_file, check_backbone
-    from transferkit.recipe.messages import where_in_recipe
-
-    def where(field_name: str) -> str:  # '<file> line N: [variant V: ]'
-        return where_in_recipe(source, field_name, variant, spec.base_variant)
-
-    for field_name, registry, value in (("head.name", HEADS, spec.head.name),
-                                        ("data.dataset", DATASETS, spec.data.dataset),
-                                        ("lr_policy.name", LR_POLICIES, spec.lr_policy.name),
-                                        ("optimizer.name", OPTIMIZERS, spec.optimizer.name)):
-        try:
-            registry.get(value)
-        except NotRegisteredError as exc:
-            raise SpecError(f"{where(field_name)}{field_name}: {exc}") from None
-    try:
-        check_backbone(spec.backbone)
-    except SpecError as exc:
-        field_name = str(exc).partition(":")[0]
-        raise SpecError(f"{where(field_name)}{exc}") from None
-    weights = spec.backbone.weights
-    if not weights or weights in WEIGHT_SOURCES:
-        return
-    if _is_weight_file(weights) and not Path(weights).expanduser().is_file():
-        raise SpecError(f"{where('backbone.weights')}backbone.weights: file {weights} not found; "
-                        f"give the path of a .pth/.pt/.safetensors state dict")
+from transferkit.run.preflight import preflight
 
 
 class Experiment:
     """A recipe ready to run: `Experiment.from_yaml(path).run()` trains every variant and compares them."""
 
-    def __init__(self, spec: ExperimentSpec, source: str = "recipe"):
+    def __init__(self, spec: ExperimentSpec, source: str = "recipe", overrides: list[str] | None = None):
         load_plugins()
         self.spec = spec
         self.source = source
-        for name in self.variant_names:
-            variant = self.variant_spec(name)
-            check_references(variant, source, name)
+        # validate and run refuse the same recipes, before any image is read
+        variants = {name: self.variant_spec(name) for name in self.variant_names}
+        preflight(variants, source, overrides)
+        for name, variant in variants.items():
             check_contradictions(variant, lambda field, n=name: where_in_recipe(source, field, n, spec.base_variant))
 
     @classmethod
     def from_yaml(cls, path: str | Path, overrides: list[str] | None = None) -> "Experiment":
         """Load and validate a recipe file (or registered recipe name), with `--set`-style overrides."""
         load_plugins()  # a plugin may register the recipe name
-        return cls(load_recipe(path, overrides), source=str(path))
+        return cls(load_recipe(path, overrides), source=str(path), overrides=overrides)
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any], overrides: list[str] | None = None) -> "Experiment":
         """Validate a recipe given as a plain dict."""
-        return cls(validate(apply_overrides(raw, overrides or [])), source="recipe")
+        return cls(validate(apply_overrides(raw, overrides or []), overrides=overrides), source="recipe",
+                   overrides=overrides)
 
     @property
     def variant_names(self) -> list[str]:

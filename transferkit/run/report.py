@@ -6,7 +6,6 @@ import json
 from typing import TYPE_CHECKING
 
 from rich.console import Console
-from rich.table import Table
 
 from transferkit.files import atomic_write_bytes, atomic_write_text
 
@@ -15,7 +14,8 @@ if TYPE_CHECKING:
 
 
 def epoch_line(name: str, row: dict, epochs: int) -> str:
-    """One line per epoch: train loss and accuracy, test accuracy, images/s."""
+    """One line per epoch: train loss and accuracy, test accuracy, images/s (print it on a soft-wrapping
+    console, as the CLI's are, so a log keeps it whole)."""
     val = f", val acc {row['val_accuracy']:.3f}" if "val_accuracy" in row else ""
     return (f"{name} epoch {row['epoch']}/{epochs}: train loss {row['train_loss']:.4f}, "
             f"train acc {row['train_accuracy']:.3f}, test acc {row['test_accuracy']:.3f}{val}, "
@@ -38,22 +38,41 @@ def comparison_rows(result: "ExperimentResult") -> list[dict]:
     return rows
 
 
+def comparison_table(result: "ExperimentResult", width: int | None = None) -> tuple[list[str], list[list[str]]]:
+    """Headers and cells of the comparison; with `width`, per-epoch columns are dropped (earliest first) until
+    the table fits, never a number or a name cut."""
+    from transferkit.run.display import table_width
+
+    rows = comparison_rows(result)
+    epochs = max((len(row["test_accuracy_per_epoch"]) for row in rows), default=0)
+    finals = ["best test acc", "final train loss", "final test loss", "time"]
+
+    def cells(first_epoch: int) -> tuple[list[str], list[list[str]]]:
+        headers = ["variant", *(f"test acc e{e}" for e in range(first_epoch, epochs + 1)), *finals]
+        body = []
+        for row in rows:
+            per_epoch = [f"{a:.3f}" for a in row["test_accuracy_per_epoch"]]
+            per_epoch += [""] * (epochs - len(per_epoch))
+            body.append([row["variant"], *per_epoch[first_epoch - 1:], f"{row['best_test_accuracy']:.3f}",
+                         f"{row['final_train_loss']:.4f}", f"{row['final_test_loss']:.4f}", f"{row['seconds']:.0f}s"])
+        return headers, body
+
+    first = 1
+    headers, body = cells(first)
+    while width is not None and first <= epochs and table_width(headers, body) > width:
+        first += 1
+        headers, body = cells(first)
+    return headers, body
+
+
 def print_comparison(result: "ExperimentResult", console: Console) -> None:
-    """The variants side by side as a Rich table."""
-    table = Table(title=f"{result.name}: variants compared")
-    epochs = max((len(v.history) for v in result.variants.values()), default=0)
-    table.add_column("variant")
-    for e in range(1, epochs + 1):
-        table.add_column(f"test acc e{e}", justify="right")
-    for column in ("best test acc", "final train loss", "final test loss", "time"):
-        table.add_column(column, justify="right")
-    for row in comparison_rows(result):
-        per_epoch = [f"{a:.3f}" for a in row["test_accuracy_per_epoch"]]
-        per_epoch += [""] * (epochs - len(per_epoch))
-        table.add_row(row["variant"], *per_epoch, f"{row['best_test_accuracy']:.3f}",
-                      f"{row['final_train_loss']:.4f}", f"{row['final_test_loss']:.4f}", f"{row['seconds']:.0f}s")
-    console.print(table)
-    console.print(f"results in {result.run_root} (comparison.json, curves.png)")
+    """The variants side by side: a table sized to the terminal, plain whole lines in a log or CI."""
+    from transferkit.run.display import print_table
+
+    headers, body = comparison_table(result, console.width if console.is_terminal else None)
+    print_table(console, headers, body, title=f"{result.name}: variants compared", right=set(range(1, len(headers))))
+    console.print(f"results in {result.run_root} (comparison.json, curves.png)", markup=False, highlight=False,
+                  soft_wrap=True)
 
 
 def write_comparison(result: "ExperimentResult") -> None:

@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Optional
+
+from pydantic import BaseModel, ConfigDict, Field
 
 from transferkit.data.folder import FolderSplits, split_folder
 from transferkit.download import HOTDOG_SHA1, HOTDOG_URL, fetch_and_extract
@@ -52,10 +55,19 @@ def download(options: dict) -> Path:
     return resolve_root(fetch_and_extract(url, sha1, name, offline_hint=OFFLINE_HINT))
 
 
-@DATASETS.register("hotdog", origin=PACKAGE)
+class HotdogOptions(BaseModel):
+    """Where to download hotdog.zip from: `data.options` of the hotdog dataset."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    url: Optional[str] = Field(None, description="archive URL (default: d2l's)")
+    sha1: Optional[str] = Field(None, description="the archive's SHA-1, 40 hex digits (default: d2l's)")
+
+
+@DATASETS.register("hotdog", origin=PACKAGE, options=HotdogOptions)
 def hotdog(spec: DataSpec, seed: int = 0) -> FolderSplits:
     """d2l's hot dog photos: hotdog vs not-hotdog, 2,000 train / 800 test; downloaded on first use unless data.root is set."""
-    unknown = sorted(set(spec.options) - set(OPTIONS))
+    unknown = sorted(set(spec.options) - set(OPTIONS))  # recipes refuse them when read; DataSpec built in code too
     if unknown:
         raise DataError(f"data.options: unknown key(s) {', '.join(unknown)} for dataset hotdog; "
                         f"it takes {' and '.join(OPTIONS)} (where to download hotdog.zip from)")

@@ -1,0 +1,152 @@
+"""What a recipe is checked against before anything trains: registered names, their options, the data
+root and the backbone's weights. `Experiment` runs it for every variant when it is built, so
+`transferkit validate` and `transferkit run` refuse the same recipes, before any image is read.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from transferkit.errors import DataError, NotRegisteredError, SpecError, WeightsError
+from transferkit.recipe.messages import first_problem, key_line, override_for, where_in_recipe
+from transferkit.recipe.spec import ExperimentSpec
+from transferkit.registry import DATASETS, HEADS, LR_POLICIES, OPTIMIZERS, strict_model
+
+
+class Where:
+    """Builds the '<file> line N: [variant V: ]' (or '--set K=V: ') prefix of a message about one field."""
+
+    def __init__(self, source: str, variant: str, base_variant: str, overrides: list[str] | None):
+        self.source, self.variant, self.base_variant = source, variant, base_variant
+        self.overrides = overrides or []
+        try:
+            self.text = Path(source).read_text(encoding="utf-8") if Path(source).is_file() else None
+        except (OSError, UnicodeDecodeError, ValueError):
+            self.text = None
+
+    def __call__(self, field_name: str) -> str:
+        """The prefix for `field_name`: the variant's own --set or key first, then the base's --set or key."""
+        keys = tuple(field_name.split("."))
+        in_variant = bool(self.variant) and self.variant != self.base_variant
+        label = f"variant {self.variant}: " if in_variant else ""
+        if in_variant:
+            own = override_for(("variants", self.variant, *keys), self.overrides)
+            if own is not None:
+                return f"--set {own}: {label}"
+            if key_line(self.text, ("variants", self.variant, *keys)):
+                return where_in_recipe(self.source, field_name, self.variant, self.base_variant)
+        culprit = override_for(keys, self.overrides)
+        if culprit is not None:
+            return f"--set {culprit}: {label}"
+        return where_in_recipe(self.source, field_name, self.variant, self.base_variant)
+
+
+def check_references(spec: ExperimentSpec, source: str = "recipe", variant: str = "",
+                     overrides: list[str] | None = None) -> None:
+    """SpecError naming the field when the recipe names an unregistered head, dataset, policy, optimizer or
+    backbone; a plugin that failed to load is named in the message (registry.missing_note), the name may be its."""
+    from transferkit.model.backbones import check_backbone
+
+    where = Where(source, variant, spec.base_variant, overrides)
+    for field_name, registry, value in (("head.name", HEADS, spec.head.name),
+                                        ("data.dataset", DATASETS, spec.data.dataset),
+                                        ("lr_policy.name", LR_POLICIES, spec.lr_policy.name),
+                                        ("optimizer.name", OPTIMIZERS, spec.optimizer.name)):
+        try:
+            registry.get(value)
+        except NotRegisteredError as exc:
+            raise SpecError(f"{where(field_name)}{field_name}: {exc}") from None
+    try:
+        check_backbone(spec.backbone)
+    except SpecError as exc:
+        field_name = str(exc).partition(":")[0]
+        raise SpecError(f"{where(field_name)}{exc}") from None
+
+
+def check_options(spec: ExperimentSpec, source: str = "recipe", variant: str = "",
+                  overrides: list[str] | None = None) -> None:
+    """SpecError unless head.options, data.options and lr_policy.options fit what the named item declared."""
+    where = Where(source, variant, spec.base_variant, overrides)
+    for field_name, registry, name, values in (("head.options", HEADS, spec.head.name, spec.head.options),
+                                               ("data.options", DATASETS, spec.data.dataset, spec.data.options),
+                                               ("lr_policy.options", LR_POLICIES, spec.lr_policy.name,
+                                                spec.lr_policy.options)):
+        model = registry.options_model(name)
+        if model is None:
+            if values:
+                key = f"{field_name}.{next(iter(values))}"
+                section = field_name.rsplit(".", 1)[0]
+                raise SpecError(f"{where(key)}{key}: {registry.kind} '{name}' takes no options (its settings are "
+                                f"the other {section}.* keys); remove {field_name}")
+            continue
+        try:
+            strict_model(model).model_validate(values)
+        except ValidationError as exc:
+            loc, fix = first_problem(exc, strict_model(model))
+            key = f"{field_name}.{loc}" if loc else field_name
+            raise SpecError(f"{where(key)}{key}: {fix} ({registry.kind} '{name}' options)") from None
+
+
+def check_data_root(spec: ExperimentSpec, source: str = "recipe", variant: str = "",
+                    overrides: list[str] | None = None) -> None:
+    """DataError when the dataset needs data.root and it is unset, or when data.root is not a folder.
+
+    The message shows the absolute path tried and the rule that made it: relative to the recipe file's
+    folder, or to the working directory for `--set` and recipes given as dicts.
+    """
+    where = Where(source, variant, spec.base_variant, overrides)
+    root = spec.data.root
+    if not root:
+        if getattr(DATASETS.get(spec.data.dataset), "requires_root", False):
+            raise DataError(f"{where('data.root')}data.root: not set; point it at a folder with train/ and test/ "
+                            f"class folders (or one folder per class and data.split_ratio), in the recipe or with "
+                            f"--set data.root=PATH")
+        return
+    path = Path(root).expanduser().absolute()
+    if path.is_dir():
+        return
+    prefix = where("data.root")
+    if prefix.startswith("--set ") or not Path(source).is_file():
+        rule = "relative paths are taken from the working directory"
+    else:
+        rule = "a relative path in a recipe is taken from the recipe file's folder"
+    what = "is a file, not a folder" if path.exists() else "not found"
+    raise DataError(f"{prefix}data.root: folder {path} {what} ({rule}); set data.root to the folder holding "
+                    f"the data")
+
+
+def check_weights(spec: ExperimentSpec, source: str = "recipe", variant: str = "",
+                  overrides: list[str] | None = None) -> None:
+    """WeightsError / SpecError when backbone.weights names a missing file or weights that do not fit."""
+    from transferkit.model.backbones import check_weights_fit, is_weight_file
+    from transferkit.registry import WEIGHT_SOURCES
+
+    where = Where(source, variant, spec.base_variant, overrides)
+    weights = spec.backbone.weights
+    if weights and weights not in WEIGHT_SOURCES and is_weight_file(weights):
+        path = Path(weights).expanduser().absolute()
+        if path.is_dir():
+            raise SpecError(f"{where('backbone.weights')}backbone.weights: {path} is a folder, not a weights file; "
+                            f"give the path of the .pth/.pt/.safetensors file inside it")
+        if not path.is_file():
+            raise SpecError(f"{where('backbone.weights')}backbone.weights: file {path} not found; "
+                            f"give the path of a .pth/.pt/.safetensors state dict (a relative path in a recipe "
+                            f"is taken from the recipe file's folder, one given with --set from the working "
+                            f"directory)")
+    try:
+        check_weights_fit(spec.backbone)
+    except (SpecError, WeightsError) as exc:
+        raise type(exc)(f"{where('backbone.weights')}{exc}") from None
+
+
+def preflight(specs: dict[str, ExperimentSpec], source: str = "recipe", overrides: list[str] | None = None) -> None:
+    """Every check that needs the registries, the file system or the model zoo, for each variant's full spec
+    (name -> spec): names first in every variant, then options, weights and the data root."""
+    for check in (check_references, check_options, check_weights, check_data_root):
+        for variant, spec in specs.items():
+            check(spec, source, variant, overrides)
+
+
+__all__ = ["preflight", "check_references", "check_options", "check_data_root", "check_weights"]
