@@ -1,15 +1,21 @@
-"""Keep freed CPU memory for reuse, as a GPU's caching allocator does, instead of handing it back every step.
+"""glibc malloc settings for CPU training: activation memory without a page fault per 4 KiB every step.
 
 glibc's malloc serves each large block (activations and their gradients: tens to hundreds of MB) with a
-fresh `mmap` and gives it back with `munmap` when freed, so every training step on the CPU faults in
-and zeroes all its activation memory again. Measured on this project's 2-core machine (training step,
-batch 32, 224 px, channels_last): 10-30x fewer page faults, EfficientNet-Lite0 1.35-1.55x and ResNet-18
-1.03-1.19x the images/s, for 0-20% more peak resident memory. Results are bit-identical: only where memory
-comes from changes.
+fresh `mmap` and gives it back with `munmap` when freed, so every training step on the CPU faults in and
+zeroes all its activation memory again, 4 KiB at a time. `keep_freed_memory()` picks one of two cures:
 
-`keep_freed_memory()` sets two malloc options for the whole process: no mmap'd blocks (M_MMAP_MAX 0),
-and up to 1 GiB of free memory kept at the top of the heap (M_TRIM_THRESHOLD). It does nothing where
-the C library is not glibc, and nothing when TRANSFERKIT_CPU_ALLOCATOR=default is set.
+- "huge-pages" (where the kernel offers transparent huge pages): blocks of 2 MiB and more stay mmap'd, so
+  freed memory goes back to the system at once and the peak is what is alive, but PyTorch asks for huge
+  pages for them (its THP_MEM_ALLOC_ENABLE switch), so each step takes about one fault per 2 MiB instead
+  of 512. PyTorch reads that switch at its first CPU allocation: this mode needs to be chosen before any
+  tensor exists in the process, and is checked, not assumed.
+- "kept-heap" (otherwise, or with TRANSFERKIT_CPU_ALLOCATOR=heap): no mmap'd blocks and up to 1 GiB of
+  free memory kept at the top of the heap, so freed memory is reused without faults. As fast, but the
+  heap fragments: it holds its largest extent for the rest of the process, several GB above the live
+  peak at batch 128 (docs/performance.md, "Peak memory").
+
+Results are bit-identical in every mode: only where memory comes from changes. Nothing happens where the
+C library is not glibc, or with TRANSFERKIT_CPU_ALLOCATOR=default.
 """
 
 from __future__ import annotations
@@ -18,29 +24,77 @@ import ctypes
 import ctypes.util
 import os
 import platform
+from pathlib import Path
 
 M_TRIM_THRESHOLD = -1
 M_MMAP_MAX = -4
+M_MMAP_THRESHOLD = -3
 KEEP_AT_HEAP_TOP = 1 << 30
+HUGE_PAGE = 2 << 20  # PyTorch madvises blocks from this size on (c10 alloc_cpu)
+TRIM_WITH_HUGE_PAGES = 64 << 20
 ENV_SWITCH = "TRANSFERKIT_CPU_ALLOCATOR"
+TORCH_THP_SWITCH = "THP_MEM_ALLOC_ENABLE"
+THP_SETTING = Path("/sys/kernel/mm/transparent_hugepage/enabled")
 
-_applied = False
+_mode: str | None = None
 
 
-def keep_freed_memory() -> bool:
-    """Make glibc malloc reuse freed blocks instead of unmapping them; True if the settings are (now) in force."""
-    global _applied
-    if _applied:
-        return True
-    if os.environ.get(ENV_SWITCH, "").lower() == "default" or platform.system() != "Linux":
+def transparent_huge_pages() -> bool:
+    """True when the kernel gives transparent huge pages to memory that asks for them (always or madvise)."""
+    try:
+        setting = THP_SETTING.read_text()
+    except OSError:
         return False
-    if platform.libc_ver()[0] != "glibc":
-        return False
+    return "[always]" in setting or "[madvise]" in setting
+
+
+def _torch_uses_huge_pages() -> bool:
+    import torch
+
+    # Under the switch PyTorch aligns blocks to a page, else to 64 bytes, which an mmap'd glibc block (this
+    # size always is one while glibc's own thresholds apply) never is page-aligned at. Never touched: no RSS.
+    probe = torch.empty(64 << 20, dtype=torch.uint8)
+    return probe.data_ptr() % os.sysconf("SC_PAGE_SIZE") == 0
+
+
+def _mallopt():
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
         mallopt = libc.mallopt
     except (OSError, AttributeError):
-        return False
+        return None
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
-    _applied = mallopt(M_MMAP_MAX, 0) == 1 and mallopt(M_TRIM_THRESHOLD, KEEP_AT_HEAP_TOP) == 1
-    return _applied
+    return mallopt
+
+
+def configure_cpu_allocator() -> str:
+    """Set malloc up for CPU training once per process; the mode in force: "huge-pages", "kept-heap" or "default"."""
+    global _mode
+    if _mode is not None:
+        return _mode
+    choice = os.environ.get(ENV_SWITCH, "").lower()
+    mallopt = None
+    if choice != "default" and platform.system() == "Linux" and platform.libc_ver()[0] == "glibc":
+        mallopt = _mallopt()
+    if mallopt is None:
+        _mode = "default"
+        return _mode
+    if choice != "heap" and transparent_huge_pages():
+        set_here = TORCH_THP_SWITCH not in os.environ
+        os.environ.setdefault(TORCH_THP_SWITCH, "1")  # read once, at PyTorch's first CPU allocation
+        # fixed thresholds also stop glibc raising them (to 32 MiB) as blocks are freed, which grew a
+        # fragmented heap of GBs under the mmap'd activations
+        if _torch_uses_huge_pages() and mallopt(M_MMAP_THRESHOLD, HUGE_PAGE) == 1 \
+                and mallopt(M_TRIM_THRESHOLD, TRIM_WITH_HUGE_PAGES) == 1:
+            _mode = "huge-pages"
+            return _mode
+        if set_here:
+            del os.environ[TORCH_THP_SWITCH]
+    ok = mallopt(M_MMAP_MAX, 0) == 1 and mallopt(M_TRIM_THRESHOLD, KEEP_AT_HEAP_TOP) == 1
+    _mode = "kept-heap" if ok else "default"
+    return _mode
+
+
+def keep_freed_memory() -> bool:
+    """Stop CPU training steps from faulting their activation memory in again (configure_cpu_allocator); True if set."""
+    return configure_cpu_allocator() != "default"
