@@ -8,6 +8,7 @@ import torch
 
 from transferkit.data.folder import FolderSplits
 from transferkit.errors import DataError
+from transferkit.registry import DATASETS
 
 
 def carve_validation(splits: FolderSplits, share: float, seed: int) -> FolderSplits:
@@ -44,3 +45,16 @@ def limit_splits(splits: FolderSplits, limit: int, seed: int) -> FolderSplits:
         return [samples[i] for i in keep]
 
     return FolderSplits(splits.classes, trim(splits.train), trim(splits.test), trim(splits.val), splits.root)
+
+
+def recipe_splits(spec) -> FolderSplits:
+    """The dataset a recipe names, resolved to labelled files: limited to data.limit, val carved out if asked.
+
+    Training and evaluation both call this, so an evaluation reads the very files the run was tested on.
+    """
+    splits = DATASETS.get(spec.data.dataset)(spec.data, spec.seed)
+    if spec.data.limit:
+        splits = limit_splits(splits, spec.data.limit, spec.seed)
+    if spec.data.val_split:
+        splits = carve_validation(splits, spec.data.val_split, spec.seed)
+    return splits

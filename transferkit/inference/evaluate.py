@@ -9,7 +9,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import torch
 from rich.console import Console
 from rich.table import Table
 
@@ -78,26 +77,16 @@ def folder_samples(folder: str | Path, split: str, classes: list[str]) -> tuple[
 
 def recipe_samples(recipe: dict, split: str, classes: list[str]) -> tuple[Samples, Path]:
     """The split the run trained with: its dataset, seed and data.limit, labels indexing the model's `classes`."""
+    from transferkit.data.splits import recipe_splits
     from transferkit.plugins import load_plugins
     from transferkit.recipe.spec import ExperimentSpec
-    from transferkit.registry import DATASETS
 
     load_plugins()
     spec = ExperimentSpec.model_validate(recipe)
     try:
-        splits = DATASETS.get(spec.data.dataset)(spec.data, spec.seed)
+        splits = recipe_splits(spec)  # the same files, trim and validation split as training's
     except TransferkitError as exc:
         raise DataError(f"the run's data cannot be read ({exc}); pass --data FOLDER (in Python: a folder)") from None
-    if spec.data.limit:  # the same seeded trim, in the same order, as training's: the very files it was tested on
-        generator = torch.Generator().manual_seed(spec.seed)
-
-        def trim(samples):
-            if samples is None or len(samples) <= spec.data.limit:
-                return samples
-            keep = sorted(torch.randperm(len(samples), generator=generator)[: spec.data.limit].tolist())
-            return [samples[i] for i in keep]
-
-        splits.train, splits.test, splits.val = trim(splits.train), trim(splits.test), trim(splits.val)
     samples = splits.test if split == "test" else splits.val
     where = Path(splits.root or spec.data.root or spec.data.dataset)
     if not samples:

@@ -18,7 +18,7 @@ from transferkit.data.features import Extractor, cache_features
 from transferkit.data.folder import FolderSplits
 from transferkit.data.loading import ImageFileDataset, make_loader
 from transferkit.data.plan import DataPlan
-from transferkit.data.splits import carve_validation, limit_splits
+from transferkit.data.splits import recipe_splits
 from transferkit.data.transforms import batch_mixer, eval_transform, train_transform
 from transferkit.device import resolve_device, resolve_precision
 from transferkit.engine.callbacks import Callback
@@ -35,18 +35,12 @@ from transferkit.progress import Progress
 from transferkit.recipe.check import selection_metric, uses_feature_cache
 from transferkit.run.batch_size import MAX_AUTO, measure, optimizer_slots, resolve_batch_size
 from transferkit.recipe.spec import ExperimentSpec
-from transferkit.registry import DATASETS
 from transferkit.seeding import seed_everything
 
 
 def load_splits(spec: ExperimentSpec) -> FolderSplits:
-    """The dataset the recipe names, resolved to labelled files: limited to data.limit, val carved out if asked."""
-    splits = DATASETS.get(spec.data.dataset)(spec.data, spec.seed)
-    if spec.data.limit:
-        splits = limit_splits(splits, spec.data.limit, spec.seed)
-    if spec.data.val_split:
-        splits = carve_validation(splits, spec.data.val_split, spec.seed)
-    return splits
+    """The dataset the recipe names, resolved to labelled files (see data.splits.recipe_splits)."""
+    return recipe_splits(spec)
 
 
 def check_against_data(spec: ExperimentSpec, splits: FolderSplits) -> None:
