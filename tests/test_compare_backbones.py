@@ -48,7 +48,17 @@ def folder(tmp_path_factory) -> Path:
     return make_image_folder(tmp_path_factory.mktemp("data"), classes=("red", "green", "blue"), per_class=(20, 6))
 
 
-def test_ranks_available_backbones_and_skips_an_unavailable_one_with_its_fix(folder, torch_home, monkeypatch):
+@pytest.fixture
+def one_thread():
+    """One intra-op thread: on a shared, loaded 2-core machine two spinning threads ran a forward 17x slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_ranks_available_backbones_and_skips_an_unavailable_one_with_its_fix(folder, torch_home, monkeypatch,
+                                                                             one_thread):
     monkeypatch.setenv("TORCH_HOME", str(torch_home))
     settings = ProbeSettings(epochs=2, image_size=32, device="cpu")
     rows = rank_backbones(folder, [*AVAILABLE, "resnet50"], settings, Console(stderr=True), progress=False)
@@ -69,7 +79,7 @@ def test_ranks_available_backbones_and_skips_an_unavailable_one_with_its_fix(fol
 def test_cli_writes_table_json_and_chart_and_prints_the_fit_option(folder, torch_home, tmp_path):
     output = tmp_path / "compare"
     done = run_cli("compare-backbones", str(folder), *AVAILABLE, "resnet50", "--epochs", "1", "--image-size", "32",
-                   "--device", "cpu", "--output", str(output), "--no-progress", env={"TORCH_HOME": str(torch_home)})
+                   "--device", "cpu", "--output", str(output), "--no-progress", env={"TORCH_HOME": str(torch_home), "OMP_NUM_THREADS": "1"})
     assert done.returncode == 0, done.stderr
     report = json.loads((output / "compare.json").read_text())
     assert (output / "compare.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

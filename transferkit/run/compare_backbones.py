@@ -181,11 +181,11 @@ def rank_backbones(folder: str | Path, patterns: list[str] | None = None, settin
     rows = [Row(a.name, a.weights, skipped=a.fix) for a in found if not a.available]
     for index, candidate in enumerate(available, 1):
         console.print(f"[bold]compare-backbones[/] {index}/{len(available)}: {candidate.name} "
-                      f"({candidate.where})", highlight=False)
+                      f"({candidate.where})", highlight=False, soft_wrap=True)
         row = probe(candidate, folder, settings, console, progress)
         if not row.skipped:
             console.print(f"  {candidate.name}: val acc {row.val_accuracy:.3f}, test acc {row.test_accuracy:.3f}, "
-                          f"{row.images_per_s or 0:.1f} img/s extraction, {row.seconds:.0f}s", highlight=False)
+                          f"{row.images_per_s or 0:.1f} img/s extraction, {row.seconds:.0f}s", highlight=False, soft_wrap=True)
         rows.append(row)
     if all(r.skipped for r in rows):
         raise TransferkitError(f"compare-backbones: every candidate's weights failed to load; {rows[0].backbone}: "
