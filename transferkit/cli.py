@@ -91,6 +91,45 @@ def validate(recipe: str = typer.Argument(..., help="recipe YAML file, or a plug
     err.print(f"[green]recipe is valid[/]: {len(resolved)} run(s): {', '.join(resolved)}")
 
 
+@app.command()
+def fit(folder: str = typer.Argument(..., help="folder of photos: train/ and test/ class folders (val/ optional), or one folder per class"),
+        preset: str = typer.Option("balanced", "--preset", help="fast, balanced or best (docs/presets.md)"),
+        budget: Optional[str] = typer.Option(None, "--budget", help="wall-time budget, e.g. 10m: epochs are fitted to it"),
+        backbone: Optional[str] = typer.Option(None, "--backbone", help="backbone name (default: EfficientNet-Lite0, offline weights)"),
+        device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps"),
+        seed: int = typer.Option(0, "--seed", help="random seed"),
+        set_: list[str] = typer.Option([], "--set", help="override a value of the generated recipe"),
+        output: Path = typer.Option(Path("runs"), "--output", help="root folder for run directories"),
+        progress: bool = typer.Option(True, "--progress/--no-progress", help="show progress bars")) -> None:
+    """Train a classifier on a folder of photos with no recipe: a preset's rules write one, then it runs."""
+    api = _api()
+    from transferkit.device import resolve_device
+    from transferkit.recipe.spec import apply_overrides
+    from transferkit.run.experiment import fresh_run_root
+    from transferkit.run.fit import fit_recipe
+    from transferkit.files import atomic_write_text
+
+    cpu = resolve_device(device).type == "cpu"
+    raw = apply_overrides(fit_recipe(folder, preset, backbone, budget, device, seed, cpu), set_)
+    raw["output_dir"] = str(output)
+    experiment = api.Experiment.from_dict(raw)
+    run_root = fresh_run_root(output, experiment.spec.name)
+    recipe_text = "# written by transferkit fit; `transferkit run` on this file repeats the run\n" + \
+        yaml.safe_dump(raw, sort_keys=False)
+    atomic_write_text(run_root / "recipe.yaml", recipe_text)
+    err.print(f"fit: --preset {preset} on {folder}; the resolved recipe ({run_root / 'recipe.yaml'}):", highlight=False)
+    out.print(recipe_text, end="", markup=False, highlight=False, soft_wrap=True)
+    try:
+        experiment.run(console=err, progress=progress, run_root=run_root)
+    except TransferkitError:
+        if not any(p.is_dir() for p in run_root.iterdir()):  # failed before training: leave no run behind
+            (run_root / "recipe.yaml").unlink()
+            run_root.rmdir()
+        raise
+    err.print(f"repeat with: transferkit run {shlex.quote(str(run_root / 'recipe.yaml'))}", highlight=False,
+              soft_wrap=True)
+
+
 @app.command("lr-find")
 def lr_find(recipe: str = typer.Argument(..., help="recipe YAML file, or a plugin's recipe name"),
             set_: list[str] = typer.Option([], "--set", help="override a recipe value, e.g. --set data.batch_size=32"),
@@ -274,6 +313,80 @@ def check_data(target: str = typer.Argument(..., help="recipe file, recipe name,
         out.print(report.table())
     out.print(f"{report.images_checked} images checked, {len(report.problems)} problem(s)")
     raise typer.Exit(0 if report.ok else 1)
+
+
+@app.command()
+def evaluate(model: str = typer.Argument(..., help="run directory (runs/<name>/<variant>), checkpoint, or .onnx file"),
+             data: Optional[Path] = typer.Option(None, "--data", help="folder of class sub-folders (or one with test/, val/); "
+                                                                     "default: the split the run trained with"),
+             split: str = typer.Option("test", "--split", help="test or val"),
+             device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps"),
+             output: Optional[Path] = typer.Option(None, "--output", help="folder for the results; default "
+                                                                         "<run>/evaluation/<split>/"),
+             progress: bool = typer.Option(True, "--progress/--no-progress", help="show progress")) -> None:
+    """Loss, top-1/top-5 accuracy, per-class precision/recall/F1, confusion matrix and top losses."""
+    from transferkit.inference.evaluate import default_output, evaluate_folder, print_evaluation, print_unreadable
+    from transferkit.inference.predictor import load
+
+    if split not in ("test", "val"):
+        raise TransferkitError(f"--split {split}: use test or val")
+    predictor = load(model, device)
+    target = output or default_output(predictor, split)
+    result = evaluate_folder(predictor, data, split, target, err, progress)
+    print_evaluation(result, out, f"{predictor.source}: {split} ({result.metrics['data']})")
+    print_unreadable(result, err)
+    err.print(f"wrote {target} (metrics.json, per_class.csv, confusion_matrix.png/.csv, top_losses.png, "
+              f"misclassified.csv, predictions.csv)", highlight=False, soft_wrap=True)
+
+
+@app.command()
+def predict(model: str = typer.Argument(..., help="run directory, checkpoint (.pt) or exported .onnx file"),
+            inputs: list[str] = typer.Argument(..., help="image files, folders, .txt files of paths, or - for stdin"),
+            top_k: int = typer.Option(5, "--top-k", min=1, help="labels and probabilities per row"),
+            output: Optional[Path] = typer.Option(None, "--output", "-o", help="preds.csv or preds.jsonl; "
+                                                                              "default: CSV on standard output"),
+            overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing output file"),
+            device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps"),
+            batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1, help="images per batch"),
+            progress: bool = typer.Option(True, "--progress/--no-progress", help="show progress")) -> None:
+    """Classify images: one row per input, written as it goes; exit 1 when some could not be read."""
+    from transferkit.inference.inputs import collect_inputs
+    from transferkit.inference.predict_files import output_format, predict_to_file
+    from transferkit.inference.predictor import load
+
+    output_format(output)  # a bad name is refused before the model loads
+    if output is not None and output.exists() and not overwrite:
+        raise TransferkitError(f"--output {output}: file exists; choose another name or add --overwrite")
+    paths = collect_inputs(inputs)
+    predictor = load(model, device, batch_size)
+    summary = predict_to_file(predictor, paths, output, top_k, err, overwrite, progress)
+    where = f" -> {output}" if output else ""
+    err.print(f"{summary.predicted} predicted, {summary.failed} unreadable{where}", highlight=False, soft_wrap=True)
+    raise typer.Exit(1 if summary.failed else 0)
+
+
+@app.command()
+def export(model: str = typer.Argument(..., help="run directory or checkpoint"),
+           format: str = typer.Option("onnx", "--format", help="onnx or torchscript"),
+           output: Optional[Path] = typer.Option(None, "--output", help="file to write; default beside the checkpoint"),
+           check: Optional[int] = typer.Option(None, "--check", min=0, help="images to compare with PyTorch "
+                                               "(default 16: the run's test images, else synthetic; 0: no check)")) -> None:
+    """Write the model as ONNX or TorchScript (normalisation, classes and preprocessing inside), checked against PyTorch."""
+    from transferkit.inference.checkpoint_io import read_checkpoint
+    from transferkit.inference.export import TOLERANCE, export_model
+    from transferkit.inference.predictor import TorchPredictor
+
+    if Path(model).suffix.lower() == ".onnx":
+        raise TransferkitError(f"{model}: already an exported model; export takes a run directory or checkpoint")
+    result = export_model(TorchPredictor(read_checkpoint(model), "cpu"), format, output, check)
+    if result.checked:
+        err.print(f"checked on {result.checked} {result.check_images}: max probability difference "
+                  f"{result.max_probability_difference:.1e} (tolerance {TOLERANCE:.0e}), max logit difference "
+                  f"{result.max_logit_difference:.1e}, same label on {result.same_labels}/{result.checked}",
+                  highlight=False, soft_wrap=True)
+    else:
+        err.print("not checked (--check 0)")
+    out.print(str(result.path), markup=False, highlight=False)
 
 
 def main() -> None:

@@ -55,7 +55,7 @@ class Trainer:
     def __init__(self, model: nn.Module, optimization: Optimization, *, device: torch.device, seed: int = 0,
                  precision: str = "fp32", forward: nn.Module | None = None, channels_last: bool = False,
                  batch_transform: Callable | None = None, callbacks: Iterable[Callback] = (),
-                 progress: Progress | None = None, on_bad_image: str = "fail"):
+                 progress: Progress | None = None, on_bad_image: str = "fail", tta_flip: bool = False):
         self.model, self.optimization = model, optimization
         self.forward = forward if forward is not None else model
         self.device, self.seed, self.precision, self.channels_last = device, seed, precision, channels_last
@@ -63,6 +63,7 @@ class Trainer:
         self.callbacks = sorted(callbacks, key=lambda cb: cb.order)
         self.progress = progress or Progress(enabled=False)
         self.on_bad_image = on_bad_image
+        self.tta_flip = tta_flip  # evaluate on each image and its mirror image, logits averaged
         self.sync_every = 1 if device.type == "cpu" else 16
         self.epoch = 0  # completed epochs
         self.history: list[dict] = []
@@ -105,9 +106,9 @@ class Trainer:
         the callbacks), at the next update boundary."""
         self.eval_loaders, self.epochs = eval_loaders, epochs
         self._call("on_fit_start")
-        for epoch in range(self.epoch + 1, epochs + 1):
-            if self.stop_reason:
-                break
+        epoch = self.epoch
+        while epoch < self.epochs and not self.stop_reason:  # a callback may shorten self.epochs (a budget)
+            epoch += 1
             started = time.perf_counter()
             partial, self.partial = self.partial, None
             if partial is None:
@@ -116,7 +117,7 @@ class Trainer:
             train_loader.sampler.set_epoch(epoch, skip=skip)
             self._call("on_epoch_start", epoch)
             try:
-                train = self.train_epoch(train_loader, epoch, epochs, partial, should_stop)
+                train = self.train_epoch(train_loader, epoch, self.epochs, partial, should_stop)
             except Interrupted as stop:
                 self.partial = stop.partial
                 self._call("on_interrupt")
@@ -137,7 +138,7 @@ class Trainer:
             self.epoch, self.last_bad = epoch, bad
             self.history.append(row)
             self._call("on_epoch_end", epoch, row)
-            if should_stop() and epoch < epochs and not self.stop_reason:
+            if should_stop() and epoch < self.epochs and not self.stop_reason:
                 raise Interrupted(epoch + 1, None)
         self._call("on_fit_end")
         return self.history
@@ -215,6 +216,13 @@ class Trainer:
             raise DataError("no readable training images; run `transferkit check-data` on the data root")
         return EpochStats(loss_sum.item() / examples, correct.item() / examples, examples, seconds, bad, data_seconds)
 
+    def _eval_logits(self, images: torch.Tensor) -> torch.Tensor:
+        with autocast(self.device, self.precision):
+            logits = self.forward(images)
+            if self.tta_flip:
+                logits = (logits.float() + self.forward(images.flip(-1)).float()) / 2
+        return logits
+
     @torch.no_grad()
     def predict(self, loader, label: str = "predict") -> tuple[torch.Tensor, torch.Tensor, list[BadImage]]:
         """Logits (N, classes) in fp32 on the CPU and labels (N,) of every readable sample, in loader order,
@@ -227,8 +235,7 @@ class Trainer:
                 if not self._handle_bad(batch, bad):
                     continue
                 images, labels = self.to_device(batch)
-                with autocast(self.device, self.precision):
-                    logits = self.forward(images)
+                logits = self._eval_logits(images)
                 logits_all.append(logits.float().cpu())
                 labels_all.append(labels.cpu())
         if not logits_all:
@@ -249,8 +256,7 @@ class Trainer:
                 if not self._handle_bad(batch, bad):
                     continue
                 images, labels = self.to_device(batch)
-                with autocast(self.device, self.precision):
-                    logits = self.forward(images)
+                logits = self._eval_logits(images)
                 loss_sum += criterion(logits.float(), labels)
                 correct += (logits.argmax(1) == labels).sum()
                 examples += labels.numel()

@@ -72,4 +72,5 @@ def build_param_groups(model: TransferModel, spec: LRPolicySpec, base_lr: float)
 
 def describe_groups(groups: list[dict]) -> list[dict]:
     """name, parameter count and LR of each group: what a run prints and saves."""
-    return [{"name": g["name"], "params": sum(p.numel() for p in g["params"]), "lr": g["lr"]} for g in groups]
+    return [{"name": g["name"], "params": sum(p.numel() for p in g["params"]), "lr": g.get("initial_lr", g["lr"])}
+            for g in groups]

@@ -24,9 +24,15 @@ class LRFactor:
         self.step_size = spec.step_size * self.updates_per_epoch
         self.total = self.updates_per_epoch * epochs
         self.warmup = spec.warmup_steps or round(spec.warmup_epochs * self.updates_per_epoch)
+        self.pct_start = spec.pct_start
         self.rise = max(1, round(spec.pct_start * self.total))
         self.start = 1.0 / spec.div_factor
         self.end = 1.0 / (spec.div_factor * spec.final_div_factor)
+
+    def resize(self, epochs: int) -> None:
+        """Stretch or shrink the schedule to `epochs` (a time budget decided the length after it started)."""
+        self.total = self.updates_per_epoch * epochs
+        self.rise = max(1, round(self.pct_start * self.total))
 
     def __call__(self, step: int) -> float:
         if self.name == "onecycle":  # cosine rise from start to 1, then cosine fall from 1 to end

@@ -28,7 +28,13 @@ def contradictions(spec: ExperimentSpec) -> list[tuple[str, str]]:
                                                      f"metric: set one of them"))
     if isinstance(t.class_weights, list) and any(w < 0 for w in t.class_weights):
         found.append(("train.class_weights", "weights must be zero or positive"))
+    if t.probe_epochs and spec.lr_policy.name == "frozen_backbone":
+        found.append(("train.probe_epochs", "the frozen_backbone policy is a probe already; use probe_epochs "
+                                            "with a fine-tuning policy (uniform, head_multiplier)"))
     if uses_feature_cache(spec):
+        if t.tta_flip:
+            found.append(("train.tta_flip", "cached features have no image to mirror; set "
+                                            "lr_policy.feature_cache: false, or train.tta_flip: false"))
         if d.cache == "device":
             found.append(("data.cache", "device crops training images on the device, which a frozen-backbone "
                                         "feature cache does not do; set data.cache: auto"))

@@ -11,6 +11,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from transferkit.errors import SpecError
+from transferkit.recipe.merge import deep_merge
+from transferkit.recipe.presets import with_preset
 from transferkit.recipe.messages import describe_validation_error, yaml_line_of
 
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
@@ -76,7 +78,7 @@ class DataSpec(_Spec):
         "auto", description="where training crops and flips are resampled: cpu (the loader), device (training images "
                             "kept on the accelerator, cropped there in batches), or auto (device on CUDA when cache is "
                             "auto or device and they fit, else cpu); a frozen-backbone feature cache always augments on the cpu")
-    batch_size: int = Field(64, gt=0, description="training batch size")
+    batch_size: int | Literal["auto"] = Field(64, description="training batch size, or auto: the largest power of two (up to 256) whose training step fits in the device's free memory with a margin")
     eval_batch_size: int | None = Field(None, gt=0, description="evaluation batch size; default: batch_size")
     num_workers: int | None = Field(None, ge=0, description="DataLoader worker processes; default: chosen from the cores")
     cache: Literal["auto", "none", "memory", "disk", "device"] = Field(
@@ -89,6 +91,14 @@ class DataSpec(_Spec):
     val_split: float | None = Field(None, gt=0.0, lt=1.0, description="carve this share of train out as a seeded, stratified validation split (when the data has none)")
     sampler: Literal["random", "balanced"] = Field("random", description="training order: random (each image once per epoch) or balanced (classes drawn evenly, with replacement)")
     augment: "AugmentSpec" = Field(default_factory=lambda: AugmentSpec(), description="augmentation policy and batch mixing on top of the crop and flip")
+
+    @field_validator("batch_size")
+    @classmethod
+    def _positive_batch(cls, value):
+        """A batch of no images trains nothing."""
+        if value != "auto" and value <= 0:
+            raise ValueError("use a positive number of images, or auto")
+        return value
 
     @field_validator("crop_scale")
     @classmethod
@@ -149,6 +159,14 @@ class ScheduleSpec(_Spec):
     min_lr_ratio: float = Field(0.0, ge=0.0, le=1.0, description="cosine: final LR as a share of the initial LR")
 
 
+def parse_duration(text: str | int | float) -> float:
+    """'90s', '10m', '1.5h' or a number of seconds -> seconds; ValueError with the accepted forms otherwise."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smh]?)\s*", str(text))
+    if not match or float(match.group(1)) <= 0:
+        raise ValueError("use a positive duration like 90s, 10m or 1.5h")
+    return float(match.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600}[match.group(2)]
+
+
 class EarlyStoppingSpec(_Spec):
     """Stop training once the best metric (train.best_metric) has stopped improving."""
 
@@ -188,6 +206,18 @@ class TrainSpec(_Spec):
     class_weights: Literal["none", "auto"] | list[float] = Field("none", description="per-class loss weights: none, auto (inverse class frequency ^ class_weight_power), or one weight per class")
     class_weight_power: float = Field(1.0, ge=0.0, description="auto class weights: (1 / frequency) ^ power (0.5 softens them)")
     loggers: list[Literal["csv", "tensorboard"]] = Field(default_factory=lambda: ["csv"], description="metric writers: csv (metrics.csv/json), tensorboard (event files under tensorboard/)")
+    probe_epochs: int = Field(0, ge=0, description="before training, fit the new head alone for this many epochs on cached backbone features (linear probe, then fine-tune)")
+    probe_lr: float = Field(1e-3, gt=0.0, description="AdamW learning rate of the probe_epochs head fit")
+    tta_flip: bool = Field(False, description="evaluate on each image and its mirror image, averaging the logits (test-time augmentation)")
+    budget: str | None = Field(None, description="wall-time budget, e.g. 90s, 10m, 1.5h: after the first epoch the number of epochs (and the LR schedule) is fitted so the run ends inside it")
+
+    @field_validator("budget")
+    @classmethod
+    def _duration(cls, value: str | None) -> str | None:
+        """Refuse a budget that is not a duration when the recipe is read."""
+        if value is not None:
+            parse_duration(value)
+        return value
 
     @field_validator("device")
     @classmethod
@@ -203,6 +233,7 @@ class ExperimentSpec(_Spec):
 
     name: str = Field("experiment", min_length=1, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="experiment name; runs go to <output_dir>/<name>/<variant>")
     description: str = Field("", description="free text shown in reports")
+    preset: Literal["fast", "balanced", "best"] | None = Field(None, description="start from a preset's settings (docs/presets.md); the recipe's own keys win")
     seed: int = Field(0, description="random seed for initialisation, data order and augmentation")
     base_variant: str = Field("base", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="name of the run the recipe itself describes")
     output_dir: str = Field("runs", description="root of run directories")
@@ -214,17 +245,6 @@ class ExperimentSpec(_Spec):
     schedule: ScheduleSpec = Field(default_factory=ScheduleSpec, description="learning rate over time")
     train: TrainSpec = Field(default_factory=TrainSpec, description="training loop")
     variants: dict[str, dict[str, Any]] = Field(default_factory=dict, description="name -> partial recipe overriding the base, run after it")
-
-
-def deep_merge(base: dict, override: dict) -> dict:
-    """A copy of `base` with `override` merged in, mappings recursively."""
-    merged = copy.deepcopy(base)
-    for key, value in override.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = deep_merge(merged[key], value)
-        else:
-            merged[key] = copy.deepcopy(value)
-    return merged
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -302,7 +322,7 @@ def validate(raw: dict, source: str = "recipe", text: str | None = None,
              overrides: list[str] | None = None) -> ExperimentSpec:
     """Validate a raw recipe dict, variants included; SpecError naming field, line (or `--set`) and fix otherwise."""
     try:
-        spec = ExperimentSpec.model_validate(raw)
+        spec = ExperimentSpec.model_validate(with_preset(raw))
     except ValidationError as exc:
         raise SpecError(describe_validation_error(exc, ExperimentSpec, source, text, overrides=overrides)) from None
     if spec.base_variant in spec.variants:
@@ -331,7 +351,7 @@ def variant_of(spec: ExperimentSpec, name: str, source: str = "recipe", text: st
                             f"(variants do not nest); remove that key from variants.{name}")
     base = spec.model_dump(mode="python", exclude={"variants"})
     try:
-        return ExperimentSpec.model_validate(deep_merge(base, override))
+        return ExperimentSpec.model_validate(deep_merge(base, with_preset(override)))
     except ValidationError as exc:
         raise SpecError(describe_validation_error(exc, ExperimentSpec, source, text,
                                                   prefix=("variants", name), overrides=overrides)) from None

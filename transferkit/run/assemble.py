@@ -33,6 +33,7 @@ from transferkit.optim.optimizers import build_optimizer
 from transferkit.optim.schedules import build_scheduler
 from transferkit.progress import Progress
 from transferkit.recipe.check import selection_metric, uses_feature_cache
+from transferkit.run.batch_size import MAX_AUTO, measure, optimizer_slots, resolve_batch_size
 from transferkit.recipe.spec import ExperimentSpec
 from transferkit.registry import DATASETS
 from transferkit.seeding import seed_everything
@@ -137,6 +138,22 @@ def build_loaders(spec: ExperimentSpec, plan: DataPlan, splits: FolderSplits, pr
     return train, evals
 
 
+def with_batch_size(spec: ExperimentSpec, model: TransferModel, input_size: int, device: torch.device,
+                    channels_last: bool, train_images: int) -> ExperimentSpec:
+    """`spec` with data.batch_size: auto resolved, and a fixed batch of 64 or more checked against free memory
+    (a cached-feature probe trains on features, so its batch needs no such check)."""
+    requested = spec.data.batch_size
+    if uses_feature_cache(spec):
+        resolved = min(MAX_AUTO, train_images) if requested == "auto" else requested
+    elif requested == "auto" or requested >= 64:
+        estimate = measure(model, input_size, device, optimizer_slots(spec.optimizer.name, spec.optimizer.momentum),
+                           channels_last)
+        resolved = resolve_batch_size(requested, estimate, train_images)
+    else:
+        return spec
+    return spec.model_copy(update={"data": spec.data.model_copy(update={"batch_size": resolved})})
+
+
 def assemble(spec: ExperimentSpec, console: Console, progress: bool = True,
              callbacks: list[Callback] | None = None) -> Assembled:
     """Everything one variant trains with, built from its spec (weights loaded, caches filled)."""
@@ -149,6 +166,7 @@ def assemble(spec: ExperimentSpec, console: Console, progress: bool = True,
                                  [label for _, label in splits.train], splits.classes)
     channels_last = channels_last_for(spec, model, device)
     model.to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
+    spec = with_batch_size(spec, model, built.preprocessing.input_size, device, channels_last, len(splits.train))
     optimizer = build_optimizer(spec.optimizer, groups)
     plan = DataPlan.resolve(spec, device, splits, built.preprocessing)
     train_loader, eval_loaders = build_loaders(spec, plan, splits, built.preprocessing, device, channels_last, model,
@@ -168,6 +186,7 @@ def assemble(spec: ExperimentSpec, console: Console, progress: bool = True,
     trainer = Trainer(model, optimization, device=device, seed=spec.seed, precision=precision, forward=forward,
                       channels_last=channels_last and not features,
                       batch_transform=batch_mixer(spec.data, len(splits.classes)), callbacks=callbacks or [],
-                      progress=Progress(console, enabled=progress), on_bad_image=spec.data.on_bad_image)
+                      progress=Progress(console, enabled=progress), on_bad_image=spec.data.on_bad_image,
+                      tta_flip=spec.train.tta_flip)
     return Assembled(spec, trainer, train_loader, eval_loaders, plan, splits, built.preprocessing, groups,
                      built.weights_origin, device, precision, channels_last, selection_metric(spec, bool(splits.val)))

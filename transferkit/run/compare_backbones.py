@@ -47,8 +47,9 @@ class Row:
 
     @property
     def fit_option(self) -> str:
-        """The option `transferkit fit` takes to train this backbone."""
-        return f"--backbone {self.backbone}"
+        """The options `transferkit fit` takes to train this backbone with the weights the probe used."""
+        weights = f" --set backbone.weights={self.weights}" if self.weights else ""
+        return f"--backbone {self.backbone}{weights}"
 
     def to_dict(self) -> dict:
         """Plain data for compare.json."""

@@ -6,6 +6,7 @@ The CLI and scripts both go through this object, so whatever the CLI can do a sc
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,7 @@ from rich.console import Console
 
 from transferkit.callbacks.bad_images import BadImageReport
 from transferkit.callbacks.best import BestTracker
+from transferkit.callbacks.budget import Budget
 from transferkit.callbacks.checkpoint import Checkpoint, load_checkpoint
 from transferkit.callbacks.early_stopping import EarlyStopping
 from transferkit.callbacks.ema import EMA
@@ -24,16 +26,18 @@ from transferkit.device import describe_device, resolve_device
 from transferkit.engine.callbacks import Callback
 from transferkit.engine.trainer import Interrupted
 from transferkit.errors import NotRegisteredError, SpecError
+from transferkit.inference.evaluate import evaluate_run_dir
 from transferkit.files import atomic_write_text
 from transferkit.optim.lr_policies import describe_groups
 from transferkit.plugins import load_plugins
 from transferkit.recipe.check import check_contradictions
 from transferkit.recipe.messages import where_in_recipe
-from transferkit.recipe.spec import (ExperimentSpec, apply_overrides, dump_yaml, load_recipe, validate, variant_names,
-                                     variant_of)
+from transferkit.recipe.spec import (ExperimentSpec, apply_overrides, dump_yaml, load_recipe, parse_duration, validate,
+                                     variant_names, variant_of)
 from transferkit.registry import DATASETS, HEADS, LR_POLICIES, OPTIMIZERS, WEIGHT_SOURCES
 from transferkit.run import report
 from transferkit.run.assemble import Assembled, assemble
+from transferkit.run.probe import probe_head
 from transferkit.run.results import ExperimentResult, VariantResult, is_finished, read_summary, write_summary
 from transferkit.run.rundir import prepare_run_dir
 from transferkit.signals import GracefulStop, RunInterrupted
@@ -102,18 +106,21 @@ class Experiment:
 
     def run(self, variants: list[str] | None = None, output_dir: str | Path | None = None,
             device: str | None = None, console: Console | None = None, progress: bool = True,
-            resume: str | Path | None = None, resume_command=None) -> ExperimentResult:
+            resume: str | Path | None = None, resume_command=None, run_root: Path | None = None) -> ExperimentResult:
         """Train the chosen variants (default: all) one after another; print and save a comparison.
 
         `resume_command(run_root)`, when given, is printed with the first Ctrl-C, so the way back is on screen
-        even if a second Ctrl-C ends the process at once.
+        even if a second Ctrl-C ends the process at once. `run_root` names the run folder instead of the next
+        free `<output_dir>/<name>[-N]`.
         """
         console = console or Console(stderr=True)
         names = variants or self.variant_names
         specs = [self.variant_spec(n) for n in names]  # validate all before training any
         if device:
             specs = [s.model_copy(update={"train": s.train.model_copy(update={"device": device})}) for s in specs]
-        run_root = Path(resume) if resume else fresh_run_root(Path(output_dir or self.spec.output_dir), self.spec.name)
+        if run_root is None:
+            run_root = Path(resume) if resume else fresh_run_root(Path(output_dir or self.spec.output_dir),
+                                                                  self.spec.name)
         results: dict[str, VariantResult] = {}
         def notify(message: str) -> None:
             console.print(f"[yellow]{message}[/]", highlight=False)
@@ -128,6 +135,8 @@ class Experiment:
         result = ExperimentResult(self.spec.name, results, run_root)
         report.write_comparison(result)
         report.print_comparison(result, console)
+        for variant in results.values():  # per-class metrics and confusion matrix of each best checkpoint
+            evaluate_run_dir(variant.run_dir, "test", console, progress)
         return result
 
 
@@ -176,12 +185,15 @@ def run_variant(spec: ExperimentSpec, name: str, run_dir: Path, console: Console
     if resume and is_finished(run_dir):
         console.print(f"[bold]{name}[/]: finished already in {run_dir}; not re-trained")
         return read_summary(name, run_dir)
+    started = time.monotonic()
     if resolve_device(spec.train.device).type == "cpu":
         keep_freed_memory()  # activations are reused from the heap instead of page-faulted in every step
     parts = assemble(spec, console, progress)
     callbacks = variant_callbacks(spec, run_dir, parts.splits.classes, parts.preprocessing, parts.selection,
                                   console, name)
     trainer = parts.trainer
+    if spec.train.budget:
+        callbacks.append(Budget(parse_duration(spec.train.budget), started))
     for callback in callbacks:
         trainer.callbacks.append(callback)
     trainer.callbacks.sort(key=lambda cb: cb.order)
@@ -190,6 +202,10 @@ def run_variant(spec: ExperimentSpec, name: str, run_dir: Path, console: Console
         where = (f"step {trainer.partial['step']} of epoch {trainer.epoch + 1}" if trainer.partial
                  else f"epoch {trainer.epoch + 1}")
         console.print(f"[bold]{name}[/]: resuming at {where} from {run_dir / 'last.pt'}")
+    probe_seconds = 0.0
+    if spec.train.probe_epochs and trainer.epoch == 0 and trainer.partial is None:
+        probe_seconds = probe_head(parts, console)
+    setup_seconds = time.monotonic() - started - probe_seconds
     prepare_run_dir(run_dir)  # only now: a run that failed before training leaves no folder behind
     groups = describe_groups(parts.param_groups)
     atomic_write_text(run_dir / "spec.yaml", dump_yaml(spec))
@@ -205,10 +221,36 @@ def run_variant(spec: ExperimentSpec, name: str, run_dir: Path, console: Console
         console.print(f"[bold]{name}[/]: {trainer.stop_reason}", highlight=False)
     tracker = trainer.callback(BestTracker)
     bad = trainer.callback(BadImageReport)
+    timing = time_spent(trainer.history, setup_seconds, probe_seconds, time.monotonic() - started)
+    budget = trainer.callback(Budget)
+    if budget:
+        timing["budget_seconds"], timing["budget"] = budget.seconds, budget.note
+    console.print(f"[bold]{name}[/]: {describe_time(timing)}", highlight=False)
     result = VariantResult(name, trainer.history, groups, trainer.elapsed, run_dir, bad.skipped if bad else [],
-                           trainer.stop_reason, tracker.describe() if tracker else "")
+                           trainer.stop_reason, tracker.describe() if tracker else "", timing,
+                           tracker.best_epoch if tracker else 0)
     write_summary(result)
     return result
+
+
+def time_spent(history: list[dict], setup: float, probe: float, wall: float) -> dict:
+    """Where this process's wall time went: setup (weights, caches), probe, training steps, data wait, evaluation."""
+    train = sum(row["step_seconds"] for row in history)
+    wait = sum(row["data_wait_seconds"] for row in history)
+    evaluation = sum(row["epoch_seconds"] - row["step_seconds"] - row["data_wait_seconds"] for row in history)
+    return {"wall_seconds": wall, "setup_seconds": setup, "probe_seconds": probe, "train_step_seconds": train,
+            "data_wait_seconds": wait, "evaluation_seconds": evaluation}
+
+
+def describe_time(timing: dict) -> str:
+    """'time: 312s in all: 20s setup, 15s probe, 250s training steps, 3s waiting for data, 24s evaluation'."""
+    parts = [f"{timing['setup_seconds']:.0f}s setup (weights, caches)"]
+    if timing["probe_seconds"]:
+        parts.append(f"{timing['probe_seconds']:.0f}s linear probe")
+    parts += [f"{timing['train_step_seconds']:.0f}s training steps", f"{timing['data_wait_seconds']:.0f}s waiting "
+              f"for data", f"{timing['evaluation_seconds']:.0f}s evaluation"]
+    budget = f"; {timing['budget']}" if timing.get("budget") else ""
+    return f"time: {timing['wall_seconds']:.0f}s in all: {', '.join(parts)}{budget}"
 
 
 def _print_header(console: Console, name: str, parts: Assembled, groups: list[dict], run_dir: Path) -> None:
@@ -231,7 +273,7 @@ def _print_header(console: Console, name: str, parts: Assembled, groups: list[di
         console.print(f"  best.pt{' and early stopping' if t.early_stopping else ''}: selected on {parts.selection}",
                       highlight=False)
     if t.freeze_epochs:
-        console.print(f"  epochs 1-{t.freeze_epochs}: head only (backbone frozen); then the whole network",
-                      highlight=False)
+        frozen = "epoch 1" if t.freeze_epochs == 1 else f"epochs 1-{t.freeze_epochs}"
+        console.print(f"  {frozen}: head only (backbone frozen); then the whole network", highlight=False)
     for g in groups:
         console.print(f"  param group {g['name']:<24} {g['params']:>11,} params  lr {g['lr']:.3g}", highlight=False)

@@ -23,6 +23,8 @@ class VariantResult:
     skipped_images: list[str] = field(default_factory=list)
     stop_reason: str | None = None
     best: str = ""
+    timing: dict = field(default_factory=dict)
+    best_epoch: int = 0
 
     @property
     def final(self) -> dict:
@@ -39,7 +41,8 @@ class VariantResult:
         return {"name": self.name, "epochs": len(self.history), "final": self.final,
                 "best_test_accuracy": self.best_test_accuracy, "seconds": self.seconds,
                 "param_groups": self.param_groups, "skipped_images": self.skipped_images,
-                "stop_reason": self.stop_reason, "best_checkpoint": self.best}
+                "stop_reason": self.stop_reason, "best_checkpoint": self.best, "best_epoch": self.best_epoch,
+                "time": self.timing}
 
 
 @dataclass
@@ -70,4 +73,5 @@ def read_summary(name: str, run_dir: Path) -> VariantResult:
     history = json.loads((run_dir / "metrics.json").read_text())
     return VariantResult(name, history, summary["param_groups"], summary["seconds"], run_dir,
                          summary.get("skipped_images", []), summary.get("stop_reason"),
-                         summary.get("best_checkpoint", ""))
+                         summary.get("best_checkpoint", ""), summary.get("time", {}),
+                         summary.get("best_epoch", 0))

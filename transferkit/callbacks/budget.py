@@ -1,0 +1,64 @@
+"""A wall-time budget: after the first epoch, fit the number of epochs (and the LR schedule) to the time left."""
+
+from __future__ import annotations
+
+import math
+import time
+
+from transferkit.engine.callbacks import Callback
+
+FINISH_SHARE = 0.05  # of the budget, kept for writing the final files and the closing evaluation
+
+
+class Budget(Callback):
+    """Measures the first epoch trained in this process, then lowers `trainer.epochs` so the run ends inside
+    `seconds` (counted from `started`, the run's start, plus what earlier processes of a resumed run spent),
+    and re-sizes the schedule to the new length so it still anneals to its end. Each later epoch re-checks
+    the pace, and stops early if the epochs got slower."""
+
+    order = 5
+
+    def __init__(self, seconds: float, started: float | None = None):
+        self.seconds, self.started = seconds, started if started is not None else time.monotonic()
+        self.decided: int | None = None
+        self.spent_before = 0.0  # by earlier processes of a resumed run
+        self.note = ""
+
+    def spent(self) -> float:
+        """Seconds of the budget used so far."""
+        return self.spent_before + time.monotonic() - self.started
+
+    def on_fit_start(self, trainer) -> None:
+        self.cycle_start = time.monotonic()
+        self.cycles: list[float] = []
+        if self.decided is not None:
+            trainer.epochs = min(trainer.epochs, self.decided)
+
+    def on_epoch_end(self, trainer, epoch: int, row: dict) -> None:
+        now = time.monotonic()
+        self.cycles.append(now - self.cycle_start)  # an epoch with the previous one's checkpoint writes
+        self.cycle_start = now
+        per_epoch = sum(self.cycles) / len(self.cycles)
+        left = self.seconds * (1 - FINISH_SHARE) - self.spent()
+        if self.decided is None:
+            fits = epoch + max(0, math.floor(left / max(per_epoch, 1e-9)))
+            self.decided = max(epoch, min(trainer.epochs, fits))
+            if self.decided < trainer.epochs:
+                self.note = (f"budget {self.seconds:.0f}s: {per_epoch:.1f}s per epoch, so {self.decided} of "
+                             f"{trainer.epochs} epochs; the schedule is re-sized to them")
+                scheduler = trainer.optimization.scheduler
+                if scheduler is not None:
+                    for factor in {id(f): f for f in scheduler.lr_lambdas}.values():
+                        factor.resize(self.decided)
+                trainer.epochs = self.decided
+            else:
+                self.note = f"budget {self.seconds:.0f}s: all {trainer.epochs} epochs fit ({per_epoch:.1f}s each)"
+        elif epoch < trainer.epochs and per_epoch > left:  # slower than first measured: stop inside the budget
+            self.decided = trainer.epochs = epoch
+            self.note += f"; stopped after epoch {epoch}, as later epochs ran slower"
+
+    def state_dict(self) -> dict:
+        return {"decided": self.decided, "spent": self.spent(), "note": self.note}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.decided, self.spent_before, self.note = state["decided"], state["spent"], state["note"]

@@ -1,0 +1,1 @@
+"""Use what was trained: read checkpoints, predict, evaluate and export (after callbacks, before run)."""

@@ -1,0 +1,255 @@
+"""Evaluate a trained model on a labelled folder: metrics, confusion matrix, top losses, misclassified files."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from rich.console import Console
+from rich.table import Table
+
+from transferkit.data.folder import Samples, class_folders, scan_split
+from transferkit.errors import DataError, TransferkitError
+from transferkit.files import atomic_write_bytes, atomic_write_text
+from transferkit.inference.batches import ImagePreparer
+from transferkit.inference.feedback import feedback
+from transferkit.inference.metrics import classification_metrics, log_softmax
+from transferkit.inference.plots import confusion_png, top_losses_png
+from transferkit.inference.checkpoint_io import read_checkpoint
+from transferkit.inference.predictor import Predictor, TorchPredictor, softmax
+
+SPLIT_FOLDERS = {"test": ("test",), "val": ("val", "validation")}
+TOP_LOSSES = 16
+
+
+@dataclass
+class Evaluation:
+    """Metrics of one model on one labelled set, with a row per file (true, predicted, probability, loss)."""
+
+    metrics: dict
+    classes: list[str]
+    rows: list[dict]
+    unreadable: list[dict] = field(default_factory=list)
+
+    @property
+    def confusion(self) -> np.ndarray:
+        """counts[true, predicted]."""
+        return np.array(self.metrics["confusion_matrix"], dtype=np.int64)
+
+    @property
+    def misclassified(self) -> list[dict]:
+        """Wrong rows, most confidently wrong (highest loss) first."""
+        return sorted((r for r in self.rows if r["true_label"] != r["predicted_label"]), key=lambda r: -r["loss"])
+
+
+def check_classes(model_classes: list[str], folder: Path, folder_classes: list[str]) -> None:
+    """DataError listing the difference when a folder's class folders are not the model's classes."""
+    if sorted(model_classes) == sorted(folder_classes):
+        return
+    only_model = sorted(set(model_classes) - set(folder_classes))
+    only_folder = sorted(set(folder_classes) - set(model_classes))
+    raise DataError(f"{folder}: its classes differ from the model's: only in the model: {only_model or 'none'}; "
+                    f"only in the folder: {only_folder or 'none'}; evaluate on a folder with one sub-folder per "
+                    f"class the model was trained on")
+
+
+def folder_split(folder: str | Path, split: str) -> Path:
+    """`folder/test` (or val/validation) when there, else `folder` itself holding the class folders."""
+    folder = Path(folder).expanduser()
+    if not folder.is_dir():
+        raise DataError(f"{folder}: folder not found; give --data a folder of class sub-folders (or one with test/)")
+    for name in SPLIT_FOLDERS[split]:
+        if (folder / name).is_dir():
+            return folder / name
+    return folder
+
+
+def folder_samples(folder: str | Path, split: str, classes: list[str]) -> tuple[Samples, Path]:
+    """Labelled files of a class-per-folder set, labels indexing the model's `classes`."""
+    split_dir = folder_split(folder, split)
+    check_classes(classes, split_dir, class_folders(split_dir))
+    return scan_split(split_dir, classes), split_dir
+
+
+def recipe_samples(recipe: dict, split: str, classes: list[str]) -> tuple[Samples, Path]:
+    """The split the run trained with: its dataset, seed and data.limit, labels indexing the model's `classes`."""
+    from transferkit.plugins import load_plugins
+    from transferkit.recipe.spec import ExperimentSpec
+    from transferkit.registry import DATASETS
+
+    load_plugins()
+    spec = ExperimentSpec.model_validate(recipe)
+    try:
+        splits = DATASETS.get(spec.data.dataset)(spec.data, spec.seed)
+    except TransferkitError as exc:
+        raise DataError(f"the run's data cannot be read ({exc}); pass --data FOLDER (in Python: a folder)") from None
+    if spec.data.limit:  # the same seeded trim, in the same order, as training's: the very files it was tested on
+        generator = torch.Generator().manual_seed(spec.seed)
+
+        def trim(samples):
+            if samples is None or len(samples) <= spec.data.limit:
+                return samples
+            keep = sorted(torch.randperm(len(samples), generator=generator)[: spec.data.limit].tolist())
+            return [samples[i] for i in keep]
+
+        splits.train, splits.test, splits.val = trim(splits.train), trim(splits.test), trim(splits.val)
+    samples = splits.test if split == "test" else splits.val
+    where = Path(splits.root or spec.data.root or spec.data.dataset)
+    if not samples:
+        raise DataError(f"{where}: the run's data has no {split} split; use --split test or pass --data FOLDER")
+    check_classes(classes, where, splits.classes)
+    index = {name: i for i, name in enumerate(classes)}
+    return [(path, index[splits.classes[label]]) for path, label in samples], where
+
+
+def evaluate_samples(predictor: Predictor, samples: Samples, console: Console | None = None,
+                     progress: bool = False) -> Evaluation:
+    """Predict every sample and compute the metrics; unreadable files are left out and listed."""
+    console = console or Console(stderr=True)
+    paths = [path for path, _ in samples]
+    logits_parts, targets, rows, unreadable = [], [], [], []
+    with feedback(console, "evaluate", len(paths), progress) as bar:
+        for batch, logits in predictor.scored_batches(paths):
+            for position, error in batch.errors.items():
+                unreadable.append({"path": str(paths[position]), "error": error})
+            labels = np.array([samples[p][1] for p in batch.positions], dtype=np.int64)
+            if len(labels):
+                logits_parts.append(logits)
+                targets.append(labels)
+                probabilities, log_p = softmax(logits), log_softmax(logits)
+                for row, position in enumerate(batch.positions):
+                    best = int(probabilities[row].argmax())
+                    rows.append({"path": str(paths[position]), "true_label": predictor.classes[labels[row]],
+                                 "predicted_label": predictor.classes[best],
+                                 "probability": float(probabilities[row, best]),
+                                 "true_probability": float(probabilities[row, labels[row]]),
+                                 "loss": float(-log_p[row, labels[row]])})
+            bar.advance(batch.count)
+    if not rows:
+        raise DataError(f"no readable images among the {len(paths)} to evaluate; check the files with "
+                        f"`transferkit check-data`")
+    all_logits = np.concatenate(logits_parts)
+    metrics = classification_metrics(all_logits, np.concatenate(targets), predictor.classes)
+    metrics["unreadable"] = unreadable
+    return Evaluation(metrics, list(predictor.classes), rows, unreadable)
+
+
+def _csv(rows: list[dict] | list[list], header: list[str] | None = None) -> str:
+    out = io.StringIO()
+    if header is None:
+        writer = csv.writer(out)
+        writer.writerows(rows)
+    else:
+        writer = csv.DictWriter(out, fieldnames=header)
+        writer.writeheader()
+        writer.writerows(rows)
+    return out.getvalue()
+
+
+def top_loss_images(predictor: Predictor, wrong: list[dict]) -> tuple[list[np.ndarray], list[str]]:
+    """The model's view (resized, centre-cropped) of the most confidently wrong files, with captions."""
+    prepare = ImagePreparer(predictor.preprocessing)
+    images, captions = [], []
+    for row in wrong[:TOP_LOSSES]:
+        images.append(prepare(row["path"]).permute(1, 2, 0).numpy())
+        captions.append(f"{Path(row['path']).name[:28]}\ntrue {row['true_label']}, predicted "
+                        f"{row['predicted_label']}\np={row['probability']:.2f} (true {row['true_probability']:.2f})")
+    return images, captions
+
+
+def write_evaluation(result: Evaluation, predictor: Predictor, output: Path, title: str) -> None:
+    """confusion_matrix.csv/.png, top_losses.png, misclassified.csv, predictions.csv, per_class.csv, then metrics.json."""
+    output = Path(output)
+    classes = result.classes
+    matrix = [["true \\ predicted", *classes]] + [[name, *row] for name, row in zip(classes, result.metrics["confusion_matrix"])]
+    atomic_write_text(output / "confusion_matrix.csv", _csv(matrix))
+    atomic_write_bytes(output / "confusion_matrix.png", confusion_png(result.confusion, classes, title))
+    wrong = result.misclassified
+    images, captions = top_loss_images(predictor, wrong)
+    atomic_write_bytes(output / "top_losses.png", top_losses_png(images, captions, f"{title}: top losses"))
+    columns = ["path", "true_label", "predicted_label", "probability", "true_probability", "loss"]
+    atomic_write_text(output / "misclassified.csv", _csv(wrong, columns))
+    atomic_write_text(output / "predictions.csv", _csv(result.rows, columns))
+    atomic_write_text(output / "per_class.csv", _csv(result.metrics["per_class"],
+                                                     ["class", "precision", "recall", "f1", "support"]))
+    atomic_write_text(output / "metrics.json", json.dumps(result.metrics, indent=2))  # last: the set is complete
+
+
+def print_evaluation(result: Evaluation, console: Console, title: str) -> None:
+    """The per-class table with macro and weighted averages, then loss and accuracy on one line."""
+    m = result.metrics
+    table = Table(title=title)
+    for column in ("class", "precision", "recall", "f1", "support"):
+        table.add_column(column, justify="left" if column == "class" else "right")
+    for row in m["per_class"]:
+        table.add_row(row["class"], f"{row['precision']:.3f}", f"{row['recall']:.3f}", f"{row['f1']:.3f}",
+                      str(row["support"]))
+    table.add_section()
+    for name in ("macro", "weighted"):
+        avg = m[f"{name}_avg"]
+        table.add_row(f"{name} avg", f"{avg['precision']:.3f}", f"{avg['recall']:.3f}", f"{avg['f1']:.3f}",
+                      str(avg["support"]))
+    console.print(table)
+    top5 = f", top-5 {m['top5_accuracy']:.3f}" if "top5_accuracy" in m else ""
+    console.print(f"{m['images']} images: loss {m['loss']:.4f}, top-1 {m['top1_accuracy']:.3f}{top5}")
+
+
+def print_unreadable(result: Evaluation, console: Console) -> None:
+    """One line per file left out because it could not be read."""
+    for bad in result.unreadable:
+        console.print(f"[yellow]unreadable, left out:[/] {bad['path']}: {bad['error']}", highlight=False, soft_wrap=True)
+
+
+def evaluate_folder(predictor: Predictor, folder: str | Path | None, split: str = "test",
+                    output: str | Path | None = None, console: Console | None = None,
+                    progress: bool = False) -> Evaluation:
+    """Evaluate on `folder` (or, when None, the split the run trained with); write the files when `output` is set."""
+    if split not in SPLIT_FOLDERS:
+        raise TransferkitError(f"--split {split}: use test or val")
+    console = console or Console(stderr=True)
+    if folder is None:
+        samples, where = recipe_samples(predictor.recipe, split, predictor.classes)
+    else:
+        samples, where = folder_samples(folder, split, predictor.classes)
+    result = evaluate_samples(predictor, samples, console, progress)
+    result.metrics.update(model=str(predictor.source), data=str(where), split=split, classes=predictor.classes)
+    if output is not None:
+        write_evaluation(result, predictor, Path(output), f"{predictor.source.parent.name}: {split}")
+    return result
+
+
+def default_output(predictor: Predictor, split: str) -> Path:
+    """`<run>/evaluation/<split>/`, <run> being the folder the checkpoint or ONNX file is in."""
+    return predictor.source.parent / "evaluation" / split
+
+
+def evaluate_run_dir(variant_dir: str | Path, split: str = "test", console: Console | None = None,
+                     progress: bool = False) -> Evaluation | None:
+    """Evaluate a finished variant's best checkpoint on the split it trained with, into `<variant>/evaluation/<split>/`.
+
+    Training has already succeeded, so a problem here (no checkpoint, data gone) is printed, not raised.
+    """
+    console = console or Console(stderr=True)
+    variant_dir = Path(variant_dir)
+    if not any((variant_dir / name).is_file() for name in ("best.pt", "last.pt")):
+        console.print(f"[yellow]{variant_dir.name}: no checkpoint saved (train.checkpoint: false); not evaluated[/]")
+        return None
+    try:
+        checkpoint = read_checkpoint(variant_dir)
+        predictor = TorchPredictor(checkpoint, device=checkpoint.recipe.get("train", {}).get("device", "auto"))
+        output = default_output(predictor, split)
+        result = evaluate_folder(predictor, None, split, output, console, progress and console.is_terminal)
+    except TransferkitError as exc:
+        console.print(f"[yellow]{variant_dir.name}: evaluation skipped: {exc}[/]", highlight=False, soft_wrap=True)
+        return None
+    m = result.metrics
+    top5 = f", top-5 {m['top5_accuracy']:.3f}" if "top5_accuracy" in m else ""
+    console.print(f"[bold]{variant_dir.name}[/]: best checkpoint on {split}: top-1 {m['top1_accuracy']:.3f}{top5}, "
+                  f"macro F1 {m['macro_avg']['f1']:.3f} -> {output}", highlight=False, soft_wrap=True)
+    print_unreadable(result, console)
+    return result

@@ -1,0 +1,146 @@
+"""Export a checkpoint's model as ONNX or TorchScript, normalisation and metadata inside, checked against PyTorch."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from transferkit.errors import TransferkitError
+from transferkit.inference.batches import ImagePreparer, read_batches
+from transferkit.inference.onnx_metadata import export_metadata
+from transferkit.inference.predictor import TorchPredictor, softmax
+
+FORMATS = {"onnx": "model.onnx", "torchscript": "model.torchscript.pt"}
+TOLERANCE = 1e-4  # largest allowed difference of any class probability between the export and PyTorch
+DEFAULT_CHECK = 16
+TORCHSCRIPT_METADATA = "transferkit.json"
+
+
+class ExportError(TransferkitError):
+    """An export that could not be written, or that does not give the PyTorch model's answers."""
+
+
+@dataclass
+class ExportResult:
+    """Where the export went and how closely it matched the PyTorch model."""
+
+    path: Path
+    format: str
+    checked: int
+    check_images: str
+    max_probability_difference: float
+    max_logit_difference: float
+    same_labels: int
+
+
+def check_images(predictor: TorchPredictor, count: int) -> tuple[torch.Tensor, str]:
+    """Up to `count` of the run's test images when its folder is there, else seeded random ones."""
+    size = predictor.preprocessing.input_size
+    data = predictor.checkpoint.recipe.get("data", {})
+    root = data.get("root")
+    if data.get("dataset") == "folder" and root and Path(root).expanduser().is_dir():
+        from transferkit.inference.evaluate import recipe_samples
+
+        try:
+            samples, where = recipe_samples(predictor.checkpoint.recipe, "test", predictor.classes)
+        except TransferkitError:
+            samples = []
+        step = max(1, len(samples) // count)
+        paths = [path for path, _ in samples[::step][:count]]
+        images = [b.images for b in read_batches(paths, ImagePreparer(predictor.preprocessing), 64) if b.positions]
+        if images:
+            return torch.cat(images), f"test images from {where}"
+    generator = torch.Generator().manual_seed(0)
+    return torch.randint(0, 256, (count, 3, size, size), dtype=torch.uint8, generator=generator), "synthetic images"
+
+
+def _onnx(model: torch.nn.Module, example: torch.Tensor, path: Path, metadata: dict[str, str]) -> None:
+    try:
+        import onnx
+    except ImportError:
+        raise ExportError("ONNX export needs onnx, onnxscript and onnxruntime; install the export extra: "
+                          "pip install 'transferkit[export]'") from None
+    batch = torch.export.Dim("batch", min=1, max=65536)
+    torch.onnx.export(model, (example,), str(path), dynamo=True, input_names=["images"], output_names=["logits"],
+                      dynamic_shapes=({0: batch},), external_data=False, verbose=False)
+    proto = onnx.load(str(path))
+    for key, value in metadata.items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value
+    onnx.checker.check_model(proto)
+    onnx.save(proto, str(path))
+
+
+def _torchscript(model: torch.nn.Module, example: torch.Tensor, path: Path, metadata: dict[str, str]) -> None:
+    traced = torch.jit.trace(model, example)
+    torch.jit.save(traced, str(path), _extra_files={TORCHSCRIPT_METADATA: json.dumps(metadata)})
+
+
+def exported_logits(path: Path, fmt: str, images: torch.Tensor) -> np.ndarray:
+    """Logits of the exported file: all images as one batch, then the first alone (the batch axis is dynamic)."""
+    x = images.float()
+    if fmt == "onnx":
+        from transferkit.inference.onnx_predictor import onnxruntime
+
+        session = onnxruntime().InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        name = session.get_inputs()[0].name
+        run = lambda batch: session.run(None, {name: batch.numpy()})[0]  # noqa: E731
+    else:
+        module = torch.jit.load(str(path), map_location="cpu")
+        run = lambda batch: module(batch).detach().numpy()  # noqa: E731
+    together = run(x)
+    alone = run(x[:1])
+    if not np.allclose(alone, together[:1], atol=1e-4, rtol=1e-4):
+        raise ExportError(f"{path}: a batch of one gives other logits than the same image in a batch; "
+                          f"the export's batch axis is not dynamic")
+    return together
+
+
+def export_model(predictor: TorchPredictor, fmt: str = "onnx", path: str | Path | None = None,
+                 check: int | None = None) -> ExportResult:
+    """Write the model, check it on `check` images (default 16; 0 skips) and move it into place only if it agrees."""
+    if fmt not in FORMATS:
+        raise ExportError(f"--format {fmt}: use onnx or torchscript")
+    path = Path(path).expanduser() if path else predictor.source.parent / FORMATS[fmt]
+    count = DEFAULT_CHECK if check is None else check
+    size = predictor.preprocessing.input_size
+    model = copy.deepcopy(predictor.model).cpu().float().to(memory_format=torch.contiguous_format).eval()
+    example = torch.randint(0, 256, (2, 3, size, size), generator=torch.Generator().manual_seed(0)).float()
+    metadata = export_metadata(predictor.classes, predictor.preprocessing.to_dict(), predictor.checkpoint.recipe)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # torch.jit and the legacy paths announce deprecation
+            warnings.simplefilter("ignore", DeprecationWarning)
+            try:
+                (_onnx if fmt == "onnx" else _torchscript)(model, example, tmp, metadata)
+            except ExportError:
+                raise
+            except Exception as exc:  # the exporters' own errors: an operator or construct they cannot express
+                reason = " ".join(str(exc).split())[:200]
+                raise ExportError(f"{path}: {fmt} export failed ({type(exc).__name__}: {reason}); "
+                                  f"add --debug for the traceback") from exc
+            result = ExportResult(path, fmt, 0, "none", float("nan"), float("nan"), 0)
+            if count > 0:
+                images, where = check_images(predictor, count)
+                expected = predictor.logits(images)
+                got = exported_logits(tmp, fmt, images)
+                p_diff = float(np.abs(softmax(got) - softmax(expected)).max())
+                same = int((got.argmax(1) == expected.argmax(1)).sum())
+                result = ExportResult(path, fmt, len(images), where, p_diff, float(np.abs(got - expected).max()), same)
+                if not p_diff <= TOLERANCE:
+                    raise ExportError(f"{path}: the {fmt} export differs from the PyTorch model by {p_diff:.2e} in "
+                                      f"probability on {len(images)} {where} (tolerance {TOLERANCE:.0e}); not "
+                                      f"written. Re-run with --debug and report it")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return result

@@ -1,0 +1,71 @@
+"""An exported ONNX model run with ONNX Runtime: classes and preprocessing from its metadata, no checkpoint or recipe."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from transferkit.errors import TransferkitError
+from transferkit.inference.batches import default_decode_threads
+from transferkit.inference.checkpoint_io import CheckpointError
+from transferkit.inference.onnx_metadata import EXPORT_FORMAT, FORMAT_KEY
+from transferkit.inference.predictor import Predictor
+from transferkit.model.preprocess import Preprocessing
+
+INSTALL_HINT = "install the export extra: pip install 'transferkit[export]'"
+
+
+def onnxruntime():
+    """The onnxruntime module, or a one-line error saying how to install it."""
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise TransferkitError(f"ONNX Runtime is not installed; {INSTALL_HINT}") from None
+    ort.set_default_logger_severity(3)  # its warnings (e.g. unused initializers) are not the user's to fix
+    return ort
+
+
+def providers_for(device: str, available: list[str]) -> tuple[list[str], torch.device]:
+    """ONNX Runtime execution providers for 'auto', 'cpu' or 'cuda[:N]'."""
+    if device == "cpu" or (device == "auto" and "CUDAExecutionProvider" not in available):
+        return ["CPUExecutionProvider"], torch.device("cpu")
+    if device.startswith("cuda") or device == "auto":
+        if "CUDAExecutionProvider" not in available:
+            raise TransferkitError(f"--device {device}: this ONNX Runtime has no CUDA provider "
+                                   f"(it has {', '.join(available)}); use --device cpu or install onnxruntime-gpu")
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"], torch.device("cuda")
+    raise TransferkitError(f"--device {device}: ONNX models run on auto, cpu or cuda")
+
+
+class OnnxPredictor(Predictor):
+    """Predicts with an ONNX file written by `transferkit export`; the same answers as its checkpoint."""
+
+    def __init__(self, path: str | Path, device: str = "auto", batch_size: int | None = None,
+                 decode_threads: int | None = None):
+        ort = onnxruntime()
+        self.source = Path(path).expanduser()
+        if not self.source.is_file():
+            raise TransferkitError(f"{self.source}: ONNX file not found; check the path or run `transferkit export`")
+        providers, self.device = providers_for(str(device), ort.get_available_providers())
+        try:
+            self.session = ort.InferenceSession(str(self.source), providers=providers)
+        except Exception as exc:  # onnxruntime raises its own classes for bad protobuf, missing ops, bad graphs
+            reason = " ".join(str(exc).split())[:200]
+            raise CheckpointError(f"{self.source}: not a readable ONNX model ({reason}); export it again") from None
+        meta = self.session.get_modelmeta().custom_metadata_map
+        if meta.get(FORMAT_KEY) != EXPORT_FORMAT:
+            raise CheckpointError(f"{self.source}: an ONNX model not exported by transferkit (no {FORMAT_KEY} "
+                                  f"metadata); export it with `transferkit export RUN_DIR --format onnx`")
+        self.classes = json.loads(meta["transferkit.classes"])
+        self.preprocessing = Preprocessing.from_dict(json.loads(meta["transferkit.preprocessing"]))
+        self.recipe = json.loads(meta["transferkit.recipe"])
+        self.input_name = self.session.get_inputs()[0].name
+        self.batch_size = batch_size or (8 if self.device.type == "cpu" else 64)
+        self.decode_threads = decode_threads or default_decode_threads(self.device)
+
+    def logits(self, images: torch.Tensor) -> np.ndarray:
+        """Class logits (N, C) of uint8 (N, 3, S, S) images, from ONNX Runtime."""
+        return self.session.run(None, {self.input_name: images.numpy().astype(np.float32)})[0]

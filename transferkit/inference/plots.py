@@ -1,0 +1,72 @@
+"""PNG pictures of an evaluation: the confusion matrix (counts and row-normalised) and the top-losses grid."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _png(fig) -> bytes:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100)
+    _pyplot().close(fig)
+    return buffer.getvalue()
+
+
+def confusion_png(counts: np.ndarray, classes: list[str], title: str) -> bytes:
+    """Two panels: counts, and each true class's row divided by its support; cells annotated up to 30 classes."""
+    plt = _pyplot()
+    support = counts.sum(axis=1, keepdims=True)
+    normalised = np.divide(counts, support, out=np.zeros(counts.shape, dtype=np.float64), where=support > 0)
+    n = len(classes)
+    side = min(24.0, max(4.5, 0.45 * n + 2.5))
+    fig, axes = plt.subplots(1, 2, figsize=(2 * side + 1, side + 0.6))
+    for ax, values, name, fmt in ((axes[0], counts, "counts", "d"), (axes[1], normalised, "row-normalised (recall)", ".2f")):
+        image = ax.imshow(values, cmap="Blues", vmin=0, vmax=max(1e-9, values.max()) if fmt == "d" else 1.0)
+        fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
+        ax.set_title(name)
+        ax.set_xlabel("predicted")
+        ax.set_ylabel("true")
+        ax.set_xticks(range(n), classes, rotation=90 if n > 4 else 0)
+        ax.set_yticks(range(n), classes)
+        if n <= 30:
+            threshold = values.max() / 2
+            for i in range(n):
+                for j in range(n):
+                    ax.text(j, i, format(values[i, j], fmt), ha="center", va="center", fontsize=8,
+                            color="white" if values[i, j] > threshold else "black")
+    fig.suptitle(title)
+    fig.tight_layout()
+    return _png(fig)
+
+
+def top_losses_png(images: list[np.ndarray], captions: list[str], title: str, columns: int = 4) -> bytes:
+    """A grid of (H, W, 3) uint8 images, each with its caption; a note instead when there are none."""
+    plt = _pyplot()
+    if not images:
+        fig, ax = plt.subplots(figsize=(5, 1.5))
+        ax.axis("off")
+        ax.text(0.5, 0.5, "no misclassified images", ha="center", va="center", fontsize=12)
+        fig.suptitle(title)
+        return _png(fig)
+    columns = min(columns, len(images))
+    rows = (len(images) + columns - 1) // columns
+    fig, axes = plt.subplots(rows, columns, figsize=(2.5 * columns, 2.9 * rows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, image, caption in zip(axes.flat, images, captions):
+        ax.imshow(image)
+        ax.set_title(caption, fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.35 / fig.get_figheight()))  # keep the title clear of the first captions
+    return _png(fig)

