@@ -182,6 +182,36 @@ def lr_find(recipe: str = typer.Argument(..., help="recipe YAML file, or a plugi
     out.print(f"--set optimizer.lr={result.suggestion:.3g}", markup=False, highlight=False)
 
 
+@app.command("compare-backbones")
+def compare_backbones(folder: Path = typer.Argument(..., help="data folder: train/ and test/ class folders (val/ optional)"),
+                      patterns: list[str] = typer.Argument(None, help="backbones, wildcards or name:weights "
+                                                                      "(default: every one with weights here)"),
+                      epochs: int = typer.Option(10, "--epochs", min=1, help="epochs of the linear probe"),
+                      image_size: Optional[int] = typer.Option(None, "--image-size", min=8,
+                                                               help="crop size (default: each backbone's own)"),
+                      limit: Optional[int] = typer.Option(None, "--limit", min=2, help="at most N images per split"),
+                      output: Path = typer.Option(Path("runs/compare-backbones"), "--output",
+                                                  help="folder for compare.json and compare.png"),
+                      device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps"),
+                      progress: bool = typer.Option(True, "--progress/--no-progress", help="show progress bars")) -> None:
+    """Rank backbones by a linear probe on cached features; print the --backbone line `fit` would use."""
+    import time
+    from dataclasses import asdict
+
+    _api()
+    from transferkit.run.compare_backbones import ProbeSettings, rank_backbones
+    from transferkit.run.compare_report import print_ranking, write_outputs
+
+    settings = ProbeSettings(epochs=epochs, image_size=image_size, limit=limit, device=device)
+    started = time.perf_counter()
+    rows = rank_backbones(folder, patterns or [], settings, err, progress)
+    seconds = time.perf_counter() - started
+    write_outputs(rows, output, {"folder": str(folder), "patterns": patterns or [], **asdict(settings)}, seconds)
+    print_ranking(rows, out, seconds)
+    err.print(f"compare.json and compare.png in {output}", highlight=False, soft_wrap=True)
+    out.print(rows[0].fit_option, markup=False, highlight=False)
+
+
 @app.command("list-backbones")
 def list_backbones(pattern: Optional[str] = typer.Argument(None, metavar="[PATTERN]", help="shell-style wildcard, e.g. 'resnet*' or 'timm/vit_*'"),
                    source: Optional[str] = typer.Option(None, "--source", metavar="SOURCE", autocompletion=_complete_source,

