@@ -138,7 +138,9 @@ def test_listing_commands():
     assert "in1k" in invoke("list-weights", "timm/tf_efficientnet_lite0").output
 
 
-def test_shell_completion_completes_commands_and_choices():
+def test_shell_completion_completes_commands_and_choices(monkeypatch):
+    # Typer otherwise asks shellingham for the parent shell, which a CI job without a terminal does not have
+    monkeypatch.setenv("_TYPER_COMPLETE_TEST_DISABLE_SHELL_DETECTION", "1")
     script = CliRunner().invoke(app, ["--show-completion", "bash"], prog_name="transferkit")
     assert script.exit_code == 0 and "_TRANSFERKIT_COMPLETE=complete_bash" in script.output
 
