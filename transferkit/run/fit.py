@@ -8,6 +8,7 @@ from pathlib import Path
 
 from transferkit.data.folder import is_image_file
 from transferkit.errors import DataError, SpecError
+from transferkit.model.offline_weights import availability
 from transferkit.recipe.merge import deep_merge
 from transferkit.recipe.presets import PRESETS
 from transferkit.registry import WEIGHT_SOURCES
@@ -68,7 +69,11 @@ def fit_recipe(folder: str | Path, preset: str = "balanced", backbone: str | Non
         raise SpecError(f"--preset {preset}: use one of {', '.join(PRESETS)}")
     root = Path(folder).expanduser()
     data, n_train = data_settings(root, seed)
-    name, weights = (backbone, None) if backbone else default_backbone()
+    if backbone:  # the weights already on this machine when there are some (a packaged source, a cached file)
+        found = availability(backbone)
+        name, weights = backbone, found.weights if found.available else None
+    else:
+        name, weights = default_backbone()
     base = re.sub(r"[^A-Za-z0-9_.-]+", "-", root.resolve().name).strip("-._") or "fit"
     recipe = {
         "name": f"{base}-{preset}",
