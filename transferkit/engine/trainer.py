@@ -223,21 +223,25 @@ class Trainer:
                 logits = (logits.float() + self.forward(images.flip(-1)).float()) / 2
         return logits
 
-    @torch.no_grad()
-    def predict(self, loader, label: str = "predict") -> tuple[torch.Tensor, torch.Tensor, list[BadImage]]:
-        """Logits (N, classes) in fp32 on the CPU and labels (N,) of every readable sample, in loader order,
-        and the unreadable ones."""
+    def _eval_batches(self, loader, label: str, bad: list[BadImage]):
+        """(logits, labels) of each readable batch in eval mode, with a progress bar; unreadable files into `bad`."""
         self.model.eval()
-        logits_all, labels_all, bad = [], [], []
         with self.progress.task(label, total=len(loader)) as task:
             for batch in loader:
                 task.advance()
                 if not self._handle_bad(batch, bad):
                     continue
                 images, labels = self.to_device(batch)
-                logits = self._eval_logits(images)
-                logits_all.append(logits.float().cpu())
-                labels_all.append(labels.cpu())
+                yield self._eval_logits(images), labels
+
+    @torch.no_grad()
+    def predict(self, loader, label: str = "predict") -> tuple[torch.Tensor, torch.Tensor, list[BadImage]]:
+        """Logits (N, classes) in fp32 on the CPU and labels (N,) of every readable sample, in loader order,
+        and the unreadable ones."""
+        logits_all, labels_all, bad = [], [], []
+        for logits, labels in self._eval_batches(loader, label, bad):
+            logits_all.append(logits.float().cpu())
+            labels_all.append(labels.cpu())
         if not logits_all:
             return torch.empty(0, 0), torch.empty(0, dtype=torch.long), bad
         return torch.cat(logits_all), torch.cat(labels_all), bad
@@ -245,21 +249,14 @@ class Trainer:
     @torch.no_grad()
     def evaluate(self, loader, label: str = "test") -> EpochStats:
         """Mean loss and accuracy over a loader in eval mode (class weights do not weigh the reported loss)."""
-        self.model.eval()
         loss_sum = torch.zeros((), device=self.device, dtype=torch.float64)
         correct = torch.zeros((), device=self.device, dtype=torch.int64)
         examples, bad, start = 0, [], time.perf_counter()
         criterion = nn.CrossEntropyLoss(reduction="sum", label_smoothing=self.optimization.criterion.label_smoothing)
-        with self.progress.task(f"{label}", total=len(loader)) as task:
-            for batch in loader:
-                task.advance()
-                if not self._handle_bad(batch, bad):
-                    continue
-                images, labels = self.to_device(batch)
-                logits = self._eval_logits(images)
-                loss_sum += criterion(logits.float(), labels)
-                correct += (logits.argmax(1) == labels).sum()
-                examples += labels.numel()
+        for logits, labels in self._eval_batches(loader, label, bad):
+            loss_sum += criterion(logits.float(), labels)
+            correct += (logits.argmax(1) == labels).sum()
+            examples += labels.numel()
         if examples == 0:
             raise DataError(f"no readable {label} images; run `transferkit check-data` on the data root")
         return EpochStats(loss_sum.item() / examples, correct.item() / examples, examples,

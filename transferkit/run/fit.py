@@ -84,7 +84,10 @@ def fit_recipe(folder: str | Path, preset: str = "balanced", backbone: str | Non
         "data": data,
         "train": {"epochs": epochs_for(preset, n_train), "device": device, "best_metric": "val_accuracy"},
     }
-    recipe = deep_merge(PRESETS[preset], recipe)  # the preset's rules written out, so the recipe shows them
+    merged = deep_merge(PRESETS[preset], recipe)  # the preset's rules written out, so the recipe shows them
+    order = ["name", "description", "preset", "seed", "base_variant", "backbone", "head", "data", "optimizer",
+             "lr_policy", "schedule", "train"]
+    recipe = {key: merged[key] for key in order if key in merged}
     if preset == "balanced" and cpu:
         recipe["data"]["image_size"] = 160  # on a CPU, fine-tuning at 160 px costs half the 224 px steps
     if budget:
