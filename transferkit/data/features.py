@@ -17,7 +17,8 @@ import torch
 from rich.console import Console
 from torch.utils.data import DataLoader, Dataset
 
-from transferkit.data.loading import BadImage, EpochSampler, ImageFileDataset, batch_to_device, collate, make_loader
+from transferkit.data.loading import (BadImage, EpochSampler, ImageFileDataset, Shard, batch_to_device, collate,
+                                      make_loader)
 from transferkit.device import autocast
 from transferkit.model.transfer import TransferModel
 from transferkit.recipe.spec import ExperimentSpec
@@ -107,16 +108,17 @@ def cached_split(extractor: Extractor, dataset: Dataset, views: int, batch_size:
 
 
 def feature_loader(features: FeatureSet, batch_size: int, shuffle: bool, seed: int,
-                   weights: torch.Tensor | None = None) -> DataLoader:
-    """Batches of cached features in the same (seed, epoch) order as the image loader would give; like it, a
-    lone last training sample is dropped (batch norm in an mlp head cannot take it)."""
-    return DataLoader(features, batch_size=batch_size, sampler=EpochSampler(len(features), seed, shuffle, weights),
-                      collate_fn=collate, num_workers=0, drop_last=shuffle and len(features) % batch_size == 1)
+                   weights: torch.Tensor | None = None, shard: Shard = Shard()) -> DataLoader:
+    """Batches of cached features in the same (seed, epoch) order, sharding and last-batch rule as the image
+    loader's (`make_loader`)."""
+    sampler = EpochSampler(len(features), seed, shuffle, weights, batch=batch_size if shuffle else None, shard=shard)
+    return DataLoader(features, batch_size=batch_size // shard.world if shuffle else batch_size, sampler=sampler,
+                      collate_fn=collate, num_workers=0)
 
 
 def cache_features(extractor: Extractor, spec: ExperimentSpec, train_ds: ImageFileDataset, eval_sets: dict,
                    eval_batch: int, num_workers: int, console: Console,
-                   weights: torch.Tensor | None = None) -> tuple[DataLoader, dict[str, DataLoader]]:
+                   weights: torch.Tensor | None = None, shard: Shard = Shard()) -> tuple[DataLoader, dict[str, DataLoader]]:
     """Extract the frozen backbone's features once: a training loader and one loader per evaluation split."""
     started = time.perf_counter()
     views = spec.lr_policy.cache_views
@@ -124,8 +126,8 @@ def cache_features(extractor: Extractor, spec: ExperimentSpec, train_ds: ImageFi
                                                      train_ds.decode)
     train = cached_split(extractor, source, max(1, views), eval_batch, spec.seed, num_workers)
     evals = {split: feature_loader(cached_split(extractor, ds, 1, eval_batch, spec.seed, num_workers), eval_batch,
-                                   False, spec.seed) for split, ds in eval_sets.items()}
+                                   False, spec.seed, shard=shard) for split, ds in eval_sets.items()}
     console.print(f"  feature cache: {len(train)} train images x {max(1, views)} "
                   f"{'augmented view(s)' if views else 'eval view'}, {train.views.shape[-1]} features, "
                   f"computed in {time.perf_counter() - started:.1f}s")
-    return feature_loader(train, spec.data.batch_size, True, spec.seed, weights), evals
+    return feature_loader(train, spec.data.batch_size, True, spec.seed, weights, shard), evals

@@ -188,6 +188,7 @@ class TrainSpec(_Spec):
     class_weights: Literal["none", "auto"] | list[float] = Field("none", description="per-class loss weights: none, auto (inverse class frequency ^ class_weight_power), or one weight per class")
     class_weight_power: float = Field(1.0, ge=0.0, description="auto class weights: (1 / frequency) ^ power (0.5 softens them)")
     loggers: list[Literal["csv", "tensorboard"]] = Field(default_factory=lambda: ["csv"], description="metric writers: csv (metrics.csv/json), tensorboard (event files under tensorboard/)")
+    sync_batchnorm: bool = Field(False, description="under torchrun with several processes: batch norm statistics over the whole global batch (SyncBatchNorm) instead of each process's share")
 
     @field_validator("device")
     @classmethod
