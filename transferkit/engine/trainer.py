@@ -181,7 +181,8 @@ class Trainer:
         place = self.placement
 
         def check(losses: list[torch.Tensor]) -> None:  # summed over processes, so all raise at the same step
-            opt.check_finite([place.sum_tensor(torch.stack(losses))] if place.distributed else losses, epoch, step)
+            opt.check_finite(list(place.sum_tensor(torch.stack(losses)).unbind()) if place.distributed else losses,
+                             epoch, step)
 
         def progress_so_far() -> dict:
             if pending:
