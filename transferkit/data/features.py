@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from rich.console import Console
@@ -58,12 +59,16 @@ class FeatureSet(Dataset):
 
 @dataclass
 class Extractor:
-    """What feature extraction runs on: the model (its `features`), device, precision and memory format."""
+    """What feature extraction runs on: the model (its `features`), device, precision and memory format.
+
+    `placement` (an engine Placement: `shard`, `sum_tensor`, `gather`) splits the extraction over processes.
+    """
 
     model: TransferModel
     device: torch.device
     precision: str = "fp32"
     channels_last: bool = False
+    placement: Any = None
 
 
 @torch.no_grad()
@@ -72,11 +77,15 @@ def extract_features(extractor: Extractor, dataset: Dataset, batch_size: int, se
     """Backbone features (N, D) of every sample in order, on the CPU in fp32, and the unreadable samples.
 
     Each sample gets the augmentation seed of `view`, so an augmented view is a fixed, reproducible draw.
+    Under several processes each extracts every world-th sample, and the rows are summed into all of them.
     """
     model = extractor.model
     was_training = model.training
     model.eval()
-    loader = make_loader(_Indexed(dataset), batch_size, False, seed * 7919 + view, num_workers, extractor.device)
+    place = extractor.placement
+    shard = place.shard if place is not None else Shard()
+    loader = make_loader(_Indexed(dataset), batch_size, False, seed * 7919 + view, num_workers, extractor.device,
+                         shard=shard)
     features: torch.Tensor | None = None
     bad: dict[int, BadImage] = {}
     for batch in loader:
@@ -91,6 +100,10 @@ def extract_features(extractor: Extractor, dataset: Dataset, batch_size: int, se
             features = torch.zeros(len(dataset), out.shape[1])
         features[indices.cpu()] = out
     model.train(was_training)
+    if shard.world > 1:  # the other processes' rows are zeros here: the sum fills them
+        width = max(place.gather(features.shape[1] if features is not None else 0))
+        features = place.sum_tensor(features if features is not None else torch.zeros(len(dataset), width))
+        bad = {index: item for part in place.gather(bad) for index, item in part.items()}
     return (features if features is not None else torch.zeros(len(dataset), 0)), bad
 
 

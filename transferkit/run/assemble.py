@@ -125,7 +125,7 @@ def build_loaders(spec: ExperimentSpec, plan: DataPlan, splits: FolderSplits, pr
         eval_sets["val"] = ImageFileDataset(splits.val, eval_transform(prep), eval_decode)
     if plan.train_source == "feature_cache":
         train_ds = ImageFileDataset(splits.train, train_transform(prep, d), train_decode)
-        extractor = Extractor(model, device, precision, channels_last)
+        extractor = Extractor(model, device, precision, channels_last, placement)
         return cache_features(extractor, spec, train_ds, eval_sets, plan.eval_batch_size, plan.workers, console,
                               weights, shard)
     if plan.train_source == "device_bank":
