@@ -54,7 +54,8 @@ def run(recipe: str = typer.Argument(..., help="recipe YAML file, or a plugin's 
     if nproc is not None:
         _launch(experiment, nproc, [*args, *(["--output", str(output)] if output else []),
                                     *(["--resume", resume] if resume else []), *([] if progress else ["--no-progress"])])
-    resume_dir = _resume_dir(experiment, output, resume) if resume else None
+    # the primary finds the run to resume and hands it to the others (other machines may not see the folder)
+    resume_dir = _resume_dir(experiment, output, resume) if resume and _rank() == 0 else Path(resume) if resume else None
 
     def resume_command(run_root: Path) -> str:
         words = ["transferkit", *args, "--resume", str(run_root)]

@@ -168,13 +168,14 @@ def available_cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
-def default_num_workers(device: torch.device) -> int:
-    """Worker processes for decoding: all cores but one on a GPU machine; on CPU one per 4 cores (none on 2).
+def default_num_workers(device: torch.device, processes: int = 1) -> int:
+    """Worker processes for decoding: all cores but one on a GPU machine; on CPU one per 4 cores (none on 2);
+    of each process's share of the cores when `processes` train on this machine.
 
     On a CPU the model needs every core, and decoding is cheap next to a training step (with the decoded
     cache, a small share of one), so a worker process there costs memory and core contention for no gain.
     """
-    cores = available_cores()
+    cores = max(1, available_cores() // processes)
     if device.type == "cuda":
         return min(16, max(1, cores - 1))
     return min(4, cores // 4)

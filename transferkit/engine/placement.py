@@ -26,8 +26,10 @@ def launched_by_torchrun() -> bool:
 class Placement:
     """Rank, world size and local rank of this process, and the collectives the engine needs."""
 
-    def __init__(self, rank: int = 0, world_size: int = 1, local_rank: int = 0, distributed: bool = False):
+    def __init__(self, rank: int = 0, world_size: int = 1, local_rank: int = 0, distributed: bool = False,
+                 local_world_size: int = 1):
         self.rank, self.world_size, self.local_rank, self.distributed = rank, world_size, local_rank, distributed
+        self.local_world_size = local_world_size  # processes on this machine (they share its cores)
 
     @classmethod
     def from_env(cls) -> "Placement":
@@ -43,7 +45,8 @@ class Placement:
                 torch.cuda.set_device(local_rank)
             backend = "cpu:gloo,cuda:nccl" if torch.cuda.is_available() else "gloo"
             dist.init_process_group(backend, timeout=timedelta(minutes=30))
-        return cls(rank, world, local_rank, distributed=True)
+        return cls(rank, world, local_rank, distributed=True,
+                   local_world_size=int(os.environ.get("LOCAL_WORLD_SIZE", world)))
 
     @property
     def is_primary(self) -> bool:

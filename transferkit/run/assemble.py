@@ -16,7 +16,7 @@ from transferkit.data.cache import image_decoders
 from transferkit.data.device_bank import DeviceBatches, DeviceImageBank
 from transferkit.data.features import Extractor, cache_features
 from transferkit.data.folder import FolderSplits
-from transferkit.data.loading import ImageFileDataset, make_loader
+from transferkit.data.loading import ImageFileDataset, available_cores, make_loader
 from transferkit.data.plan import DataPlan
 from transferkit.data.splits import carve_validation, limit_splits
 from transferkit.data.transforms import batch_mixer, eval_transform, train_transform
@@ -112,7 +112,8 @@ def build_loaders(spec: ExperimentSpec, plan: DataPlan, splits: FolderSplits, pr
     """The training loader (DataLoader, device-resident batches or cached features) and one loader per eval split,
     each holding this process's share (`placement`)."""
     d = spec.data
-    shard = (placement or Placement()).shard
+    placement = placement or Placement()
+    shard = placement.shard
     weights = balanced_weights([label for _, label in splits.train]) if d.sampler == "balanced" else None
     train_size = None if plan.train_cache == "eval-side" else plan.train_cache_side
     host_train = "none" if plan.train_cache in ("device", "eval-side") else plan.train_cache
@@ -129,8 +130,9 @@ def build_loaders(spec: ExperimentSpec, plan: DataPlan, splits: FolderSplits, pr
         return cache_features(extractor, spec, train_ds, eval_sets, plan.eval_batch_size, plan.workers, console,
                               weights, shard)
     if plan.train_source == "device_bank":
+        threads = max(1, available_cores() // placement.local_world_size)  # this machine's processes share its cores
         bank = DeviceImageBank.build(splits.train, plan.train_cache_side, prep.interpolation, device, d.on_bad_image,
-                                     side=plan.canvas_side)
+                                     threads=threads, side=plan.canvas_side)
         train = DeviceBatches(bank, d.batch_size, spec.seed, d.crop_scale, d.crop_ratio, d.hflip, weights,
                               crop_size=prep.input_size, channels_last=channels_last, shard=shard)
     else:
@@ -160,7 +162,7 @@ def assemble(spec: ExperimentSpec, console: Console, progress: bool = True,
     channels_last = channels_last_for(spec, model, device)
     model.to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
     optimizer = build_optimizer(spec.optimizer, groups)
-    plan = DataPlan.resolve(spec, device, splits, built.preprocessing)
+    plan = DataPlan.resolve(spec, device, splits, built.preprocessing, placement.local_world_size)
     train_loader, eval_loaders = build_loaders(spec, plan, splits, built.preprocessing, device, channels_last, model,
                                                precision, console, placement)
     updates = Optimization.updates_per_epoch(len(train_loader), spec.train.accumulate_steps)

@@ -136,6 +136,7 @@ class Experiment:
         if placement.is_primary:
             report.write_comparison(result)
             report.print_comparison(result, console)
+        placement.close()
         return result
 
 
