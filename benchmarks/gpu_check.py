@@ -5,6 +5,8 @@
 training images decoded once and kept on the GPU, every batch gathered and cropped there. Each row also times the training loader alone
 (batches on the device, cropped, no model): whichever of loader and model is slower bounds the run.
 Each end-to-end run trains 3 epochs and reports the last one: steady state, caches warm.
+The "DDP" row runs the same recipe as its plain row through `transferkit run --nproc 1` (torchrun, a
+process group, DistributedDataParallel on the one GPU) and reports the distributed path's overhead.
 
 Run through benchmarks/gpu_check.sh, which sets up the paths; `--smoke` runs the same code at tiny
 sizes on the CPU. Every measurement is bounded: a fixed number of steps after warm-up, or a fixed
@@ -17,6 +19,8 @@ import argparse
 import io
 import json
 import os
+import subprocess
+import sys
 import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -24,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import yaml
 from PIL import Image
 from rich.console import Console
 
@@ -139,6 +144,24 @@ def end_to_end(raw: dict) -> dict:
             "wall_seconds": wall}
 
 
+def end_to_end_ddp(raw: dict) -> dict:
+    """The same run as `end_to_end`, through `transferkit run --nproc 1` (torchrun + DDP) in a subprocess."""
+    with tempfile.TemporaryDirectory() as out:
+        recipe_file = Path(out) / "recipe.yaml"
+        recipe_file.write_text(yaml.safe_dump(raw))
+        env = {**os.environ, "TRANSFERKIT_DISABLE_PLUGIN_AUTOLOAD": "1"}
+        start = time.perf_counter()
+        done = subprocess.run([sys.executable, "-m", "transferkit", "run", str(recipe_file), "--output", out,
+                               "--nproc", "1", "--no-progress"], env=env, capture_output=True, text=True)
+        wall = time.perf_counter() - start
+        if done.returncode != 0:
+            raise SystemExit(f"gpu_check: the DDP run failed (exit {done.returncode}):\n{done.stderr[-3000:]}")
+        history = json.loads((Path(out) / raw["name"] / "base" / "metrics.json").read_text())
+    return {"epoch_images_per_s": [row["train_images_per_s"] for row in history],
+            "images_per_s": history[-1]["train_images_per_s"], "test_accuracy": history[-1]["test_accuracy"],
+            "wall_seconds": wall}
+
+
 def sync(device: torch.device) -> None:
     """Wait for the device's queued work (CUDA), so timings cover it."""
     if device.type == "cuda":
@@ -169,6 +192,8 @@ def main() -> None:
                (f"{amp} + channels_last, resident", amp, True, False, *resident)]
     if not args.no_compile:
         configs.append((f"{amp} + channels_last + compile, resident", amp, True, True, *resident))
+    ddp_row = f"{amp} + channels_last, resident, DDP --nproc 1"
+    configs.append((ddp_row, amp, True, False, *resident))
     configs = [c for c in configs if args.only in c[0]]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -184,13 +209,24 @@ def main() -> None:
         print(f"{2 * train} train + {2 * test} test JPEGs of {size[0]}x{size[1]} written in "
               f"{report['data_seconds']:.1f}s; device {report['device']}", flush=True)
         model_rates: dict[tuple, dict] = {}  # the device-augment row shares its model-only run
+        plain_runs: dict[tuple, dict] = {}  # the DDP row compares with its plain row's end-to-end run
         for name, precision, channels_last, compile_model, augment_on, cache in configs:
             raw = recipe(root, args, precision, channels_last, compile_model, cache=cache, augment_on=augment_on)
             key = (precision, channels_last, compile_model)
             if key not in model_rates:
                 model_rates[key] = model_only(raw, args)
-            row = {"config": name, "augment_on": augment_on, "cache": cache, "model_only": model_rates[key],
-                   "loader_only": loader_only(raw, args), "end_to_end": end_to_end(raw)}
+            plain_key = (*key, augment_on, cache)
+            if name == ddp_row:
+                if plain_key not in plain_runs:
+                    plain_runs[plain_key] = end_to_end(raw)
+                row = {"config": name, "augment_on": augment_on, "cache": cache, "model_only": model_rates[key],
+                       "loader_only": loader_only(raw, args), "end_to_end": end_to_end_ddp(raw),
+                       "plain_end_to_end": plain_runs[plain_key]}
+                row["ddp_overhead"] = 1 - row["end_to_end"]["images_per_s"] / row["plain_end_to_end"]["images_per_s"]
+            else:
+                row = {"config": name, "augment_on": augment_on, "cache": cache, "model_only": model_rates[key],
+                       "loader_only": loader_only(raw, args), "end_to_end": end_to_end(raw)}
+                plain_runs[plain_key] = row["end_to_end"]
             row["efficiency"] = row["end_to_end"]["images_per_s"] / row["model_only"]["images_per_s"]
             report["rows"].append(row)
             print(f"  {name:<46} model-only {row['model_only']['images_per_s']:8.0f} img/s   loader-only "
@@ -205,6 +241,11 @@ def main() -> None:
     for row in report["rows"]:
         print(f"{row['config']:<48}{row['model_only']['images_per_s']:>18.0f}{row['loader_only']['images_per_s']:>18.0f}"
               f"{row['end_to_end']['images_per_s']:>18.0f}{row['efficiency']:>12.2f}")
+    for row in report["rows"]:
+        if "ddp_overhead" in row:
+            print(f"{row['config']}: {row['end_to_end']['images_per_s']:.0f} img/s against "
+                  f"{row['plain_end_to_end']['images_per_s']:.0f} img/s in one plain process: "
+                  f"{100 * row['ddp_overhead']:.1f}% overhead")
     if "end_to_end_without_image_cache" in report:
         no_cache = report["end_to_end_without_image_cache"]["images_per_s"]
         print(f"{amp} + channels_last, workers, data.cache none: end-to-end {no_cache:.0f} img/s")

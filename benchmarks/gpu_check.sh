@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # GPU check: ResNet-18 at 224 px, batch 256: model-only and end-to-end training images/s, fp32 against
-# bf16 autocast + channels_last (+ torch.compile), on a synthetic JPEG folder made on the spot.
+# bf16 autocast + channels_last (+ torch.compile), on a synthetic JPEG folder made on the spot; and the
+# bf16 resident row again through `transferkit run --nproc 1` (torchrun + DDP): the distributed path's overhead.
 # Writes $OUT/gpu_check.json (OUT defaults to ./gpu_check_out) and prints a table. Needs no network.
 #
 #   bash benchmarks/gpu_check.sh            # on a CUDA machine (about 3-5 minutes on an H100)
@@ -33,4 +34,4 @@ if [[ " ${args[*]} " != *" --smoke "* ]]; then
 fi
 
 # Every measurement inside is bounded by steps or epochs; this caps the whole run all the same.
-timeout "${GPU_CHECK_TIMEOUT:-330}" "$PYTHON" "$REPO/benchmarks/gpu_check.py" --out "$OUT" "${args[@]}"
+timeout "${GPU_CHECK_TIMEOUT:-420}" "$PYTHON" "$REPO/benchmarks/gpu_check.py" --out "$OUT" "${args[@]}"

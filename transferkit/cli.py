@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shlex
 import sys
 from pathlib import Path
@@ -65,25 +66,54 @@ def run(recipe: str = typer.Argument(..., metavar="RECIPE", autocompletion=_comp
         output: Optional[Path] = typer.Option(None, "--output", metavar="DIR", help="root folder for run directories"),
         variant: list[str] = typer.Option([], "--variant", metavar="NAME", help="run only these variants (repeatable)"),
         resume: Optional[str] = typer.Option(None, "--resume", metavar="DIR|auto", help="run directory to continue, or 'auto'"),
-        progress: bool = typer.Option(True, "--progress/--no-progress", help="show progress bars")) -> None:
+        progress: bool = typer.Option(True, "--progress/--no-progress", help="show progress bars"),
+        nproc: Optional[int] = typer.Option(None, "--nproc", metavar="N", help="data-parallel processes on this "
+                                            "machine, started through torchrun (data.batch_size stays the global batch)")) -> None:
     """Train every variant of a recipe and compare them."""
     api = _api()
     experiment = api.Experiment.from_yaml(recipe, set_)
-    resume_dir = _resume_dir(experiment, output, resume) if resume else None
+    args = ["run", recipe, *[w for s in set_ for w in ("--set", s)], *[w for v in variant for w in ("--variant", v)],
+            *(["--device", device] if device else [])]
+    if nproc is not None:
+        _launch(experiment, nproc, [*args, *(["--output", str(output)] if output else []),
+                                    *(["--resume", resume] if resume else []), *([] if progress else ["--no-progress"])])
+    # the primary finds the run to resume and hands it to the others (other machines may not see the folder)
+    resume_dir = _resume_dir(experiment, output, resume) if resume and _rank() == 0 else Path(resume) if resume else None
 
     def resume_command(run_root: Path) -> str:
-        words = ["transferkit", "run", recipe, *[w for s in set_ for w in ("--set", s)],
-                 *[w for v in variant for w in ("--variant", v)], *(["--device", device] if device else []),
-                 "--resume", str(run_root)]
+        words = ["transferkit", *args, "--resume", str(run_root)]
+        if os.environ.get("TRANSFERKIT_NPROC"):  # started by `--nproc N`
+            words += ["--nproc", os.environ["TRANSFERKIT_NPROC"]]
+        elif "WORLD_SIZE" in os.environ:  # started by torchrun itself
+            words = ["torchrun", "--nproc-per-node", os.environ.get("LOCAL_WORLD_SIZE", "1"), "-m", *words]
         return shlex.join(words)
 
     try:
         experiment.run(variants=variant or None, output_dir=output, device=device, console=err,
                        progress=progress, resume=resume_dir, resume_command=resume_command)
     except RunInterrupted as stop:
-        err.print(f"interrupted: {stop.what_resume_does()}; resume with:\n  {resume_command(stop.run_root)}",
-                  markup=False, highlight=False, soft_wrap=True)
+        if _rank() == 0:
+            err.print(f"interrupted: {stop.what_resume_does()}; resume with:\n  {resume_command(stop.run_root)}",
+                      markup=False, highlight=False, soft_wrap=True)
         raise typer.Exit(130)
+
+
+def _rank() -> int:
+    return int(os.environ.get("RANK", "0"))
+
+
+def _launch(experiment, nproc: int, args: list[str]) -> None:
+    """Check the batch divides over `nproc` processes, then run the same command under torchrun; exits."""
+    from transferkit.engine.placement import Placement
+    from transferkit.run.launch import launch
+
+    if nproc < 1:
+        raise TransferkitError(f"--nproc {nproc}: give 1 or more processes")
+    for name in experiment.variant_names:
+        Placement(0, nproc).check_batch(experiment.variant_spec(name).data.batch_size)
+    code = launch(nproc, args, lambda line: err.print(Text.assemble(("error: ", "bold red"), line),
+                                                      highlight=False, soft_wrap=True))
+    raise typer.Exit(code)
 
 
 def _resume_dir(experiment, output: Optional[Path], resume: str) -> Path:
@@ -530,6 +560,8 @@ def main() -> None:
         if _state["debug"]:
             raise
         message = " ".join(str(exc).split())
+        if _rank():
+            message = f"rank {_rank()}: {message}"
         err.print(Text.assemble(("error: ", "bold red"), message), highlight=False, soft_wrap=True)
         sys.exit(2)
 

@@ -23,9 +23,9 @@ def seed_everything(seed: int, deterministic: bool = False) -> None:
         torch.backends.cudnn.benchmark = True
 
 
-def seed_epoch(seed: int, epoch: int) -> None:
-    """Re-seed every generator from (seed, epoch): an epoch's randomness depends on nothing before it."""
-    value = (seed * 1_000_003 + epoch) % 2**63
+def seed_epoch(seed: int, epoch: int, rank: int = 0) -> None:
+    """Re-seed every generator from (seed, epoch, process rank): an epoch's randomness depends on nothing before it."""
+    value = (seed * 1_000_003 + epoch + rank * 1_000_000_007) % 2**63
     random.seed(value)
     np.random.seed(value % 2**32)
     torch.manual_seed(value)

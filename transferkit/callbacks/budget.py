@@ -38,8 +38,9 @@ class Budget(Callback):
         now = time.monotonic()
         self.cycles.append(now - self.cycle_start)  # an epoch with the previous one's checkpoint writes
         self.cycle_start = now
-        per_epoch = sum(self.cycles) / len(self.cycles)
-        left = self.seconds * (1 - FINISH_SHARE) - self.spent()
+        # every process must stop at the same epoch: the primary's pace decides
+        per_epoch, left = trainer.placement.broadcast((sum(self.cycles) / len(self.cycles),
+                                                        self.seconds * (1 - FINISH_SHARE) - self.spent()))
         if self.decided is None:
             fits = epoch + max(0, math.floor(left / max(per_epoch, 1e-9)))
             self.decided = max(epoch, min(trainer.epochs, fits))

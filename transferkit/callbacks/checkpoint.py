@@ -29,7 +29,8 @@ def load_checkpoint(path: Path) -> dict:
 class Checkpoint(Callback):
     """Writes last.pt after every epoch and on interrupt, best.pt when the tracker's metric improves.
 
-    train.keep: `last` writes no best.pt; `best` removes last.pt once training has finished.
+    train.keep: `last` writes no best.pt; `best` removes last.pt once training has finished. Under several
+    processes every one runs it (the trainer's state gathers each one's RNG state) and the primary writes.
     """
 
     order = 50
@@ -44,11 +45,13 @@ class Checkpoint(Callback):
 
     def save_last(self, trainer: Trainer) -> None:
         """last.pt: the trainer's whole state."""
-        atomic_torch_save(self.run_dir / "last.pt", {**self._identity(), **trainer.state_dict()})
+        state = trainer.state_dict()
+        if trainer.placement.is_primary:
+            atomic_torch_save(self.run_dir / "last.pt", {**self._identity(), **state})
 
     def on_epoch_end(self, trainer: Trainer, epoch: int, row: dict) -> None:
         tracker = trainer.callback(BestTracker)
-        if self.keep != "last" and (tracker is None or tracker.improved):
+        if self.keep != "last" and (tracker is None or tracker.improved) and trainer.placement.is_primary:
             source = tracker.source if tracker else "raw"
             ema = trainer.callback(EMA)
             weights = ema.averaged_state(trainer.model) if source == "ema" and ema else trainer.model.state_dict()
@@ -61,5 +64,5 @@ class Checkpoint(Callback):
         self.save_last(trainer)
 
     def on_fit_end(self, trainer: Trainer) -> None:
-        if self.keep == "best":
+        if self.keep == "best" and trainer.placement.is_primary:
             (self.run_dir / "last.pt").unlink(missing_ok=True)

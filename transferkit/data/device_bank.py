@@ -21,7 +21,7 @@ import torch
 
 from transferkit.data.cache import decode_all, header_size, stop_if_unreadable, stored_shape
 from transferkit.data.device_augment import canvas_side, crop_on_device, fit_to_canvas, paste_on_canvas
-from transferkit.data.loading import BadImage, Batch, EpochSampler, available_cores
+from transferkit.data.loading import BadImage, Batch, EpochSampler, Shard, available_cores
 from transferkit.errors import DataError
 
 GPU_MEMORY_SHARE = 0.25  # cache auto keeps training images on a CUDA device while they take under this share of its free memory
@@ -135,22 +135,21 @@ class DeviceBatches:
 
     def __init__(self, bank: DeviceImageBank, batch_size: int, seed: int, scale: tuple[float, float],
                  ratio: tuple[float, float], hflip: bool, weights: torch.Tensor | None = None,
-                 crop_size: int | None = None, channels_last: bool = False):
-        self.bank, self.batch_size, self.seed = bank, batch_size, seed
+                 crop_size: int | None = None, channels_last: bool = False, shard: Shard = Shard()):
+        self.bank, self.batch_size, self.seed, self.shard = bank, batch_size // shard.world, seed, shard
+        self.global_batch = batch_size
         self.scale, self.ratio, self.hflip = scale, ratio, hflip
         self.weights = weights
         self.crop_size, self.channels_last = crop_size, channels_last  # crop_size set: yield ready crops
-        self.sampler = EpochSampler(len(bank), seed, shuffle=True, weights=weights)
-        # As make_loader: a lone last image would make batch norm fail; drop it.
-        self.drop_last = len(bank) % batch_size == 1
+        # As make_loader: the global order, this process's share of each global batch, a too-small last batch left out.
+        self.sampler = EpochSampler(len(bank), seed, shuffle=True, weights=weights, batch=batch_size, shard=shard)
 
     def __len__(self) -> int:
-        n = len(self.sampler)
-        return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
+        return math.ceil(len(self.sampler) / self.batch_size)
 
     def epoch_plan(self, epoch: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The whole epoch's image order (N,), boxes (N, 4) and flips (N,), by position: a function of (seed, epoch)."""
-        full = EpochSampler(len(self.bank), self.seed, shuffle=True, weights=self.weights)
+        full = EpochSampler(len(self.bank), self.seed, shuffle=True, weights=self.weights)  # every position, unsharded
         full.set_epoch(epoch)
         order = torch.tensor([index for index, _ in full], dtype=torch.int64)
         generator = torch.Generator().manual_seed(((self.seed * 1_000_003 + epoch) * 7_919 + 17) % 2**63)
@@ -160,11 +159,14 @@ class DeviceBatches:
 
     def __iter__(self):
         device, skip = self.bank.canvases.device, self.sampler.skip
-        order, boxes, flips = (t[skip:].to(device) for t in self.epoch_plan(self.sampler.epoch))
+        order, boxes, flips = self.epoch_plan(self.sampler.epoch)
+        mine = torch.tensor(self.shard.take(list(range(skip, len(order))), self.global_batch), dtype=torch.int64)
+        mine = mine[:len(self.sampler)]
+        order, boxes, flips = (t[mine].to(device) for t in (order, boxes, flips))
         for step in range(len(self)):
             part = slice(step * self.batch_size, (step + 1) * self.batch_size)
             index = order[part]
-            bad = self.bank.bad if step == 0 else []
+            bad = self.bank.bad if step == 0 and self.shard.rank == 0 else []  # reported once, by one process
             if self.crop_size is None:
                 yield Batch(self.bank.canvases[index], self.bank.labels[index], bad, boxes[part], flips[part])
             else:

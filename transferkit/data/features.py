@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from rich.console import Console
 from torch.utils.data import DataLoader, Dataset
 
-from transferkit.data.loading import BadImage, EpochSampler, ImageFileDataset, batch_to_device, collate, make_loader
+from transferkit.data.loading import (BadImage, EpochSampler, ImageFileDataset, Shard, batch_to_device, collate,
+                                      make_loader)
 from transferkit.device import autocast
 from transferkit.model.transfer import TransferModel
 from transferkit.recipe.spec import ExperimentSpec
@@ -58,12 +60,16 @@ class FeatureSet(Dataset):
 
 @dataclass
 class Extractor:
-    """What feature extraction runs on: the model (its `features`), device, precision and memory format."""
+    """What feature extraction runs on: the model (its `features`), device, precision and memory format.
+
+    `placement` (an engine Placement: `shard`, `sum_tensor`, `gather`) splits the extraction over processes.
+    """
 
     model: TransferModel
     device: torch.device
     precision: str = "fp32"
     channels_last: bool = False
+    placement: Any = None
 
 
 @torch.no_grad()
@@ -72,11 +78,15 @@ def extract_features(extractor: Extractor, dataset: Dataset, batch_size: int, se
     """Backbone features (N, D) of every sample in order, on the CPU in fp32, and the unreadable samples.
 
     Each sample gets the augmentation seed of `view`, so an augmented view is a fixed, reproducible draw.
+    Under several processes each extracts every world-th sample, and the rows are summed into all of them.
     """
     model = extractor.model
     was_training = model.training
     model.eval()
-    loader = make_loader(_Indexed(dataset), batch_size, False, seed * 7919 + view, num_workers, extractor.device)
+    place = extractor.placement
+    shard = place.shard if place is not None else Shard()
+    loader = make_loader(_Indexed(dataset), batch_size, False, seed * 7919 + view, num_workers, extractor.device,
+                         shard=shard)
     features: torch.Tensor | None = None
     bad: dict[int, BadImage] = {}
     for batch in loader:
@@ -91,6 +101,10 @@ def extract_features(extractor: Extractor, dataset: Dataset, batch_size: int, se
             features = torch.zeros(len(dataset), out.shape[1])
         features[indices.cpu()] = out
     model.train(was_training)
+    if shard.world > 1:  # the other processes' rows are zeros here: the sum fills them
+        width = max(place.gather(features.shape[1] if features is not None else 0))
+        features = place.sum_tensor(features if features is not None else torch.zeros(len(dataset), width))
+        bad = {index: item for part in place.gather(bad) for index, item in part.items()}
     return (features if features is not None else torch.zeros(len(dataset), 0)), bad
 
 
@@ -116,16 +130,17 @@ def extraction_rate(loaders: list[DataLoader]) -> tuple[int, float]:
 
 
 def feature_loader(features: FeatureSet, batch_size: int, shuffle: bool, seed: int,
-                   weights: torch.Tensor | None = None) -> DataLoader:
-    """Batches of cached features in the same (seed, epoch) order as the image loader would give; like it, a
-    lone last training sample is dropped (batch norm in an mlp head cannot take it)."""
-    return DataLoader(features, batch_size=batch_size, sampler=EpochSampler(len(features), seed, shuffle, weights),
-                      collate_fn=collate, num_workers=0, drop_last=shuffle and len(features) % batch_size == 1)
+                   weights: torch.Tensor | None = None, shard: Shard = Shard()) -> DataLoader:
+    """Batches of cached features in the same (seed, epoch) order, sharding and last-batch rule as the image
+    loader's (`make_loader`)."""
+    sampler = EpochSampler(len(features), seed, shuffle, weights, batch=batch_size if shuffle else None, shard=shard)
+    return DataLoader(features, batch_size=batch_size // shard.world if shuffle else batch_size, sampler=sampler,
+                      collate_fn=collate, num_workers=0)
 
 
 def cache_features(extractor: Extractor, spec: ExperimentSpec, train_ds: ImageFileDataset, eval_sets: dict,
                    eval_batch: int, num_workers: int, console: Console,
-                   weights: torch.Tensor | None = None) -> tuple[DataLoader, dict[str, DataLoader]]:
+                   weights: torch.Tensor | None = None, shard: Shard = Shard()) -> tuple[DataLoader, dict[str, DataLoader]]:
     """Extract the frozen backbone's features once: a training loader and one loader per evaluation split."""
     started = time.perf_counter()
     views = spec.lr_policy.cache_views
@@ -133,8 +148,8 @@ def cache_features(extractor: Extractor, spec: ExperimentSpec, train_ds: ImageFi
                                                      train_ds.decode)
     train = cached_split(extractor, source, max(1, views), eval_batch, spec.seed, num_workers)
     evals = {split: feature_loader(cached_split(extractor, ds, 1, eval_batch, spec.seed, num_workers), eval_batch,
-                                   False, spec.seed) for split, ds in eval_sets.items()}
+                                   False, spec.seed, shard=shard) for split, ds in eval_sets.items()}
     console.print(f"  feature cache: {len(train)} train images x {max(1, views)} "
                   f"{'augmented view(s)' if views else 'eval view'}, {train.views.shape[-1]} features, "
                   f"computed in {time.perf_counter() - started:.1f}s")
-    return feature_loader(train, spec.data.batch_size, True, spec.seed, weights), evals
+    return feature_loader(train, spec.data.batch_size, True, spec.seed, weights, shard), evals

@@ -69,25 +69,67 @@ class ImageFileDataset(Dataset):
             return self.transform(image), label
 
 
+@dataclass(frozen=True)
+class Shard:
+    """One process's share of the data among `world` processes (rank 0 of 1: all of it)."""
+
+    rank: int = 0
+    world: int = 1
+
+    def take(self, items: list, batch: int | None = None) -> list:
+        """Of each run of `batch` items (of all of them when None), every world-th one from `rank` on: the
+        images of global step k are the same whatever the process count."""
+        if self.world == 1:
+            return items
+        if batch is None:
+            return items[self.rank::self.world]
+        return [item for start in range(0, len(items), batch)
+                for item in items[start:start + batch][self.rank::self.world]]
+
+    def count(self, total: int, batch: int | None = None) -> int:
+        """How many of `total` items `take` gives this process."""
+        def share(n: int) -> int:
+            return len(range(self.rank, n, self.world))
+        if batch is None:
+            return share(total)
+        return total // batch * share(batch) + share(total % batch)
+
+
+def kept_samples(size: int, batch: int, world: int = 1) -> int:
+    """Samples of an epoch that are trained on: a last global batch too small for every process to get two
+    images (batch norm fails on one) is dropped, this epoch only; with one process, a lone last image."""
+    last = size % batch
+    return size - last if 0 < last < 2 * world else size
+
+
 class EpochSampler(Sampler):
     """Yields (index, augmentation seed) in an order fixed by (seed, epoch); call set_epoch each epoch.
 
     With `weights` (one per sample) each epoch draws `size` samples with replacement in proportion to
-    them: inverse class frequencies make a balanced sampler.
+    them: inverse class frequencies make a balanced sampler. With `batch` (the global training batch) a
+    too-small last batch is left out (`kept_samples`), and `shard` takes this process's share of each
+    global batch; without it, the shard takes every world-th sample (evaluation: each sample once).
     """
 
-    def __init__(self, size: int, seed: int, shuffle: bool, weights: torch.Tensor | None = None):
+    def __init__(self, size: int, seed: int, shuffle: bool, weights: torch.Tensor | None = None,
+                 batch: int | None = None, shard: Shard = Shard()):
         self.size, self.seed, self.shuffle, self.epoch, self.skip = size, seed, shuffle, 0, 0
-        self.weights = weights
+        self.weights, self.batch, self.shard = weights, batch, shard
 
     def set_epoch(self, epoch: int, skip: int = 0) -> None:
-        """Choose the epoch the next iteration yields, leaving out its first `skip` samples (a resume)."""
+        """Choose the epoch the next iteration yields, leaving out its first `skip` samples of the global order
+        (a resume)."""
         self.epoch, self.skip = epoch, skip
 
-    def __len__(self) -> int:
-        return self.size - self.skip
+    def _global_count(self) -> int:
+        n = self.size - self.skip
+        return kept_samples(n, self.batch, self.shard.world) if self.batch else n
 
-    def __iter__(self):
+    def __len__(self) -> int:
+        return self.shard.count(self._global_count(), self.batch)
+
+    def global_order(self) -> list[tuple[int, int]]:
+        """The epoch's (index, augmentation seed) pairs for all processes, after `skip`."""
         generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
         if self.weights is not None:
             order = torch.multinomial(self.weights, self.size, replacement=True, generator=generator)
@@ -96,7 +138,10 @@ class EpochSampler(Sampler):
         else:
             order = torch.arange(self.size)
         seeds = torch.randint(0, 2**62, (self.size,), generator=generator)
-        return iter(list(zip(order.tolist(), seeds.tolist()))[self.skip:])
+        return list(zip(order.tolist(), seeds.tolist()))[self.skip:][:self._global_count()]
+
+    def __iter__(self):
+        return iter(self.shard.take(self.global_order(), self.batch))
 
 
 def batch_to_device(batch: Batch, device: torch.device, channels_last: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
@@ -123,13 +168,14 @@ def available_cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
-def default_num_workers(device: torch.device) -> int:
-    """Worker processes for decoding: all cores but one on a GPU machine; on CPU one per 4 cores (none on 2).
+def default_num_workers(device: torch.device, processes: int = 1) -> int:
+    """Worker processes for decoding: all cores but one on a GPU machine; on CPU one per 4 cores (none on 2);
+    of each process's share of the cores when `processes` train on this machine.
 
     On a CPU the model needs every core, and decoding is cheap next to a training step (with the decoded
     cache, a small share of one), so a worker process there costs memory and core contention for no gain.
     """
-    cores = available_cores()
+    cores = max(1, available_cores() // processes)
     if device.type == "cuda":
         return min(16, max(1, cores - 1))
     return min(4, cores // 4)
@@ -147,11 +193,14 @@ def default_eval_batch_size(device: torch.device, batch_size: int) -> int:
 
 
 def make_loader(dataset: Dataset, batch_size: int, shuffle: bool, seed: int, num_workers: int,
-                device: torch.device, weights: torch.Tensor | None = None) -> DataLoader:
-    """A DataLoader over `dataset` with the epoch sampler, persistent workers and pinned memory on CUDA."""
+                device: torch.device, weights: torch.Tensor | None = None, shard: Shard = Shard()) -> DataLoader:
+    """A DataLoader over `dataset` with the epoch sampler, persistent workers and pinned memory on CUDA.
+
+    Training (`shuffle`) batches are `batch_size` globally, batch_size / world per process; evaluation
+    gives each process every world-th sample, in batches of `batch_size`.
+    """
+    sampler = EpochSampler(len(dataset), seed, shuffle, weights, batch=batch_size if shuffle else None, shard=shard)
     return DataLoader(
-        dataset, batch_size=batch_size, sampler=EpochSampler(len(dataset), seed, shuffle, weights), collate_fn=collate,
-        num_workers=num_workers, persistent_workers=num_workers > 0, pin_memory=device.type == "cuda",
-        prefetch_factor=4 if num_workers > 0 else None,
-        # A lone last training image would make batch norm fail (one value per channel): drop it, this epoch only.
-        drop_last=shuffle and len(dataset) % batch_size == 1)
+        dataset, batch_size=batch_size // shard.world if shuffle else batch_size, sampler=sampler,
+        collate_fn=collate, num_workers=num_workers, persistent_workers=num_workers > 0,
+        pin_memory=device.type == "cuda", prefetch_factor=4 if num_workers > 0 else None)

@@ -48,8 +48,11 @@ class DataPlan:
 
     @classmethod
     def resolve(cls, spec: ExperimentSpec, device: torch.device, splits: FolderSplits,
-                prep: Preprocessing) -> "DataPlan":
-        """Decide everything for `spec` on `device`; SpecError for a contradiction only the device or data shows."""
+                prep: Preprocessing, processes: int = 1) -> "DataPlan":
+        """Decide everything for `spec` on `device`; SpecError for a contradiction only the device or data shows.
+
+        `processes`: training processes on this machine, which share its cores for loader workers.
+        """
         cls.refuse_contradictions(spec, device)
         d, reasons = spec.data, []
         train_side = train_cache_size(prep.input_size, prep.resize_size, d.crop_scale[0])
@@ -72,7 +75,7 @@ class DataPlan:
             reasons.append("data.augment policy/random_erasing: crops on the CPU loader")
         source = "feature_cache" if features else "device_bank" if resident else "loader"
         train_cache, eval_cache = _cache_modes(spec, splits, prep, train_side, source)
-        workers = d.num_workers if d.num_workers is not None else default_num_workers(device)
+        workers = d.num_workers if d.num_workers is not None else default_num_workers(device, processes)
         if source == "device_bank":
             workers_note = "no loader workers for training (images on the device)"
             reasons.append(workers_note)

@@ -4,6 +4,7 @@ the scheduler and non-finite checks; "is this an update boundary?" is decided he
 from __future__ import annotations
 
 import math
+from contextlib import nullcontext
 
 import torch
 from torch import nn
@@ -45,18 +46,24 @@ class Optimization:
         """Per-example losses; `targets` are class indices, or class probabilities after MixUp/CutMix."""
         return self.criterion(logits.float(), targets)
 
-    def step(self, forward: nn.Module, images: torch.Tensor, targets: torch.Tensor, update: bool
-             ) -> tuple[torch.Tensor, torch.Tensor]:
+    def step(self, forward: nn.Module, images: torch.Tensor, targets: torch.Tensor, update: bool,
+             weight: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Forward and backward for one batch, then (when `update`) clip, step, and advance the schedule.
 
+        `weight` multiplies the loss (see Trainer._loss_weight: processes' shares of a global batch). Under
+        DistributedDataParallel the gradients are averaged over processes at update boundaries only.
         Returns the logits and per-example losses, detached.
         """
+        no_sync = getattr(forward, "no_sync", None)
         try:
-            with autocast(self.device, self.precision):
-                logits = forward(images)
-            losses = self.losses(logits, targets)
-            loss = losses.sum() if self.loss_reduction == "sum" else losses.mean()
-            self.scaler.scale(loss / self.accumulate_steps if self.loss_reduction == "mean" else loss).backward()
+            with no_sync() if no_sync is not None and not update else nullcontext():
+                with autocast(self.device, self.precision):
+                    logits = forward(images)
+                losses = self.losses(logits, targets)
+                loss = losses.sum() if self.loss_reduction == "sum" else losses.mean()
+                if weight is not None:
+                    loss = loss * weight
+                self.scaler.scale(loss / self.accumulate_steps if self.loss_reduction == "mean" else loss).backward()
             if update:
                 self._update()
         except torch.OutOfMemoryError:

@@ -13,7 +13,8 @@ from transferkit.data.loading import BadImage, Batch, batch_to_device
 from transferkit.device import autocast
 from transferkit.engine.callbacks import Callback
 from transferkit.engine.optimization import Optimization
-from transferkit.errors import DataError
+from transferkit.engine.placement import Placement
+from transferkit.errors import DataError, TransferkitError
 from transferkit.progress import Progress
 from transferkit.seeding import rng_state, seed_epoch, set_rng_state
 
@@ -47,17 +48,22 @@ class EpochStats:
 class Trainer:
     """Fits a model on one device: the optimizer step is `optimization`'s, lifecycle behaviours are callbacks.
 
-    `forward` is what batches go through (the model itself, a compiled model, or only its head on cached
-    features); `model` is what is saved, averaged and evaluated. `batch_transform` (MixUp/CutMix) turns a
-    batch's images and labels into mixed images and soft targets.
+    `forward` is what training batches go through (the model itself, a compiled model, only its head on
+    cached features, or any of these wrapped in DistributedDataParallel); `eval_forward` what evaluation
+    batches go through (default: `forward`); `model` is what is saved and averaged. `batch_transform`
+    (MixUp/CutMix) turns a batch's images and labels into mixed images and soft targets. `placement` says
+    which of several processes this is: loaders then hold its share, and statistics are summed over all.
     """
 
     def __init__(self, model: nn.Module, optimization: Optimization, *, device: torch.device, seed: int = 0,
                  precision: str = "fp32", forward: nn.Module | None = None, channels_last: bool = False,
                  batch_transform: Callable | None = None, callbacks: Iterable[Callback] = (),
-                 progress: Progress | None = None, on_bad_image: str = "fail", tta_flip: bool = False):
+                 progress: Progress | None = None, on_bad_image: str = "fail", placement: Placement | None = None,
+                 eval_forward: nn.Module | None = None, tta_flip: bool = False):
         self.model, self.optimization = model, optimization
         self.forward = forward if forward is not None else model
+        self.eval_forward = eval_forward if eval_forward is not None else self.forward
+        self.placement = placement or Placement()
         self.device, self.seed, self.precision, self.channels_last = device, seed, precision, channels_last
         self.batch_transform = batch_transform
         self.callbacks = sorted(callbacks, key=lambda cb: cb.order)
@@ -105,6 +111,12 @@ class Trainer:
         every epoch; returns the history. Raises Interrupted once `should_stop()` is true (after saving through
         the callbacks), at the next update boundary."""
         self.eval_loaders, self.epochs = eval_loaders, epochs
+        place = self.placement
+        asked = should_stop
+
+        def should_stop() -> bool:  # every process stops at the same step, whichever got the signal
+            return place.agree(asked())
+
         self._call("on_fit_start")
         epoch = self.epoch
         while epoch < self.epochs and not self.stop_reason:  # a callback may shorten self.epochs (a budget)
@@ -112,8 +124,8 @@ class Trainer:
             started = time.perf_counter()
             partial, self.partial = self.partial, None
             if partial is None:
-                seed_epoch(self.seed, epoch)  # a resumed partial epoch continues from the saved RNG state instead
-            skip = partial["step"] * train_loader.batch_size if partial else 0
+                seed_epoch(self.seed, epoch, place.rank)  # a resumed partial epoch continues from the saved RNG state
+            skip = partial["step"] * train_loader.batch_size * place.world_size if partial else 0
             train_loader.sampler.set_epoch(epoch, skip=skip)
             self._call("on_epoch_start", epoch)
             try:
@@ -130,6 +142,8 @@ class Trainer:
                 row[f"{split}_loss"], row[f"{split}_accuracy"] = stats.loss, stats.accuracy
                 bad += stats.bad
                 self._call("after_evaluate", split, row)
+            if place.distributed:
+                bad = [item for rank_bad in place.gather(bad) for item in rank_bad]
             epoch_seconds = time.perf_counter() - started
             self.elapsed += epoch_seconds
             row.update(train_images_per_s=train.images_per_s, lr=self.optimizer.param_groups[0]["lr"],
@@ -154,6 +168,8 @@ class Trainer:
         opt = self.optimization
         partial = partial or {"step": 0, "loss_sum": 0.0, "correct": 0, "examples": 0, "seconds": 0.0,
                               "data_seconds": 0.0}
+        if not self.placement.is_primary:
+            partial = {**partial, "loss_sum": 0.0, "correct": 0, "examples": 0}
         loss_sum = torch.tensor(partial["loss_sum"], device=self.device, dtype=torch.float64)
         correct = torch.tensor(partial["correct"], device=self.device, dtype=torch.int64)
         pending: list[torch.Tensor] = []
@@ -163,11 +179,21 @@ class Trainer:
         total_steps = first_step + len(loader)
         step = first_step
 
+        place = self.placement
+
+        def check(losses: list[torch.Tensor]) -> None:  # summed over processes, so all raise at the same step
+            opt.check_finite(list(place.sum_tensor(torch.stack(losses)).unbind()) if place.distributed else losses,
+                             epoch, step)
+
         def progress_so_far() -> dict:
             if pending:
-                opt.check_finite(pending, epoch, step)
-            return {"step": step, "steps": total_steps, "loss_sum": loss_sum.item(), "correct": int(correct.item()),
-                    "examples": examples, "seconds": time.perf_counter() - start, "data_seconds": data_seconds}
+                check(pending)
+            # the sums of all processes; the primary carries them on after a resume, the others restart at 0
+            total_loss, total_correct, total_examples = place.sum([loss_sum.item(), correct.item(), examples],
+                                                                  self.device)
+            return {"step": step, "steps": total_steps, "loss_sum": total_loss, "correct": int(total_correct),
+                    "examples": int(total_examples), "seconds": time.perf_counter() - start,
+                    "data_seconds": data_seconds}
 
         with self.progress.task(f"epoch {epoch}/{epochs} train", total=total_steps) as task:
             task.advance(first_step)
@@ -194,7 +220,9 @@ class Trainer:
                 targets = labels
                 if self.batch_transform is not None:
                     images, targets = self.batch_transform(images.float(), labels)
-                logits, losses = opt.step(self.forward, images, targets, opt.is_update_boundary(step, total_steps))
+                weight = self._loss_weight(labels.numel(), step == total_steps)
+                logits, losses = opt.step(self.forward, images, targets, opt.is_update_boundary(step, total_steps),
+                                          weight)
                 if opt.is_update_boundary(step, total_steps):
                     self._call("after_update", opt.updates)
                 batch_loss = losses.sum()
@@ -203,24 +231,40 @@ class Trainer:
                 examples += labels.numel()
                 pending.append(batch_loss)
                 if len(pending) >= self.sync_every or step == total_steps:
-                    opt.check_finite(pending, epoch, step)
+                    check(pending)
                     pending = []
                     seconds = time.perf_counter() - start
                     task.advance(1, loss=loss_sum.item() / examples, rate=examples / max(seconds, 1e-9))
                 else:
                     task.advance(1)
         if pending:
-            opt.check_finite(pending, epoch, step)
+            check(pending)
         seconds = time.perf_counter() - start
+        total_loss, total_correct, examples = place.sum([loss_sum.item(), correct.item(), examples], self.device)
+        examples = int(examples)
         if examples == 0:
             raise DataError("no readable training images; run `transferkit check-data` on the data root")
-        return EpochStats(loss_sum.item() / examples, correct.item() / examples, examples, seconds, bad, data_seconds)
+        return EpochStats(total_loss / examples, total_correct / examples, examples, seconds, bad, data_seconds)
+
+    def _loss_weight(self, local: int, last: bool) -> float | None:
+        """What this process's loss is multiplied by so that the gradient DDP averages over processes is the
+        one-process gradient of the whole global batch: for a sum, the process count; for a mean, in a global
+        batch split unevenly (only the epoch's last can be), local count x processes / global count. None: 1."""
+        place = self.placement
+        if not place.distributed:
+            return None
+        if self.optimization.loss_reduction == "sum":
+            return float(place.world_size)
+        if not last:
+            return None
+        total = int(place.sum([local], self.device)[0])
+        return None if local * place.world_size == total else local * place.world_size / max(total, 1)
 
     def _eval_logits(self, images: torch.Tensor) -> torch.Tensor:
         with autocast(self.device, self.precision):
-            logits = self.forward(images)
+            logits = self.eval_forward(images)
             if self.tta_flip:
-                logits = (logits.float() + self.forward(images.flip(-1)).float()) / 2
+                logits = (logits.float() + self.eval_forward(images.flip(-1)).float()) / 2
         return logits
 
     def _eval_batches(self, loader, label: str, bad: list[BadImage]):
@@ -257,20 +301,36 @@ class Trainer:
             loss_sum += criterion(logits.float(), labels)
             correct += (logits.argmax(1) == labels).sum()
             examples += labels.numel()
+        # each process evaluated its share (every world-th sample): summed, every sample counts once
+        total_loss, total_correct, examples = self.placement.sum([loss_sum.item(), correct.item(), examples], self.device)
+        examples = int(examples)
         if examples == 0:
             raise DataError(f"no readable {label} images; run `transferkit check-data` on the data root")
-        return EpochStats(loss_sum.item() / examples, correct.item() / examples, examples,
-                          time.perf_counter() - start, bad)
+        return EpochStats(total_loss / examples, total_correct / examples, examples, time.perf_counter() - start, bad)
 
     def state_dict(self) -> dict:
-        """Everything a resume needs: model, optimizer/scheduler/scaler, progress, history, RNG and callbacks."""
+        """Everything a resume needs: model, optimizer/scheduler/scaler, progress, history, RNG and callbacks.
+
+        With several processes every one must call it (their RNG states are gathered: `rng` holds one per rank).
+        """
+        rng = rng_state()
+        if self.placement.distributed:
+            rng = {"ranks": self.placement.gather(rng)}
         return {"model": self.model.state_dict(), "optimization": self.optimization.state_dict(),
                 "epoch": self.epoch, "history": self.history, "seconds": self.elapsed, "partial": self.partial,
-                "rng": rng_state(), "stop_reason": self.stop_reason,
+                "rng": rng, "world_size": self.placement.world_size, "stop_reason": self.stop_reason,
                 "callbacks": {cb.state_key: cb.state_dict() for cb in self.callbacks}}
 
     def load_state_dict(self, state: dict) -> None:
-        """Restore what state_dict() returned (the RNG too, so the next step draws what it would have)."""
+        """Restore what state_dict() returned (the RNG too, so the next step draws what it would have).
+
+        Mid-epoch a resume needs the process count that saved it; at an epoch boundary any count will do
+        (each epoch re-seeds from (seed, epoch, rank)).
+        """
+        saved_world, world = state.get("world_size", 1), self.placement.world_size
+        if state.get("partial") and saved_world != world:
+            raise TransferkitError(f"last.pt stopped mid-epoch with {saved_world} process(es) and this run has "
+                                   f"{world}; resume with --nproc {saved_world}")
         self.model.load_state_dict(state["model"])
         self.optimization.load_state_dict(state["optimization"])
         self.epoch, self.history, self.elapsed = state["epoch"], state["history"], state["seconds"]
@@ -278,4 +338,8 @@ class Trainer:
         for cb in self.callbacks:
             if cb.state_key in state.get("callbacks", {}):
                 cb.load_state_dict(state["callbacks"][cb.state_key])
-        set_rng_state(state["rng"])
+        rng = state["rng"]
+        if "ranks" in rng:
+            rng = rng["ranks"][self.placement.rank] if self.placement.rank < len(rng["ranks"]) else None
+        if rng is not None:
+            set_rng_state(rng)

@@ -212,6 +212,7 @@ class TrainSpec(_Spec):
     probe_epochs: int = Field(0, ge=0, description="before training, fit the new head alone for this many epochs on cached backbone features (linear probe, then fine-tune)")
     probe_lr: float = Field(1e-3, gt=0.0, description="AdamW learning rate of the probe_epochs head fit")
     tta_flip: bool = Field(False, description="evaluate on each image and its mirror image, averaging the logits (test-time augmentation)")
+    sync_batchnorm: bool = Field(False, description="under torchrun with several processes: batch norm statistics over the whole global batch (SyncBatchNorm) instead of each process's share")
     budget: str | None = Field(None, description="wall-time budget, e.g. 90s, 10m, 1.5h: after the first epoch the number of epochs (and the LR schedule) is fitted so the run ends inside it")
 
     @field_validator("budget")

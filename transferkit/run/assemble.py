@@ -16,13 +16,14 @@ from transferkit.data.cache import image_decoders
 from transferkit.data.device_bank import DeviceBatches, DeviceImageBank
 from transferkit.data.features import Extractor, cache_features
 from transferkit.data.folder import FolderSplits
-from transferkit.data.loading import ImageFileDataset, make_loader
+from transferkit.data.loading import ImageFileDataset, available_cores, make_loader
 from transferkit.data.plan import DataPlan
 from transferkit.data.splits import recipe_splits
 from transferkit.data.transforms import batch_mixer, eval_transform, train_transform
 from transferkit.device import resolve_device, resolve_precision
 from transferkit.engine.callbacks import Callback
 from transferkit.engine.optimization import Optimization
+from transferkit.engine.placement import Placement
 from transferkit.engine.trainer import Trainer
 from transferkit.errors import SpecError
 from transferkit.model.build import build_model
@@ -97,13 +98,17 @@ class Assembled:
     precision: str
     channels_last: bool
     selection: str | None
+    placement: Placement
 
 
 def build_loaders(spec: ExperimentSpec, plan: DataPlan, splits: FolderSplits, prep: Preprocessing,
                   device: torch.device, channels_last: bool, model: TransferModel, precision: str,
-                  console: Console) -> tuple[object, dict]:
-    """The training loader (DataLoader, device-resident batches or cached features) and one loader per eval split."""
+                  console: Console, placement: Placement | None = None) -> tuple[object, dict]:
+    """The training loader (DataLoader, device-resident batches or cached features) and one loader per eval split,
+    each holding this process's share (`placement`)."""
     d = spec.data
+    placement = placement or Placement()
+    shard = placement.shard
     weights = balanced_weights([label for _, label in splits.train]) if d.sampler == "balanced" else None
     train_size = None if plan.train_cache == "eval-side" else plan.train_cache_side
     host_train = "none" if plan.train_cache in ("device", "eval-side") else plan.train_cache
@@ -116,18 +121,19 @@ def build_loaders(spec: ExperimentSpec, plan: DataPlan, splits: FolderSplits, pr
         eval_sets["val"] = ImageFileDataset(splits.val, eval_transform(prep), eval_decode)
     if plan.train_source == "feature_cache":
         train_ds = ImageFileDataset(splits.train, train_transform(prep, d), train_decode)
-        extractor = Extractor(model, device, precision, channels_last)
+        extractor = Extractor(model, device, precision, channels_last, placement)
         return cache_features(extractor, spec, train_ds, eval_sets, plan.eval_batch_size, plan.workers, console,
-                              weights)
+                              weights, shard)
     if plan.train_source == "device_bank":
+        threads = max(1, available_cores() // placement.local_world_size)  # this machine's processes share its cores
         bank = DeviceImageBank.build(splits.train, plan.train_cache_side, prep.interpolation, device, d.on_bad_image,
-                                     side=plan.canvas_side)
+                                     threads=threads, side=plan.canvas_side)
         train = DeviceBatches(bank, d.batch_size, spec.seed, d.crop_scale, d.crop_ratio, d.hflip, weights,
-                              crop_size=prep.input_size, channels_last=channels_last)
+                              crop_size=prep.input_size, channels_last=channels_last, shard=shard)
     else:
         train_ds = ImageFileDataset(splits.train, train_transform(prep, d), train_decode)
-        train = make_loader(train_ds, d.batch_size, True, spec.seed, plan.workers, device, weights)
-    evals = {split: make_loader(ds, plan.eval_batch_size, False, spec.seed, plan.workers, device)
+        train = make_loader(train_ds, d.batch_size, True, spec.seed, plan.workers, device, weights, shard)
+    evals = {split: make_loader(ds, plan.eval_batch_size, False, spec.seed, plan.workers, device, shard=shard)
              for split, ds in eval_sets.items()}
     return train, evals
 
@@ -149,9 +155,15 @@ def with_batch_size(spec: ExperimentSpec, model: TransferModel, input_size: int,
 
 
 def assemble(spec: ExperimentSpec, console: Console, progress: bool = True,
-             callbacks: list[Callback] | None = None) -> Assembled:
-    """Everything one variant trains with, built from its spec (weights loaded, caches filled)."""
-    device = resolve_device(spec.train.device)
+             callbacks: list[Callback] | None = None, placement: Placement | None = None) -> Assembled:
+    """Everything one variant trains with, built from its spec (weights loaded, caches filled), for this
+    process of `placement` (default: the only one)."""
+    placement = placement or Placement()
+    placement.check_batch(spec.data.batch_size)
+    device = placement.device(resolve_device(spec.train.device))
+    if spec.train.sync_batchnorm and placement.distributed and device.type != "cuda":
+        raise SpecError(f"train.sync_batchnorm: PyTorch's SyncBatchNorm runs on CUDA only, and this run is on "
+                        f"{device.type}; set train.sync_batchnorm: false")
     precision = resolve_precision(spec.train.precision, device)
     DataPlan.refuse_contradictions(spec, device)
     built = build_variant(spec)
@@ -162,9 +174,9 @@ def assemble(spec: ExperimentSpec, console: Console, progress: bool = True,
     model.to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
     spec = with_batch_size(spec, model, built.preprocessing.input_size, device, channels_last, len(splits.train))
     optimizer = build_optimizer(spec.optimizer, groups)
-    plan = DataPlan.resolve(spec, device, splits, built.preprocessing)
+    plan = DataPlan.resolve(spec, device, splits, built.preprocessing, placement.local_world_size)
     train_loader, eval_loaders = build_loaders(spec, plan, splits, built.preprocessing, device, channels_last, model,
-                                               precision, console)
+                                               precision, console, placement)
     updates = Optimization.updates_per_epoch(len(train_loader), spec.train.accumulate_steps)
     scheduler = build_scheduler(spec.schedule, optimizer, updates, spec.train.epochs)
     optimization = Optimization(optimizer, scheduler, device=device, precision=precision,
@@ -172,15 +184,21 @@ def assemble(spec: ExperimentSpec, console: Console, progress: bool = True,
                                 class_weights=class_weights, accumulate_steps=spec.train.accumulate_steps,
                                 clip_grad_norm=spec.train.clip_grad_norm)
     features = uses_feature_cache(spec)
+    trained = model.head if features else model
+    wrapped = placement.wrap(trained, spec.train.sync_batchnorm, find_unused=bool(spec.train.freeze_epochs))
     if features:
-        forward = model.head
+        forward, eval_forward = wrapped, trained
     else:
         # dynamic=False: the short last batch and evaluation get static graphs of their own (docs/performance.md).
-        forward = torch.compile(model, dynamic=False) if spec.train.compile else model
+        forward = torch.compile(wrapped, dynamic=False) if spec.train.compile else wrapped
+        eval_forward = (torch.compile(model, dynamic=False) if spec.train.compile else model) \
+            if placement.distributed else forward
     trainer = Trainer(model, optimization, device=device, seed=spec.seed, precision=precision, forward=forward,
+                      eval_forward=eval_forward, placement=placement,
                       channels_last=channels_last and not features,
                       batch_transform=batch_mixer(spec.data, len(splits.classes)), callbacks=callbacks or [],
                       progress=Progress(console, enabled=progress), on_bad_image=spec.data.on_bad_image,
                       tta_flip=spec.train.tta_flip)
     return Assembled(spec, trainer, train_loader, eval_loaders, plan, splits, built.preprocessing, groups,
-                     built.weights_origin, device, precision, channels_last, selection_metric(spec, bool(splits.val)))
+                     built.weights_origin, device, precision, channels_last, selection_metric(spec, bool(splits.val)),
+                     placement)

@@ -24,6 +24,7 @@ from transferkit.callbacks.tensorboard import TensorBoardLog
 from transferkit.cpu_memory import keep_freed_memory
 from transferkit.device import describe_device, resolve_device
 from transferkit.engine.callbacks import Callback
+from transferkit.engine.placement import Placement
 from transferkit.engine.trainer import Interrupted
 from transferkit.inference.evaluate import evaluate_run_dir
 from transferkit.files import atomic_write_text
@@ -90,9 +91,15 @@ class Experiment:
         specs = [self.variant_spec(n) for n in names]  # validate all before training any
         if device:
             specs = [s.model_copy(update={"train": s.train.model_copy(update={"device": device})}) for s in specs]
+        placement = Placement.from_env()  # under torchrun: this process's rank among all
+        for spec in specs:
+            placement.check_batch(spec.data.batch_size)
+        if not placement.is_primary:  # one process speaks and writes
+            console, progress = Console(stderr=True, quiet=True), False
         if run_root is None:
             run_root = Path(resume) if resume else fresh_run_root(Path(output_dir or self.spec.output_dir),
                                                                   self.spec.name)
+        run_root = placement.broadcast(run_root)
         results: dict[str, VariantResult] = {}
         def notify(message: str) -> None:
             console.print(f"[yellow]{message}[/]", highlight=False)
@@ -103,12 +110,15 @@ class Experiment:
         with GracefulStop(notify) as stop:
             for name, spec in zip(names, specs):
                 results[name] = run_variant(spec, name, run_root / name, console, progress,
-                                            resume=bool(resume), should_stop=stop.is_requested)
+                                            resume=bool(resume), should_stop=stop.is_requested, placement=placement)
         result = ExperimentResult(self.spec.name, results, run_root)
-        report.write_comparison(result)
-        report.print_comparison(result, console)
-        for variant in results.values():  # per-class metrics and confusion matrix of each best checkpoint
-            evaluate_run_dir(variant.run_dir, "test", console, progress)
+        if placement.is_primary:
+            report.write_comparison(result)
+            report.print_comparison(result, console)
+        placement.close()
+        if placement.is_primary:
+            for variant in results.values():  # per-class metrics and confusion matrix of each best checkpoint
+                evaluate_run_dir(variant.run_dir, "test", console, progress)
         return result
 
 
@@ -129,15 +139,20 @@ def latest_unfinished_run(output_dir: Path, name: str) -> Path | None:
 
 
 def variant_callbacks(spec: ExperimentSpec, run_dir: Path, classes: list[str], preprocessing, selection: str | None,
-                      console: Console, name: str) -> list[Callback]:
-    """The callbacks the recipe asks for, plus the ones every run has (best tracker, checkpoints, metrics files)."""
+                      console: Console, name: str, primary: bool = True) -> list[Callback]:
+    """The callbacks the recipe asks for, plus the ones every run has (best tracker, checkpoints, metrics files).
+
+    Off the primary process, the ones that only write or print are left out (Checkpoint stays: every process
+    contributes its RNG state, and only the primary writes).
+    """
     t = spec.train
-    callbacks: list[Callback] = [BestTracker(selection, t.early_stopping.min_delta if t.early_stopping else 0.0),
-                                 BadImageReport(lambda m: console.print(f"[yellow]skipped unreadable image[/] {m}",
-                                                                        highlight=False)),
-                                 MetricsLog(run_dir, lambda row: console.print(report.epoch_line(name, row, t.epochs),
-                                                                               highlight=False),
-                                            write_files="csv" in t.loggers)]
+    callbacks: list[Callback] = [BestTracker(selection, t.early_stopping.min_delta if t.early_stopping else 0.0)]
+    if primary:
+        callbacks += [BadImageReport(lambda m: console.print(f"[yellow]skipped unreadable image[/] {m}",
+                                                             highlight=False)),
+                      MetricsLog(run_dir, lambda row: console.print(report.epoch_line(name, row, t.epochs),
+                                                                    highlight=False),
+                                 write_files="csv" in t.loggers)]
     if t.checkpoint:
         callbacks.append(Checkpoint(run_dir, spec, classes, preprocessing))
     if t.freeze_epochs:
@@ -146,31 +161,37 @@ def variant_callbacks(spec: ExperimentSpec, run_dir: Path, classes: list[str], p
         callbacks.append(EarlyStopping(t.early_stopping.patience))
     if t.ema:
         callbacks.append(EMA(t.ema.decay))
-    if "tensorboard" in t.loggers:
+    if "tensorboard" in t.loggers and primary:
         callbacks.append(TensorBoardLog(run_dir, spec.model_dump(mode="json")))
     return callbacks
 
 
 def run_variant(spec: ExperimentSpec, name: str, run_dir: Path, console: Console, progress: bool = True,
-                resume: bool = False, should_stop=lambda: False) -> VariantResult:
-    """Build, train and evaluate one variant, writing its run directory as it goes."""
-    if resume and is_finished(run_dir):
+                resume: bool = False, should_stop=lambda: False, placement: Placement | None = None) -> VariantResult:
+    """Build, train and evaluate one variant, writing its run directory as it goes (the primary process only:
+    what the others read of it, the primary hands them)."""
+    placement = placement or Placement()
+    primary = placement.is_primary
+    finished = placement.broadcast(resume and primary and is_finished(run_dir))
+    if finished:
         console.print(f"[bold]{name}[/]: finished already in {run_dir}; not re-trained")
-        return read_summary(name, run_dir)
+        return placement.broadcast(read_summary(name, run_dir) if primary else None)
     started = time.monotonic()
     if resolve_device(spec.train.device).type == "cpu":
         keep_freed_memory()  # activations are reused from the heap instead of page-faulted in every step
-    parts = assemble(spec, console, progress)
+    parts = assemble(spec, console, progress, placement=placement)
     callbacks = variant_callbacks(spec, run_dir, parts.splits.classes, parts.preprocessing, parts.selection,
-                                  console, name)
+                                  console, name, primary)
     trainer = parts.trainer
     if spec.train.budget:
         callbacks.append(Budget(parse_duration(spec.train.budget), started))
     for callback in callbacks:
         trainer.callbacks.append(callback)
     trainer.callbacks.sort(key=lambda cb: cb.order)
-    if resume and (run_dir / "last.pt").is_file():
-        trainer.load_state_dict(load_checkpoint(run_dir / "last.pt"))
+    saved = placement.broadcast(load_checkpoint(run_dir / "last.pt") if primary and resume
+                                and (run_dir / "last.pt").is_file() else None)
+    if saved is not None:
+        trainer.load_state_dict(saved)
         where = (f"step {trainer.partial['step']} of epoch {trainer.epoch + 1}" if trainer.partial
                  else f"epoch {trainer.epoch + 1}")
         console.print(f"[bold]{name}[/]: resuming at {where} from {run_dir / 'last.pt'}")
@@ -178,11 +199,12 @@ def run_variant(spec: ExperimentSpec, name: str, run_dir: Path, console: Console
     if spec.train.probe_epochs and trainer.epoch == 0 and trainer.partial is None:
         probe_seconds = probe_head(parts, console)
     setup_seconds = time.monotonic() - started - probe_seconds
-    prepare_run_dir(run_dir)  # only now: a run that failed before training leaves no folder behind
     groups = describe_groups(parts.param_groups)
-    atomic_write_text(run_dir / "spec.yaml", dump_yaml(spec))
-    atomic_write_text(run_dir / "param_groups.json", json.dumps(groups, indent=2))
-    atomic_write_text(run_dir / "data_plan.json", json.dumps(parts.plan.to_dict(), indent=2))
+    if primary:
+        prepare_run_dir(run_dir)  # only now: a run that failed before training leaves no folder behind
+        atomic_write_text(run_dir / "spec.yaml", dump_yaml(spec))
+        atomic_write_text(run_dir / "param_groups.json", json.dumps(groups, indent=2))
+        atomic_write_text(run_dir / "data_plan.json", json.dumps(parts.plan.to_dict(), indent=2))
     _print_header(console, name, parts, groups, run_dir)
     try:
         trainer.fit(parts.train_loader, parts.eval_loaders, spec.train.epochs, should_stop)
@@ -201,7 +223,8 @@ def run_variant(spec: ExperimentSpec, name: str, run_dir: Path, console: Console
     result = VariantResult(name, trainer.history, groups, trainer.elapsed, run_dir, bad.skipped if bad else [],
                            trainer.stop_reason, tracker.describe() if tracker else "", timing,
                            tracker.best_epoch if tracker else 0)
-    write_summary(result)
+    if primary:
+        write_summary(result)
     return result
 
 
@@ -225,13 +248,18 @@ def describe_time(timing: dict) -> str:
     return f"time: {timing['wall_seconds']:.0f}s in all: {', '.join(parts)}{budget}"
 
 
+def _processes(placement: Placement) -> str:
+    return f", {placement.world_size} process(es) under torchrun" if placement.distributed else ""
+
+
 def _print_header(console: Console, name: str, parts: Assembled, groups: list[dict], run_dir: Path) -> None:
     s, spec = parts.splits, parts.spec
     val = f" / {len(s.val)} val" if s.val else ""
     console.print(f"[bold]{name}[/]: {spec.backbone.name} ({parts.weights_origin}) + {spec.head.name} head, "
                   f"{len(s.classes)} classes, {len(s.train)} train{val} / {len(s.test)} test images, "
                   f"{parts.preprocessing.input_size}px, on {describe_device(parts.device)}, {parts.precision}"
-                  f"{', channels_last' if parts.channels_last else ''} -> {run_dir}", highlight=False)
+                  f"{', channels_last' if parts.channels_last else ''}{_processes(parts.placement)} -> {run_dir}",
+                  highlight=False)
     console.print(f"  {parts.plan.describe()}", highlight=False)
     t = spec.train
     if parts.selection is None:
