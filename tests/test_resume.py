@@ -191,3 +191,25 @@ def test_sigint_with_accumulation_stops_at_an_update_boundary(tmp_path, featured
     resumed = run_cli("run", str(recipe), "--output", str(out), "--resume", "auto")
     assert resumed.returncode == 0, resumed.stderr
     _assert_same_run(reference_dir, out / "tiny" / "base")
+
+
+def test_resume_refuses_another_experiments_run_and_a_changed_setting(tmp_path, reference):
+    recipe, reference_dir = reference
+    other_root = make_image_folder(tmp_path / "other-data")
+    other = tmp_path / "other.yaml"
+    other.write_text(yaml.safe_dump(tiny_recipe(other_root, name="other")))
+    before = (reference_dir.parent / "comparison.json").read_bytes()
+    wrong = run_cli("run", str(other), "--resume", str(reference_dir.parent))
+    assert wrong.returncode == 2 and "run of experiment 'tiny', not 'other'" in wrong.stderr
+    changed = run_cli("run", str(recipe), "--set", "optimizer.lr=0.5", "--resume", str(reference_dir.parent))
+    assert changed.returncode == 2
+    assert "optimizer.lr: 0.01 in the run, 0.5 in the recipe" in changed.stderr, changed.stderr
+    assert (reference_dir.parent / "comparison.json").read_bytes() == before  # nothing overwritten
+
+
+def test_resume_given_a_variant_folder_continues_its_run(tmp_path, reference):
+    recipe, reference_dir = reference
+    again = run_cli("run", str(recipe), "--resume", str(reference_dir))  # runs/tiny/base: the folder with last.pt
+    assert again.returncode == 0, again.stderr
+    assert "finished already" in again.stderr
+    assert not (reference_dir / "tiny").exists() and not (reference_dir / "base").exists()

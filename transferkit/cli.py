@@ -118,11 +118,13 @@ def _launch(experiment, nproc: int, args: list[str]) -> None:
 
 def _resume_dir(experiment, output: Optional[Path], resume: str) -> Path:
     if resume != "auto":
+        from transferkit.run.resume import run_root_of
+
         path = Path(resume)
         if not path.is_dir():
             raise TransferkitError(f"--resume {resume}: no such run directory; give the folder printed by the "
                                    f"interrupted run (runs/<name>) or use --resume auto")
-        return path
+        return run_root_of(path)
     from transferkit.run.experiment import latest_unfinished_run
 
     found = latest_unfinished_run(Path(output or experiment.spec.output_dir), experiment.spec.name)

@@ -37,6 +37,7 @@ from transferkit.recipe.spec import (ExperimentSpec, apply_overrides, dump_yaml,
 from transferkit.run import report
 from transferkit.run.assemble import Assembled, assemble
 from transferkit.run.probe import probe_head
+from transferkit.run.resume import check_resumable
 from transferkit.run.results import ExperimentResult, VariantResult, is_finished, read_summary, write_summary
 from transferkit.run.rundir import prepare_run_dir
 from transferkit.signals import GracefulStop, RunInterrupted
@@ -96,6 +97,8 @@ class Experiment:
             placement.check_batch(spec.data.batch_size)
         if not placement.is_primary:  # one process speaks and writes
             console, progress = Console(stderr=True, quiet=True), False
+        if resume and placement.is_primary:
+            check_resumable(Path(resume), self.spec.name, {n: self.variant_spec(n) for n in self.variant_names})
         if run_root is None:
             run_root = Path(resume) if resume else fresh_run_root(Path(output_dir or self.spec.output_dir),
                                                                   self.spec.name)
