@@ -4,7 +4,6 @@ accumulation, one-cycle, LR finder, class imbalance, augmentation policies and d
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
