@@ -16,24 +16,25 @@ class EMA(Callback):
     def __init__(self, decay: float):
         self.decay = decay
         self.shadow: dict[str, torch.Tensor] | None = None
-        self.params: set[str] = set()
+        self._pairs: tuple[list, list, list, list] = ([], [], [], [])
 
     def on_fit_start(self, trainer) -> None:
-        self.params = {name for name, _ in trainer.model.named_parameters()}
+        state = trainer.model.state_dict()  # tensors sharing the model's storage, valid for the whole fit
         if self.shadow is None:
-            self.shadow = {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
+            self.shadow = {k: v.detach().clone() for k, v in state.items()}
+        self.shadow = {k: v.to(state[k].device) for k, v in self.shadow.items()}  # a resumed one comes on the CPU
+        params = {name for name, _ in trainer.model.named_parameters()}
+        averaged = [name for name in state if name in params]
+        copied = [name for name in state if name not in params]
+        self._pairs = ([self.shadow[n] for n in averaged], [state[n] for n in averaged],
+                       [self.shadow[n] for n in copied], [state[n] for n in copied])
 
     @torch.no_grad()
     def after_update(self, trainer, update: int) -> None:
-        averaged, current = [], []
-        for name, value in trainer.model.state_dict().items():
-            target = self.shadow[name]
-            if name in self.params:
-                averaged.append(target)
-                current.append(value)
-            else:
-                target.copy_(value)
+        averaged, current, copies, buffers = self._pairs
         torch._foreach_lerp_(averaged, current, 1.0 - self.decay)
+        for target, value in zip(copies, buffers):
+            target.copy_(value)
 
     def averaged_state(self, model) -> dict[str, torch.Tensor]:
         """The averaged weights as a state dict (copies)."""

@@ -221,9 +221,9 @@ class Trainer:
                 if self.batch_transform is not None:
                     images, targets = self.batch_transform(images.float(), labels)
                 weight = self._loss_weight(labels.numel(), step == total_steps)
-                logits, losses = opt.step(self.forward, images, targets, opt.is_update_boundary(step, total_steps),
-                                          weight)
-                if opt.is_update_boundary(step, total_steps):
+                update = opt.is_update_boundary(step, total_steps)
+                logits, losses = opt.step(self.forward, images, targets, update, weight)
+                if update:
                     self._call("after_update", opt.updates)
                 batch_loss = losses.sum()
                 loss_sum += batch_loss
