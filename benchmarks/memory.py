@@ -99,6 +99,7 @@ SIDES: dict[str, tuple[str, dict, dict, bool, bool]] = {
     "tutorial": ("tutorial", {}, {}, False, False),
     "transferkit": ("transferkit", {}, {}, False, False),
     "transferkit-kept-heap": ("transferkit", {}, {"TRANSFERKIT_CPU_ALLOCATOR": "heap"}, False, False),
+    "transferkit-huge-pages": ("transferkit", {}, {"TRANSFERKIT_CPU_ALLOCATOR": "huge-pages"}, False, False),
     "transferkit-malloc-default": ("transferkit", {}, {"TRANSFERKIT_CPU_ALLOCATOR": "default"}, False, False),
     "transferkit-no-cache": ("transferkit", {"data": {"cache": "none"}}, {}, False, False),
     "transferkit-contiguous": ("transferkit", {"train": {"channels_last": False}}, {}, False, False),

@@ -13,6 +13,7 @@ because other jobs on a shared machine only ever slow a round down.
 from __future__ import annotations
 
 import argparse
+import os
 import resource
 import subprocess
 import sys
@@ -105,12 +106,17 @@ def bf16(names: list[str], batch: int, rounds: int) -> None:
         print(f"{name:<30}{best['fp32']:>10.1f}{best['bf16']:>10.1f}{best['bf16'] / best['fp32']:>7.2f}x", flush=True)
 
 
-def allocator_child(name: str, batch: int, steps: int, keep: bool) -> None:
-    """(In a fresh process) channels_last training steps; print images/s and minor page faults per step."""
-    if keep:
-        from transferkit.cpu_memory import keep_freed_memory
+MODES = {"default": "default", "kept": "heap", "huge": "huge-pages"}  # TRANSFERKIT_CPU_ALLOCATOR per column
 
-        assert keep_freed_memory(), "the allocator setting could not be applied here"
+
+def allocator_child(name: str, batch: int, steps: int) -> None:
+    """(In a fresh process) channels_last training steps under the allocator mode TRANSFERKIT_CPU_ALLOCATOR names;
+    print images/s, minor page faults per step and max RSS."""
+    from transferkit.cpu_memory import configure_cpu_allocator
+
+    wanted = os.environ.get("TRANSFERKIT_CPU_ALLOCATOR", "")
+    mode = configure_cpu_allocator()  # before the first tensor: the huge-pages mode needs to come first
+    assert wanted in ("", mode, "heap") and (wanted != "heap" or mode == "kept-heap"), f"{wanted}: got {mode}"
     model = network(name).train().to(memory_format=torch.channels_last)
     x = torch.randn(batch, 3, 224, 224).contiguous(memory_format=torch.channels_last)
     train_rate(model, x, steps=2)  # warm-up: the heap grows to its working size
@@ -121,22 +127,27 @@ def allocator_child(name: str, batch: int, steps: int, keep: bool) -> None:
 
 
 def allocator(names: list[str], batch: int, rounds: int, threads: int | None, steps: int) -> None:
-    """Training images/s with glibc's default malloc and with freed memory kept, each round in fresh processes."""
-    print(f"{'backbone':<30}{'default':>10}{'kept':>10}{'ratio':>8}{'faults/step default':>21}{'kept':>8}"
-          f"{'max RSS MiB default':>21}{'kept':>8}")
+    """Training images/s with glibc's default malloc, the kept heap and huge pages, each round in fresh processes."""
+    columns = list(MODES)
+    print(f"{'backbone':<30}" + "".join(f"{c:>9}" for c in columns) + f"{'kept/huge':>11}"
+          + "".join(f"{'faults ' + c:>16}" for c in columns) + "".join(f"{'RSS MiB ' + c:>17}" for c in columns))
     for name in names:
-        best: dict[bool, list] = {False: [0.0, 0.0, 0.0], True: [0.0, 0.0, 0.0]}
+        best = {c: [0.0, 0.0, 0.0] for c in columns}
         for _ in range(rounds):
-            for keep in (False, True):
+            for column in columns:
                 command = [sys.executable, __file__, "allocator-child", name, "--batch", str(batch), "--steps", str(steps),
-                           *(["--threads", str(threads)] if threads else []), *(["--keep"] if keep else [])]
-                rate, faults, rss = map(float, subprocess.run(command, check=True, capture_output=True,
-                                                              text=True).stdout.split())
-                if rate > best[keep][0]:
-                    best[keep] = [rate, faults, rss]
-        (d_rate, d_faults, d_rss), (k_rate, k_faults, k_rss) = best[False], best[True]
-        print(f"{name:<30}{d_rate:>10.1f}{k_rate:>10.1f}{k_rate / d_rate:>7.2f}x{d_faults:>21.0f}{k_faults:>8.0f}"
-              f"{d_rss:>21.0f}{k_rss:>8.0f}", flush=True)
+                           *(["--threads", str(threads)] if threads else [])]
+                env = {**os.environ, "TRANSFERKIT_CPU_ALLOCATOR": MODES[column]}
+                env.pop("THP_MEM_ALLOC_ENABLE", None)
+                if column == "huge":  # torch (imported above, before the mode is set) reads it at its first allocation
+                    env["THP_MEM_ALLOC_ENABLE"] = "1"
+                result = subprocess.run(command, check=True, capture_output=True, text=True, env=env)
+                rate, faults, rss = map(float, result.stdout.split())
+                if rate > best[column][0]:
+                    best[column] = [rate, faults, rss]
+        print(f"{name:<30}" + "".join(f"{best[c][0]:>9.1f}" for c in columns)
+              + f"{best['kept'][0] / best['huge'][0]:>10.2f}x" + "".join(f"{best[c][1]:>16.0f}" for c in columns)
+              + "".join(f"{best[c][2]:>17.0f}" for c in columns), flush=True)
 
 
 def main() -> None:
@@ -147,13 +158,12 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--steps", type=int, default=4, help="allocator: timed steps per process")
-    parser.add_argument("--keep", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     names = SURVEY if args.names == ["survey"] else (args.names or DEFAULT_NAMES)
     if args.what == "allocator-child":
-        return allocator_child(names[0], args.batch, args.steps, args.keep)
+        return allocator_child(names[0], args.batch, args.steps)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch}, 224 px")
     if args.what == "channels-last":
         channels_last(names, args.batch, args.rounds)

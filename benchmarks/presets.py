@@ -7,8 +7,10 @@ the head at 10x) and `transferkit fit --preset fast|balanced|best`, for each see
     python benchmarks/presets.py --data ../shared/data/clothing-small --seeds 0 1 2
     python benchmarks/presets.py --data ../shared/data/clothing-small --limit 600 --seeds 0   # quicker
 
-Accuracy is the test accuracy of the weights best.pt holds (the presets select on the validation
-split; the seed's recipe has none, so its best.pt is its last epoch).
+Accuracy is the test accuracy of the weights best.pt holds: every side selects it on the validation
+split (clothing-small's validation/ folder, which the seed's recipe finds by default too).
+Results are merged into benchmarks/results/presets_<date>.json by side and seed, so sides or seeds
+measured in separate calls the same day end up in one file; `--keep-runs DIR` keeps the run folders.
 """
 
 from __future__ import annotations
@@ -36,13 +38,14 @@ def run_side(command: list[str]) -> tuple[float, int, int]:
     return wall, usage.ru_maxrss * 1024, os.waitstatus_to_exitcode(status)
 
 
-def best_test_accuracy(run_root: Path) -> tuple[float, int]:
-    """Test accuracy at the epoch best.pt holds, and the number of epochs trained, of the run's one variant."""
+def best_test_accuracy(run_root: Path) -> tuple[float, int, dict]:
+    """Test accuracy at the epoch best.pt holds, the number of epochs trained, and how the run's one variant
+    spent its time (summary.json's `time`)."""
     variant = next(p for p in run_root.iterdir() if (p / "summary.json").is_file())
     summary = json.loads((variant / "summary.json").read_text())
     history = json.loads((variant / "metrics.json").read_text())
     epoch = summary.get("best_epoch") or len(history)
-    return history[epoch - 1]["test_accuracy"], len(history)
+    return history[epoch - 1]["test_accuracy"], len(history), summary.get("time", {})
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -53,11 +56,13 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--limit", type=int, default=None, help="data.limit: at most this many images per split")
     parser.add_argument("--sides", nargs="+", default=["seed", "fast", "balanced", "best"])
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
+    parser.add_argument("--keep-runs", type=Path, default=None, help="keep the run folders here (default: deleted)")
     args = parser.parse_args(argv)
     data = str(Path(args.data).resolve())
     common = ["--no-progress", "--set", "train.device=cpu"] + (["--set", f"data.limit={args.limit}"] if args.limit else [])
     rows = []
-    with tempfile.TemporaryDirectory() as scratch:
+    with tempfile.TemporaryDirectory() as temporary:
+        scratch = args.keep_runs or temporary
         for seed in args.seeds:
             for side in args.sides:
                 out = Path(scratch) / f"{side}-{seed}"
@@ -69,15 +74,21 @@ def main(argv: list[str] | None = None) -> dict:
                     command = [*cli, "fit", data, "--preset", side, "--seed", str(seed), "--output", str(out),
                                *common]
                 wall, rss, code = run_side(command)
-                accuracy, epochs = best_test_accuracy(next(out.iterdir())) if code == 0 else (float("nan"), 0)
+                accuracy, epochs, spent = (best_test_accuracy(next(out.iterdir())) if code == 0
+                                           else (float("nan"), 0, {}))
                 rows.append({"side": side, "seed": seed, "wall_seconds": round(wall, 1),
                              "peak_rss_gb": round(rss / 1e9, 2), "test_accuracy": accuracy, "epochs": epochs,
-                             "exit_code": code})
+                             "exit_code": code, "time": spent})
                 print(f"{side:<9} seed {seed}: {wall:7.0f}s  {rss / 1e9:5.2f} GB peak RSS  "
                       f"test acc {accuracy:.3f}  ({epochs} epochs)", flush=True)
-    report = {"data": data, "limit": args.limit, "seeds": args.seeds, "rows": rows, "cpus": os.cpu_count()}
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / f"presets_{time.strftime('%Y-%m-%d')}{'_limit' + str(args.limit) if args.limit else ''}.json"
+    if path.is_file():  # a day's runs of other sides or seeds kept; a side and seed measured again replaced
+        measured = {(row["side"], row["seed"]) for row in rows}
+        earlier = json.loads(path.read_text())["rows"]
+        rows = [row for row in earlier if (row["side"], row["seed"]) not in measured] + rows
+    report = {"data": data, "limit": args.limit, "seeds": sorted({row["seed"] for row in rows}), "rows": rows,
+              "cpus": os.cpu_count()}
     path.write_text(json.dumps(report, indent=2))
     print(f"written {path}")
     return report

@@ -55,9 +55,9 @@ def _run(code: str, env_value: str | None, first: str = "") -> list[str]:
 
 def test_freed_activation_memory_is_not_faulted_in_again_page_by_page():
     pages = 10 * 64 * 2**20 // 4096
-    for switch in (None, "heap"):
+    for switch in (None, "huge-pages"):
         mode, faults = _run(PROBE, switch)
-        assert mode == ("huge-pages" if switch is None and transparent_huge_pages() else "kept-heap")
+        assert mode == ("huge-pages" if switch and transparent_huge_pages() else "kept-heap")
         # kept heap: reused (about one block's pages fault while it settles); huge pages: 1 fault per 2 MiB
         assert int(faults) < pages // 5
     mode, faults = _run(PROBE, "default")
@@ -67,10 +67,10 @@ def test_freed_activation_memory_is_not_faulted_in_again_page_by_page():
 
 @pytest.mark.skipif(not transparent_huge_pages(), reason="the kernel offers no transparent huge pages")
 def test_huge_pages_mode_gives_freed_memory_back_and_needs_to_come_first():
-    mode, returned_mib = _run(GIVES_BACK, None)
+    mode, returned_mib = _run(GIVES_BACK, "huge-pages")
     assert mode == "huge-pages" and int(returned_mib) > 200  # of 256 MiB: the peak is only what is alive
-    mode, returned_mib = _run(GIVES_BACK, "heap")
+    mode, returned_mib = _run(GIVES_BACK, None)
     assert mode == "kept-heap" and int(returned_mib) < 50  # kept for reuse
     # PyTorch reads its huge-page switch at its first CPU allocation: after one, the kept heap instead
-    mode, _ = _run(GIVES_BACK, None, first="import torch; torch.zeros(1)\n")
+    mode, _ = _run(GIVES_BACK, "huge-pages", first="import torch; torch.zeros(1)\n")
     assert mode == "kept-heap"

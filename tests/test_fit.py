@@ -103,3 +103,18 @@ def test_a_batch_that_cannot_fit_is_refused_before_training_with_one_that_would(
     with pytest.raises(SpecError, match=r"data.batch_size: 100000 needs about .* GB .* --set data.batch_size=\d+"):
         Experiment.from_dict(raw).run(progress=False)
     assert not (tmp_path / "runs").exists()
+
+
+def test_on_a_cpu_balanced_and_best_train_on_smaller_crops_unless_a_size_is_set(tmp_path):
+    from transferkit.run.fit import with_fit_overrides
+
+    root = make_image_folder(tmp_path / "photos", per_class=(4, 2))
+    balanced = fit_recipe(root, "balanced", cpu=True)
+    assert balanced["data"]["train_image_size"] == 160 and "image_size" not in balanced["data"]
+    assert fit_recipe(root, "best", cpu=True)["data"]["train_image_size"] == 192
+    assert "train_image_size" not in fit_recipe(root, "balanced", cpu=False)["data"]
+    assert "train_image_size" not in fit_recipe(root, "fast", cpu=True)["data"]
+    sized = with_fit_overrides(balanced, ["data.image_size=64"])
+    assert sized["data"]["image_size"] == 64 and "train_image_size" not in sized["data"]
+    both = with_fit_overrides(balanced, ["data.image_size=64", "data.train_image_size=48"])
+    assert both["data"]["train_image_size"] == 48

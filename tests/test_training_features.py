@@ -273,3 +273,32 @@ def test_keep_best_leaves_only_best_pt_and_keep_last_only_last_pt(image_root, tm
     slim = (result["base"].run_dir / "best.pt").stat().st_size
     full = (result["onlylast"].run_dir / "last.pt").stat().st_size
     assert slim < full  # no optimizer state in best.pt
+
+
+def test_training_crops_can_be_smaller_than_the_evaluation_size(image_root, tmp_path):
+    spec = validate(tiny_recipe(image_root, data={"image_size": 48, "train_image_size": 32},
+                                train={"epochs": 1, "checkpoint": False}))
+    parts = assemble(spec, QUIET, progress=False)
+    train_images, _ = next(iter(parts.train_loader))
+    eval_images, _ = next(iter(parts.eval_loaders["test"]))
+    assert train_images.shape[-2:] == (32, 32) and eval_images.shape[-2:] == (48, 48)
+    assert parts.preprocessing.to_dict()["train_size"] == 32
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(json.dumps(tiny_recipe(image_root, data={"image_size": 48, "train_image_size": 32})))
+    result = run_cli("run", str(recipe), "--no-progress", "--output", str(tmp_path / "runs"), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "train 32px / eval 48px" in result.stderr
+    best = load_checkpoint(next((tmp_path / "runs").glob("*/*/best.pt")))
+    assert best["preprocessing"]["input_size"] == 48 and best["preprocessing"]["train_size"] == 32
+
+
+def test_frozen_batch_norm_statistics_stay_put_while_the_weights_train(image_root):
+    spec = validate(tiny_recipe(image_root, train={"epochs": 1, "checkpoint": False, "freeze_bn_stats": True}))
+    parts = assemble(spec, QUIET, progress=False)
+    initial = {k: v.detach().clone() for k, v in parts.trainer.model.state_dict().items()}
+    parts.trainer.fit(parts.train_loader, parts.eval_loaders, 1)
+    after = parts.trainer.model.state_dict()
+    statistics = [k for k in initial if k.startswith("backbone.") and ("running_" in k or "num_batches" in k)]
+    assert statistics and all(torch.equal(initial[k], after[k]) for k in statistics)
+    weights = [k for k in initial if k.startswith("backbone.") and k.endswith("bn1.weight")]
+    assert weights and any(not torch.equal(initial[k], after[k]) for k in weights)

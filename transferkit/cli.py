@@ -159,13 +159,12 @@ def fit(folder: str = typer.Argument(..., help="folder of photos: train/ and tes
     """Train a classifier on a folder of photos with no recipe: a preset's rules write one, then it runs."""
     api = _api()
     from transferkit.device import resolve_device
-    from transferkit.recipe.spec import apply_overrides
     from transferkit.run.experiment import fresh_run_root
-    from transferkit.run.fit import fit_recipe
+    from transferkit.run.fit import fit_recipe, with_fit_overrides
     from transferkit.files import atomic_write_text
 
     cpu = resolve_device(device).type == "cpu"
-    raw = apply_overrides(fit_recipe(folder, preset, backbone, budget, device, seed, cpu), set_)
+    raw = with_fit_overrides(fit_recipe(folder, preset, backbone, budget, device, seed, cpu), set_)
     raw["output_dir"] = str(output)
     experiment = api.Experiment.from_dict(raw)
     run_root = fresh_run_root(output, experiment.spec.name)

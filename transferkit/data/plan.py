@@ -55,7 +55,7 @@ class DataPlan:
         """
         cls.refuse_contradictions(spec, device)
         d, reasons = spec.data, []
-        train_side = train_cache_size(prep.input_size, prep.resize_size, d.crop_scale[0])
+        train_side = train_cache_size(prep.train_input_size, prep.resize_size, d.crop_scale[0])
         features = uses_feature_cache(spec)
         on_device = augments_on_device(d.augment_on, device, d.cache) and not features and not d.augment.per_image
         deterministic_cuda = spec.train.deterministic and device.type == "cuda"

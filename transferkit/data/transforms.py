@@ -18,9 +18,9 @@ POLICIES = {"trivialaugment": v2.TrivialAugmentWide, "randaugment": v2.RandAugme
 
 
 def train_transform(prep: Preprocessing, spec: DataSpec) -> v2.Compose:
-    """RandomResizedCrop(size) + optional horizontal flip, as d2l's seed, then data.augment's policy and random
+    """RandomResizedCrop(training size) + optional horizontal flip, as d2l's seed, then data.augment's policy and random
     erasing; output uint8 CHW."""
-    steps = [v2.RandomResizedCrop(prep.input_size, scale=spec.crop_scale, ratio=spec.crop_ratio,
+    steps = [v2.RandomResizedCrop(prep.train_input_size, scale=spec.crop_scale, ratio=spec.crop_ratio,
                                   interpolation=interpolation_mode(prep.interpolation), antialias=True)]
     if spec.hflip:
         steps.append(v2.RandomHorizontalFlip())

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from transferkit.errors import SpecError
 from transferkit.model.backbones import build_backbone
 from transferkit.model.heads import build_head
 from transferkit.model.preprocess import Preprocessing
@@ -28,7 +29,11 @@ def build_model(spec: ExperimentSpec, num_classes: int, pretrained: bool | None 
         backbone_spec = backbone_spec.model_copy(update={"pretrained": False, "weights": None})
     backbone = build_backbone(backbone_spec)
     d = spec.data
-    prep = backbone.preprocessing.with_overrides(d.image_size, d.resize_size, d.mean, d.std, d.interpolation)
+    prep = backbone.preprocessing.with_overrides(d.image_size, d.resize_size, d.mean, d.std, d.interpolation,
+                                                      d.train_image_size)
+    if prep.train_size and not backbone.is_convolutional:
+        raise SpecError(f"data.train_image_size: {spec.backbone.name} takes one input size (not a convolutional "
+                        f"network); remove data.train_image_size or set it to {prep.input_size}")
     head = build_head(spec.head, backbone.num_features, num_classes)
     model = TransferModel(backbone.module, head, prep.mean, prep.std, convolutional=backbone.is_convolutional)
     return BuiltModel(model, prep, backbone.weights)

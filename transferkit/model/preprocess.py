@@ -17,6 +17,12 @@ class Preprocessing:
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
     interpolation: str = "bilinear"
+    train_size: int | None = None  # training crop when smaller or larger than input_size; None: input_size
+
+    @property
+    def train_input_size(self) -> int:
+        """Side of the training crops: `train_size` when set, else the evaluation crop's."""
+        return self.train_size or self.input_size
 
     @property
     def crop_pct(self) -> float:
@@ -24,7 +30,8 @@ class Preprocessing:
         return self.input_size / self.resize_size
 
     def with_overrides(self, image_size: int | None = None, resize_size: int | None = None,
-                       mean=None, std=None, interpolation: str | None = None) -> "Preprocessing":
+                       mean=None, std=None, interpolation: str | None = None,
+                       train_image_size: int | None = None) -> "Preprocessing":
         """A copy with the recipe's settings applied; a new size keeps the resize/crop ratio."""
         result = self
         if image_size is not None:
@@ -38,6 +45,8 @@ class Preprocessing:
             result = replace(result, std=tuple(std))
         if interpolation is not None:
             result = replace(result, interpolation=interpolation)
+        if train_image_size is not None:
+            result = replace(result, train_size=None if train_image_size == result.input_size else train_image_size)
         return result
 
     def to_dict(self) -> dict:
@@ -50,4 +59,5 @@ class Preprocessing:
     def from_dict(cls, d: dict) -> "Preprocessing":
         """Inverse of to_dict."""
         return cls(input_size=int(d["input_size"]), resize_size=int(d["resize_size"]),
-                   mean=tuple(d["mean"]), std=tuple(d["std"]), interpolation=str(d["interpolation"]))
+                   mean=tuple(d["mean"]), std=tuple(d["std"]), interpolation=str(d["interpolation"]),
+                   train_size=int(d["train_size"]) if d.get("train_size") else None)

@@ -19,6 +19,7 @@ class TransferModel(nn.Module):
         self.register_buffer("input_scale", 1.0 / (255.0 * std_t))
         self.register_buffer("input_shift", -mean_t / std_t)
         self.freeze_backbone = False
+        self.freeze_norm_statistics = False  # batch-norm layers kept in eval mode while their weights train
 
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
         """(x / 255 - mean) / std as one multiply-add, keeping the input's memory format."""
@@ -40,8 +41,18 @@ class TransferModel(nn.Module):
         self.train(self.training)
 
     def train(self, mode: bool = True):
-        """Like nn.Module.train, but a frozen backbone stays in eval mode (batch-norm statistics fixed)."""
+        """Like nn.Module.train, but a frozen backbone stays in eval mode, and with frozen statistics so do the
+        backbone's batch-norm layers."""
         super().train(mode)
         if self.freeze_backbone:
             self.backbone.eval()
+        elif self.freeze_norm_statistics:
+            for module in self.backbone.modules():
+                if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                    module.eval()
         return self
+
+    def set_norm_statistics_frozen(self, frozen: bool) -> None:
+        """Keep the backbone's batch-norm running statistics (the pretrained ones) while its weights train."""
+        self.freeze_norm_statistics = frozen
+        self.train(self.training)

@@ -19,18 +19,19 @@ PRESETS: dict[str, dict] = {
     },
     "balanced": {  # linear probe on cached features, then the whole network fine-tuned from there (LP-FT)
         "lr_policy": {"name": "uniform"},
-        "optimizer": {"name": "adamw", "lr": 2.0e-4, "weight_decay": 0.05},
+        "optimizer": {"name": "sgd", "lr": 2.0e-3, "momentum": 0.9, "weight_decay": 1.0e-4},
         "schedule": {"name": "cosine", "warmup_epochs": 0.1},
-        "data": {"batch_size": 32},
-        "train": {"epochs": 2, "probe_epochs": 20, "probe_lr": 1.0e-3, "label_smoothing": 0.1},
+        "data": {"batch_size": 32, "crop_scale": [0.35, 1.0]},
+        "train": {"epochs": 1, "probe_epochs": 20, "probe_lr": 1.0e-3, "label_smoothing": 0.1,
+                  "freeze_bn_stats": True},
     },
     "best": {  # LP-FT, longer, with stronger augmentation, EMA of the weights and test-time flip
         "lr_policy": {"name": "uniform"},
-        "optimizer": {"name": "adamw", "lr": 2.0e-4, "weight_decay": 0.05},
-        "schedule": {"name": "cosine", "warmup_epochs": 0.2},
-        "data": {"batch_size": 32, "augment": {"policy": "trivialaugment", "random_erasing": 0.25}},
-        "train": {"epochs": 6, "probe_epochs": 20, "probe_lr": 1.0e-3, "label_smoothing": 0.1,
-                  "ema": {"decay": 0.998}, "tta_flip": True},
+        "optimizer": {"name": "sgd", "lr": 2.0e-3, "momentum": 0.9, "weight_decay": 1.0e-4},
+        "schedule": {"name": "cosine", "warmup_epochs": 0.1},
+        "data": {"batch_size": 32, "crop_scale": [0.35, 1.0], "augment": {"policy": "trivialaugment"}},
+        "train": {"epochs": 3, "probe_epochs": 20, "probe_lr": 1.0e-3, "label_smoothing": 0.1,
+                  "freeze_bn_stats": True, "ema": {"decay": 0.99}, "tta_flip": True},
     },
 }
 

@@ -129,7 +129,7 @@ def build_loaders(spec: ExperimentSpec, plan: DataPlan, splits: FolderSplits, pr
         bank = DeviceImageBank.build(splits.train, plan.train_cache_side, prep.interpolation, device, d.on_bad_image,
                                      threads=threads, side=plan.canvas_side)
         train = DeviceBatches(bank, d.batch_size, spec.seed, d.crop_scale, d.crop_ratio, d.hflip, weights,
-                              crop_size=prep.input_size, channels_last=channels_last, shard=shard)
+                              crop_size=prep.train_input_size, channels_last=channels_last, shard=shard)
     else:
         train_ds = ImageFileDataset(splits.train, train_transform(prep, d), train_decode)
         train = make_loader(train_ds, d.batch_size, True, spec.seed, plan.workers, device, weights, shard)
@@ -170,9 +170,10 @@ def assemble(spec: ExperimentSpec, console: Console, progress: bool = True,
     model, splits, groups = built.model, built.splits, built.param_groups
     class_weights = loss_weights(spec.train.class_weights, spec.train.class_weight_power,
                                  [label for _, label in splits.train], splits.classes)
+    model.set_norm_statistics_frozen(spec.train.freeze_bn_stats)
     channels_last = channels_last_for(spec, model, device)
     model.to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
-    spec = with_batch_size(spec, model, built.preprocessing.input_size, device, channels_last, len(splits.train))
+    spec = with_batch_size(spec, model, built.preprocessing.train_input_size, device, channels_last, len(splits.train))
     optimizer = build_optimizer(spec.optimizer, groups)
     plan = DataPlan.resolve(spec, device, splits, built.preprocessing, placement.local_world_size)
     train_loader, eval_loaders = build_loaders(spec, plan, splits, built.preprocessing, device, channels_last, model,

