@@ -191,7 +191,7 @@ def _instrument(phases: Phases) -> None:
     import torch
 
     from transferkit.engine.trainer import Trainer
-    from transferkit.run import experiment
+    from transferkit.run import assemble as assembly
 
     def wrap(owner, name: str, label):
         original = getattr(owner, name)
@@ -213,7 +213,7 @@ def _instrument(phases: Phases) -> None:
         phases.start(f"  step {steps[0] + 1} of the epoch")
         return result
     torch.optim.SGD.step = counted
-    wrap(experiment, "build_loaders", lambda a, k: "build loaders + caches")
+    wrap(assembly, "build_loaders", lambda a, k: "build loaders + caches")
     wrap(Trainer, "train_epoch", lambda a, k: f"train epoch {a[2]}")
     wrap(Trainer, "evaluate", lambda a, k: f"evaluate {a[2] if len(a) > 2 else k.get('label', 'test')}")
 

@@ -71,8 +71,8 @@ def main(argv: list[str] | None = None) -> dict:
                     command = [*cli, "run", str(REPO / "examples/clothing/recipe.yaml"), "--variant", "finetune",
                                "--set", f"data.root={data}", "--set", f"seed={seed}", "--output", str(out), *common]
                 else:
-                    command = [*cli, "fit", data, "--preset", side, "--seed", str(seed), "--output", str(out),
-                               *common]
+                    command = [*cli, "fit", data, "--preset", side, "--seed", str(seed), "--device", "cpu",
+                               "--output", str(out), *common]
                 wall, rss, code = run_side(command)
                 accuracy, epochs, spent = (best_test_accuracy(next(out.iterdir())) if code == 0
                                            else (float("nan"), 0, {}))

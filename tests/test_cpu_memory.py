@@ -55,7 +55,7 @@ def _run(code: str, env_value: str | None, first: str = "") -> list[str]:
 
 def test_freed_activation_memory_is_not_faulted_in_again_page_by_page():
     pages = 10 * 64 * 2**20 // 4096
-    for switch in (None, "huge-pages"):
+    for switch in (None, "heap", "huge-pages"):
         mode, faults = _run(PROBE, switch)
         assert mode == ("huge-pages" if switch and transparent_huge_pages() else "kept-heap")
         # kept heap: reused (about one block's pages fault while it settles); huge pages: 1 fault per 2 MiB
@@ -74,3 +74,10 @@ def test_huge_pages_mode_gives_freed_memory_back_and_needs_to_come_first():
     # PyTorch reads its huge-page switch at its first CPU allocation: after one, the kept heap instead
     mode, _ = _run(GIVES_BACK, "huge-pages", first="import torch; torch.zeros(1)\n")
     assert mode == "kept-heap"
+
+
+def test_an_unknown_allocator_setting_is_refused_with_the_choices():
+    out = subprocess.run([sys.executable, "-c", "from transferkit.cpu_memory import configure_cpu_allocator as c; c()"],
+                         env={**os.environ, "TRANSFERKIT_CPU_ALLOCATOR": "huge"}, capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode != 0 and "TRANSFERKIT_CPU_ALLOCATOR=huge: use one of" in out.stderr

@@ -118,3 +118,10 @@ def test_on_a_cpu_balanced_and_best_train_on_smaller_crops_unless_a_size_is_set(
     assert sized["data"]["image_size"] == 64 and "train_image_size" not in sized["data"]
     both = with_fit_overrides(balanced, ["data.image_size=64", "data.train_image_size=48"])
     assert both["data"]["train_image_size"] == 48
+
+
+def test_the_ema_decay_follows_the_number_of_updates_after_overrides(tmp_path):
+    root = make_image_folder(tmp_path / "photos", per_class=(10, 2))  # 18 training images: one update an epoch
+    assert fit_recipe(root, "best", overrides=["train.epochs=100"])["train"]["ema"]["decay"] == 0.97
+    assert fit_recipe(root, "best", overrides=["train.epochs=1000"])["train"]["ema"]["decay"] == 0.997
+    assert fit_recipe(root, "best", overrides=["train.ema.decay=0.5"])["train"]["ema"]["decay"] == 0.5

@@ -213,3 +213,12 @@ def test_resume_given_a_variant_folder_continues_its_run(tmp_path, reference):
     assert again.returncode == 0, again.stderr
     assert "finished already" in again.stderr
     assert not (reference_dir / "tiny").exists() and not (reference_dir / "base").exists()
+
+
+def test_a_setting_newer_than_the_run_left_off_does_not_block_resuming():
+    from transferkit.run.resume import differences
+
+    saved = {"train": {"epochs": 3, "label_smoothing": 0.1}}
+    assert differences(saved, {"train": {"epochs": 5, "label_smoothing": 0.1, "freeze_bn_stats": False}}) == []
+    assert differences(saved, {"train": {"epochs": 3, "label_smoothing": 0.1, "freeze_bn_stats": True}}) == [
+        "train.freeze_bn_stats: None in the run, True in the recipe"]

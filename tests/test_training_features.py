@@ -276,13 +276,15 @@ def test_keep_best_leaves_only_best_pt_and_keep_last_only_last_pt(image_root, tm
 
 
 def test_training_crops_can_be_smaller_than_the_evaluation_size(image_root, tmp_path):
-    spec = validate(tiny_recipe(image_root, data={"image_size": 48, "train_image_size": 32},
-                                train={"epochs": 1, "checkpoint": False}))
-    parts = assemble(spec, QUIET, progress=False)
-    train_images, _ = next(iter(parts.train_loader))
-    eval_images, _ = next(iter(parts.eval_loaders["test"]))
-    assert train_images.shape[-2:] == (32, 32) and eval_images.shape[-2:] == (48, 48)
-    assert parts.preprocessing.to_dict()["train_size"] == 32
+    for where in ("cpu", "device"):  # the loader's crops and the resident images' batched crops
+        spec = validate(tiny_recipe(image_root, data={"image_size": 48, "train_image_size": 32, "augment_on": where},
+                                    train={"epochs": 1, "checkpoint": False}))
+        parts = assemble(spec, QUIET, progress=False)
+        assert parts.plan.train_source == ("loader" if where == "cpu" else "device_bank")
+        train_images, _ = next(iter(parts.train_loader))
+        eval_images, _ = next(iter(parts.eval_loaders["test"]))
+        assert train_images.shape[-2:] == (32, 32) and eval_images.shape[-2:] == (48, 48)
+        assert parts.preprocessing.to_dict()["train_size"] == 32
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text(json.dumps(tiny_recipe(image_root, data={"image_size": 48, "train_image_size": 32})))
     result = run_cli("run", str(recipe), "--no-progress", "--output", str(tmp_path / "runs"), cwd=tmp_path)
@@ -293,12 +295,25 @@ def test_training_crops_can_be_smaller_than_the_evaluation_size(image_root, tmp_
 
 
 def test_frozen_batch_norm_statistics_stay_put_while_the_weights_train(image_root):
-    spec = validate(tiny_recipe(image_root, train={"epochs": 1, "checkpoint": False, "freeze_bn_stats": True}))
+    from transferkit.run.probe import probe_head
+
+    spec = validate(tiny_recipe(image_root, train={"epochs": 1, "checkpoint": False, "freeze_bn_stats": True,
+                                                   "probe_epochs": 1}))
     parts = assemble(spec, QUIET, progress=False)
     initial = {k: v.detach().clone() for k, v in parts.trainer.model.state_dict().items()}
+    probe_head(parts, QUIET)  # freezes the backbone, then thaws it: the statistics must stay frozen after
     parts.trainer.fit(parts.train_loader, parts.eval_loaders, 1)
     after = parts.trainer.model.state_dict()
     statistics = [k for k in initial if k.startswith("backbone.") and ("running_" in k or "num_batches" in k)]
     assert statistics and all(torch.equal(initial[k], after[k]) for k in statistics)
     weights = [k for k in initial if k.startswith("backbone.") and k.endswith("bn1.weight")]
     assert weights and any(not torch.equal(initial[k], after[k]) for k in weights)
+
+
+def test_training_size_and_frozen_statistics_that_would_do_nothing_are_refused(image_root):
+    frozen = {"name": "frozen_backbone", "feature_cache": True}
+    with pytest.raises(SpecError, match="data.train_image_size"):
+        Experiment.from_dict(tiny_recipe(image_root, data={"train_image_size": 24}, lr_policy=frozen))
+    with pytest.raises(SpecError, match="train.freeze_bn_stats"):
+        Experiment.from_dict(tiny_recipe(image_root, train={"freeze_bn_stats": True},
+                                         lr_policy={"name": "frozen_backbone"}))

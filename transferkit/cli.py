@@ -160,11 +160,13 @@ def fit(folder: str = typer.Argument(..., help="folder of photos: train/ and tes
     api = _api()
     from transferkit.device import resolve_device
     from transferkit.run.experiment import fresh_run_root
-    from transferkit.run.fit import fit_recipe, with_fit_overrides
+    from transferkit.run.fit import fit_recipe
     from transferkit.files import atomic_write_text
 
-    cpu = resolve_device(device).type == "cpu"
-    raw = with_fit_overrides(fit_recipe(folder, preset, backbone, budget, device, seed, cpu), set_)
+    wanted = next((item.split("=", 1)[1].strip() for item in reversed(set_)
+                   if item.split("=", 1)[0].strip() == "train.device"), device)
+    cpu = resolve_device(wanted).type == "cpu"
+    raw = fit_recipe(folder, preset, backbone, budget, device, seed, cpu, set_)
     raw["output_dir"] = str(output)
     experiment = api.Experiment.from_dict(raw)
     run_root = fresh_run_root(output, experiment.spec.name)

@@ -3,9 +3,10 @@
 glibc's malloc serves each large block (activations and their gradients: tens to hundreds of MB) with a
 fresh `mmap` and gives it back with `munmap` when freed, so every training step on the CPU faults in and
 zeroes all its activation memory again, 4 KiB at a time. `keep_freed_memory()` picks one of two cures:
+
 - "kept-heap" (the default): no mmap'd blocks and up to 1 GiB of free memory kept at the top of the heap,
-  so freed memory is reused without faults. The fastest (1.6x huge pages, 1.15-1.3x glibc's default on a
-  training step), but the heap fragments: it holds its largest extent for the rest of the process, about a
+  so freed memory is reused without faults. The fastest (1.3-1.9x huge pages, 1.07-1.37x glibc's default on a
+  training step at batch 32), but the heap fragments: it holds its largest extent for the rest of the process, about a
   third above the live peak at batch 128 (docs/performance.md, "Peak memory").
 - "huge-pages" (TRANSFERKIT_CPU_ALLOCATOR=huge-pages, where the kernel offers transparent huge pages):
   blocks of 2 MiB and more stay mmap'd, so freed memory goes back to the system at once and the peak is
@@ -13,6 +14,7 @@ zeroes all its activation memory again, 4 KiB at a time. `keep_freed_memory()` p
   faults and zeroes its activations again in 2 MiB pages: slower than glibc's default, for a machine
   short of memory. PyTorch reads that switch at its first CPU allocation: this mode needs to be chosen
   before any tensor exists in the process, and is checked, not assumed.
+
 Results are bit-identical in every mode: only where memory comes from changes. Nothing happens where the
 C library is not glibc, or with TRANSFERKIT_CPU_ALLOCATOR=default.
 """
@@ -32,6 +34,7 @@ KEEP_AT_HEAP_TOP = 1 << 30
 HUGE_PAGE = 2 << 20  # PyTorch madvises blocks from this size on (c10 alloc_cpu)
 TRIM_WITH_HUGE_PAGES = 64 << 20
 ENV_SWITCH = "TRANSFERKIT_CPU_ALLOCATOR"
+CHOICES = ("", "heap", "kept-heap", "huge-pages", "default")
 TORCH_THP_SWITCH = "THP_MEM_ALLOC_ENABLE"
 THP_SETTING = Path("/sys/kernel/mm/transparent_hugepage/enabled")
 
@@ -72,6 +75,11 @@ def configure_cpu_allocator() -> str:
     if _mode is not None:
         return _mode
     choice = os.environ.get(ENV_SWITCH, "").lower()
+    if choice not in CHOICES:
+        from transferkit.errors import SpecError
+
+        raise SpecError(f"{ENV_SWITCH}={choice}: use one of {', '.join(sorted(c for c in CHOICES if c))}, "
+                        f"or leave it unset (kept-heap)")
     mallopt = None
     if choice != "default" and platform.system() == "Linux" and platform.libc_ver()[0] == "glibc":
         mallopt = _mallopt()

@@ -36,7 +36,13 @@ def contradictions(spec: ExperimentSpec) -> list[tuple[str, str]]:
     if t.probe_epochs and spec.lr_policy.name == "frozen_backbone":
         found.append(("train.probe_epochs", "the frozen_backbone policy is a probe already; use probe_epochs "
                                             "with a fine-tuning policy (uniform, head_multiplier)"))
+    if t.freeze_bn_stats and spec.lr_policy.name == "frozen_backbone":
+        found.append(("train.freeze_bn_stats", "the frozen_backbone policy keeps all backbone statistics already; "
+                                               "remove train.freeze_bn_stats"))
     if uses_feature_cache(spec):
+        if d.train_image_size and spec.lr_policy.cache_views == 0:
+            found.append(("data.train_image_size", "a frozen-backbone feature cache trains on the evaluation view; "
+                                                   "remove data.train_image_size, or set lr_policy.cache_views"))
         if t.tta_flip:
             found.append(("train.tta_flip", "cached features have no image to mirror; set "
                                             "lr_policy.feature_cache: false, or train.tta_flip: false"))

