@@ -57,7 +57,7 @@ def test_freed_activation_memory_is_not_faulted_in_again_page_by_page():
     pages = 10 * 64 * 2**20 // 4096
     for switch in (None, "heap", "huge-pages"):
         mode, faults = _run(PROBE, switch)
-        assert mode == ("huge-pages" if switch and transparent_huge_pages() else "kept-heap")
+        assert mode == ("huge-pages" if switch == "huge-pages" and transparent_huge_pages() else "kept-heap")
         # kept heap: reused (about one block's pages fault while it settles); huge pages: 1 fault per 2 MiB
         assert int(faults) < pages // 5
     mode, faults = _run(PROBE, "default")

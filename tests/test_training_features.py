@@ -281,8 +281,8 @@ def test_training_crops_can_be_smaller_than_the_evaluation_size(image_root, tmp_
                                     train={"epochs": 1, "checkpoint": False}))
         parts = assemble(spec, QUIET, progress=False)
         assert parts.plan.train_source == ("loader" if where == "cpu" else "device_bank")
-        train_images, _ = next(iter(parts.train_loader))
-        eval_images, _ = next(iter(parts.eval_loaders["test"]))
+        train_images, _ = parts.trainer.to_device(next(iter(parts.train_loader)))  # the device crops here
+        eval_images, _ = parts.trainer.to_device(next(iter(parts.eval_loaders["test"])))
         assert train_images.shape[-2:] == (32, 32) and eval_images.shape[-2:] == (48, 48)
         assert parts.preprocessing.to_dict()["train_size"] == 32
     recipe = tmp_path / "recipe.yaml"
