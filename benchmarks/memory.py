@@ -99,6 +99,7 @@ SIDES: dict[str, tuple[str, dict, dict, bool, bool]] = {
     "tutorial": ("tutorial", {}, {}, False, False),
     "transferkit": ("transferkit", {}, {}, False, False),
     "transferkit-kept-heap": ("transferkit", {}, {"TRANSFERKIT_CPU_ALLOCATOR": "heap"}, False, False),
+    "transferkit-page-pool": ("transferkit", {}, {"TRANSFERKIT_CPU_ALLOCATOR": "page-pool"}, False, False),
     "transferkit-huge-pages": ("transferkit", {}, {"TRANSFERKIT_CPU_ALLOCATOR": "huge-pages"}, False, False),
     "transferkit-malloc-default": ("transferkit", {}, {"TRANSFERKIT_CPU_ALLOCATOR": "default"}, False, False),
     "transferkit-no-cache": ("transferkit", {"data": {"cache": "none"}}, {}, False, False),
@@ -148,8 +149,16 @@ def heap_mib() -> dict:
     except (OSError, AttributeError):
         return {}
     mib = 2**20
-    return {"heap": info.arena / mib, "mmapped": info.hblkhd / mib, "in_use": (info.uordblks + info.hblkhd) / mib,
-            "free_kept": info.fordblks / mib}
+    figures = {"heap": info.arena / mib, "mmapped": info.hblkhd / mib, "in_use": (info.uordblks + info.hblkhd) / mib,
+               "free_kept": info.fordblks / mib}
+    from transferkit import cpu_memory
+
+    if cpu_memory._mode == "page-pool":
+        from transferkit.native import page_pool
+
+        pool = page_pool.stats()
+        figures.update(pool_live=pool["live"] / mib, pool_free=pool["pooled"] / mib, pool_peak=pool["peak_live"] / mib)
+    return figures
 
 
 class Phases:

@@ -3,8 +3,7 @@
     python benchmarks/micro.py channels-last [--threads N] [NAMES...]   # training step, both memory formats
     python benchmarks/micro.py eval-batch [NAMES...]                    # inference images/s per batch size
     python benchmarks/micro.py bf16 [NAMES...]                          # training step, fp32 vs bf16 autocast
-    python benchmarks/micro.py allocator [NAMES...]                     # training step, glibc malloc default vs
-                                                                        # transferkit's kept freed memory
+    python benchmarks/micro.py allocator [NAMES...]                     # training step under each CPU allocator mode
 
 Random-init networks on random tensors at 224 px; each figure is the best of interleaved rounds,
 because other jobs on a shared machine only ever slow a round down.
@@ -106,7 +105,7 @@ def bf16(names: list[str], batch: int, rounds: int) -> None:
         print(f"{name:<30}{best['fp32']:>10.1f}{best['bf16']:>10.1f}{best['bf16'] / best['fp32']:>7.2f}x", flush=True)
 
 
-MODES = {"default": "default", "kept": "heap", "huge": "huge-pages"}  # TRANSFERKIT_CPU_ALLOCATOR per column
+MODES = {"default": "default", "kept": "heap", "huge": "huge-pages", "pool": "page-pool"}  # TRANSFERKIT_CPU_ALLOCATOR
 
 
 def allocator_child(name: str, batch: int, steps: int) -> None:
@@ -127,9 +126,9 @@ def allocator_child(name: str, batch: int, steps: int) -> None:
 
 
 def allocator(names: list[str], batch: int, rounds: int, threads: int | None, steps: int) -> None:
-    """Training images/s with glibc's default malloc, the kept heap and huge pages, each round in fresh processes."""
+    """Training images/s with glibc's default malloc, the kept heap, huge pages and the page pool, fresh processes."""
     columns = list(MODES)
-    print(f"{'backbone':<30}" + "".join(f"{c:>9}" for c in columns) + f"{'kept/huge':>11}"
+    print(f"{'backbone':<30}" + "".join(f"{c:>9}" for c in columns) + f"{'pool/kept':>11}"
           + "".join(f"{'faults ' + c:>16}" for c in columns) + "".join(f"{'RSS MiB ' + c:>17}" for c in columns))
     for name in names:
         best = {c: [0.0, 0.0, 0.0] for c in columns}
@@ -146,7 +145,7 @@ def allocator(names: list[str], batch: int, rounds: int, threads: int | None, st
                 if rate > best[column][0]:
                     best[column] = [rate, faults, rss]
         print(f"{name:<30}" + "".join(f"{best[c][0]:>9.1f}" for c in columns)
-              + f"{best['kept'][0] / best['huge'][0]:>10.2f}x" + "".join(f"{best[c][1]:>16.0f}" for c in columns)
+              + f"{best['pool'][0] / best['kept'][0]:>10.2f}x" + "".join(f"{best[c][1]:>16.0f}" for c in columns)
               + "".join(f"{best[c][2]:>17.0f}" for c in columns), flush=True)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import platform
+import shutil
 import subprocess
 import sys
 
@@ -53,12 +54,18 @@ def _run(code: str, env_value: str | None, first: str = "") -> list[str]:
     return out.stdout.split()
 
 
+def _default_mode() -> str:
+    return "page-pool" if shutil.which(os.environ.get("CXX", "c++")) else "kept-heap"
+
+
 def test_freed_activation_memory_is_not_faulted_in_again_page_by_page():
     pages = 10 * 64 * 2**20 // 4096
-    for switch in (None, "heap", "huge-pages"):
+    expected = {None: _default_mode(), "page-pool": _default_mode(), "heap": "kept-heap",
+                "huge-pages": "huge-pages" if transparent_huge_pages() else "kept-heap"}
+    for switch, wanted in expected.items():
         mode, faults = _run(PROBE, switch)
-        assert mode == ("huge-pages" if switch == "huge-pages" and transparent_huge_pages() else "kept-heap")
-        # kept heap: reused (about one block's pages fault while it settles); huge pages: 1 fault per 2 MiB
+        assert mode == wanted
+        # pool and kept heap: reused (about one block's pages fault while it settles); huge pages: 1 fault per 2 MiB
         assert int(faults) < pages // 5
     mode, faults = _run(PROBE, "default")
     assert mode == "default"
@@ -69,7 +76,7 @@ def test_freed_activation_memory_is_not_faulted_in_again_page_by_page():
 def test_huge_pages_mode_gives_freed_memory_back_and_needs_to_come_first():
     mode, returned_mib = _run(GIVES_BACK, "huge-pages")
     assert mode == "huge-pages" and int(returned_mib) > 200  # of 256 MiB: the peak is only what is alive
-    mode, returned_mib = _run(GIVES_BACK, None)
+    mode, returned_mib = _run(GIVES_BACK, "heap")
     assert mode == "kept-heap" and int(returned_mib) < 50  # kept for reuse
     # PyTorch reads its huge-page switch at its first CPU allocation: after one, the kept heap instead
     mode, _ = _run(GIVES_BACK, "huge-pages", first="import torch; torch.zeros(1)\n")

@@ -75,6 +75,9 @@ class DataPlan:
             reasons.append("data.augment policy/random_erasing: crops on the CPU loader")
         source = "feature_cache" if features else "device_bank" if resident else "loader"
         train_cache, eval_cache = _cache_modes(spec, splits, prep, train_side, source)
+        train_cache, eval_cache, read_once = _skip_memory_caches_read_once(spec, source, train_cache, eval_cache)
+        if read_once:
+            reasons.append(f"{read_once} read once in {spec.train.epochs} epoch: not held in memory")
         workers = d.num_workers if d.num_workers is not None else default_num_workers(device, processes)
         if source == "device_bank":
             workers_note = "no loader workers for training (images on the device)"
@@ -96,6 +99,23 @@ class DataPlan:
     def to_dict(self) -> dict:
         """Plain data, written as data_plan.json."""
         return asdict(self)
+
+
+def _skip_memory_caches_read_once(spec: ExperimentSpec, source: str, train_cache: str,
+                                  eval_cache: str) -> tuple[str, str, str]:
+    """(train cache, eval cache, what was dropped): data.cache auto holds no images in memory that the run
+    reads only once (one epoch and no probe; one evaluation per split without EMA), as a cache would then save
+    no decoding but still hold every image. Disk caches stay: a later run reads them again."""
+    if spec.data.cache != "auto" or source == "feature_cache" or spec.train.epochs > 1 or spec.train.probe_epochs:
+        return train_cache, eval_cache, ""
+    dropped = []
+    if train_cache == "memory":
+        train_cache = "none"
+        dropped.append("training images")
+    if eval_cache == "memory" and spec.train.ema is None:
+        eval_cache = "none"
+        dropped.append("evaluation images")
+    return train_cache, eval_cache, " and ".join(dropped)
 
 
 def _cache_modes(spec: ExperimentSpec, splits: FolderSplits, prep: Preprocessing, train_side: int,
