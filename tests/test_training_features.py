@@ -317,3 +317,16 @@ def test_training_size_and_frozen_statistics_that_would_do_nothing_are_refused(i
     with pytest.raises(SpecError, match="train.freeze_bn_stats"):
         Experiment.from_dict(tiny_recipe(image_root, train={"freeze_bn_stats": True},
                                          lr_policy={"name": "frozen_backbone"}))
+
+
+def test_auto_cache_holds_no_images_in_memory_that_a_one_epoch_run_reads_once(image_root, tmp_path):
+    plans = {}
+    for name, train in {"once": {"epochs": 1}, "twice": {"epochs": 2}, "ema": {"epochs": 1, "ema": {}}}.items():
+        raw = tiny_recipe(image_root, name=name, output_dir=str(tmp_path / "runs"), train=train,
+                          data={"cache": "auto"})
+        result = Experiment.from_dict(raw).run(progress=False, console=QUIET)["base"]
+        plans[name] = json.loads((result.run_dir / "data_plan.json").read_text())
+    assert (plans["once"]["train_cache"], plans["once"]["eval_cache"]) == ("none", "none")
+    assert any("read once in 1 epoch" in reason for reason in plans["once"]["reasons"])
+    assert (plans["twice"]["train_cache"], plans["twice"]["eval_cache"]) == ("memory", "memory")
+    assert (plans["ema"]["train_cache"], plans["ema"]["eval_cache"]) == ("none", "memory")  # EMA evaluates twice
