@@ -3,7 +3,7 @@
     python benchmarks/micro.py channels-last [--threads N] [NAMES...]   # training step, both memory formats
     python benchmarks/micro.py eval-batch [NAMES...]                    # inference images/s per batch size
     python benchmarks/micro.py bf16 [NAMES...]                          # training step, fp32 vs bf16 autocast
-    python benchmarks/micro.py allocator [NAMES...]                     # training step under each CPU allocator mode
+    python benchmarks/micro.py allocator [NAMES...] [--sides ...]       # training step under each CPU allocator
 
 Random-init networks on random tensors at 224 px; each figure is the best of interleaved rounds,
 because other jobs on a shared machine only ever slow a round down.
@@ -17,6 +17,7 @@ import resource
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import timm
 import torch
@@ -105,48 +106,116 @@ def bf16(names: list[str], batch: int, rounds: int) -> None:
         print(f"{name:<30}{best['fp32']:>10.1f}{best['bf16']:>10.1f}{best['bf16'] / best['fp32']:>7.2f}x", flush=True)
 
 
-MODES = {"default": "default", "kept": "heap", "huge": "huge-pages", "pool": "page-pool"}  # TRANSFERKIT_CPU_ALLOCATOR
+# side -> environment of its fresh process. LD_PRELOAD sides load the library before anything else, with the
+# settings PyTorch's CPU launcher (torch/backends/xeon/run_cpu.py) uses; transferkit leaves glibc alone in them.
+JEMALLOC_RUN_CPU = "oversize_threshold:1,background_thread:true,metadata_thp:auto"  # run_cpu.py, torch 2.14
+JEMALLOC_NO_DECAY = JEMALLOC_RUN_CPU + ",dirty_decay_ms:9000000000,muzzy_decay_ms:9000000000"  # PyTorch tuning guide
+PRELOADS = {"jemalloc": "libjemalloc.so*", "tcmalloc": "libtcmalloc_minimal.so*"}
+ALLOCATOR_SIDES = {
+    "glibc": {"TRANSFERKIT_CPU_ALLOCATOR": "default"},
+    "kept-heap": {"TRANSFERKIT_CPU_ALLOCATOR": "heap"},
+    "huge-pages": {"TRANSFERKIT_CPU_ALLOCATOR": "huge-pages", "THP_MEM_ALLOC_ENABLE": "1"},
+    "page-pool": {"TRANSFERKIT_CPU_ALLOCATOR": "page-pool"},
+    "jemalloc": {"TRANSFERKIT_CPU_ALLOCATOR": "default", "preload": "jemalloc", "MALLOC_CONF": JEMALLOC_RUN_CPU},
+    "jemalloc-no-decay": {"TRANSFERKIT_CPU_ALLOCATOR": "default", "preload": "jemalloc",
+                          "MALLOC_CONF": JEMALLOC_NO_DECAY},
+    "tcmalloc": {"TRANSFERKIT_CPU_ALLOCATOR": "default", "preload": "tcmalloc"},
+}
 
 
-def allocator_child(name: str, batch: int, steps: int) -> None:
-    """(In a fresh process) channels_last training steps under the allocator mode TRANSFERKIT_CPU_ALLOCATOR names;
-    print images/s, minor page faults per step and max RSS."""
+def preload_path(kind: str) -> str:
+    """The system's shared library for jemalloc or tcmalloc (Debian's libjemalloc2, libtcmalloc-minimal4)."""
+    import glob
+
+    for folder in ("/usr/lib/x86_64-linux-gnu", "/usr/lib/aarch64-linux-gnu", "/usr/lib64", "/usr/lib",
+                   "/usr/local/lib"):
+        found = sorted(glob.glob(f"{folder}/{PRELOADS[kind]}"))
+        if found:
+            return found[0]
+    raise SystemExit(f"{kind}: no {PRELOADS[kind]} found (Debian: apt-get install libjemalloc2 libtcmalloc-minimal4)")
+
+
+def side_environment(side: str) -> dict:
+    """os.environ with one allocator side's settings (LD_PRELOAD resolved to the library's path)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("THP_MEM_ALLOC_ENABLE", "MALLOC_CONF", "LD_PRELOAD")}
+    settings = dict(ALLOCATOR_SIDES[side])
+    kind = settings.pop("preload", None)
+    if kind:
+        settings["LD_PRELOAD"] = preload_path(kind)
+    return {**env, **settings}
+
+
+def allocator_in_process() -> str:
+    """Which allocator library this process has mapped: jemalloc, tcmalloc or glibc."""
+    maps = open("/proc/self/maps").read()
+    return "jemalloc" if "libjemalloc" in maps else "tcmalloc" if "libtcmalloc" in maps else "glibc"
+
+
+def allocator_child(name: str, batch: int, steps: int, warmup: int) -> None:
+    """(In a fresh process) channels_last training steps under this process's allocator; print JSON: images/s,
+    minor page faults per step, peak RSS, the allocator in force."""
+    import json
+
     from transferkit.cpu_memory import configure_cpu_allocator
 
-    wanted = os.environ.get("TRANSFERKIT_CPU_ALLOCATOR", "")
     mode = configure_cpu_allocator()  # before the first tensor: the huge-pages mode needs to come first
-    assert wanted in ("", mode, "heap") and (wanted != "heap" or mode == "kept-heap"), f"{wanted}: got {mode}"
     model = network(name).train().to(memory_format=torch.channels_last)
     x = torch.randn(batch, 3, 224, 224).contiguous(memory_format=torch.channels_last)
-    train_rate(model, x, steps=2)  # warm-up: the heap grows to its working size
+    train_rate(model, x, steps=warmup)  # warm-up: the heap grows to its working size
     faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     rate = train_rate(model, x, steps=steps)
     faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults) / steps
-    print(f"{rate} {faults} {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}")
+    print(json.dumps({"images_per_s": rate, "faults_per_step": faults, "mode": mode, "library": allocator_in_process(),
+                      "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 
 
-def allocator(names: list[str], batch: int, rounds: int, threads: int | None, steps: int) -> None:
-    """Training images/s with glibc's default malloc, the kept heap, huge pages and the page pool, fresh processes."""
-    columns = list(MODES)
-    print(f"{'backbone':<30}" + "".join(f"{c:>9}" for c in columns) + f"{'pool/kept':>11}"
-          + "".join(f"{'faults ' + c:>16}" for c in columns) + "".join(f"{'RSS MiB ' + c:>17}" for c in columns))
-    for name in names:
-        best = {c: [0.0, 0.0, 0.0] for c in columns}
-        for _ in range(rounds):
-            for column in columns:
-                command = [sys.executable, __file__, "allocator-child", name, "--batch", str(batch), "--steps", str(steps),
-                           *(["--threads", str(threads)] if threads else [])]
-                env = {**os.environ, "TRANSFERKIT_CPU_ALLOCATOR": MODES[column]}
-                env.pop("THP_MEM_ALLOC_ENABLE", None)
-                if column == "huge":  # torch (imported above, before the mode is set) reads it at its first allocation
-                    env["THP_MEM_ALLOC_ENABLE"] = "1"
-                result = subprocess.run(command, check=True, capture_output=True, text=True, env=env)
-                rate, faults, rss = map(float, result.stdout.split())
-                if rate > best[column][0]:
-                    best[column] = [rate, faults, rss]
-        print(f"{name:<30}" + "".join(f"{best[c][0]:>9.1f}" for c in columns)
-              + f"{best['pool'][0] / best['kept'][0]:>10.2f}x" + "".join(f"{best[c][1]:>16.0f}" for c in columns)
-              + "".join(f"{best[c][2]:>17.0f}" for c in columns), flush=True)
+def load_average() -> float:
+    """The 1-minute load average."""
+    return os.getloadavg()[0]
+
+
+def allocator(names: list[str], batches: list[int], sides: list[str], rounds: int, threads: int | None, steps: int,
+              warmup: int, out: str | None) -> dict:
+    """Training images/s and peak RSS under each allocator side, a fresh process per side and round, sides
+    interleaved round by round (A B C, A B C, ...); medians, and ratios to the first side."""
+    import json
+    import statistics
+
+    report = {"command": " ".join(["python", "benchmarks/micro.py", *sys.argv[1:]]), "torch": torch.__version__,
+              "threads": threads or torch.get_num_threads(), "steps": steps, "warmup": warmup, "rounds": rounds,
+              "sides": {s: ALLOCATOR_SIDES[s] for s in sides}, "results": []}
+    for batch in batches:
+        for name in names:
+            runs = {side: [] for side in sides}
+            loads = [load_average()]
+            for _ in range(rounds):
+                for side in sides:
+                    command = [sys.executable, __file__, "allocator-child", name, "--batch", str(batch),
+                               "--steps", str(steps), "--warmup", str(warmup),
+                               *(["--threads", str(threads)] if threads else [])]
+                    result = subprocess.run(command, check=True, capture_output=True, text=True,
+                                            env=side_environment(side))
+                    runs[side].append(json.loads(result.stdout.strip().splitlines()[-1]))
+                loads.append(load_average())
+            row = {"backbone": name, "batch": batch, "load_average": loads, "sides": {}}
+            for side in sides:
+                rates = [r["images_per_s"] for r in runs[side]]
+                rss = [r["peak_rss_mib"] for r in runs[side]]
+                row["sides"][side] = {"images_per_s": statistics.median(rates), "peak_rss_mib": statistics.median(rss),
+                                      "faults_per_step": statistics.median(r["faults_per_step"] for r in runs[side]),
+                                      "library": runs[side][0]["library"], "mode": runs[side][0]["mode"], "runs": runs[side]}
+            base = row["sides"][sides[0]]
+            print(f"\n{name}, batch {batch}, load average {' -> '.join(f'{x:.1f}' for x in loads)}")
+            print(f"  {'side':<20}{'img/s':>8}{'x ' + sides[0]:>10}{'peak RSS MiB':>14}{'x ' + sides[0]:>10}"
+                  f"{'faults/step':>13}  library/mode")
+            for side, r in row["sides"].items():
+                print(f"  {side:<20}{r['images_per_s']:>8.2f}{r['images_per_s'] / base['images_per_s']:>9.2f}x"
+                      f"{r['peak_rss_mib']:>14.0f}{r['peak_rss_mib'] / base['peak_rss_mib']:>9.2f}x"
+                      f"{r['faults_per_step']:>13.0f}  {r['library']}/{r['mode']}", flush=True)
+            report["results"].append(row)
+            if out:
+                Path(out).write_text(json.dumps(report, indent=2))
+    return report
 
 
 def main() -> None:
@@ -157,19 +226,25 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--steps", type=int, default=4, help="allocator: timed steps per process")
+    parser.add_argument("--warmup", type=int, default=2, help="allocator: untimed steps first, per process")
+    parser.add_argument("--batches", type=int, nargs="+", help="allocator: batch sizes (default --batch)")
+    parser.add_argument("--sides", nargs="+", choices=list(ALLOCATOR_SIDES), default=["glibc", "page-pool", "jemalloc",
+                        "tcmalloc"], help="allocator: sides, each in fresh processes; ratios are to the first")
+    parser.add_argument("--json", help="allocator: write the results here (after each backbone and batch)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     names = SURVEY if args.names == ["survey"] else (args.names or DEFAULT_NAMES)
     if args.what == "allocator-child":
-        return allocator_child(names[0], args.batch, args.steps)
+        return allocator_child(names[0], args.batch, args.steps, args.warmup)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch}, 224 px")
     if args.what == "channels-last":
         channels_last(names, args.batch, args.rounds)
     elif args.what == "eval-batch":
         eval_batch(names, args.rounds)
     elif args.what == "allocator":
-        allocator(names, args.batch, args.rounds, args.threads, args.steps)
+        allocator(names, args.batches or [args.batch], args.sides, args.rounds, args.threads, args.steps, args.warmup,
+                  args.json)
     else:
         bf16(names, args.batch, args.rounds)
 
