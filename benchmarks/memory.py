@@ -1,7 +1,7 @@
 """Peak resident memory of transferkit's CPU training run against the plain tutorial loop, each in a fresh process.
 
     python benchmarks/memory.py --data DIR [--limit 500] [--batch-size 128] [--image-size 224] [--epochs 1]
-                                [--sides tutorial transferkit ...] [--json OUT]
+                                [--sides tutorial transferkit ...] [--rounds 1] [--json OUT]
 
 Every side runs in its own fresh child process (so none inherits another's heap or malloc settings), on
 the same N photos per split, network, initial weights, batch size and image size (throughput.py's recipe
@@ -111,7 +111,30 @@ SIDES: dict[str, tuple[str, dict, dict, bool, bool]] = {
     "transferkit-mmap-256M": ("transferkit", {}, {"TRANSFERKIT_CPU_ALLOCATOR": "default",
                                                   "MALLOC_MMAP_THRESHOLD_": str(256 << 20),
                                                   "MALLOC_TRIM_THRESHOLD_": str(1 << 30)}, False, False),
+    # LD_PRELOAD sides (micro.py's ALLOCATOR_SIDES: PyTorch's CPU launcher settings), transferkit leaving glibc alone
+    "transferkit-glibc": ("transferkit", {}, {"side": "glibc"}, False, False),
+    "transferkit-jemalloc": ("transferkit", {}, {"side": "jemalloc"}, False, False),
+    "transferkit-jemalloc-no-decay": ("transferkit", {}, {"side": "jemalloc-no-decay"}, False, False),
+    "transferkit-tcmalloc": ("transferkit", {}, {"side": "tcmalloc"}, False, False),
+    "tutorial-jemalloc": ("tutorial", {}, {"side": "jemalloc"}, False, False),
 }
+
+
+def side_environment(side: str) -> dict:
+    """The environment of a side's fresh process: os.environ with its settings (an allocator side's LD_PRELOAD)."""
+    settings = dict(SIDES[side][2])
+    if "side" in settings:
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        from micro import side_environment as allocator_environment
+
+        return allocator_environment(settings["side"])
+    return {**os.environ, **settings}
+
+
+def allocator_library() -> str:
+    """Which allocator library this process has mapped: jemalloc, tcmalloc or glibc."""
+    maps = Path("/proc/self/maps").read_text()
+    return "jemalloc" if "libjemalloc" in maps else "tcmalloc" if "libtcmalloc" in maps else "glibc"
 
 
 def _status_kib(pid: int | str, field: str) -> int:
@@ -255,7 +278,10 @@ def _child(side: str, settings: dict, out: str) -> None:
     phases.stop()
     from transferkit import cpu_memory
 
-    Path(out).write_text(json.dumps({**result, "seconds": seconds, "allocator": cpu_memory._mode or "default", "tree_peak_rss_mib": phases.tree_peak,
+    allocator = cpu_memory._mode or "default"
+    if allocator_library() != "glibc":
+        allocator = allocator_library()
+    Path(out).write_text(json.dumps({**result, "seconds": seconds, "allocator": allocator, "tree_peak_rss_mib": phases.tree_peak,
                                      "phases": phases.rows[1:] if kind == "transferkit" else []}))
 
 
@@ -285,7 +311,7 @@ def speed(sides: list[str], settings: dict, rounds: int) -> dict:
             with tempfile.TemporaryDirectory() as tmp:
                 out = str(Path(tmp) / "result.json")
                 subprocess.run([sys.executable, __file__, "--speed-child", side, json.dumps(settings), out],
-                               env={**os.environ, **SIDES[side][2]}, check=True)
+                               env=side_environment(side), check=True)
                 result = json.loads(Path(out).read_text())
             print(f"  {side}: {result['images_per_s']:.2f} img/s model-only, peak RSS {result['peak_rss_mib']:.0f} MiB, "
                   f"allocator {result['allocator']}",
@@ -301,7 +327,7 @@ def run_side(side: str, settings: dict) -> dict:
     import subprocess
     import tempfile
 
-    env = {**os.environ, **SIDES[side][2]}
+    env = side_environment(side)
     with tempfile.TemporaryDirectory() as tmp:
         out = str(Path(tmp) / "result.json")
         proc = subprocess.Popen([sys.executable, __file__, "--child", side, json.dumps(settings), out], env=env)
@@ -320,7 +346,9 @@ def print_report(report: dict) -> None:
     s = report["settings"]
     print(f"\n{report['command']}")
     print(f"{s['backbone']}, {s['limit']} images per split, batch {s['batch_size']}, {s['image_size']} px, "
-          f"{s['epochs']} epoch(s), {report['cores']} cores, torch {report['torch']}\n")
+          f"{s['epochs']} epoch(s), {report['cores']} cores, torch {report['torch']}, medians of "
+          f"{len(report['sides'][0].get('rounds', [0]))} interleaved round(s), load average "
+          f"{' -> '.join(f'{x:.1f}' for x in report.get('load_average', []))}\n")
     base = next((r for r in report["sides"] if r["side"] == "tutorial"), report["sides"][0])
     print(f"{'side':<30}{'peak RSS MiB':>13}{'tree RSS MiB':>13}{'x tutorial':>11}{'train img/s':>12}{'wall s':>8}"
           f"  allocator")
@@ -352,6 +380,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--backbone", default="efficientnet-lite0")
     parser.add_argument("--sides", nargs="+", default=["tutorial", "transferkit"], choices=list(SIDES))
     parser.add_argument("--json", help="write the results here as JSON")
+    parser.add_argument("--rounds", type=int, default=1, help="run the sides this many times, interleaved (A B C, "
+                        "A B C); medians")
     parser.add_argument("--speed-rounds", type=int, default=0,
                         help="then model-only training images/s of the transferkit sides' allocator settings, best of "
                              "this many interleaved rounds of fresh processes")
@@ -365,11 +395,25 @@ def main(argv: list[str] | None = None) -> dict:
     report = {"command": " ".join(["python", "benchmarks/memory.py", *(argv if argv is not None else sys.argv[1:])]),
               "settings": settings, "cores": len(os.sched_getaffinity(0)), "torch": torch.__version__,
               "platform": platform.platform(), "sides": []}
-    for side in [] if args.speed_rounds and args.limit == 0 else args.sides:
-        row = run_side(side, settings)
-        print(f"  {side}: peak RSS {row['max_rss_mib']:.0f} MiB, {row['train_images_per_s']:.2f} img/s, "
-              f"{row['seconds']:.0f}s, allocator {row['allocator']}", flush=True)
-        report["sides"].append(row)
+    runs: dict[str, list[dict]] = {side: [] for side in args.sides}
+    report["load_average"] = [os.getloadavg()[0]]
+    for _ in range(0 if args.speed_rounds and args.limit == 0 else args.rounds):  # sides interleaved: A B C, A B C
+        for side in args.sides:
+            row = run_side(side, settings)
+            print(f"  {side}: peak RSS {row['max_rss_mib']:.0f} MiB, {row['train_images_per_s']:.2f} img/s, "
+                  f"{row['seconds']:.0f}s, allocator {row['allocator']}", flush=True)
+            runs[side].append(row)
+        report["load_average"].append(os.getloadavg()[0])
+    for side, rows in runs.items():
+        if rows:  # the median run by peak RSS, with the medians of both figures over the rounds
+            import statistics
+
+            median = sorted(rows, key=lambda r: r["max_rss_mib"])[(len(rows) - 1) // 2]
+            report["sides"].append({**median, "max_rss_mib": statistics.median(r["max_rss_mib"] for r in rows),
+                                    "train_images_per_s": statistics.median(r["train_images_per_s"] for r in rows),
+                                    "seconds": statistics.median(r["seconds"] for r in rows),
+                                    "rounds": [{k: r[k] for k in ("max_rss_mib", "train_images_per_s", "seconds")}
+                                               for r in rows]})
     if args.speed_rounds:
         speed_sides = [side for side in args.sides if SIDES[side][0] == "transferkit"]
         report["speed"] = {"batch": args.speed_batch, "steps": args.speed_steps, "rounds": args.speed_rounds,

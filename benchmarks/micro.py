@@ -156,9 +156,11 @@ def allocator_child(name: str, batch: int, steps: int, warmup: int) -> None:
     minor page faults per step, peak RSS, the allocator in force."""
     import json
 
-    from transferkit.cpu_memory import configure_cpu_allocator
+    mode = "default"
+    if os.environ.get("TRANSFERKIT_CPU_ALLOCATOR") != "default":  # transferkit's own modes (its import is slow)
+        from transferkit.cpu_memory import configure_cpu_allocator
 
-    mode = configure_cpu_allocator()  # before the first tensor: the huge-pages mode needs to come first
+        mode = configure_cpu_allocator()  # before the first tensor: the huge-pages mode needs to come first
     model = network(name).train().to(memory_format=torch.channels_last)
     x = torch.randn(batch, 3, 224, 224).contiguous(memory_format=torch.channels_last)
     train_rate(model, x, steps=warmup)  # warm-up: the heap grows to its working size
