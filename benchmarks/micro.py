@@ -119,6 +119,7 @@ ALLOCATOR_SIDES = {
     "jemalloc": {"TRANSFERKIT_CPU_ALLOCATOR": "default", "preload": "jemalloc", "MALLOC_CONF": JEMALLOC_RUN_CPU},
     "jemalloc-no-decay": {"TRANSFERKIT_CPU_ALLOCATOR": "default", "preload": "jemalloc",
                           "MALLOC_CONF": JEMALLOC_NO_DECAY},
+    "jemalloc-defaults": {"TRANSFERKIT_CPU_ALLOCATOR": "default", "preload": "jemalloc"},  # Debian's build as it is
     "tcmalloc": {"TRANSFERKIT_CPU_ALLOCATOR": "default", "preload": "tcmalloc"},
 }
 
