@@ -94,47 +94,42 @@ def measure(fn, *args, **kwargs) -> tuple[object, float, dict]:
 
 # --- one command: transferkit's run against the tutorial loop, each in a fresh process ----------------
 
-# side -> (which loop, recipe overrides, environment, call keep_freed_memory() first, patch out fork_rng)
-SIDES: dict[str, tuple[str, dict, dict, bool, bool]] = {
-    "tutorial": ("tutorial", {}, {}, False, False),
-    "transferkit": ("transferkit", {}, {}, False, False),
-    "transferkit-kept-heap": ("transferkit", {}, {"TRANSFERKIT_CPU_ALLOCATOR": "heap"}, False, False),
-    "transferkit-page-pool": ("transferkit", {}, {"TRANSFERKIT_CPU_ALLOCATOR": "page-pool"}, False, False),
-    "transferkit-huge-pages": ("transferkit", {}, {"TRANSFERKIT_CPU_ALLOCATOR": "huge-pages"}, False, False),
-    "transferkit-malloc-default": ("transferkit", {}, {"TRANSFERKIT_CPU_ALLOCATOR": "default"}, False, False),
-    "transferkit-no-cache": ("transferkit", {"data": {"cache": "none"}}, {}, False, False),
-    "transferkit-contiguous": ("transferkit", {"train": {"channels_last": False}}, {}, False, False),
-    "transferkit-no-fork-rng": ("transferkit", {}, {}, False, True),
-    "tutorial-kept-malloc": ("tutorial", {}, {}, True, False),
-    "transferkit-thp-mmap": ("transferkit", {}, {"TRANSFERKIT_CPU_ALLOCATOR": "default", "THP_MEM_ALLOC_ENABLE": "1"},
-                             False, False),
-    "transferkit-mmap-256M": ("transferkit", {}, {"TRANSFERKIT_CPU_ALLOCATOR": "default",
-                                                  "MALLOC_MMAP_THRESHOLD_": str(256 << 20),
-                                                  "MALLOC_TRIM_THRESHOLD_": str(1 << 30)}, False, False),
-    # LD_PRELOAD sides (micro.py's ALLOCATOR_SIDES: PyTorch's CPU launcher settings), transferkit leaving glibc alone
-    "transferkit-glibc": ("transferkit", {}, {"side": "glibc"}, False, False),
-    "transferkit-jemalloc": ("transferkit", {}, {"side": "jemalloc"}, False, False),
-    "transferkit-jemalloc-no-decay": ("transferkit", {}, {"side": "jemalloc-no-decay"}, False, False),
-    "transferkit-tcmalloc": ("transferkit", {}, {"side": "tcmalloc"}, False, False),
-    "tutorial-jemalloc": ("tutorial", {}, {"side": "jemalloc"}, False, False),
+# side -> (which loop, recipe overrides, environment, patch out fork_rng). "transferkit" runs under what a plain
+# `transferkit run` preloads (transferkit/cpu_memory.py); "allocator" names one of micro.py's ALLOCATOR_SIDES.
+# The page-pool, kept-heap and huge-pages sides were measured at commit 27138c0, before those modes were deleted.
+SIDES: dict[str, tuple[str, dict, dict, bool]] = {
+    "tutorial": ("tutorial", {}, {"allocator": "glibc"}, False),
+    "transferkit": ("transferkit", {}, {"command": "run"}, False),
+    "transferkit-glibc": ("transferkit", {}, {"allocator": "glibc"}, False),
+    "transferkit-tcmalloc": ("transferkit", {}, {"allocator": "tcmalloc"}, False),
+    "transferkit-jemalloc": ("transferkit", {}, {"allocator": "jemalloc"}, False),
+    "transferkit-jemalloc-defaults": ("transferkit", {}, {"allocator": "jemalloc-defaults"}, False),
+    "transferkit-jemalloc-no-decay": ("transferkit", {}, {"allocator": "jemalloc-no-decay"}, False),
+    "transferkit-no-cache": ("transferkit", {"data": {"cache": "none"}}, {"command": "run"}, False),
+    "transferkit-contiguous": ("transferkit", {"train": {"channels_last": False}}, {"command": "run"}, False),
+    "transferkit-no-fork-rng": ("transferkit", {}, {"command": "run"}, True),
+    "tutorial-tcmalloc": ("tutorial", {}, {"allocator": "tcmalloc"}, False),
+    "transferkit-thp-mmap": ("transferkit", {}, {"allocator": "glibc", "THP_MEM_ALLOC_ENABLE": "1"}, False),
+    "transferkit-mmap-256M": ("transferkit", {}, {"allocator": "glibc", "MALLOC_MMAP_THRESHOLD_": str(256 << 20),
+                                                  "MALLOC_TRIM_THRESHOLD_": str(1 << 30)}, False),
 }
 
 
 def side_environment(side: str) -> dict:
-    """The environment of a side's fresh process: os.environ with its settings (an allocator side's LD_PRELOAD)."""
+    """The environment of a side's fresh process: its allocator (micro.py's sides, or what `transferkit run`
+    preloads) and its other settings."""
+    from transferkit.cpu_memory import preload_environment
+
     settings = dict(SIDES[side][2])
-    if "side" in settings:
+    if "allocator" in settings:
         sys.path.insert(0, str(Path(__file__).resolve().parent))
         from micro import side_environment as allocator_environment
 
-        return allocator_environment(settings["side"])
-    return {**os.environ, **settings}
-
-
-def allocator_library() -> str:
-    """Which allocator library this process has mapped: jemalloc, tcmalloc or glibc."""
-    maps = Path("/proc/self/maps").read_text()
-    return "jemalloc" if "libjemalloc" in maps else "tcmalloc" if "libtcmalloc" in maps else "glibc"
+        env = allocator_environment(settings.pop("allocator"))
+    else:
+        settings.pop("command")
+        env = preload_environment(dict(os.environ), "run") or dict(os.environ)
+    return {**env, **settings}
 
 
 def _status_kib(pid: int | str, field: str) -> int:
@@ -159,8 +154,14 @@ def tree_rss_mib(pid: int | None = None) -> float:
 
 
 def heap_mib() -> dict:
-    """glibc's mallinfo2 for the whole process, in MiB: heap from brk/arenas, mmap'd blocks, in use, free but kept."""
+    """glibc's mallinfo2 for the whole process, in MiB: heap from brk/arenas, mmap'd blocks, in use, free but kept
+    (nothing under a preloaded allocator, whose heap glibc does not see)."""
     import ctypes
+
+    from transferkit.cpu_memory import in_force
+
+    if in_force() != "glibc":
+        return {}
 
     class MallInfo2(ctypes.Structure):
         _fields_ = [(name, ctypes.c_size_t) for name in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
@@ -174,13 +175,6 @@ def heap_mib() -> dict:
     mib = 2**20
     figures = {"heap": info.arena / mib, "mmapped": info.hblkhd / mib, "in_use": (info.uordblks + info.hblkhd) / mib,
                "free_kept": info.fordblks / mib}
-    from transferkit import cpu_memory
-
-    if cpu_memory._mode == "page-pool":
-        from transferkit.native import page_pool
-
-        pool = page_pool.stats()
-        figures.update(pool_live=pool["live"] / mib, pool_free=pool["pooled"] / mib, pool_peak=pool["peak_live"] / mib)
     return figures
 
 
@@ -258,14 +252,11 @@ def _child(side: str, settings: dict, out: str) -> None:
 
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     import throughput
-    from transferkit.cpu_memory import keep_freed_memory
     from transferkit.recipe.spec import deep_merge
 
-    kind, overrides, _, keep, no_fork_rng = SIDES[side]
+    kind, overrides, _, no_fork_rng = SIDES[side]
     args = argparse.Namespace(**settings)
     raw = deep_merge(throughput.recipe(settings["data"], settings["backbone"], args), overrides)
-    if keep:
-        keep_freed_memory()
     if no_fork_rng:
         torch.random.fork_rng = lambda *a, **k: contextlib.nullcontext()
     phases = Phases()
@@ -276,12 +267,9 @@ def _child(side: str, settings: dict, out: str) -> None:
     result = (throughput.transferkit_run if kind == "transferkit" else throughput.tutorial_loop)(raw)
     seconds = time.perf_counter() - start
     phases.stop()
-    from transferkit import cpu_memory
+    from transferkit.cpu_memory import in_force
 
-    allocator = cpu_memory._mode or "default"
-    if allocator_library() != "glibc":
-        allocator = allocator_library()
-    Path(out).write_text(json.dumps({**result, "seconds": seconds, "allocator": allocator, "tree_peak_rss_mib": phases.tree_peak,
+    Path(out).write_text(json.dumps({**result, "seconds": seconds, "allocator": in_force(), "tree_peak_rss_mib": phases.tree_peak,
                                      "phases": phases.rows[1:] if kind == "transferkit" else []}))
 
 
@@ -294,9 +282,9 @@ def _speed_child(side: str, settings: dict, out: str) -> None:
     args = argparse.Namespace(**{**settings, "limit": 16})
     raw = throughput.recipe(settings["data"], settings["backbone"], args)
     result = throughput.model_only(raw, True, settings["steps"])
-    from transferkit import cpu_memory
+    from transferkit.cpu_memory import in_force
 
-    Path(out).write_text(json.dumps({**result, "allocator": cpu_memory._mode, "peak_rss_mib": _status_kib("self", "VmHWM") / 1024}))
+    Path(out).write_text(json.dumps({**result, "allocator": in_force(), "peak_rss_mib": _status_kib("self", "VmHWM") / 1024}))
 
 
 def speed(sides: list[str], settings: dict, rounds: int) -> dict:

@@ -5,7 +5,8 @@
     python benchmarks/micro.py bf16 [NAMES...]                          # training step, fp32 vs bf16 autocast
     python benchmarks/micro.py allocator [NAMES...] [--sides ...]       # training step under each CPU allocator
 
-Random-init networks on random tensors at 224 px; each figure is the best of interleaved rounds,
+Random-init networks on random tensors at 224 px; each figure is the best of interleaved rounds (allocator:
+the median, each side and round a fresh process),
 because other jobs on a shared machine only ever slow a round down.
 """
 
@@ -106,50 +107,33 @@ def bf16(names: list[str], batch: int, rounds: int) -> None:
         print(f"{name:<30}{best['fp32']:>10.1f}{best['bf16']:>10.1f}{best['bf16'] / best['fp32']:>7.2f}x", flush=True)
 
 
-# side -> environment of its fresh process. LD_PRELOAD sides load the library before anything else, with the
-# settings PyTorch's CPU launcher (torch/backends/xeon/run_cpu.py) uses; transferkit leaves glibc alone in them.
+# side -> environment of its fresh process: LD_PRELOAD loads the library before anything else, with the
+# settings PyTorch's CPU launcher (torch/backends/xeon/run_cpu.py) uses. The page pool (transferkit/native/,
+# deleted 2026-12-04) was measured by this script at commit 27138c0.
 JEMALLOC_RUN_CPU = "oversize_threshold:1,background_thread:true,metadata_thp:auto"  # run_cpu.py, torch 2.14
 JEMALLOC_NO_DECAY = JEMALLOC_RUN_CPU + ",dirty_decay_ms:9000000000,muzzy_decay_ms:9000000000"  # PyTorch tuning guide
-PRELOADS = {"jemalloc": "libjemalloc.so*", "tcmalloc": "libtcmalloc_minimal.so*"}
 ALLOCATOR_SIDES = {
     "glibc": {"TRANSFERKIT_CPU_ALLOCATOR": "default"},
-    "kept-heap": {"TRANSFERKIT_CPU_ALLOCATOR": "heap"},
-    "huge-pages": {"TRANSFERKIT_CPU_ALLOCATOR": "huge-pages", "THP_MEM_ALLOC_ENABLE": "1"},
-    "page-pool": {"TRANSFERKIT_CPU_ALLOCATOR": "page-pool"},
-    "jemalloc": {"TRANSFERKIT_CPU_ALLOCATOR": "default", "preload": "jemalloc", "MALLOC_CONF": JEMALLOC_RUN_CPU},
-    "jemalloc-no-decay": {"TRANSFERKIT_CPU_ALLOCATOR": "default", "preload": "jemalloc",
-                          "MALLOC_CONF": JEMALLOC_NO_DECAY},
-    "jemalloc-defaults": {"TRANSFERKIT_CPU_ALLOCATOR": "default", "preload": "jemalloc"},  # Debian's build as it is
-    "tcmalloc": {"TRANSFERKIT_CPU_ALLOCATOR": "default", "preload": "tcmalloc"},
+    "jemalloc": {"preload": "jemalloc", "MALLOC_CONF": JEMALLOC_RUN_CPU},
+    "jemalloc-no-decay": {"preload": "jemalloc", "MALLOC_CONF": JEMALLOC_NO_DECAY},
+    "jemalloc-defaults": {"preload": "jemalloc"},  # Debian's build as it is
+    "tcmalloc": {"preload": "tcmalloc"},
 }
-
-
-def preload_path(kind: str) -> str:
-    """The system's shared library for jemalloc or tcmalloc (Debian's libjemalloc2, libtcmalloc-minimal4)."""
-    import glob
-
-    for folder in ("/usr/lib/x86_64-linux-gnu", "/usr/lib/aarch64-linux-gnu", "/usr/lib64", "/usr/lib",
-                   "/usr/local/lib"):
-        found = sorted(glob.glob(f"{folder}/{PRELOADS[kind]}"))
-        if found:
-            return found[0]
-    raise SystemExit(f"{kind}: no {PRELOADS[kind]} found (Debian: apt-get install libjemalloc2 libtcmalloc-minimal4)")
 
 
 def side_environment(side: str) -> dict:
     """os.environ with one allocator side's settings (LD_PRELOAD resolved to the library's path)."""
-    env = {k: v for k, v in os.environ.items() if k not in ("THP_MEM_ALLOC_ENABLE", "MALLOC_CONF", "LD_PRELOAD")}
+    from transferkit.cpu_memory import PACKAGES, PRELOADED, library
+
+    env = {k: v for k, v in os.environ.items() if k not in ("MALLOC_CONF", "LD_PRELOAD", PRELOADED)}
     settings = dict(ALLOCATOR_SIDES[side])
     kind = settings.pop("preload", None)
     if kind:
-        settings["LD_PRELOAD"] = preload_path(kind)
+        path = library(kind)
+        if path is None:
+            raise SystemExit(f"{kind}: not installed (Debian: apt-get install {PACKAGES[kind]})")
+        settings["LD_PRELOAD"] = str(path)
     return {**env, **settings}
-
-
-def allocator_in_process() -> str:
-    """Which allocator library this process has mapped: jemalloc, tcmalloc or glibc."""
-    maps = open("/proc/self/maps").read()
-    return "jemalloc" if "libjemalloc" in maps else "tcmalloc" if "libtcmalloc" in maps else "glibc"
 
 
 def allocator_child(name: str, batch: int, steps: int, warmup: int) -> None:
@@ -157,18 +141,15 @@ def allocator_child(name: str, batch: int, steps: int, warmup: int) -> None:
     minor page faults per step, peak RSS, the allocator in force."""
     import json
 
-    mode = "default"
-    if os.environ.get("TRANSFERKIT_CPU_ALLOCATOR") != "default":  # transferkit's own modes (its import is slow)
-        from transferkit.cpu_memory import configure_cpu_allocator
-
-        mode = configure_cpu_allocator()  # before the first tensor: the huge-pages mode needs to come first
     model = network(name).train().to(memory_format=torch.channels_last)
     x = torch.randn(batch, 3, 224, 224).contiguous(memory_format=torch.channels_last)
     train_rate(model, x, steps=warmup)  # warm-up: the heap grows to its working size
     faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     rate = train_rate(model, x, steps=steps)
     faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults) / steps
-    print(json.dumps({"images_per_s": rate, "faults_per_step": faults, "mode": mode, "library": allocator_in_process(),
+    maps = Path("/proc/self/maps").read_text()
+    library = next((n for n in ("jemalloc", "tcmalloc") if f"lib{n}" in maps), "glibc")
+    print(json.dumps({"images_per_s": rate, "faults_per_step": faults, "library": library,
                       "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 
 
@@ -206,15 +187,15 @@ def allocator(names: list[str], batches: list[int], sides: list[str], rounds: in
                 rss = [r["peak_rss_mib"] for r in runs[side]]
                 row["sides"][side] = {"images_per_s": statistics.median(rates), "peak_rss_mib": statistics.median(rss),
                                       "faults_per_step": statistics.median(r["faults_per_step"] for r in runs[side]),
-                                      "library": runs[side][0]["library"], "mode": runs[side][0]["mode"], "runs": runs[side]}
+                                      "library": runs[side][0]["library"], "runs": runs[side]}
             base = row["sides"][sides[0]]
             print(f"\n{name}, batch {batch}, load average {' -> '.join(f'{x:.1f}' for x in loads)}")
             print(f"  {'side':<20}{'img/s':>8}{'x ' + sides[0]:>10}{'peak RSS MiB':>14}{'x ' + sides[0]:>10}"
-                  f"{'faults/step':>13}  library/mode")
+                  f"{'faults/step':>13}  library")
             for side, r in row["sides"].items():
                 print(f"  {side:<20}{r['images_per_s']:>8.2f}{r['images_per_s'] / base['images_per_s']:>9.2f}x"
                       f"{r['peak_rss_mib']:>14.0f}{r['peak_rss_mib'] / base['peak_rss_mib']:>9.2f}x"
-                      f"{r['faults_per_step']:>13.0f}  {r['library']}/{r['mode']}", flush=True)
+                      f"{r['faults_per_step']:>13.0f}  {r['library']}", flush=True)
             report["results"].append(row)
             if out:
                 Path(out).write_text(json.dumps(report, indent=2))
@@ -231,8 +212,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=4, help="allocator: timed steps per process")
     parser.add_argument("--warmup", type=int, default=2, help="allocator: untimed steps first, per process")
     parser.add_argument("--batches", type=int, nargs="+", help="allocator: batch sizes (default --batch)")
-    parser.add_argument("--sides", nargs="+", choices=list(ALLOCATOR_SIDES), default=["glibc", "page-pool", "jemalloc",
-                        "tcmalloc"], help="allocator: sides, each in fresh processes; ratios are to the first")
+    parser.add_argument("--sides", nargs="+", choices=list(ALLOCATOR_SIDES), default=["glibc", "tcmalloc", "jemalloc",
+                        "jemalloc-defaults"], help="allocator: sides, each in fresh processes; ratios are to the first")
     parser.add_argument("--json", help="allocator: write the results here (after each backbone and batch)")
     args = parser.parse_args()
     if args.threads:

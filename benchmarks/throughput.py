@@ -15,7 +15,7 @@ then a linear probe (frozen_backbone) with and without the feature cache, the da
 and the peak memory (PSS of the process and its DataLoader workers) of every run.
 
 Every measured run happens in a fresh child process (spawned), so no run inherits another's heap,
-allocator settings (transferkit keeps freed CPU memory for reuse: transferkit/cpu_memory.py) or caches.
+allocator state or caches (each child runs under the allocator its parent started with: transferkit/cpu_memory.py).
 Repeat r of a fine-tuning comparison uses seed r on both sides: speed is each side's best run (other jobs
 only ever slow a run down), accuracy the mean and spread over the seeds.
 """
@@ -46,7 +46,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from memory import measure  # noqa: E402
 
 from transferkit import Experiment  # noqa: E402
-from transferkit.cpu_memory import keep_freed_memory  # noqa: E402
 from transferkit.data.cache import image_decoders, train_cache_size  # noqa: E402
 from transferkit.data.loading import ImageFileDataset, default_num_workers, make_loader  # noqa: E402
 from transferkit.data.transforms import train_transform  # noqa: E402
@@ -142,9 +141,8 @@ def transferkit_run(raw: dict) -> dict:
 def model_only(raw: dict, channels_last: bool, steps: int, compile_model: bool = False) -> dict:
     """Forward+backward+step images/s on in-memory uint8 tensors, after one warm-up step (compile time apart).
 
-    With transferkit's CPU allocator setting, as its training runs: the compute limit transferkit can reach.
+    Under this process's allocator: run it as `LD_PRELOAD=... python` for jemalloc (transferkit/cpu_memory.py).
     """
-    keep_freed_memory()
     spec = validate(raw)
     built = build_variant(spec)
     model = built.model.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)

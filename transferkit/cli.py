@@ -13,6 +13,7 @@ import yaml
 from rich.console import Console
 from rich.text import Text
 
+from transferkit.cpu_memory import preload
 from transferkit.errors import TransferkitError
 from transferkit.signals import RunInterrupted
 
@@ -556,6 +557,7 @@ def export(model: str = typer.Argument(..., help="run directory or checkpoint"),
 def main() -> None:
     """Console-script entry point: user errors print one line and exit 2 (tracebacks only with --debug)."""
     try:
+        preload()  # the CPU allocator: a process's malloc is chosen before it starts
         app()
     except TransferkitError as exc:
         if _state["debug"]:

@@ -1,136 +1,140 @@
-"""CPU allocator for training: activation memory without a page fault per 4 KiB every step.
+"""The CPU allocator of a `transferkit` command: tcmalloc preloaded, as PyTorch's CPU launcher does it.
 
 glibc's malloc serves each large block (activations and their gradients: tens to hundreds of MB) with a
-fresh `mmap` and gives it back with `munmap` when freed, so every training step on the CPU faults in and
-zeroes all its activation memory again, 4 KiB at a time. `keep_freed_memory()` picks one of three cures:
+fresh `mmap` and gives it back with `munmap` when freed, so every CPU training step faults in and zeroes
+all its activation memory again, 4 KiB at a time. tcmalloc keeps freed blocks for reuse (docs/performance.md,
+"The CPU allocator", has the measurements: jemalloc with the launcher's MALLOC_CONF faults more than glibc).
 
-- "page-pool" (the default): PyTorch's CPU tensors of 1 MiB and more come from a pool of resident pages
-  (transferkit/native/page_pool.cpp, compiled on first use): freed blocks stay resident and new ones are
-  assembled from them by moving pages, never faulted in again, and the pool never holds more than the
-  peak of what was alive. As fast as the kept heap and below glibc's own peak (docs/performance.md). Where
-  it cannot be compiled (no C++ compiler, no PyTorch headers) the kept heap is used and `fallback_reason()`
-  says why.
-- "kept-heap" (TRANSFERKIT_CPU_ALLOCATOR=heap): no mmap'd blocks and up to 1 GiB of free memory kept at the
-  top of glibc's heap, so freed memory is reused without faults, but the heap fragments: it holds its
-  largest extent for the rest of the process, a quarter to a third above the live peak.
-- "huge-pages" (TRANSFERKIT_CPU_ALLOCATOR=huge-pages, where the kernel offers transparent huge pages):
-  blocks of 2 MiB and more stay mmap'd, so freed memory goes back to the system at once and the peak is
-  what is alive, but PyTorch asks for huge pages for them (its THP_MEM_ALLOC_ENABLE switch), so each step
-  faults and zeroes its activations again in 2 MiB pages: slower than glibc's default, for a machine
-  short of memory. PyTorch reads that switch at its first CPU allocation: this mode needs to be chosen
-  before any tensor exists in the process, and is checked, not assumed.
+A process's malloc is chosen before it starts, so the command line calls `preload()` first: a command
+that runs a network re-executes itself once with LD_PRELOAD naming the library, where the library is
+installed (Debian: libtcmalloc-minimal4) and LD_PRELOAD names no allocator yet. Nothing else changes the allocator: importing transferkit, `transferkit.load()` and
+`Experiment.run` in a script keep the one the process started with, and `fallback_reason()` says how
+to start it with the preferred one.
 
-Results are bit-identical in every mode: only where memory comes from changes. Nothing happens where the
-C library is not glibc (or the system not Linux), or with TRANSFERKIT_CPU_ALLOCATOR=default.
+TRANSFERKIT_CPU_ALLOCATOR: tcmalloc (the default), jemalloc, default (glibc's malloc: no preload), or
+the path of an allocator's shared library. Results are the same under every allocator.
 """
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import os
 import platform
+import sys
+import sysconfig
 from pathlib import Path
 
-M_TRIM_THRESHOLD = -1
-M_MMAP_MAX = -4
-M_MMAP_THRESHOLD = -3
-KEEP_AT_HEAP_TOP = 1 << 30
-HUGE_PAGE = 2 << 20  # PyTorch madvises blocks from this size on (c10 alloc_cpu)
-TRIM_WITH_HUGE_PAGES = 64 << 20
 ENV_SWITCH = "TRANSFERKIT_CPU_ALLOCATOR"
-CHOICES = ("", "page-pool", "heap", "kept-heap", "huge-pages", "default")
-TORCH_THP_SWITCH = "THP_MEM_ALLOC_ENABLE"
-THP_SETTING = Path("/sys/kernel/mm/transparent_hugepage/enabled")
+PRELOADED = "TRANSFERKIT_PRELOADED"  # set in the re-executed process: a command re-executes itself once at most
+CHOICES = ("tcmalloc", "jemalloc", "default")
+PREFERRED = "tcmalloc"  # run_cpu.py's first choice too
+LIBRARIES = {"jemalloc": ("libjemalloc.so.2", "libjemalloc.so"),
+             "tcmalloc": ("libtcmalloc_minimal.so.4", "libtcmalloc.so.4", "libtcmalloc.so")}
+PACKAGES = {"jemalloc": "libjemalloc2", "tcmalloc": "libtcmalloc-minimal4"}  # Debian and Ubuntu
+MALLOC_CONF = {"jemalloc": "oversize_threshold:1,background_thread:true,metadata_thp:auto"}  # run_cpu.py's
+ALLOCATOR_NAMES = ("jemalloc", "tcmalloc", "mimalloc")
+COMMANDS = ("run", "fit", "lr-find", "compare-backbones", "evaluate", "predict", "export")  # the ones that run a network
 
-_mode: str | None = None
-_fallback_reason = ""
+
+def choice() -> str:
+    """TRANSFERKIT_CPU_ALLOCATOR, checked: tcmalloc (when unset), jemalloc, default or a library's path."""
+    value = os.environ.get(ENV_SWITCH, "").strip() or PREFERRED
+    if value.lower() in CHOICES:
+        return value.lower()
+    if "/" in value:
+        return value
+    from transferkit.errors import SpecError
+
+    raise SpecError(f"{ENV_SWITCH}={value}: use one of {', '.join(CHOICES)}, the path of an allocator library, "
+                    f"or leave it unset ({PREFERRED})")
 
 
-def transparent_huge_pages() -> bool:
-    """True when the kernel gives transparent huge pages to memory that asks for them (always or madvise)."""
+def _folders() -> list[Path]:
+    # where run_cpu.py looks, with Debian's multiarch folder first
+    multiarch = sysconfig.get_config_var("MULTIARCH") or f"{platform.machine()}-linux-gnu"
+    prefixes = [os.environ[v] + "/lib" for v in ("CONDA_PREFIX", "VIRTUAL_ENV") if v in os.environ]
+    return [Path(p) for p in (*prefixes, f"/usr/lib/{multiarch}", f"/lib/{multiarch}", "/usr/local/lib",
+                              "/usr/local/lib64", "/usr/lib64", "/usr/lib")]
+
+
+def library(wanted: str) -> Path | None:
+    """The shared library a choice names, where it is installed; None when it is not (or for "default")."""
+    if "/" in wanted:
+        return Path(wanted) if Path(wanted).is_file() else None
+    for folder in _folders():
+        for name in LIBRARIES.get(wanted, ()):
+            if (folder / name).is_file():
+                return folder / name
+    return None
+
+
+def in_force() -> str:
+    """The allocator library this process runs with: jemalloc, tcmalloc, mimalloc, a preloaded path's file
+    name, or "glibc" (the C library's own)."""
     try:
-        setting = THP_SETTING.read_text()
+        maps = Path("/proc/self/maps").read_text()
     except OSError:
-        return False
-    return "[always]" in setting or "[madvise]" in setting
+        return "glibc"
+    wanted = os.environ.get(ENV_SWITCH, "")
+    if "/" in wanted and Path(wanted).name in maps:
+        return Path(wanted).name
+    return next((name for name in ALLOCATOR_NAMES if f"lib{name}" in maps), "glibc")
 
 
-def _torch_uses_huge_pages() -> bool:
-    import torch
-
-    # Under the switch PyTorch aligns blocks to a page, else to 64 bytes, which an mmap'd glibc block (this
-    # size always is one while glibc's own thresholds apply) never is page-aligned at. Never touched: no RSS.
-    probe = torch.empty(64 << 20, dtype=torch.uint8)
-    return probe.data_ptr() % os.sysconf("SC_PAGE_SIZE") == 0
-
-
-def _mallopt():
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):
-        return None
-    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
-    return mallopt
-
-
-def _install_page_pool() -> bool:
-    global _fallback_reason
-    from transferkit.native import NativeBuildError
-    from transferkit.native.page_pool import install
-
-    try:
-        if install():
-            return True
-        _fallback_reason = "another CPU allocator was installed first"
-    except NativeBuildError as error:
-        _fallback_reason = str(error)
-    return False
+def _wants(wanted: str) -> str:
+    return Path(wanted).name if "/" in wanted else wanted
 
 
 def fallback_reason() -> str:
-    """Why the page pool (the default) is not in force, or "" when it is or another mode was asked for."""
-    return _fallback_reason
+    """Why this process does not run with the allocator TRANSFERKIT_CPU_ALLOCATOR asks for; "" when it does,
+    when glibc's is asked for, or off Linux."""
+    wanted, running = choice(), in_force()
+    if wanted == "default" or platform.system() != "Linux" or running == _wants(wanted):
+        return ""
+    if running != "glibc":
+        return f"LD_PRELOAD names {running} already"
+    path = library(wanted)
+    if path is None:
+        hint = f": apt-get install {PACKAGES[wanted]}" if wanted in PACKAGES else ""
+        return f"no {LIBRARIES[wanted][0] if wanted in LIBRARIES else wanted} found{hint}"
+    if os.environ.get(PRELOADED):
+        return f"{path} could not be preloaded"
+    settings = f"LD_PRELOAD={path}" + (f" MALLOC_CONF={MALLOC_CONF[wanted]}" if wanted in MALLOC_CONF else "")
+    return f"not started by the transferkit command; start the process with {settings}"
 
 
-def configure_cpu_allocator() -> str:
-    """Set the CPU allocator up for training once per process; the mode in force: "page-pool", "huge-pages",
-    "kept-heap" or "default"."""
-    global _mode
-    if _mode is not None:
-        return _mode
-    choice = os.environ.get(ENV_SWITCH, "").lower()
-    if choice not in CHOICES:
-        from transferkit.errors import SpecError
-
-        raise SpecError(f"{ENV_SWITCH}={choice}: use one of {', '.join(sorted(c for c in CHOICES if c))}, "
-                        f"or leave it unset (page-pool)")
-    mallopt = None
-    if choice != "default" and platform.system() == "Linux" and platform.libc_ver()[0] == "glibc":
-        mallopt = _mallopt()
-    if mallopt is None:
-        _mode = "default"
-        return _mode
-    if choice in ("", "page-pool") and _install_page_pool():
-        _mode = "page-pool"
-        return _mode
-    if choice == "huge-pages" and transparent_huge_pages():
-        set_here = TORCH_THP_SWITCH not in os.environ
-        os.environ.setdefault(TORCH_THP_SWITCH, "1")  # read once, at PyTorch's first CPU allocation
-        # fixed thresholds also stop glibc raising them (to 32 MiB) as blocks are freed, which grew a
-        # fragmented heap of GBs under the mmap'd activations
-        if _torch_uses_huge_pages() and mallopt(M_MMAP_THRESHOLD, HUGE_PAGE) == 1 \
-                and mallopt(M_TRIM_THRESHOLD, TRIM_WITH_HUGE_PAGES) == 1:
-            _mode = "huge-pages"
-            return _mode
-        if set_here:
-            del os.environ[TORCH_THP_SWITCH]
-    ok = mallopt(M_MMAP_MAX, 0) == 1 and mallopt(M_TRIM_THRESHOLD, KEEP_AT_HEAP_TOP) == 1
-    _mode = "kept-heap" if ok else "default"
-    return _mode
+def preload_environment(environ: dict[str, str], command: str | None) -> dict[str, str] | None:
+    """The environment to re-execute `command` with under the chosen allocator, or None to run as it is: a
+    command that runs no network, glibc asked for, an allocator preloaded already, or its library absent."""
+    if command not in COMMANDS or environ.get(PRELOADED) or platform.system() != "Linux":
+        return None
+    wanted = choice()
+    preloads = environ.get("LD_PRELOAD", "")
+    if wanted == "default" or any(name in preloads for name in ALLOCATOR_NAMES) or \
+            ("/" in wanted and wanted in preloads):
+        return None
+    path = library(wanted)
+    if path is None:
+        return None
+    env = {**environ, "LD_PRELOAD": ":".join(p for p in (str(path), preloads) if p), PRELOADED: str(path)}
+    if wanted in MALLOC_CONF:
+        env.setdefault("MALLOC_CONF", MALLOC_CONF[wanted])
+    return env
 
 
-def keep_freed_memory() -> bool:
-    """Stop CPU training steps from faulting their activation memory in again (configure_cpu_allocator); True if set."""
-    return configure_cpu_allocator() != "default"
+def command_name(argv: list[str]) -> str | None:
+    """The sub-command in a command line's arguments (the first that is not an option), or None."""
+    return next((arg for arg in argv if not arg.startswith("-")), None)
+
+
+def preload() -> None:
+    """For the command line only, before it does anything: re-execute this process once under the chosen
+    allocator (preload_environment); returns when it runs as it is."""
+    env = preload_environment(dict(os.environ), command_name(sys.argv[1:]))
+    if env is None:
+        return
+    sys.stdout.flush()
+    sys.stderr.flush()
+    try:
+        os.execve(sys.executable, sys.orig_argv, env)
+    except OSError:
+        return  # cannot re-execute: run on as it is; fallback_reason() says so

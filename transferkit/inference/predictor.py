@@ -121,10 +121,6 @@ class TorchPredictor(Predictor):
         self.recipe = checkpoint.recipe
         self.spec = ExperimentSpec.model_validate(checkpoint.recipe)
         self.device = device if isinstance(device, torch.device) else resolve_device(device)
-        if self.device.type == "cpu":
-            from transferkit.cpu_memory import keep_freed_memory
-
-            keep_freed_memory()  # as in training: activations reuse the heap instead of being faulted in every batch
         model = build_model(self.spec, len(self.classes), pretrained=False).model
         try:
             model.load_state_dict(checkpoint.state_dict)

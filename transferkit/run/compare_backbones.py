@@ -13,9 +13,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from transferkit.cpu_memory import keep_freed_memory
 from transferkit.data.features import extraction_rate
-from transferkit.device import resolve_device
 from transferkit.errors import DownloadError, SpecError, TransferkitError, WeightsError
 from transferkit.model.backbones import TIMM_PREFIX, check_backbone, list_backbones
 from transferkit.model.offline_weights import Availability, availability, offline_backbones
@@ -138,8 +136,6 @@ def probe(candidate: Availability, folder: Path, settings: ProbeSettings, consol
     """Train one candidate's linear probe; a Row with its results, or skipped when its weights fail to load."""
     experiment = Experiment.from_dict(probe_recipe(candidate, folder, settings))
     spec = experiment.variant_spec(experiment.spec.base_variant)
-    if resolve_device(spec.train.device).type == "cpu":
-        keep_freed_memory()
     started = time.perf_counter()
     try:
         parts = assemble(spec, console, progress)

@@ -21,7 +21,7 @@ from transferkit.callbacks.ema import EMA
 from transferkit.callbacks.freeze_schedule import FreezeSchedule
 from transferkit.callbacks.metrics_log import MetricsLog
 from transferkit.callbacks.tensorboard import TensorBoardLog
-from transferkit.cpu_memory import fallback_reason, keep_freed_memory
+from transferkit.cpu_memory import fallback_reason
 from transferkit.device import describe_device, resolve_device
 from transferkit.engine.callbacks import Callback
 from transferkit.engine.placement import Placement
@@ -180,8 +180,9 @@ def run_variant(spec: ExperimentSpec, name: str, run_dir: Path, console: Console
         console.print(f"[bold]{name}[/]: finished already in {run_dir}; not re-trained")
         return placement.broadcast(read_summary(name, run_dir) if primary else None)
     started = time.monotonic()
-    if resolve_device(spec.train.device).type == "cpu" and keep_freed_memory() and fallback_reason() and primary:
-        console.print(f"[dim]CPU memory: glibc's kept heap, not the page pool ({fallback_reason()})[/]")
+    if resolve_device(spec.train.device).type == "cpu" and primary and fallback_reason():
+        console.print(f"[dim]CPU allocator: glibc's malloc ({fallback_reason()}); CPU training runs slower with it "
+                      f"(docs/performance.md, \"The CPU allocator\")[/]", markup=True, highlight=False)
     parts = assemble(spec, console, progress, placement=placement)
     callbacks = variant_callbacks(spec, run_dir, parts.splits.classes, parts.preprocessing, parts.selection,
                                   console, name, primary)
