@@ -144,12 +144,16 @@ def allocator_child(name: str, batch: int, steps: int, warmup: int) -> None:
     model = network(name).train().to(memory_format=torch.channels_last)
     x = torch.randn(batch, 3, 224, 224).contiguous(memory_format=torch.channels_last)
     train_rate(model, x, steps=warmup)  # warm-up: the heap grows to its working size
-    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    before = resource.getrusage(resource.RUSAGE_SELF)
     rate = train_rate(model, x, steps=steps)
-    faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults) / steps
+    after = resource.getrusage(resource.RUSAGE_SELF)
+    faults = (after.ru_minflt - before.ru_minflt) / steps
+    # CPU seconds per image (user + system): what the step costs, less sensitive than img/s to other jobs
+    cpu = {"cpu_ms_per_image": 1000 * (after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime)
+           / (steps * batch), "sys_ms_per_image": 1000 * (after.ru_stime - before.ru_stime) / (steps * batch)}
     maps = Path("/proc/self/maps").read_text()
     library = next((n for n in ("jemalloc", "tcmalloc") if f"lib{n}" in maps), "glibc")
-    print(json.dumps({"images_per_s": rate, "faults_per_step": faults, "library": library,
+    print(json.dumps({"images_per_s": rate, "faults_per_step": faults, "library": library, **cpu,
                       "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 
 
@@ -187,15 +191,18 @@ def allocator(names: list[str], batches: list[int], sides: list[str], rounds: in
                 rss = [r["peak_rss_mib"] for r in runs[side]]
                 row["sides"][side] = {"images_per_s": statistics.median(rates), "peak_rss_mib": statistics.median(rss),
                                       "faults_per_step": statistics.median(r["faults_per_step"] for r in runs[side]),
+                                      "cpu_ms_per_image": statistics.median(r["cpu_ms_per_image"] for r in runs[side]),
+                                      "sys_ms_per_image": statistics.median(r["sys_ms_per_image"] for r in runs[side]),
                                       "library": runs[side][0]["library"], "runs": runs[side]}
             base = row["sides"][sides[0]]
             print(f"\n{name}, batch {batch}, load average {' -> '.join(f'{x:.1f}' for x in loads)}")
             print(f"  {'side':<20}{'img/s':>8}{'x ' + sides[0]:>10}{'peak RSS MiB':>14}{'x ' + sides[0]:>10}"
-                  f"{'faults/step':>13}  library")
+                  f"{'faults/step':>13}{'CPU ms/img':>12}{'sys ms/img':>12}  library")
             for side, r in row["sides"].items():
                 print(f"  {side:<20}{r['images_per_s']:>8.2f}{r['images_per_s'] / base['images_per_s']:>9.2f}x"
                       f"{r['peak_rss_mib']:>14.0f}{r['peak_rss_mib'] / base['peak_rss_mib']:>9.2f}x"
-                      f"{r['faults_per_step']:>13.0f}  {r['library']}", flush=True)
+                      f"{r['faults_per_step']:>13.0f}{r['cpu_ms_per_image']:>12.1f}{r['sys_ms_per_image']:>12.1f}  {r['library']}",
+                      flush=True)
             report["results"].append(row)
             if out:
                 Path(out).write_text(json.dumps(report, indent=2))
