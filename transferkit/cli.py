@@ -285,6 +285,12 @@ def list_heads() -> None:
     _print_registry(_api().HEADS)
 
 
+@app.command("list-tasks")
+def list_tasks() -> None:
+    """List the registered tasks (what `task:` in a recipe may name)."""
+    _print_registry(_api().TASKS)
+
+
 @app.command("list-datasets")
 def list_datasets() -> None:
     """List the registered datasets."""

@@ -142,19 +142,22 @@ def latest_unfinished_run(output_dir: Path, name: str) -> Path | None:
 
 
 def variant_callbacks(spec: ExperimentSpec, run_dir: Path, classes: list[str], preprocessing, selection: str | None,
-                      console: Console, name: str, primary: bool = True) -> list[Callback]:
+                      console: Console, name: str, primary: bool = True, task=None) -> list[Callback]:
     """The callbacks the recipe asks for, plus the ones every run has (best tracker, checkpoints, metrics files).
 
     Off the primary process, the ones that only write or print are left out (Checkpoint stays: every process
     contributes its RNG state, and only the primary writes).
     """
     t = spec.train
-    callbacks: list[Callback] = [BestTracker(selection, t.early_stopping.min_delta if t.early_stopping else 0.0)]
+    mode = task.metrics.get(selection.partition("_")[2]) if selection and task else None
+    callbacks: list[Callback] = [BestTracker(selection, t.early_stopping.min_delta if t.early_stopping else 0.0,
+                                             mode)]
     if primary:
         callbacks += [BadImageReport(lambda m: console.print(f"[yellow]skipped unreadable image[/] {m}",
                                                              highlight=False)),
-                      MetricsLog(run_dir, lambda row: console.print(report.epoch_line(name, row, t.epochs),
-                                                                    highlight=False),
+                      MetricsLog(run_dir, lambda row: console.print(
+                          report.epoch_line(name, row, t.epochs, task.default_metric if task else "accuracy"),
+                          highlight=False),
                                  write_files="csv" in t.loggers)]
     if t.checkpoint:
         callbacks.append(Checkpoint(run_dir, spec, classes, preprocessing))
@@ -184,7 +187,7 @@ def run_variant(spec: ExperimentSpec, name: str, run_dir: Path, console: Console
         console.print(f"[dim]CPU memory: glibc's kept heap, not the page pool ({fallback_reason()})[/]")
     parts = assemble(spec, console, progress, placement=placement)
     callbacks = variant_callbacks(spec, run_dir, parts.splits.classes, parts.preprocessing, parts.selection,
-                                  console, name, primary)
+                                  console, name, primary, parts.task)
     trainer = parts.trainer
     if spec.train.budget:
         callbacks.append(Budget(parse_duration(spec.train.budget), started))
@@ -225,7 +228,8 @@ def run_variant(spec: ExperimentSpec, name: str, run_dir: Path, console: Console
     console.print(f"[bold]{name}[/]: {describe_time(timing)}", highlight=False)
     result = VariantResult(name, trainer.history, groups, trainer.elapsed, run_dir, bad.skipped if bad else [],
                            trainer.stop_reason, tracker.describe() if tracker else "", timing,
-                           tracker.best_epoch if tracker else 0)
+                           tracker.best_epoch if tracker else 0, parts.task.default_metric,
+                           parts.task.metrics.get(parts.task.default_metric, "max"))
     if primary:
         write_summary(result)
     return result
