@@ -4,7 +4,7 @@ from transferkit.model import heads, pypi_weights  # noqa: F401  (register the b
 from transferkit.optim import lr_policies, optimizers  # noqa: F401
 from transferkit.data import folder  # noqa: F401
 from transferkit.errors import TransferkitError
-from transferkit.inference.predictor import load
+from transferkit.inference.model import load
 from transferkit.run.experiment import Experiment, ExperimentResult, VariantResult
 from transferkit.plugins import load_plugins
 from transferkit.registry import BACKBONES, DATASETS, HEADS, LR_POLICIES, OPTIMIZERS, RECIPES, WEIGHT_SOURCES, Registry
