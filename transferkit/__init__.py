@@ -5,7 +5,7 @@ from transferkit.optim import lr_policies, optimizers  # noqa: F401
 from transferkit.data import folder  # noqa: F401
 from transferkit import tasks  # noqa: F401
 from transferkit.errors import TransferkitError
-from transferkit.inference.predictor import load
+from transferkit.inference.model import load
 from transferkit.run.experiment import Experiment, ExperimentResult, VariantResult
 from transferkit.plugins import load_plugins
 from transferkit.registry import BACKBONES, DATASETS, HEADS, LR_POLICIES, OPTIMIZERS, RECIPES, TASKS, WEIGHT_SOURCES, Registry

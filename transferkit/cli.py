@@ -496,11 +496,11 @@ def evaluate(model: str = typer.Argument(..., help="run directory (runs/<name>/<
              progress: bool = typer.Option(True, "--progress/--no-progress", help="show progress")) -> None:
     """Loss, top-1/top-5 accuracy, per-class precision/recall/F1, confusion matrix and top losses."""
     from transferkit.inference.evaluate import default_output, evaluate_folder, print_evaluation, print_unreadable
-    from transferkit.inference.predictor import load
+    from transferkit.inference.model import load_predictor
 
     if split not in ("test", "val"):
         raise TransferkitError(f"--split {split}: use test or val")
-    predictor = load(model, device)
+    predictor = load_predictor(model, device)
     target = output or default_output(predictor, split)
     result = evaluate_folder(predictor, data, split, target, err, progress)
     print_evaluation(result, out, f"{predictor.source}: {split} ({result.metrics['data']})")
@@ -522,13 +522,13 @@ def predict(model: str = typer.Argument(..., help="run directory, checkpoint (.p
     """Classify images: one row per input, written as it goes; exit 1 when some could not be read."""
     from transferkit.inference.inputs import collect_inputs
     from transferkit.inference.predict_files import output_format, predict_to_file
-    from transferkit.inference.predictor import load
+    from transferkit.inference.model import load_predictor
 
     output_format(output)  # a bad name is refused before the model loads
     if output is not None and output.exists() and not overwrite:
         raise TransferkitError(f"--output {output}: file exists; choose another name or add --overwrite")
     paths = collect_inputs(inputs)
-    predictor = load(model, device, batch_size)
+    predictor = load_predictor(model, device, batch_size)
     summary = predict_to_file(predictor, paths, output, top_k, err, overwrite, progress)
     where = f" -> {output}" if output else ""
     err.print(f"{summary.predicted} predicted, {summary.failed} unreadable{where}", highlight=False, soft_wrap=True)
@@ -544,7 +544,7 @@ def export(model: str = typer.Argument(..., help="run directory or checkpoint"),
     """Write the model as ONNX or TorchScript (normalisation, classes and preprocessing inside), checked against PyTorch."""
     from transferkit.inference.checkpoint_io import read_checkpoint
     from transferkit.inference.export import TOLERANCE, export_model
-    from transferkit.inference.predictor import TorchPredictor
+    from transferkit.inference.torch_predictor import TorchPredictor
 
     if Path(model).suffix.lower() == ".onnx":
         raise TransferkitError(f"{model}: already an exported model; export takes a run directory or checkpoint")

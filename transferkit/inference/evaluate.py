@@ -20,7 +20,8 @@ from transferkit.inference.feedback import feedback
 from transferkit.inference.metrics import classification_metrics, log_softmax
 from transferkit.inference.plots import confusion_png, top_losses_png
 from transferkit.inference.checkpoint_io import read_checkpoint
-from transferkit.inference.predictor import Predictor, TorchPredictor, softmax
+from transferkit.inference.predictor import Predictor, softmax
+from transferkit.inference.torch_predictor import TorchPredictor
 
 SPLIT_FOLDERS = {"test": ("test",), "val": ("val", "validation")}
 TOP_LOSSES = 16

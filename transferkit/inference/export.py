@@ -14,8 +14,11 @@ import torch
 
 from transferkit.errors import TransferkitError
 from transferkit.inference.batches import ImagePreparer, read_batches
+from transferkit.inference.evaluate import recipe_samples
 from transferkit.inference.onnx_metadata import export_metadata
-from transferkit.inference.predictor import TorchPredictor, softmax
+from transferkit.inference.onnx_predictor import onnxruntime
+from transferkit.inference.predictor import softmax
+from transferkit.inference.torch_predictor import TorchPredictor
 
 FORMATS = {"onnx": "model.onnx", "torchscript": "model.torchscript.pt"}
 TOLERANCE = 1e-4  # largest allowed difference of any class probability between the export and PyTorch
@@ -46,8 +49,6 @@ def check_images(predictor: TorchPredictor, count: int) -> tuple[torch.Tensor, s
     data = predictor.checkpoint.recipe.get("data", {})
     root = data.get("root")
     if data.get("dataset") == "folder" and root and Path(root).expanduser().is_dir():
-        from transferkit.inference.evaluate import recipe_samples
-
         try:
             samples, where = recipe_samples(predictor.checkpoint.recipe, "test", predictor.classes)
         except TransferkitError:
@@ -87,8 +88,6 @@ def exported_logits(path: Path, fmt: str, images: torch.Tensor) -> np.ndarray:
     """Logits of the exported file: all images as one batch, then the first alone (the batch axis is dynamic)."""
     x = images.float()
     if fmt == "onnx":
-        from transferkit.inference.onnx_predictor import onnxruntime
-
         session = onnxruntime().InferenceSession(str(path), providers=["CPUExecutionProvider"])
         name = session.get_inputs()[0].name
         run = lambda batch: session.run(None, {name: batch.numpy()})[0]  # noqa: E731
