@@ -37,6 +37,7 @@ from transferkit.recipe.spec import (ExperimentSpec, apply_overrides, dump_yaml,
 from transferkit.run import report
 from transferkit.run.assemble import Assembled, assemble
 from transferkit.run.probe import probe_head
+from transferkit.run.validation_fit import fit_task_to_validation
 from transferkit.run.resume import check_resumable
 from transferkit.run.results import ExperimentResult, VariantResult, is_finished, read_summary, write_summary
 from transferkit.run.rundir import prepare_run_dir
@@ -219,6 +220,8 @@ def run_variant(spec: ExperimentSpec, name: str, run_dir: Path, console: Console
         raise RunInterrupted(run_dir.parent, name, stop.epoch, step, steps) from None
     if trainer.stop_reason:
         console.print(f"[bold]{name}[/]: {trainer.stop_reason}", highlight=False)
+    if spec.train.checkpoint and spec.train.keep != "last":
+        fit_task_to_validation(parts, run_dir, console)
     tracker = trainer.callback(BestTracker)
     bad = trainer.callback(BadImageReport)
     timing = time_spent(trainer.history, setup_seconds, probe_seconds, time.monotonic() - started)
@@ -270,11 +273,13 @@ def _print_header(console: Console, name: str, parts: Assembled, groups: list[di
     s, spec = parts.splits, parts.spec
     val = f" / {len(s.val)} val" if s.val else ""
     console.print(f"[bold]{name}[/]: {spec.backbone.name} ({parts.weights_origin}) + {spec.head.name} head, "
-                  f"{len(s.classes)} classes, {len(s.train)} train{val} / {len(s.test)} test images, "
+                  f"{len(s.classes)} {parts.task.output_kind}, {len(s.train)} train{val} / {len(s.test)} test images, "
                   f"{_sizes(parts.preprocessing)}, on {describe_device(parts.device)}, {parts.precision}"
                   f"{', channels_last' if parts.channels_last else ''}{_processes(parts.placement)} -> {run_dir}",
                   highlight=False)
     console.print(f"  {parts.plan.describe()}", highlight=False)
+    if spec.task.name != "single_label":
+        console.print(f"  task: {parts.task.describe()}", highlight=False)
     t = spec.train
     if parts.selection is None:
         console.print("  best.pt: the last epoch (no validation split to select on; set data.val_split, or "

@@ -89,6 +89,30 @@ class Task:
         """What a user reads from the head's outputs: class probabilities, label probabilities or values."""
         raise NotImplementedError
 
+    output_kind: ClassVar[str] = "outputs"           # what the outputs are called in headers: classes, labels, targets
+
+    def answer(self, answers: np.ndarray, k: int) -> dict[str, Any]:
+        """One image's answer from its row of `answers`: the fields of a Prediction (label, probability, top_k,
+        labels, values)."""
+        raise NotImplementedError
+
+    def prediction_columns(self, k: int) -> list[str]:
+        """CSV columns of a prediction row between `path` and `error`."""
+        raise NotImplementedError
+
+    def prediction_cells(self, prediction, k: int) -> list[str]:
+        """The cells of `prediction_columns` for one prediction (empty for an unreadable file)."""
+        raise NotImplementedError
+
+    def agreement(self, got: np.ndarray, expected: np.ndarray) -> float:
+        """Largest difference between two models' answers to the same images (an export against its checkpoint)."""
+        return float(np.abs(self.answers(got) - self.answers(expected)).max())
+
+    def fit_to_validation(self, logits: torch.Tensor, targets: torch.Tensor) -> str | None:
+        """After training: adjust what the task decides with (multi_label: its thresholds) to the best weights'
+        validation outputs; returns a line saying what changed, or None when the task has nothing to adjust."""
+        return None
+
     def state_dict(self) -> dict[str, Any]:
         """What predicting needs besides the weights (thresholds, target scale): saved in checkpoints and exports."""
         return {}

@@ -64,6 +64,7 @@ class MultiLabel(Task):
     metrics = {"loss": "min", "map": "max", "f1": "max", "subset_accuracy": "max"}
     default_metric = "map"
     train_metric = "subset_accuracy"
+    output_kind = "labels"
     discrete = False
     labels_as = "multi_label"
 
@@ -127,15 +128,40 @@ class MultiLabel(Task):
     def answers(self, logits: np.ndarray) -> np.ndarray:
         return 1.0 / (1.0 + np.exp(-logits.astype(np.float64)))
 
+    def answer(self, answers, k):
+        labels = [name for name, p, t in zip(self.outputs, answers, self.thresholds) if p >= t]
+        order = np.argsort(-answers, kind="stable")[:k]
+        return {"label": self.delimiter.join(labels), "probability": None, "labels": labels,
+                "top_k": [(self.outputs[i], float(answers[i])) for i in order],
+                "scores": {name: float(p) for name, p in zip(self.outputs, answers)}}
+
+    @property
+    def delimiter(self) -> str:
+        """How a label set is written in one cell (the label table's delimiter)."""
+        table = self.recipe.data.labels
+        return table.delimiter if table else "|"
+
+    def prediction_columns(self, k):
+        return ["labels", *[f"p_{name}" for name in self.outputs]]
+
+    def prediction_cells(self, p, k):
+        if not p.scores:
+            return [""] * (1 + len(self.outputs))
+        return [p.label, *[f"{p.scores[name]:.6f}" for name in self.outputs]]
+
     def label_sets(self, probabilities: np.ndarray) -> list[list[str]]:
         """The labels at or above their threshold, per row."""
         above = probabilities >= np.asarray(self.thresholds)[None, :]
         return [[self.outputs[i] for i in np.flatnonzero(row)] for row in above]
 
-    def set_tuned_thresholds(self, probabilities: np.ndarray, targets: np.ndarray) -> None:
-        """Choose each label's threshold for F1 on these (validation) examples, unless task.thresholds fixed them."""
-        if self.spec.thresholds is None:
-            self.thresholds, self.tuned = tune_thresholds(probabilities, targets > 0.5), True
+    def fit_to_validation(self, logits, targets):
+        """Each label's threshold chosen for F1 on the validation outputs, unless task.thresholds fixed them."""
+        if self.spec.thresholds is not None:
+            return None
+        self.thresholds = tune_thresholds(self.answers(logits.numpy()), targets.numpy() > 0.5)
+        self.tuned = True
+        chosen = ", ".join(f"{name} {t:.3f}" for name, t in zip(self.outputs, self.thresholds))
+        return f"thresholds tuned for F1 on the validation split: {chosen}"
 
     def state_dict(self):
         return {"thresholds": list(self.thresholds), "tuned": self.tuned}

@@ -40,6 +40,7 @@ class Regression(Task):
     metrics = {"loss": "min", "mae": "min", "rmse": "min", "r2": "max"}
     default_metric = "mae"
     train_metric = "mae"
+    output_kind = "targets"
     discrete = False
     labels_as = "regression"
 
@@ -83,6 +84,20 @@ class Regression(Task):
 
     def answers(self, logits: np.ndarray) -> np.ndarray:
         return logits.astype(np.float64) * np.asarray(self.std)[None, :] + np.asarray(self.mean)[None, :]
+
+    def answer(self, answers, k):
+        return {"label": None, "probability": None, "top_k": [],
+                "values": {name: float(v) for name, v in zip(self.outputs, answers)}}
+
+    def prediction_columns(self, k):
+        return list(self.outputs)
+
+    def prediction_cells(self, p, k):
+        return [f"{p.values[name]:.6g}" for name in self.outputs] if p.values else [""] * len(self.outputs)
+
+    def agreement(self, got, expected):
+        """In standardised units (the head's own outputs), so one tolerance fits targets of any scale."""
+        return float(np.abs(got.astype(np.float64) - expected).max())
 
     def state_dict(self):
         return {"mean": list(self.mean), "std": list(self.std)}

@@ -19,6 +19,7 @@ class SingleLabel(Task):
     metrics = {"loss": "min", "accuracy": "max"}
     default_metric = "accuracy"
     train_metric = "accuracy"
+    output_kind = "classes"
 
     def __init__(self, recipe, outputs):
         super().__init__(recipe, outputs)
@@ -39,6 +40,19 @@ class SingleLabel(Task):
             return {"loss": float("nan"), "accuracy": float("nan")}
         losses = self.eval_losses(logits, targets).double()
         return {"loss": losses.mean().item(), "accuracy": (logits.argmax(1) == targets).double().mean().item()}
+
+    def answer(self, answers, k):
+        order = np.argsort(-answers, kind="stable")[:k]
+        top = [(self.outputs[i], float(answers[i])) for i in order]
+        return {"label": top[0][0], "probability": top[0][1], "top_k": top}
+
+    def prediction_columns(self, k):
+        return ["label", "probability", *[c for i in range(1, k + 1) for c in (f"label_{i}", f"probability_{i}")]]
+
+    def prediction_cells(self, p, k):
+        ranked = [value for label, prob in p.top_k for value in (label, f"{prob:.6f}")]
+        ranked += [""] * (2 * k - len(ranked))
+        return [p.label or "", "" if p.probability is None else f"{p.probability:.6f}", *ranked]
 
     def answers(self, logits: np.ndarray) -> np.ndarray:
         shifted = logits.astype(np.float64) - logits.max(axis=1, keepdims=True)
