@@ -141,7 +141,7 @@ def transferkit_run(raw: dict) -> dict:
 def model_only(raw: dict, channels_last: bool, steps: int, compile_model: bool = False) -> dict:
     """Forward+backward+step images/s on in-memory uint8 tensors, after one warm-up step (compile time apart).
 
-    Under this process's allocator: run it as `LD_PRELOAD=... python` for jemalloc (transferkit/cpu_memory.py).
+    Under this process's allocator: run it as `LD_PRELOAD=... python` for tcmalloc (transferkit/cpu_memory.py).
     """
     spec = validate(raw)
     built = build_variant(spec)
