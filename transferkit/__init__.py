@@ -8,7 +8,8 @@ from transferkit.inference.predictor import load
 from transferkit.run.experiment import Experiment, ExperimentResult, VariantResult
 from transferkit.plugins import load_plugins
 from transferkit.registry import BACKBONES, DATASETS, HEADS, LR_POLICIES, OPTIMIZERS, RECIPES, WEIGHT_SOURCES, Registry
-from transferkit.recipe.spec import ExperimentSpec, load_recipe
+from transferkit.recipe.spec import ExperimentSpec
+from transferkit.run.validation import load_recipe
 
 __version__ = "0.1.0"
 
