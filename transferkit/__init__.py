@@ -7,15 +7,16 @@ Importing the package registers the built-ins and imports no torch; `Experiment`
 from transferkit.model import heads, pypi_weights  # noqa: F401  (register the built-ins)
 from transferkit.optim import lr_policies, optimizers  # noqa: F401
 from transferkit.data import folder  # noqa: F401
+from transferkit import tasks  # noqa: F401
 from transferkit.errors import TransferkitError
 from transferkit.plugins import load_plugins
-from transferkit.registry import BACKBONES, DATASETS, HEADS, LR_POLICIES, OPTIMIZERS, RECIPES, WEIGHT_SOURCES, Registry
+from transferkit.registry import BACKBONES, DATASETS, HEADS, LR_POLICIES, OPTIMIZERS, RECIPES, TASKS, WEIGHT_SOURCES, Registry
 from transferkit.recipe.spec import ExperimentSpec
 
 __version__ = "0.1.0"
 
 _LAZY = {"Experiment": "transferkit.run.experiment", "ExperimentResult": "transferkit.run.experiment",
-         "VariantResult": "transferkit.run.experiment", "load": "transferkit.inference.predictor",
+         "VariantResult": "transferkit.run.experiment", "load": "transferkit.inference.model",
          "load_recipe": "transferkit.run.validation"}
 
 
@@ -32,4 +33,4 @@ def __getattr__(name: str):
 
 __all__ = ["Experiment", "ExperimentResult", "VariantResult", "ExperimentSpec", "load_recipe", "load_plugins",
            "Registry", "BACKBONES", "HEADS", "DATASETS", "LR_POLICIES", "OPTIMIZERS", "WEIGHT_SOURCES", "RECIPES",
-           "TransferkitError", "load", "__version__"]
+           "TASKS", "TransferkitError", "load", "__version__"]

@@ -25,13 +25,20 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     return path, value
 
 
+SHORTHANDS = {("task",): "name", ("data", "labels"): "file"}  # `task: multi_label` means {name: multi_label}
+
+
 def apply_overrides(raw: dict, overrides: list[str]) -> dict:
     """`raw` with each `--set a.b=c` applied; validation of the result happens afterwards."""
     result = copy.deepcopy(raw)
     for text in overrides:
         path, value = parse_override(text)
         node = result
-        for part in path[:-1]:
+        for depth, part in enumerate(path[:-1]):
+            keys = tuple(p for p in path[:depth + 1] if p != "variants")[-2:]
+            shorthand = SHORTHANDS.get(keys) or SHORTHANDS.get(keys[-1:])
+            if isinstance(node.get(part), str) and shorthand:  # --set task.loss=l1 keeps `task: regression`
+                node[part] = {shorthand: node[part]}
             if not isinstance(node.get(part), dict):
                 node[part] = {}
             node = node[part]

@@ -2,7 +2,7 @@
 
     schema           the pydantic models, presets and every variant as a full recipe   (recipe/load.py)
     contradictions   settings that contradict each other                               (recipe/check.py)
-    environment      registered names and their options; the weights fit the backbone  (run/preflight.py)
+    environment      registered names, their options, the task's rules; the weights fit  (run/preflight.py)
     data and device  the data root; the device and the processes the run is on         (below)
 
 `transferkit validate`, `transferkit run`, `transferkit.load_recipe()` and `Experiment` all run `PHASES` in this
@@ -20,14 +20,16 @@ from transferkit.plugins import load_plugins
 from transferkit.recipe.check import check_recipe_contradictions, device_contradictions
 from transferkit.recipe.load import Recipe, check_schema, read_recipe, recipe_of_dict
 from transferkit.recipe.spec import ExperimentSpec
-from transferkit.run.preflight import Where, check_data_root, check_options, check_references, check_weights
+from transferkit.run.preflight import (Where, check_data_root, check_options, check_references, check_task,
+                                       check_weights)
 
 
 def check_environment(recipe: Recipe) -> None:
-    """Phase 'environment': registered names in every variant first, then their options, then the weights (a file
-    is compared with the network built on the meta device; nothing is downloaded)."""
+    """Phase 'environment': registered names in every variant first, then their options, what the task cannot
+    honour, then the weights (a file is compared with the network built on the meta device; nothing is
+    downloaded)."""
     variants = recipe.variants()
-    for check in (check_references, check_options, check_weights):
+    for check in (check_references, check_options, check_task, check_weights):
         for name, spec in variants.items():
             check(spec, recipe.source, name, recipe.overrides)
 
