@@ -52,7 +52,7 @@ def commands(tmp: Path) -> dict[str, list[str]]:
     clothing = ["validate", str(REPO / "examples/clothing/recipe.yaml"), "--set", f"data.root={data}"]
     return {"--help": ["--help"], "validate (examples/clothing, timm)": clothing,
             "validate (resnet18)": ["validate", str(resnet)], "list-heads": ["list-heads"],
-            "list-datasets": ["list-datasets"], "list-lr-policies": ["list-lr-policies"],
+            "list-tasks": ["list-tasks"], "list-datasets": ["list-datasets"], "list-lr-policies": ["list-lr-policies"],
             "list-optimizers": ["list-optimizers"], "list-schedules": ["list-schedules"],
             "list-weights": ["list-weights"], "list-recipes": ["list-recipes"], "plugins": ["plugins"],
             "list-backbones": ["list-backbones"], "list-backbones resnet*": ["list-backbones", "resnet*"],

@@ -47,8 +47,9 @@ def test_importing_the_cli_imports_no_torch():
     assert done.stdout.strip() == "[]"
 
 
-@pytest.mark.parametrize("args", [["--help"], ["list-heads"], ["list-datasets"], ["list-lr-policies"],
-                                  ["list-optimizers"], ["list-schedules"], ["list-weights"], ["schema"]])
+@pytest.mark.parametrize("args", [["--help"], ["list-heads"], ["list-tasks"], ["list-datasets"],
+                                  ["list-lr-policies"], ["list-optimizers"], ["list-schedules"], ["list-weights"],
+                                  ["schema"]])
 def test_help_and_listings_import_no_torch(tmp_path, args):
     code, heavy, err = probe(*args, cache=tmp_path / "zoo")
     assert (code, heavy) == (0, "-"), err
