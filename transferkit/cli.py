@@ -148,7 +148,7 @@ def validate(recipe: str = typer.Argument(..., metavar="RECIPE", autocompletion=
 
 
 @app.command()
-def fit(folder: str = typer.Argument(..., help="folder of photos: train/ and test/ class folders (val/ optional), or one folder per class"),
+def fit(folder: str = typer.Argument(..., help="folder of photos: train/ and test/ class folders (val/ optional), or one folder per class; or a label table (.csv) with --set task=multi_label|regression"),
         preset: str = typer.Option("balanced", "--preset", help="fast, balanced or best (docs/presets.md)"),
         budget: Optional[str] = typer.Option(None, "--budget", help="wall-time budget, e.g. 10m: epochs are fitted to it"),
         backbone: Optional[str] = typer.Option(None, "--backbone", help="backbone name (default: EfficientNet-Lite0, offline weights)"),

@@ -1,4 +1,6 @@
-"""Small synthetic data sets for the tasks: shapes for multi_label, a colour fraction for regression."""
+"""Small synthetic image sets with label tables, for trying the tasks offline and for tests: shapes on a
+background (multi_label) and the red share of an image (regression). `python -m transferkit.synthetic DIR`
+writes both."""
 
 from __future__ import annotations
 
@@ -59,3 +61,17 @@ def colour_fraction_table(root: Path, per_split=(64, 16, 24), size: int = 40, se
         writer.writeheader()
         writer.writerows(rows)
     return root / "labels.csv"
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`python -m transferkit.synthetic DIR`: DIR/shapes/labels.csv and DIR/fraction/labels.csv with their images."""
+    import sys
+
+    args = sys.argv[1:] if argv is None else argv
+    root = Path(args[0] if args else "synthetic")
+    print(shapes_table(root / "shapes"))
+    print(colour_fraction_table(root / "fraction"))
+
+
+if __name__ == "__main__":
+    main()
