@@ -303,6 +303,22 @@ def list_optimizers() -> None:
     _print_registry(_api().OPTIMIZERS)
 
 
+@app.command("list-callbacks")
+def list_callbacks() -> None:
+    """List the registered callbacks a recipe's train.callbacks may name (plugins add them)."""
+    callbacks = _api().CALLBACKS
+    if not len(callbacks):
+        err.print("no callbacks registered; a plugin adds them (docs/callbacks.md)", markup=False)
+        return
+    _print_registry(callbacks)
+
+
+@app.command("list-loggers")
+def list_loggers() -> None:
+    """List the registered loggers a recipe's train.loggers may name."""
+    _print_registry(_api().LOGGERS)
+
+
 SCHEDULE_HELP = {"constant": "the base LR throughout (after any warm-up)",
                  "step": "the LR times gamma every step_size epochs",
                  "cosine": "cosine decay from the base LR to min_lr_ratio x base over training",
