@@ -55,7 +55,7 @@ class WandbLogger(Callback):
         self.run = wandb.init(project=o.project or os.environ.get("WANDB_PROJECT") or self.spec.name, entity=o.entity, mode=o.mode, dir=o.dir,
                               name=o.run_name or f"{self.spec.name}/{self.variant}", group=o.group or self.spec.name,
                               tags=[self.variant, *o.tags], config=config, id=self.run_id,
-                              resume="allow" if self.run_id else None, reinit="finish_previous")
+                              resume="allow" if self.run_id else None, reinit="create_new")
         self.run_id = self.run.id
 
     def on_epoch_end(self, trainer, epoch: int, row: dict) -> None:

@@ -223,7 +223,7 @@ class TrainSpec(_Spec):
     class_weights: Literal["none", "auto"] | list[float] = Field("none", description="per-class loss weights: none, auto (inverse class frequency ^ class_weight_power), or one weight per class")
     class_weight_power: float = Field(1.0, ge=0.0, description="auto class weights: (1 / frequency) ^ power (0.5 softens them)")
     callbacks: list[str | PluggedSpec] = Field(default_factory=list, description="registered callbacks (`transferkit list-callbacks`: a plugin's), each a name or {name, options}; they run after the built-in features, before the loggers and the checkpoint (docs/callbacks.md)")
-    loggers: list[str | PluggedSpec] = Field(default_factory=lambda: ["csv"], description="registered loggers (`transferkit list-loggers`), each a name or {name, options}: csv (metrics.csv/json), tensorboard (event files under tensorboard/), mlflow, wandb (docs/callbacks.md), or a plugin's")
+    loggers: list[str | PluggedSpec] = Field(default_factory=lambda: ["csv"], validate_default=True, description="registered loggers (`transferkit list-loggers`), each a name or {name, options}: csv (metrics.csv/json), tensorboard (event files under tensorboard/), mlflow, wandb (docs/callbacks.md), or a plugin's")
     probe_epochs: int = Field(0, ge=0, description="before training, fit the new head alone for this many epochs on cached backbone features (linear probe, then fine-tune)")
     probe_lr: float = Field(1e-3, gt=0.0, description="AdamW learning rate of the probe_epochs head fit")
     tta_flip: bool = Field(False, description="evaluate on each image and its mirror image, averaging the logits (test-time augmentation)")
