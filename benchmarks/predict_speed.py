@@ -33,7 +33,7 @@ from transferkit.files import atomic_torch_save  # noqa: E402
 from transferkit.inference.checkpoint_io import CHECKPOINT_FORMAT, read_checkpoint  # noqa: E402
 from transferkit.inference.onnx_predictor import OnnxPredictor  # noqa: E402
 from transferkit.inference.predict_files import predict_to_file  # noqa: E402
-from transferkit.inference.predictor import TorchPredictor  # noqa: E402
+from transferkit.inference.torch_predictor import TorchPredictor  # noqa: E402
 from transferkit.model.build import build_model  # noqa: E402
 from transferkit.recipe.spec import validate  # noqa: E402
 

@@ -1,4 +1,4 @@
-"""Imports go one way through the pipeline's packages: recipe -> model, optim -> data -> engine -> callbacks ->
+"""Imports go one way through the pipeline's packages: recipe -> model, optim, tasks -> data -> engine -> callbacks ->
 inference -> run -> cli, with the small utility modules usable from anywhere."""
 
 from __future__ import annotations
@@ -7,11 +7,11 @@ import ast
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "transferkit"
-LAYERS = ["recipe", "model", "optim", "data", "engine", "callbacks", "inference", "run", "cli"]
-RANK = {"recipe": 0, "model": 1, "optim": 1, "data": 2, "engine": 3, "callbacks": 4, "inference": 5, "run": 6,
+LAYERS = ["recipe", "model", "optim", "tasks", "data", "engine", "callbacks", "inference", "run", "cli"]
+RANK = {"recipe": 0, "model": 1, "optim": 1, "tasks": 1, "data": 2, "engine": 3, "callbacks": 4, "inference": 5, "run": 6,
         "cli": 7}
 UTILITIES = {"errors", "registry", "files", "progress", "seeding", "download", "plugins", "device", "signals",
-             "cpu_memory", "native", "testing", "__init__", "__main__"}
+             "cpu_memory", "native", "testing", "synthetic", "__init__", "__main__"}
 
 
 def _layer(module: str) -> str | None:
@@ -63,3 +63,37 @@ def test_recipe_package_needs_no_torch():
     for path in (PACKAGE / "recipe").rglob("*.py"):
         for line, imported in _imports(path):
             assert imported.split(".")[0] != "torch", f"{path.name}:{line} imports torch"
+
+
+def _inference_graph() -> dict[str, set[str]]:
+    """inference module -> the inference modules it imports, at the top or inside a function."""
+    graph = {}
+    for path in (PACKAGE / "inference").glob("*.py"):
+        graph[path.stem] = {imported.split(".")[2] for _, imported in _imports(path)
+                            if imported.startswith("transferkit.inference.")}
+    return graph
+
+
+def test_inference_has_no_import_circle():
+    graph = _inference_graph()
+    done, path = set(), []
+
+    def visit(module: str) -> None:
+        if module in path:
+            raise AssertionError("inference import circle: " + " -> ".join(path[path.index(module):] + [module]))
+        if module in done:
+            return
+        path.append(module)
+        for imported in sorted(graph.get(module, ())):
+            visit(imported)
+        path.pop()
+        done.add(module)
+
+    for module in sorted(graph):
+        visit(module)
+
+
+def test_predictor_base_imports_none_of_its_users():
+    # the base sits at the bottom: backends import it, the load() facade imports them, never the other way
+    imported = _inference_graph()["predictor"]
+    assert not imported & {"torch_predictor", "onnx_predictor", "evaluate", "export", "model"}, imported

@@ -147,7 +147,7 @@ def validate(recipe: str = typer.Argument(..., metavar="RECIPE", autocompletion=
 
 
 @app.command()
-def fit(folder: str = typer.Argument(..., help="folder of photos: train/ and test/ class folders (val/ optional), or one folder per class"),
+def fit(folder: str = typer.Argument(..., help="folder of photos: train/ and test/ class folders (val/ optional), or one folder per class; or a label table (.csv) with --set task=multi_label|regression"),
         preset: str = typer.Option("balanced", "--preset", help="fast, balanced or best (docs/presets.md)"),
         budget: Optional[str] = typer.Option(None, "--budget", help="wall-time budget, e.g. 10m: epochs are fitted to it"),
         backbone: Optional[str] = typer.Option(None, "--backbone", help="backbone name (default: EfficientNet-Lite0, offline weights)"),
@@ -283,6 +283,12 @@ def _print_registry(registry, describe=None) -> None:
 def list_heads() -> None:
     """List the registered heads."""
     _print_registry(_api().HEADS)
+
+
+@app.command("list-tasks")
+def list_tasks() -> None:
+    """List the registered tasks (what `task:` in a recipe may name)."""
+    _print_registry(_api().TASKS)
 
 
 @app.command("list-datasets")
@@ -472,17 +478,40 @@ def preview(target: str = typer.Argument(..., metavar="TARGET", autocompletion=_
               f"{', '.join(splits.classes[:shown])}", markup=False, highlight=False)
 
 
+def _label_table_of(target: str, set_: list[str]):
+    """(data.labels, how the task reads it) when TARGET is a label table (.csv, read as `--set task=...` says,
+    single_label by default) or a recipe naming one; else None."""
+    from transferkit.recipe.spec import ExperimentSpec, LabelTableSpec, apply_overrides
+    from transferkit.tasks import task_class
+
+    if Path(target).suffix.lower() in (".csv", ".tsv"):
+        raw = apply_overrides({}, set_)
+        spec = ExperimentSpec.model_validate({k: v for k, v in raw.items() if k == "task"})
+        own = raw.get("data", {}).get("labels", {}) if isinstance(raw.get("data"), dict) else {}
+        return LabelTableSpec(**{**(own if isinstance(own, dict) else {}), "file": target}), \
+            task_class(spec.task.name).labels_as
+    if Path(target).is_file() or target in _api().RECIPES:
+        spec = _api().Experiment.from_yaml(target, set_).spec
+        if spec.data.labels:
+            return spec.data.labels, task_class(spec.task.name).labels_as
+    return None
+
+
 @app.command("check-data")
 def check_data(target: str = typer.Argument(..., metavar="TARGET", autocompletion=_complete_recipe,
                                             help="recipe file, recipe name, or data folder"),
                set_: list[str] = typer.Option([], "--set", metavar="KEY=VALUE", help="override a recipe value (repeatable)"),
                workers: int = typer.Option(1, "--workers", min=1, metavar="N", help="processes reading images")) -> None:
-    """Read every image and report broken, duplicate, conflicting, hidden or misplaced files (exit 1 if any)."""
-    from transferkit.data.check import check_folder, check_splits
+    """Read every image and report broken, duplicate, conflicting, hidden or misplaced files, and every bad row of
+    a label table (a .csv TARGET, or a recipe's data.labels), with its line (exit 1 if any)."""
+    from transferkit.data.check import check_folder, check_splits, check_table
     from transferkit.run.display import print_table
 
     _api()
-    if Path(target).is_dir():
+    table = _label_table_of(target, set_)
+    if table is not None:
+        report = check_table(*table, workers=workers, progress=err.is_terminal)
+    elif Path(target).is_dir():
         d = _folder_data_spec(target, set_).data
         report = check_folder(Path(d.root), d.train_dir, d.test_dir, d.val_dir, workers=workers,
                               progress=err.is_terminal)
@@ -506,11 +535,11 @@ def evaluate(model: str = typer.Argument(..., help="run directory (runs/<name>/<
              progress: bool = typer.Option(True, "--progress/--no-progress", help="show progress")) -> None:
     """Loss, top-1/top-5 accuracy, per-class precision/recall/F1, confusion matrix and top losses."""
     from transferkit.inference.evaluate import default_output, evaluate_folder, print_evaluation, print_unreadable
-    from transferkit.inference.predictor import load
+    from transferkit.inference.model import load_predictor
 
     if split not in ("test", "val"):
         raise TransferkitError(f"--split {split}: use test or val")
-    predictor = load(model, device)
+    predictor = load_predictor(model, device)
     target = output or default_output(predictor, split)
     result = evaluate_folder(predictor, data, split, target, err, progress)
     print_evaluation(result, out, f"{predictor.source}: {split} ({result.metrics['data']})")
@@ -532,13 +561,13 @@ def predict(model: str = typer.Argument(..., help="run directory, checkpoint (.p
     """Classify images: one row per input, written as it goes; exit 1 when some could not be read."""
     from transferkit.inference.inputs import collect_inputs
     from transferkit.inference.predict_files import output_format, predict_to_file
-    from transferkit.inference.predictor import load
+    from transferkit.inference.model import load_predictor
 
     output_format(output)  # a bad name is refused before the model loads
     if output is not None and output.exists() and not overwrite:
         raise TransferkitError(f"--output {output}: file exists; choose another name or add --overwrite")
     paths = collect_inputs(inputs)
-    predictor = load(model, device, batch_size)
+    predictor = load_predictor(model, device, batch_size)
     summary = predict_to_file(predictor, paths, output, top_k, err, overwrite, progress)
     where = f" -> {output}" if output else ""
     err.print(f"{summary.predicted} predicted, {summary.failed} unreadable{where}", highlight=False, soft_wrap=True)
@@ -554,7 +583,7 @@ def export(model: str = typer.Argument(..., help="run directory or checkpoint"),
     """Write the model as ONNX or TorchScript (normalisation, classes and preprocessing inside), checked against PyTorch."""
     from transferkit.inference.checkpoint_io import read_checkpoint
     from transferkit.inference.export import TOLERANCE, export_model
-    from transferkit.inference.predictor import TorchPredictor
+    from transferkit.inference.torch_predictor import TorchPredictor
 
     if Path(model).suffix.lower() == ".onnx":
         raise TransferkitError(f"{model}: already an exported model; export takes a run directory or checkpoint")

@@ -42,15 +42,17 @@ class Checkpoint(Callback):
         """On unless train.checkpoint is false; on every process (each contributes its RNG state)."""
         return cls(run.run_dir, run.spec, run.classes, run.preprocessing) if run.spec.train.checkpoint else None
 
-    def _identity(self) -> dict:
+    def _identity(self, trainer: Trainer) -> dict:
+        task = trainer.task  # its name, outputs and state (thresholds, target scale) travel with the weights
         return {"format": CHECKPOINT_FORMAT, "classes": self.classes,
-                "preprocessing": self.preprocessing.to_dict(), "recipe": self.spec.model_dump(mode="json")}
+                "preprocessing": self.preprocessing.to_dict(), "recipe": self.spec.model_dump(mode="json"),
+                "task": {"name": task.name, "state": task.state_dict()}}
 
     def save_last(self, trainer: Trainer) -> None:
         """last.pt: the trainer's whole state."""
         state = trainer.state_dict()
         if trainer.placement.is_primary:
-            atomic_torch_save(self.run_dir / "last.pt", {**self._identity(), **state})
+            atomic_torch_save(self.run_dir / "last.pt", {**self._identity(trainer), **state})
 
     def on_epoch_end(self, trainer: Trainer, epoch: int, row: dict) -> None:
         tracker = trainer.callback(BestTracker)
@@ -59,7 +61,7 @@ class Checkpoint(Callback):
             ema = trainer.callback(EMA)
             weights = ema.averaged_state(trainer.model) if source == "ema" and ema else trainer.model.state_dict()
             atomic_torch_save(self.run_dir / "best.pt", {
-                **self._identity(), "model": weights, "epoch": epoch, "metrics": row, "weights": source,
+                **self._identity(trainer), "model": weights, "epoch": epoch, "metrics": row, "weights": source,
                 "selected_on": tracker.metric if tracker else None})
         self.save_last(trainer)
 

@@ -26,6 +26,7 @@ class RunContext:
     console: Any  # a rich Console; quiet off the primary process
     placement: "Placement"
     started: float  # time.monotonic() when the variant started
+    task: Any = None  # tasks.Task: the loss, the metrics and the default best metric (None: single label)
 
 
 class Callback:

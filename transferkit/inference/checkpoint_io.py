@@ -27,6 +27,7 @@ class Checkpoint:
     classes: list[str]
     preprocessing: Preprocessing
     recipe: dict
+    task: dict | None = None  # {"name", "state"}: thresholds, target scale (None: a checkpoint from before tasks)
 
     @property
     def run_dir(self) -> Path:
@@ -73,4 +74,4 @@ def read_checkpoint(path: str | Path) -> Checkpoint:
         raise CheckpointError(f"{file}: transferkit checkpoint without {', '.join(missing)}; "
                               f"it may be damaged: use the run's other checkpoint or train again")
     return Checkpoint(file, state["model"], [str(c) for c in state["classes"]],
-                      Preprocessing.from_dict(state["preprocessing"]), state["recipe"])
+                      Preprocessing.from_dict(state["preprocessing"]), state["recipe"], state.get("task"))

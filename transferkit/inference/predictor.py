@@ -1,4 +1,4 @@
-"""Predictors: a trained model with its classes and preprocessing, answering for files, PIL images or tensors."""
+"""The predictor base: batching, overlapped decoding and top-k over a backend's logits; it imports none of its users."""
 
 from __future__ import annotations
 
@@ -9,23 +9,25 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from transferkit.data.loading import default_eval_batch_size
-from transferkit.device import resolve_device
-from transferkit.errors import TransferkitError
-from transferkit.inference.batches import ImageBatch, ImagePreparer, default_decode_threads, expand_items, read_batches
-from transferkit.inference.checkpoint_io import Checkpoint, read_checkpoint
+from transferkit.inference.batches import ImageBatch, ImagePreparer, expand_items, read_batches
 from transferkit.model.preprocess import Preprocessing
+from transferkit.tasks import Task
 
 
 @dataclass
 class Prediction:
-    """One input's answer: the best label and its probability, the top-k (label, probability) pairs, or an error."""
+    """One input's answer, or its error. single_label: the best class, its probability and the top-k (class,
+    probability) pairs; multi_label: `labels` (the set at or above the thresholds, joined in `label`), each label's
+    probability in `scores`; regression: `values` by target name, in the targets' units."""
 
     source: str
     label: str | None
     probability: float | None
     top_k: list[tuple[str, float]]
     error: str | None = None
+    labels: list[str] | None = None
+    scores: dict[str, float] | None = None
+    values: dict[str, float] | None = None
 
     @property
     def ok(self) -> bool:
@@ -48,7 +50,8 @@ def describe_item(item, position: int) -> str:
 class Predictor:
     """Shared by every backend: batching, overlapped decoding, top-k; a backend supplies `logits`."""
 
-    classes: list[str]
+    classes: list[str]  # the head's outputs: classes, labels or target names
+    task: Task
     preprocessing: Preprocessing
     recipe: dict
     source: Path
@@ -71,94 +74,16 @@ class Predictor:
         """Predictions batch by batch, one per item, in input order (for writing as they come)."""
         k = max(1, min(top_k, len(self.classes)))
         for batch, logits in self.scored_batches(items):
-            probabilities = softmax(logits)
+            answers = self.task.answers(logits)
             rows: dict[int, Prediction] = {}
             for position, error in batch.errors.items():
                 rows[position] = Prediction(describe_item(items[position], position), None, None, [], error)
             for row, position in enumerate(batch.positions):
-                order = np.argsort(-probabilities[row], kind="stable")[:k]
-                top = [(self.classes[i], float(probabilities[row, i])) for i in order]
-                rows[position] = Prediction(describe_item(items[position], position), top[0][0], top[0][1], top)
+                fields = self.task.answer(answers[row], k)
+                rows[position] = Prediction(describe_item(items[position], position), **{"top_k": [], **fields})
             yield [rows[p] for p in sorted(rows)]
 
     def predict(self, inputs, top_k: int = 5) -> list[Prediction]:
         """Predictions for paths, PIL images or 0-255 tensors ((3, H, W) or (N, 3, H, W)); one per image."""
         items = expand_items(inputs if isinstance(inputs, (list, tuple)) else [inputs])
         return [p for batch in self.prediction_batches(items, top_k) for p in batch]
-
-    def evaluate(self, folder: str | Path | None = None, split: str = "test", output: str | Path | None = None,
-                 progress: bool = False):
-        """Metrics, confusion matrix and misclassified files on a class-per-folder set, or (folder None) the run's
-        own split; files are written when `output` is given (see inference.evaluate)."""
-        from transferkit.inference.evaluate import evaluate_folder
-
-        return evaluate_folder(self, folder, split, output, progress=progress)
-
-    def export(self, path: str | Path | None = None, format: str = "onnx", check: int | None = None):
-        """Write the model as ONNX or TorchScript and check it against this one (see inference.export)."""
-        raise TransferkitError(f"{self.source}: only a PyTorch checkpoint can be exported; this is {self.source.suffix}")
-
-
-def channels_last_pays(model, device: torch.device) -> bool:
-    """channels_last for convolutional models on CPU and CUDA, as training's `auto` chooses."""
-    return bool(getattr(model, "is_convolutional", False)) and device.type in ("cpu", "cuda")
-
-
-class TorchPredictor(Predictor):
-    """A transferkit checkpoint's TransferModel, rebuilt without weight downloads, in eval mode on `device`."""
-
-    def __init__(self, checkpoint: Checkpoint, device: str | torch.device = "auto", batch_size: int | None = None,
-                 decode_threads: int | None = None):
-        from transferkit.model.build import build_model
-        from transferkit.plugins import load_plugins
-        from transferkit.recipe.spec import ExperimentSpec
-
-        load_plugins()  # a plugin may register the backbone
-        self.checkpoint = checkpoint
-        self.source = checkpoint.path
-        self.classes = checkpoint.classes
-        self.preprocessing = checkpoint.preprocessing
-        self.recipe = checkpoint.recipe
-        self.spec = ExperimentSpec.model_validate(checkpoint.recipe)
-        self.device = device if isinstance(device, torch.device) else resolve_device(device)
-        if self.device.type == "cpu":
-            from transferkit.cpu_memory import keep_freed_memory
-
-            keep_freed_memory()  # as in training: activations reuse the heap instead of being faulted in every batch
-        model = build_model(self.spec, len(self.classes), pretrained=False).model
-        try:
-            model.load_state_dict(checkpoint.state_dict)
-        except RuntimeError as exc:
-            first = str(exc).splitlines()[1].strip() if len(str(exc).splitlines()) > 1 else str(exc)
-            raise TransferkitError(f"{self.source}: weights do not fit the recipe's model ({first}); "
-                                   f"the checkpoint may come from another version of the recipe") from None
-        self.channels_last = channels_last_pays(model, self.device)
-        memory_format = torch.channels_last if self.channels_last else torch.preserve_format
-        self.model = model.to(self.device, memory_format=memory_format).eval()
-        self.batch_size = batch_size or default_eval_batch_size(self.device, 64)
-        self.decode_threads = decode_threads or default_decode_threads(self.device)
-
-    def logits(self, images: torch.Tensor) -> np.ndarray:
-        """Class logits (N, C) of uint8 (N, 3, S, S) images, in fp32."""
-        with torch.inference_mode():
-            x = images.to(self.device, non_blocking=True)
-            if self.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            return self.model(x).float().cpu().numpy()
-
-    def export(self, path: str | Path | None = None, format: str = "onnx", check: int | None = None):
-        """Write the model as ONNX or TorchScript beside the checkpoint (or at `path`), checked against this one."""
-        from transferkit.inference.export import export_model
-
-        return export_model(self, format, path, check)
-
-
-def load(path: str | Path, device: str = "auto", batch_size: int | None = None) -> Predictor:
-    """A predictor from a run directory, a checkpoint (.pt) or an exported ONNX file; weights land on `device`."""
-    path = Path(path).expanduser()
-    if path.suffix.lower() == ".onnx":
-        from transferkit.inference.onnx_predictor import OnnxPredictor
-
-        return OnnxPredictor(path, device, batch_size)
-    return TorchPredictor(read_checkpoint(path), device, batch_size)
-

@@ -75,8 +75,9 @@ class CallbackConnector:
         callbacks = [cb for make in FEATURES if (cb := make(run)) is not None]
         callbacks += _registered(CALLBACKS, t.callbacks, run) + self.extra
         if run.placement.is_primary:
-            callbacks.append(EpochLine(lambda row: run.console.print(report.epoch_line(run.variant, row, t.epochs),
-                                                                     highlight=False)))
+            metric = run.task.default_metric if run.task else "accuracy"
+            callbacks.append(EpochLine(lambda row: run.console.print(
+                report.epoch_line(run.variant, row, t.epochs, metric), highlight=False)))
             callbacks += _registered(LOGGERS, t.loggers, run)
         checkpoint = Checkpoint.from_run(run)
         if checkpoint is not None:

@@ -33,6 +33,7 @@ from transferkit.run import report
 from transferkit.run.assemble import Assembled, assemble
 from transferkit.run.connector import CallbackConnector
 from transferkit.run.probe import probe_head
+from transferkit.run.validation_fit import fit_task_to_validation
 from transferkit.run.resume import check_resumable
 from transferkit.run.results import ExperimentResult, VariantResult, is_finished, read_summary, write_summary
 from transferkit.run.rundir import prepare_run_dir
@@ -160,7 +161,7 @@ def run_variant(spec: ExperimentSpec, name: str, run_dir: Path, console: Console
         console.print(f"[dim]CPU memory: glibc's kept heap, not the page pool ({fallback_reason()})[/]")
     parts = assemble(spec, console, progress, placement=placement)
     run = RunContext(spec, name, run_dir, parts.splits.classes, parts.preprocessing, parts.selection, console,
-                     placement, started)
+                     placement, started, parts.task)
     trainer = parts.trainer
     trainer.callbacks = (connector or CallbackConnector()).build(run)
     saved = placement.broadcast(load_checkpoint(run_dir / "last.pt") if primary and resume
@@ -188,6 +189,8 @@ def run_variant(spec: ExperimentSpec, name: str, run_dir: Path, console: Console
         raise RunInterrupted(run_dir.parent, name, stop.epoch, step, steps) from None
     if trainer.stop_reason:
         console.print(f"[bold]{name}[/]: {trainer.stop_reason}", highlight=False)
+    if spec.train.checkpoint and spec.train.keep != "last":
+        fit_task_to_validation(parts, run_dir, console)
     tracker = trainer.callback(BestTracker)
     bad = trainer.callback(BadImageReport)
     timing = time_spent(trainer.history, setup_seconds, probe_seconds, time.monotonic() - started)
@@ -197,7 +200,8 @@ def run_variant(spec: ExperimentSpec, name: str, run_dir: Path, console: Console
     console.print(f"[bold]{name}[/]: {describe_time(timing)}", highlight=False)
     result = VariantResult(name, trainer.history, groups, trainer.elapsed, run_dir, bad.skipped if bad else [],
                            trainer.stop_reason, tracker.describe() if tracker else "", timing,
-                           tracker.best_epoch if tracker else 0)
+                           tracker.best_epoch if tracker else 0, parts.task.default_metric,
+                           parts.task.metrics.get(parts.task.default_metric, "max"))
     if primary:
         write_summary(result)
     return result
@@ -238,11 +242,13 @@ def _print_header(console: Console, name: str, parts: Assembled, groups: list[di
     s, spec = parts.splits, parts.spec
     val = f" / {len(s.val)} val" if s.val else ""
     console.print(f"[bold]{name}[/]: {spec.backbone.name} ({parts.weights_origin}) + {spec.head.name} head, "
-                  f"{len(s.classes)} classes, {len(s.train)} train{val} / {len(s.test)} test images, "
+                  f"{len(s.classes)} {parts.task.output_kind}, {len(s.train)} train{val} / {len(s.test)} test images, "
                   f"{_sizes(parts.preprocessing)}, on {describe_device(parts.device)}, {parts.precision}"
                   f"{', channels_last' if parts.channels_last else ''}{_processes(parts.placement)} -> {run_dir}",
                   highlight=False)
     console.print(f"  {parts.plan.describe()}", highlight=False)
+    if spec.task.name != "single_label":
+        console.print(f"  task: {parts.task.describe()}", highlight=False)
     t = spec.train
     if parts.selection is None:
         console.print("  best.pt: the last epoch (no validation split to select on; set data.val_split, or "
