@@ -241,3 +241,23 @@ def test_inputs_from_files_folders_lists_and_stdin(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(DataError, match="no image files"):
         collect_inputs([str(tmp_path / "empty")])
+
+
+def test_a_108_megapixel_photo_is_predicted_from_a_reduced_draft_and_the_limit_is_overridable(trained, tmp_path):
+    photos = tmp_path / "phone"
+    photos.mkdir()
+    Image.new("RGB", (12000, 9000), (40, 60, 200)).save(photos / "huge.jpg", quality=50)  # 108 Mpx, ~1 MB
+    shutil.copy(next((trained["photos"] / "a").glob("a_*.jpg")), photos / "small.jpg")
+    preds = tmp_path / "preds.csv"
+    result = run_cli("predict", str(trained["run_root"]), str(photos), "--output", str(preds))
+    assert result.returncode == 0, result.stderr
+    rows = {Path(r["path"]).name: r for r in read_csv(preds)}
+    assert rows["huge.jpg"]["label"] in CLASSES and not rows["huge.jpg"]["error"], rows
+
+    # the guard against bombs stays: an image decoding (after the 1/8 draft: 1500x1125) over the limit is refused
+    result = run_cli("predict", str(trained["run_root"]), str(photos), "--output", str(preds), "--overwrite",
+                     env={"TRANSFERKIT_MAX_IMAGE_PIXELS": "1000000"})
+    assert result.returncode == 1, result.stderr
+    rows = {Path(r["path"]).name: r for r in read_csv(preds)}
+    assert "1500x1125 = 1687500 pixels to decode, over the limit of 1000000" in rows["huge.jpg"]["error"]
+    assert "raise TRANSFERKIT_MAX_IMAGE_PIXELS" in rows["huge.jpg"]["error"] and not rows["small.jpg"]["error"]
