@@ -261,3 +261,28 @@ def test_a_108_megapixel_photo_is_predicted_from_a_reduced_draft_and_the_limit_i
     rows = {Path(r["path"]).name: r for r in read_csv(preds)}
     assert "1500x1125 = 1687500 pixels to decode, over the limit of 1000000" in rows["huge.jpg"]["error"]
     assert "raise TRANSFERKIT_MAX_IMAGE_PIXELS" in rows["huge.jpg"]["error"] and not rows["small.jpg"]["error"]
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning")  # torch.jit.trace announces its deprecation
+def test_the_torchscript_export_predicts_and_evaluates_like_its_checkpoint(trained, tmp_path):
+    import transferkit
+
+    scripted = tmp_path / "model.pt"
+    result = run_cli("export", str(trained["variant"]), "--format", "torchscript", "--output", str(scripted))
+    assert result.returncode == 0, result.stderr
+    photos = make_image_folder(tmp_path / "clean", classes=CLASSES, per_class=(0, 2), seed=3) / "test"
+    labels = {}
+    for model in (trained["variant"], scripted):
+        preds = tmp_path / f"{model.name}.csv"
+        result = run_cli("predict", str(model), str(photos), "--output", str(preds))
+        assert result.returncode == 0, result.stderr
+        labels[model.name] = {r["path"]: (r["label"], round(float(r["probability"]), 4)) for r in read_csv(preds)}
+    assert labels["model.pt"] == labels[trained["variant"].name] and len(labels["model.pt"]) == 10
+
+    result = run_cli("evaluate", str(scripted), "--data", str(photos.parent), "--output", str(tmp_path / "ev"))
+    assert result.returncode == 0, result.stderr
+    metrics = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    assert metrics["images"] == 10
+    loaded = transferkit.load(scripted)
+    assert loaded.classes == list(CLASSES) and type(loaded.predictor).__name__ == "TorchScriptPredictor"
+    assert run_cli("export", str(scripted)).returncode == 2

@@ -509,7 +509,7 @@ def check_data(target: str = typer.Argument(..., metavar="TARGET", autocompletio
 
 
 @app.command()
-def evaluate(model: str = typer.Argument(..., help="run directory (runs/<name>/<variant>), checkpoint, or .onnx file"),
+def evaluate(model: str = typer.Argument(..., help="run directory (runs/<name>/<variant>), checkpoint, or exported .onnx or TorchScript file"),
              data: Optional[Path] = typer.Option(None, "--data", help="folder of class sub-folders (or one with test/, val/); "
                                                                      "default: the split the run trained with"),
              split: str = typer.Option("test", "--split", help="test or val"),
@@ -533,7 +533,7 @@ def evaluate(model: str = typer.Argument(..., help="run directory (runs/<name>/<
 
 
 @app.command()
-def predict(model: str = typer.Argument(..., help="run directory, checkpoint (.pt) or exported .onnx file"),
+def predict(model: str = typer.Argument(..., help="run directory, checkpoint (.pt), or exported .onnx or TorchScript file"),
             inputs: list[str] = typer.Argument(..., help="image files, folders, .txt files of paths, or - for stdin"),
             top_k: int = typer.Option(5, "--top-k", min=1, help="labels and probabilities per row"),
             output: Optional[Path] = typer.Option(None, "--output", "-o", help="preds.csv or preds.jsonl; "
@@ -569,7 +569,9 @@ def export(model: str = typer.Argument(..., help="run directory or checkpoint"),
     from transferkit.inference.export import TOLERANCE, export_model
     from transferkit.inference.torch_predictor import TorchPredictor
 
-    if Path(model).suffix.lower() == ".onnx":
+    from transferkit.inference.torchscript_predictor import is_torchscript
+
+    if Path(model).suffix.lower() == ".onnx" or (Path(model).is_file() and is_torchscript(Path(model))):
         raise TransferkitError(f"{model}: already an exported model; export takes a run directory or checkpoint")
     result = export_model(TorchPredictor(read_checkpoint(model), "cpu"), format, output, check)
     if result.checked:
