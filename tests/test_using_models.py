@@ -286,3 +286,19 @@ def test_the_torchscript_export_predicts_and_evaluates_like_its_checkpoint(train
     loaded = transferkit.load(scripted)
     assert loaded.classes == list(CLASSES) and type(loaded.predictor).__name__ == "TorchScriptPredictor"
     assert run_cli("export", str(scripted)).returncode == 2
+
+
+def test_a_folder_with_some_of_the_models_classes_is_evaluated_naming_the_absent_ones(trained, tmp_path):
+    subset = tmp_path / "subset"
+    for name in ("a", "c"):
+        shutil.copytree(trained["data"] / "test" / name, subset / name)
+    result = run_cli("evaluate", str(trained["variant"]), "--data", str(subset), "--output", str(tmp_path / "ev"))
+    assert result.returncode == 0, result.stderr
+    assert "3 of the model's 5 classes absent (b, d, e); evaluated on the 2 present" in result.stderr
+    metrics = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    assert metrics["images"] == 6 and metrics["absent_classes"] == ["b", "d", "e"]
+    rows = {row["class"]: row for row in metrics["per_class"]}
+    assert [rows[name]["support"] for name in CLASSES] == [3, 0, 3, 0, 0]
+    assert metrics["macro_avg"]["recall"] == pytest.approx((rows["a"]["recall"] + rows["c"]["recall"]) / 2)
+    correct = sum(r["predicted_label"] == r["true_label"] for r in read_csv(tmp_path / "ev" / "predictions.csv"))
+    assert metrics["top1_accuracy"] == pytest.approx(correct / 6)
