@@ -196,8 +196,7 @@ def lr_find(recipe: str = typer.Argument(..., help="recipe YAML file, or a plugi
             progress: bool = typer.Option(True, "--progress/--no-progress", help="show progress bars")) -> None:
     """Sweep the learning rate on a copy of the model and suggest one; writes a PNG, leaves no run behind."""
     api = _api()
-    from transferkit.run.assemble import assemble
-    from transferkit.run.lr_find import sweep_lr, write_plot
+    from transferkit.run.lr_find import sweep_recipe, write_plot
 
     experiment = api.Experiment.from_yaml(recipe, set_)
     spec = experiment.variant_spec(variant or experiment.spec.base_variant)
@@ -205,11 +204,14 @@ def lr_find(recipe: str = typer.Argument(..., help="recipe YAML file, or a plugi
         spec = spec.model_copy(update={"train": spec.train.model_copy(update={"device": device})})
     if not 0 < start_lr < end_lr:
         raise TransferkitError(f"--start-lr {start_lr} / --end-lr {end_lr}: need 0 < start < end, e.g. 1e-7 and 10")
-    parts = assemble(spec, err, progress)
-    result = sweep_lr(parts.trainer, parts.train_loader, spec.optimizer.lr, start_lr, end_lr, steps)
+    result = sweep_recipe(spec, err, progress, start_lr, end_lr, steps)
     write_plot(result, output, f"{spec.name}: lr-find ({len(result.lrs)} updates)")
     err.print(f"lr-find: {len(result.lrs)} updates from {result.lrs[0]:.1e} to {result.lrs[-1]:.1e}; loss curve in "
               f"{output}", highlight=False, soft_wrap=True)
+    if result.suggestion is None:
+        err.print(f"lr-find: no suggestion: {result.warning}; keep optimizer.lr ({spec.optimizer.lr:g}), or sweep "
+                  f"again with more --steps or a larger data.batch_size", highlight=False, soft_wrap=True)
+        return
     out.print(f"--set optimizer.lr={result.suggestion:.3g}", markup=False, highlight=False)
 
 
