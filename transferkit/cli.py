@@ -138,10 +138,11 @@ def _resume_dir(experiment, output: Optional[Path], resume: str) -> Path:
 def validate(recipe: str = typer.Argument(..., metavar="RECIPE", autocompletion=_complete_recipe, help="recipe YAML file, or a plugin's recipe name"),
              set_: list[str] = typer.Option([], "--set", metavar="KEY=VALUE", help="override a recipe value (repeatable)")) -> None:
     """Check a recipe and print it resolved, each variant expanded in full."""
-    api = _api()
-    experiment = api.Experiment.from_yaml(recipe, set_)
-    resolved = {name: experiment.variant_spec(name).model_dump(mode="json", exclude={"variants"})
-                for name in experiment.variant_names}
+    from transferkit.recipe.variants import variant_names, variant_of
+
+    spec = _api().load_recipe(recipe, set_)  # every phase of run/validation.py, as `run` checks it
+    resolved = {name: variant_of(spec, name).model_dump(mode="json", exclude={"variants"})
+                for name in variant_names(spec)}
     out.print(yaml.safe_dump(resolved, sort_keys=False), end="", markup=False, highlight=False, soft_wrap=True)
     err.print(f"[green]recipe is valid[/]: {len(resolved)} run(s): {', '.join(resolved)}")
 
@@ -362,7 +363,7 @@ def list_weights(backbone: Optional[str] = typer.Argument(None, metavar="[BACKBO
 @app.command("list-recipes")
 def list_recipes() -> None:
     """List recipes registered by plugins (usable by name in `run`)."""
-    from transferkit.recipe.spec import read_yaml
+    from transferkit.recipe.yaml_io import read_yaml
 
     recipes = _api().RECIPES
     _print_registry(recipes, lambda name: str(read_yaml(recipes.get(name)).get("description", "")))
@@ -409,7 +410,8 @@ def schema(output: Optional[Path] = typer.Option(None, "--output", "-o", metavar
 def _folder_data_spec(target: str, set_: list[str]):
     """The `data:` section for a folder TARGET, with --set overrides (paths relative to the working directory)."""
     from transferkit.recipe.paths import resolve_override_paths
-    from transferkit.recipe.spec import apply_overrides, validate
+    from transferkit.recipe.load import validate
+    from transferkit.recipe.overrides import apply_overrides
 
     raw = apply_overrides({"data": {"dataset": "folder", "root": str(Path(target).absolute())}},
                           resolve_override_paths(set_, Path.cwd()))
@@ -467,7 +469,8 @@ def preview(target: str = typer.Argument(..., metavar="TARGET", autocompletion=_
 def _label_table_of(target: str, set_: list[str]):
     """(data.labels, how the task reads it) when TARGET is a label table (.csv, read as `--set task=...` says,
     single_label by default) or a recipe naming one; else None."""
-    from transferkit.recipe.spec import ExperimentSpec, LabelTableSpec, apply_overrides
+    from transferkit.recipe.overrides import apply_overrides
+    from transferkit.recipe.spec import ExperimentSpec, LabelTableSpec
     from transferkit.tasks import task_class
 
     if Path(target).suffix.lower() in (".csv", ".tsv"):

@@ -10,8 +10,6 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-import torch
-
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write `data` to a temp file beside `path`, fsync it, then rename it over `path`."""
@@ -37,6 +35,8 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 def atomic_torch_save(path: Path, obj: Any) -> None:
     """torch.save into memory, then an atomic write: a crash never leaves a half-written checkpoint."""
+    import torch  # here, not at the top: writing text files (schema, recipes) needs no torch
+
     buffer = io.BytesIO()
     torch.save(obj, buffer)
     atomic_write_bytes(path, buffer.getvalue())
