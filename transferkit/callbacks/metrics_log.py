@@ -1,23 +1,30 @@
-"""Per-epoch metrics: metrics.json and metrics.csv in the run directory, and one line on the console."""
+"""Per-epoch metrics: one line on the console, and metrics.json and metrics.csv in the run directory (the csv logger)."""
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Callable
 
-from transferkit.engine.callbacks import Callback
+from transferkit.engine.callbacks import Callback, RunContext
 from transferkit.files import write_metrics
+from transferkit.registry import LOGGERS
 
 
-class MetricsLog(Callback):
-    """Rewrites metrics.json/.csv (atomically) after every epoch and hands each row to `line`."""
+class EpochLine(Callback):
+    """Hands each epoch's row, with what the callbacks added to it, to `line` (the console line of every run)."""
 
-    order = 60
-
-    def __init__(self, run_dir: Path, line: Callable[[dict], None], write_files: bool = True):
-        self.run_dir, self.line, self.write_files = run_dir, line, write_files
+    def __init__(self, line: Callable[[dict], None]):
+        self.line = line
 
     def on_epoch_end(self, trainer, epoch: int, row: dict) -> None:
-        if self.write_files:
-            write_metrics(self.run_dir, trainer.history)
         self.line(row)
+
+
+@LOGGERS.register("csv")
+class MetricsFiles(Callback):
+    """metrics.json and metrics.csv in the run directory, one row per epoch, rewritten atomically after each."""
+
+    def __init__(self, run: RunContext, options=None):
+        self.run_dir = run.run_dir
+
+    def on_epoch_end(self, trainer, epoch: int, row: dict) -> None:
+        write_metrics(self.run_dir, trainer.history)

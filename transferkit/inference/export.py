@@ -15,14 +15,13 @@ import torch
 from transferkit.errors import TransferkitError
 from transferkit.inference.batches import ImagePreparer, read_batches
 from transferkit.inference.evaluate import recipe_samples
-from transferkit.inference.onnx_metadata import export_metadata
+from transferkit.inference.onnx_metadata import TORCHSCRIPT_METADATA, export_metadata
 from transferkit.inference.onnx_predictor import onnxruntime
 from transferkit.inference.torch_predictor import TorchPredictor
 
 FORMATS = {"onnx": "model.onnx", "torchscript": "model.torchscript.pt"}
 TOLERANCE = 1e-4  # largest allowed difference of any answer (probability; regression: standardised value)
 DEFAULT_CHECK = 16
-TORCHSCRIPT_METADATA = "transferkit.json"
 
 
 class ExportError(TransferkitError):
