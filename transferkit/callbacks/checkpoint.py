@@ -8,22 +8,10 @@ from transferkit.callbacks.best import BestTracker
 from transferkit.callbacks.ema import EMA
 from transferkit.engine.callbacks import Callback
 from transferkit.engine.trainer import Trainer
-from transferkit.errors import TransferkitError
 from transferkit.files import atomic_torch_save
+from transferkit.model.checkpoint_format import checkpoint_identity, load_checkpoint  # noqa: F401  (its callers know it from here)
 from transferkit.model.preprocess import Preprocessing
-from transferkit.model.weights_io import safe_torch_load
 from transferkit.recipe.spec import ExperimentSpec
-
-CHECKPOINT_FORMAT = "transferkit-checkpoint-1"
-
-
-def load_checkpoint(path: Path) -> dict:
-    """A checkpoint written by transferkit, loaded with weights_only=True; TransferkitError for anything else."""
-    state = safe_torch_load(path)
-    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT or "model" not in state:
-        raise TransferkitError(f"{path}: not a transferkit checkpoint (no '{CHECKPOINT_FORMAT}' format key); "
-                               f"give a best.pt or last.pt that `transferkit run` wrote")
-    return state
 
 
 class Checkpoint(Callback):
@@ -40,8 +28,7 @@ class Checkpoint(Callback):
         self.keep = spec.train.keep
 
     def _identity(self) -> dict:
-        return {"format": CHECKPOINT_FORMAT, "classes": self.classes,
-                "preprocessing": self.preprocessing.to_dict(), "recipe": self.spec.model_dump(mode="json")}
+        return checkpoint_identity(self.classes, self.preprocessing, self.spec.model_dump(mode="json"))
 
     def save_last(self, trainer: Trainer) -> None:
         """last.pt: the trainer's whole state."""

@@ -10,7 +10,7 @@ import torch
 
 from transferkit.errors import TransferkitError
 from transferkit.inference.batches import default_decode_threads
-from transferkit.inference.checkpoint_io import CheckpointError
+from transferkit.model.checkpoint_format import CheckpointError
 from transferkit.inference.onnx_metadata import EXPORT_FORMAT, FORMAT_KEY
 from transferkit.inference.predictor import Predictor
 from transferkit.model.preprocess import Preprocessing
