@@ -11,7 +11,7 @@ LAYERS = ["recipe", "model", "optim", "data", "engine", "callbacks", "inference"
 RANK = {"recipe": 0, "model": 1, "optim": 1, "data": 2, "engine": 3, "callbacks": 4, "inference": 5, "run": 6,
         "cli": 7}
 UTILITIES = {"errors", "registry", "files", "progress", "seeding", "download", "plugins", "device", "signals",
-             "cpu_memory", "native", "testing", "__init__", "__main__"}
+             "cpu_memory", "native", "testing", "rundir", "__init__", "__main__"}
 
 
 def _layer(module: str) -> str | None:

@@ -117,21 +117,9 @@ def _launch(experiment, nproc: int, args: list[str]) -> None:
 
 
 def _resume_dir(experiment, output: Optional[Path], resume: str) -> Path:
-    if resume != "auto":
-        from transferkit.run.resume import run_root_of
+    from transferkit.rundir import RunRoot
 
-        path = Path(resume)
-        if not path.is_dir():
-            raise TransferkitError(f"--resume {resume}: no such run directory; give the folder printed by the "
-                                   f"interrupted run (runs/<name>) or use --resume auto")
-        return run_root_of(path)
-    from transferkit.run.experiment import latest_unfinished_run
-
-    found = latest_unfinished_run(Path(output or experiment.spec.output_dir), experiment.spec.name)
-    if found is None:
-        raise TransferkitError(f"--resume auto: no unfinished run of '{experiment.spec.name}' under "
-                               f"{output or experiment.spec.output_dir}; run without --resume to start one")
-    return found
+    return RunRoot.to_resume(resume, output or experiment.spec.output_dir, experiment.spec.name).path
 
 
 @app.command()
@@ -159,7 +147,7 @@ def fit(folder: str = typer.Argument(..., help="folder of photos: train/ and tes
     """Train a classifier on a folder of photos with no recipe: a preset's rules write one, then it runs."""
     api = _api()
     from transferkit.device import resolve_device
-    from transferkit.run.experiment import fresh_run_root
+    from transferkit.rundir import RunRoot
     from transferkit.run.fit import fit_recipe, overridden
     from transferkit.files import atomic_write_text
 
@@ -167,21 +155,20 @@ def fit(folder: str = typer.Argument(..., help="folder of photos: train/ and tes
     raw = fit_recipe(folder, preset, backbone, budget, device, seed, cpu, set_)
     raw["output_dir"] = str(output)
     experiment = api.Experiment.from_dict(raw)
-    run_root = fresh_run_root(output, experiment.spec.name)
+    root = RunRoot.fresh(output, experiment.spec.name)
     recipe_text = "# written by transferkit fit; `transferkit run` on this file repeats the run\n" + \
         yaml.safe_dump(raw, sort_keys=False)
-    atomic_write_text(run_root / "recipe.yaml", recipe_text)
-    err.print(f"fit: --preset {preset} on {folder}; the resolved recipe ({run_root / 'recipe.yaml'}):", highlight=False)
+    atomic_write_text(root.recipe, recipe_text)
+    err.print(f"fit: --preset {preset} on {folder}; the resolved recipe ({root.recipe}):", highlight=False)
     out.print(recipe_text, end="", markup=False, highlight=False, soft_wrap=True)
     try:
-        experiment.run(console=err, progress=progress, run_root=run_root)
+        experiment.run(console=err, progress=progress, run_root=root.path)
     except TransferkitError:
-        if not any(p.is_dir() for p in run_root.iterdir()):  # failed before training: leave no run behind
-            (run_root / "recipe.yaml").unlink()
-            run_root.rmdir()
+        if not any(p.is_dir() for p in root.path.iterdir()):  # failed before training: leave no run behind
+            root.recipe.unlink()
+            root.path.rmdir()
         raise
-    err.print(f"repeat with: transferkit run {shlex.quote(str(run_root / 'recipe.yaml'))}", highlight=False,
-              soft_wrap=True)
+    err.print(f"repeat with: transferkit run {shlex.quote(str(root.recipe))}", highlight=False, soft_wrap=True)
 
 
 @app.command("lr-find")

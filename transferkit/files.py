@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import csv
 import io
-import json
 import os
 import tempfile
 from pathlib import Path
@@ -40,16 +38,3 @@ def atomic_torch_save(path: Path, obj: Any) -> None:
     buffer = io.BytesIO()
     torch.save(obj, buffer)
     atomic_write_bytes(path, buffer.getvalue())
-
-
-def write_metrics(run_dir: Path, history: list[dict]) -> None:
-    """metrics.json and metrics.csv, one row per epoch."""
-    atomic_write_text(run_dir / "metrics.json", json.dumps(history, indent=2))
-    if not history:
-        return
-    columns = list(dict.fromkeys(key for row in history for key in row))
-    out = io.StringIO()
-    writer = csv.DictWriter(out, fieldnames=columns)
-    writer.writeheader()
-    writer.writerows(history)
-    atomic_write_text(run_dir / "metrics.csv", out.getvalue())

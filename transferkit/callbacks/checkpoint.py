@@ -12,6 +12,7 @@ from transferkit.files import atomic_torch_save
 from transferkit.model.checkpoint_format import checkpoint_identity, load_checkpoint  # noqa: F401  (its callers know it from here)
 from transferkit.model.preprocess import Preprocessing
 from transferkit.recipe.spec import ExperimentSpec
+from transferkit.rundir import RunDir
 
 
 class Checkpoint(Callback):
@@ -25,6 +26,7 @@ class Checkpoint(Callback):
 
     def __init__(self, run_dir: Path, spec: ExperimentSpec, classes: list[str], preprocessing: Preprocessing):
         self.run_dir, self.spec, self.classes, self.preprocessing = run_dir, spec, list(classes), preprocessing
+        self.files = RunDir(run_dir)
         self.keep = spec.train.keep
 
     def _identity(self) -> dict:
@@ -34,7 +36,7 @@ class Checkpoint(Callback):
         """last.pt: the trainer's whole state."""
         state = trainer.state_dict()
         if trainer.placement.is_primary:
-            atomic_torch_save(self.run_dir / "last.pt", {**self._identity(), **state})
+            atomic_torch_save(self.files.last, {**self._identity(), **state})
 
     def on_epoch_end(self, trainer: Trainer, epoch: int, row: dict) -> None:
         tracker = trainer.callback(BestTracker)
@@ -42,7 +44,7 @@ class Checkpoint(Callback):
             source = tracker.source if tracker else "raw"
             ema = trainer.callback(EMA)
             weights = ema.averaged_state(trainer.model) if source == "ema" and ema else trainer.model.state_dict()
-            atomic_torch_save(self.run_dir / "best.pt", {
+            atomic_torch_save(self.files.best, {
                 **self._identity(), "model": weights, "epoch": epoch, "metrics": row, "weights": source,
                 "selected_on": tracker.metric if tracker else None})
         self.save_last(trainer)
@@ -52,4 +54,4 @@ class Checkpoint(Callback):
 
     def on_fit_end(self, trainer: Trainer) -> None:
         if self.keep == "best" and trainer.placement.is_primary:
-            (self.run_dir / "last.pt").unlink(missing_ok=True)
+            self.files.last.unlink(missing_ok=True)

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from transferkit.engine.callbacks import Callback
 from transferkit.errors import SpecError
+from transferkit.rundir import RunDir
 
 
 def _flat(prefix: str, value, out: dict) -> dict:
@@ -30,7 +31,7 @@ class TensorBoardLog(Callback):
         except ImportError:
             raise SpecError("train.loggers: tensorboard needs the tensorboard package; pip install tensorboard "
                             "(or drop it from train.loggers)") from None
-        self.folder = run_dir / "tensorboard"
+        self.folder = RunDir(run_dir).tensorboard
         self.writer_class = SummaryWriter
         self.recipe = recipe
         self.writer = None

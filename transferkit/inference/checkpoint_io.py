@@ -6,12 +6,11 @@ from pathlib import Path
 
 from transferkit.errors import TransferkitError
 from transferkit.model.checkpoint_format import SavedModel
-
-CHECKPOINT_NAMES = ("best.pt", "last.pt")
+from transferkit.rundir import RunDir
 
 
 def _checkpoint_in(variant_dir: Path) -> Path | None:
-    return next((variant_dir / name for name in CHECKPOINT_NAMES if (variant_dir / name).is_file()), None)
+    return RunDir(variant_dir).checkpoint()
 
 
 def resolve_checkpoint(path: str | Path) -> Path:

@@ -12,7 +12,7 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from transferkit.data.folder import Samples, class_folders, scan_split
+from transferkit.data.folder import Samples, class_folders, scan_split, val_folder
 from transferkit.errors import DataError, TransferkitError
 from transferkit.files import atomic_write_bytes, atomic_write_text
 from transferkit.inference.batches import ImagePreparer
@@ -22,8 +22,9 @@ from transferkit.inference.plots import confusion_png, top_losses_png
 from transferkit.inference.checkpoint_io import read_checkpoint
 from transferkit.inference.predictor import Predictor, softmax
 from transferkit.inference.torch_predictor import TorchPredictor
+from transferkit.rundir import RunDir
 
-SPLIT_FOLDERS = {"test": ("test",), "val": ("val", "validation")}
+SPLITS = ("test", "val")
 TOP_LOSSES = 16
 
 
@@ -59,14 +60,12 @@ def check_classes(model_classes: list[str], folder: Path, folder_classes: list[s
 
 
 def folder_split(folder: str | Path, split: str) -> Path:
-    """`folder/test` (or val/validation) when there, else `folder` itself holding the class folders."""
+    """`folder/test` (or val/, validation/, valid/) when there, else `folder` itself holding the class folders."""
     folder = Path(folder).expanduser()
     if not folder.is_dir():
         raise DataError(f"{folder}: folder not found; give --data a folder of class sub-folders (or one with test/)")
-    for name in SPLIT_FOLDERS[split]:
-        if (folder / name).is_dir():
-            return folder / name
-    return folder
+    found = val_folder(folder) if split == "val" else folder / "test"
+    return found if found is not None and found.is_dir() else folder
 
 
 def folder_samples(folder: str | Path, split: str, classes: list[str]) -> tuple[Samples, Path]:
@@ -199,7 +198,7 @@ def evaluate_folder(predictor: Predictor, folder: str | Path | None, split: str 
                     output: str | Path | None = None, console: Console | None = None,
                     progress: bool = False) -> Evaluation:
     """Evaluate on `folder` (or, when None, the split the run trained with); write the files when `output` is set."""
-    if split not in SPLIT_FOLDERS:
+    if split not in SPLITS:
         raise TransferkitError(f"--split {split}: use test or val")
     console = console or Console(stderr=True)
     if folder is None:
@@ -215,7 +214,7 @@ def evaluate_folder(predictor: Predictor, folder: str | Path | None, split: str 
 
 def default_output(predictor: Predictor, split: str) -> Path:
     """`<run>/evaluation/<split>/`, <run> being the folder the checkpoint or ONNX file is in."""
-    return predictor.source.parent / "evaluation" / split
+    return RunDir(predictor.source.parent).evaluation(split)
 
 
 def evaluate_run_dir(variant_dir: str | Path, split: str = "test", console: Console | None = None,
@@ -226,7 +225,7 @@ def evaluate_run_dir(variant_dir: str | Path, split: str = "test", console: Cons
     """
     console = console or Console(stderr=True)
     variant_dir = Path(variant_dir)
-    if not any((variant_dir / name).is_file() for name in ("best.pt", "last.pt")):
+    if RunDir(variant_dir).checkpoint() is None:
         console.print(f"[yellow]{variant_dir.name}: no checkpoint saved (train.checkpoint: false); not evaluated[/]")
         return None
     try:

@@ -19,8 +19,9 @@ from transferkit.inference.onnx_metadata import export_metadata
 from transferkit.inference.onnx_predictor import onnxruntime
 from transferkit.inference.predictor import softmax
 from transferkit.inference.torch_predictor import TorchPredictor
+from transferkit.rundir import EXPORTS, RunDir
 
-FORMATS = {"onnx": "model.onnx", "torchscript": "model.torchscript.pt"}
+FORMATS = tuple(EXPORTS)
 TOLERANCE = 1e-4  # largest allowed difference of any class probability between the export and PyTorch
 DEFAULT_CHECK = 16
 TORCHSCRIPT_METADATA = "transferkit.json"
@@ -107,7 +108,7 @@ def export_model(predictor: TorchPredictor, fmt: str = "onnx", path: str | Path 
     """Write the model, check it on `check` images (default 16; 0 skips) and move it into place only if it agrees."""
     if fmt not in FORMATS:
         raise ExportError(f"--format {fmt}: use onnx or torchscript")
-    path = Path(path).expanduser() if path else predictor.source.parent / FORMATS[fmt]
+    path = Path(path).expanduser() if path else RunDir(predictor.source.parent).export(fmt)
     count = DEFAULT_CHECK if check is None else check
     size = predictor.preprocessing.input_size
     model = copy.deepcopy(predictor.model).cpu().float().to(memory_format=torch.contiguous_format).eval()

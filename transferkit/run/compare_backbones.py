@@ -15,6 +15,7 @@ from rich.console import Console
 
 from transferkit.cpu_memory import keep_freed_memory
 from transferkit.data.features import extraction_rate
+from transferkit.data.folder import val_folder
 from transferkit.device import resolve_device
 from transferkit.errors import DownloadError, SpecError, TransferkitError, WeightsError
 from transferkit.model.backbones import TIMM_PREFIX, check_backbone, list_backbones
@@ -23,7 +24,6 @@ from transferkit.recipe.spec import BackboneSpec
 from transferkit.run.assemble import assemble
 from transferkit.run.experiment import Experiment
 
-VALIDATION_FOLDERS = ("val", "validation", "valid")
 WILDCARDS = "*?["
 
 
@@ -110,9 +110,9 @@ def folder_data(folder: Path) -> dict:
     data: dict = {"dataset": "folder", "root": str(folder)}
     if not (folder / "train").is_dir():
         data["split_ratio"] = 0.2
-    val = next((name for name in VALIDATION_FOLDERS if (folder / name).is_dir()), None)
+    val = val_folder(folder)
     if val and "split_ratio" not in data:
-        data["val_dir"] = val
+        data["val_dir"] = val.name
     else:
         data["val_split"] = 0.1
     return data

