@@ -11,10 +11,12 @@ from pathlib import Path
 import yaml
 
 from transferkit.errors import TransferkitError
+from transferkit.files import check_room
 
 LAST, BEST = "last.pt", "best.pt"  # last: everything an exact resume needs; best: the best weights
 CHECKPOINTS = (BEST, LAST)  # the one inference reads first
 EXPORTS = {"onnx": "model.onnx", "torchscript": "model.torchscript.pt"}  # `transferkit export`'s default files
+ROOM_MARGIN = 1 << 20  # metrics, summary, recipe copies and plots beside the checkpoints: well under a MiB
 
 # Settings a resume may change: where and how fast it runs, not what it computes.
 MAY_CHANGE = {("train", "device"), ("train", "epochs"), ("train", "budget"), ("data", "num_workers"),
@@ -77,6 +79,19 @@ class RunDir:
                                    f"set output_dir in the recipe or pass --output DIR") from None
         return self
 
+    def check_room(self, last_bytes: int, best_bytes: int, setting: str = "output_dir (--output)") -> None:
+        """WriteError before training when the disk (or the file-size limit) cannot hold this variant's checkpoints.
+
+        Writes are atomic, so a checkpoint is written beside the one it replaces: the peak is best.pt, last.pt and
+        a second copy of the larger. What a resumed run has there already is replaced, so it counts as room.
+        """
+        files = [(path, size) for path, size in ((self.last, last_bytes), (self.best, best_bytes)) if size]
+        if not files:
+            return
+        present = sum(path.stat().st_size for path, _ in files if path.is_file())
+        largest = max(files, key=lambda item: item[1])
+        needed = sum(size for _, size in files) + largest[1] + ROOM_MARGIN - present
+        check_room(self.path, max(needed, 0), largest, setting)
 
 class RunRoot:
     """One run of an experiment: its variants' folders, the comparison and the curves (and fit's recipe)."""

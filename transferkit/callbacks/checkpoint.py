@@ -14,6 +14,35 @@ from transferkit.model.preprocess import Preprocessing
 from transferkit.recipe.spec import ExperimentSpec
 from transferkit.rundir import RunDir
 
+PER_TENSOR = 1024  # a tensor's pickle record and archive entry in a torch.save file, with room to spare
+RECORD = 1 << 16  # recipe, classes, history, RNG states
+
+
+def optimizer_slots(optimizer) -> int:
+    """Tensors of each parameter's size the optimizer keeps once it has stepped (AdamW 2, SGD with momentum 1)."""
+    d = optimizer.defaults
+    if "betas" in d:
+        return 2 + bool(d.get("amsgrad"))
+    if "alpha" in d:  # RMSprop: the squared average, a momentum buffer, a centred mean
+        return 1 + bool(d.get("momentum")) + bool(d.get("centered"))
+    if "momentum" in d:
+        return 1 if d["momentum"] else 0
+    return 2  # a plugin's optimizer: assume Adam's two moments
+
+
+def checkpoint_sizes(spec: ExperimentSpec, model, optimizer) -> tuple[int, int]:
+    """About how many bytes last.pt and best.pt will take (0: not written): the weights, the optimizer's state once
+    every parameter has some (after unfreezing too), EMA's copy, and each tensor's record."""
+    if not spec.train.checkpoint:
+        return 0, 0
+    state = model.state_dict()
+    weights = sum(t.nbytes for t in state.values()) + PER_TENSOR * len(state)
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    slots = optimizer_slots(optimizer)
+    moments = slots * sum(p.nbytes for p in params) + PER_TENSOR * len(params) * (slots + 1)
+    last = weights * (2 if spec.train.ema else 1) + moments + RECORD
+    return last, 0 if spec.train.keep == "last" else weights + RECORD
+
 
 class Checkpoint(Callback):
     """Writes last.pt after every epoch and on interrupt, best.pt when the tracker's metric improves.

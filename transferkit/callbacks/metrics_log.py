@@ -28,14 +28,15 @@ def write_metrics(run_dir: Path, history: list[dict]) -> None:
 
 
 class MetricsLog(Callback):
-    """Rewrites metrics.json/.csv (atomically) after every epoch and hands each row to `line`."""
+    """Hands each epoch's row to `line`, then rewrites metrics.json/.csv (atomically); before the checkpoints, so
+    the finished epoch is on screen even when its checkpoint cannot be written."""
 
-    order = 60
+    order = 45
 
     def __init__(self, run_dir: Path, line: Callable[[dict], None], write_files: bool = True):
         self.run_dir, self.line, self.write_files = run_dir, line, write_files
 
     def on_epoch_end(self, trainer, epoch: int, row: dict) -> None:
+        self.line(row)
         if self.write_files:
             write_metrics(self.run_dir, trainer.history)
-        self.line(row)

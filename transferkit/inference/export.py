@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import os
@@ -13,6 +14,7 @@ import numpy as np
 import torch
 
 from transferkit.errors import TransferkitError
+from transferkit.files import check_room, refused, write_error
 from transferkit.inference.batches import ImagePreparer, read_batches
 from transferkit.inference.evaluate import recipe_samples
 from transferkit.inference.onnx_metadata import export_metadata
@@ -25,6 +27,7 @@ FORMATS = tuple(EXPORTS)
 TOLERANCE = 1e-4  # largest allowed difference of any class probability between the export and PyTorch
 DEFAULT_CHECK = 16
 TORCHSCRIPT_METADATA = "transferkit.json"
+EXPORT_MARGIN = 1 << 20  # the graph and the metadata beside the weights
 
 
 class ExportError(TransferkitError):
@@ -114,9 +117,11 @@ def export_model(predictor: TorchPredictor, fmt: str = "onnx", path: str | Path 
     model = copy.deepcopy(predictor.model).cpu().float().to(memory_format=torch.contiguous_format).eval()
     example = torch.randint(0, 256, (2, 3, size, size), generator=torch.Generator().manual_seed(0)).float()
     metadata = export_metadata(predictor.classes, predictor.preprocessing.to_dict(), predictor.checkpoint.recipe)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    weights = sum(t.nbytes for t in model.state_dict().values())  # what the file holds, graph and metadata aside
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        check_room(path.parent, weights + EXPORT_MARGIN, (path, weights), "--output")
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)  # torch.jit and the legacy paths announce deprecation
             warnings.simplefilter("ignore", DeprecationWarning)
@@ -124,6 +129,10 @@ def export_model(predictor: TorchPredictor, fmt: str = "onnx", path: str | Path 
                 (_onnx if fmt == "onnx" else _torchscript)(model, example, tmp, metadata)
             except ExportError:
                 raise
+            except OSError as exc:
+                if refused(exc):
+                    raise write_error(path, weights, exc) from exc
+                raise ExportError(f"{path}: {fmt} export failed ({exc}); add --debug for the traceback") from exc
             except Exception as exc:  # the exporters' own errors: an operator or construct they cannot express
                 reason = " ".join(str(exc).split())[:200]
                 raise ExportError(f"{path}: {fmt} export failed ({type(exc).__name__}: {reason}); "
@@ -141,6 +150,11 @@ def export_model(predictor: TorchPredictor, fmt: str = "onnx", path: str | Path 
                                       f"probability on {len(images)} {where} (tolerance {TOLERANCE:.0e}); not "
                                       f"written. Re-run with --debug and report it")
         os.replace(tmp, path)
+    except OSError as exc:
+        if refused(exc):
+            raise write_error(path, weights, exc) from exc
+        raise
     finally:
-        tmp.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
     return result

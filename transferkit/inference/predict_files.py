@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 import sys
+import contextlib
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,6 +15,7 @@ from typing import TextIO
 from rich.console import Console
 
 from transferkit.errors import TransferkitError
+from transferkit.files import refused, write_error
 from transferkit.inference.feedback import feedback
 from transferkit.inference.predictor import Prediction, Predictor
 
@@ -40,12 +43,26 @@ def output_format(output: Path | None) -> str:
 class RowWriter:
     """Writes predictions as CSV (path, label, probability, label_1, probability_1, ..., error) or JSON Lines."""
 
-    def __init__(self, handle: TextIO, fmt: str, top_k: int):
-        self.handle, self.fmt, self.top_k = handle, fmt, top_k
+    def __init__(self, handle: TextIO, fmt: str, top_k: int, path: Path | None = None):
+        self.handle, self.fmt, self.top_k, self.path = handle, fmt, top_k, path
+        self.buffer = io.StringIO()
         if fmt == "csv":
-            self.csv = csv.writer(handle)
+            self.csv = csv.writer(self.buffer)
             ranked = [column for i in range(1, top_k + 1) for column in (f"label_{i}", f"probability_{i}")]
             self.csv.writerow(["path", "label", "probability", *ranked, "error"])
+            self._flush()
+
+    def _flush(self) -> None:
+        chunk = self.buffer.getvalue()
+        self.buffer.seek(0)
+        self.buffer.truncate()
+        try:
+            self.handle.write(chunk)
+            self.handle.flush()
+        except OSError as exc:
+            if refused(exc) and self.path is not None:
+                raise write_error(self.path, len(chunk.encode("utf-8")), exc) from exc
+            raise
 
     def write(self, predictions: list[Prediction]) -> None:
         """Write the rows and flush, so a crash later loses none of them."""
@@ -59,8 +76,8 @@ class RowWriter:
                 record = {"path": p.source, "label": p.label, "probability": p.probability,
                           "top_k": [{"label": label, "probability": prob} for label, prob in p.top_k],
                           "error": p.error}
-                self.handle.write(json.dumps(record) + "\n")
-        self.handle.flush()
+                self.buffer.write(json.dumps(record) + "\n")
+        self._flush()
 
 
 @contextmanager
@@ -71,9 +88,20 @@ def open_output(output: Path | None, overwrite: bool):
         return
     if output.exists() and not overwrite:
         raise TransferkitError(f"--output {output}: file exists; choose another name or add --overwrite")
-    output.parent.mkdir(parents=True, exist_ok=True)
-    with open(output, "w", newline="", encoding="utf-8") as handle:
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        handle = open(output, "w", newline="", encoding="utf-8")
+    except OSError as exc:
+        if refused(exc):
+            raise write_error(output, None, exc) from exc
+        raise
+    try:
         yield handle
+    except BaseException:
+        with contextlib.suppress(OSError):  # rows that could not be written would fail again on close
+            handle.close()
+        raise
+    handle.close()
 
 
 def predict_to_file(predictor: Predictor, paths: list[Path], output: Path | None, top_k: int,
@@ -83,7 +111,7 @@ def predict_to_file(predictor: Predictor, paths: list[Path], output: Path | None
     k = max(1, min(top_k, len(predictor.classes)))
     summary = PredictSummary()
     with open_output(output, overwrite) as handle, feedback(console, "predict", len(paths), progress) as bar:
-        writer = RowWriter(handle, fmt, k)
+        writer = RowWriter(handle, fmt, k, output)
         for predictions in predictor.prediction_batches(paths, k):
             writer.write(predictions)
             failed = sum(not p.ok for p in predictions)

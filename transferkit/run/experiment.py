@@ -15,7 +15,7 @@ from rich.console import Console
 from transferkit.callbacks.bad_images import BadImageReport
 from transferkit.callbacks.best import BestTracker
 from transferkit.callbacks.budget import Budget
-from transferkit.callbacks.checkpoint import Checkpoint, load_checkpoint
+from transferkit.callbacks.checkpoint import Checkpoint, checkpoint_sizes, load_checkpoint
 from transferkit.callbacks.early_stopping import EarlyStopping
 from transferkit.callbacks.ema import EMA
 from transferkit.callbacks.freeze_schedule import FreezeSchedule
@@ -26,6 +26,7 @@ from transferkit.device import describe_device, resolve_device
 from transferkit.engine.callbacks import Callback
 from transferkit.engine.placement import Placement
 from transferkit.engine.trainer import Interrupted
+from transferkit.errors import WriteError
 from transferkit.inference.evaluate import evaluate_run_dir
 from transferkit.files import atomic_write_text
 from transferkit.optim.lr_policies import describe_groups
@@ -167,7 +168,7 @@ def run_variant(spec: ExperimentSpec, name: str, run_dir: Path, console: Console
     started = time.monotonic()
     if resolve_device(spec.train.device).type == "cpu" and keep_freed_memory() and fallback_reason() and primary:
         console.print(f"[dim]CPU memory: glibc's kept heap, not the page pool ({fallback_reason()})[/]")
-    parts = assemble(spec, console, progress, placement=placement)
+    parts = assemble(spec, console, progress, placement=placement, before_data=room_check(spec, files, placement))
     callbacks = variant_callbacks(spec, run_dir, parts.splits.classes, parts.preprocessing, parts.selection,
                                   console, name, primary)
     trainer = parts.trainer
@@ -199,6 +200,10 @@ def run_variant(spec: ExperimentSpec, name: str, run_dir: Path, console: Console
     except Interrupted as stop:
         step, steps = (stop.partial["step"], stop.partial["steps"]) if stop.partial else (0, 0)
         raise RunInterrupted(run_dir.parent, name, stop.epoch, step, steps) from None
+    except WriteError as exc:
+        kept = (f"the last good checkpoint {files.last} is kept: make room, then continue with --resume "
+                f"{run_dir.parent}" if files.last.is_file() else "no checkpoint had been written yet")
+        raise WriteError(f"{exc}; {kept}") from exc
     if trainer.stop_reason:
         console.print(f"[bold]{name}[/]: {trainer.stop_reason}", highlight=False)
     tracker = trainer.callback(BestTracker)
@@ -214,6 +219,22 @@ def run_variant(spec: ExperimentSpec, name: str, run_dir: Path, console: Console
     if primary:
         write_summary(result)
     return result
+
+
+def room_check(spec: ExperimentSpec, files: RunDir, placement: Placement):
+    """assemble's `before_data`: refuse before any image is read when the disk cannot hold the checkpoints (the
+    primary measures, every process gets its verdict)."""
+    def check(model, optimizer) -> None:
+        problem = None
+        if placement.is_primary:
+            try:
+                files.check_room(*checkpoint_sizes(spec, model, optimizer))
+            except WriteError as exc:
+                problem = str(exc)
+        problem = placement.broadcast(problem)
+        if problem:
+            raise WriteError(problem)
+    return check
 
 
 def time_spent(history: list[dict], setup: float, probe: float, wall: float) -> dict:
