@@ -1,4 +1,4 @@
-"""Imports go one way through the pipeline's packages: recipe -> model, optim -> data -> engine -> callbacks ->
+"""Imports go one way through the pipeline's packages: recipe -> model, optim, tasks -> data -> engine -> callbacks ->
 inference -> run -> cli, with the small utility modules usable from anywhere."""
 
 from __future__ import annotations
@@ -7,11 +7,11 @@ import ast
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "transferkit"
-LAYERS = ["recipe", "model", "optim", "data", "engine", "callbacks", "inference", "run", "cli"]
-RANK = {"recipe": 0, "model": 1, "optim": 1, "data": 2, "engine": 3, "callbacks": 4, "inference": 5, "run": 6,
+LAYERS = ["recipe", "model", "optim", "tasks", "data", "engine", "callbacks", "inference", "run", "cli"]
+RANK = {"recipe": 0, "model": 1, "optim": 1, "tasks": 1, "data": 2, "engine": 3, "callbacks": 4, "inference": 5, "run": 6,
         "cli": 7}
 UTILITIES = {"errors", "registry", "files", "progress", "seeding", "download", "plugins", "device", "signals",
-             "cpu_memory", "native", "testing", "rundir", "__init__", "__main__"}
+             "cpu_memory", "native", "testing", "rundir", "synthetic", "__init__", "__main__"}
 
 
 def _layer(module: str) -> str | None:

@@ -135,7 +135,7 @@ def validate(recipe: str = typer.Argument(..., metavar="RECIPE", autocompletion=
 
 
 @app.command()
-def fit(folder: str = typer.Argument(..., help="folder of photos: train/ and test/ class folders (val/ optional), or one folder per class"),
+def fit(folder: str = typer.Argument(..., help="folder of photos: train/ and test/ class folders (val/ optional), or one folder per class; or a label table (.csv) with --set task=multi_label|regression"),
         preset: str = typer.Option("balanced", "--preset", help="fast, balanced or best (docs/presets.md)"),
         budget: Optional[str] = typer.Option(None, "--budget", help="wall-time budget, e.g. 10m: epochs are fitted to it"),
         backbone: Optional[str] = typer.Option(None, "--backbone", help="backbone name (default: EfficientNet-Lite0, offline weights)"),
@@ -270,6 +270,12 @@ def _print_registry(registry, describe=None) -> None:
 def list_heads() -> None:
     """List the registered heads."""
     _print_registry(_api().HEADS)
+
+
+@app.command("list-tasks")
+def list_tasks() -> None:
+    """List the registered tasks (what `task:` in a recipe may name)."""
+    _print_registry(_api().TASKS)
 
 
 @app.command("list-datasets")
@@ -443,17 +449,40 @@ def preview(target: str = typer.Argument(..., metavar="TARGET", autocompletion=_
               f"{', '.join(splits.classes[:shown])}", markup=False, highlight=False)
 
 
+def _label_table_of(target: str, set_: list[str]):
+    """(data.labels, how the task reads it) when TARGET is a label table (.csv, read as `--set task=...` says,
+    single_label by default) or a recipe naming one; else None."""
+    from transferkit.recipe.spec import ExperimentSpec, LabelTableSpec, apply_overrides
+    from transferkit.tasks import task_class
+
+    if Path(target).suffix.lower() in (".csv", ".tsv"):
+        raw = apply_overrides({}, set_)
+        spec = ExperimentSpec.model_validate({k: v for k, v in raw.items() if k == "task"})
+        own = raw.get("data", {}).get("labels", {}) if isinstance(raw.get("data"), dict) else {}
+        return LabelTableSpec(**{**(own if isinstance(own, dict) else {}), "file": target}), \
+            task_class(spec.task.name).labels_as
+    if Path(target).is_file() or target in _api().RECIPES:
+        spec = _api().Experiment.from_yaml(target, set_).spec
+        if spec.data.labels:
+            return spec.data.labels, task_class(spec.task.name).labels_as
+    return None
+
+
 @app.command("check-data")
 def check_data(target: str = typer.Argument(..., metavar="TARGET", autocompletion=_complete_recipe,
                                             help="recipe file, recipe name, or data folder"),
                set_: list[str] = typer.Option([], "--set", metavar="KEY=VALUE", help="override a recipe value (repeatable)"),
                workers: int = typer.Option(1, "--workers", min=1, metavar="N", help="processes reading images")) -> None:
-    """Read every image and report broken, duplicate, conflicting, hidden or misplaced files (exit 1 if any)."""
-    from transferkit.data.check import check_folder, check_splits
+    """Read every image and report broken, duplicate, conflicting, hidden or misplaced files, and every bad row of
+    a label table (a .csv TARGET, or a recipe's data.labels), with its line (exit 1 if any)."""
+    from transferkit.data.check import check_folder, check_splits, check_table
     from transferkit.run.display import print_table
 
     _api()
-    if Path(target).is_dir():
+    table = _label_table_of(target, set_)
+    if table is not None:
+        report = check_table(*table, workers=workers, progress=err.is_terminal)
+    elif Path(target).is_dir():
         d = _folder_data_spec(target, set_).data
         report = check_folder(Path(d.root), d.train_dir, d.test_dir, d.val_dir, workers=workers,
                               progress=err.is_terminal)

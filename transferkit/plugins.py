@@ -17,7 +17,8 @@ GROUP = "transferkit.plugins"
 DISABLE_ENV = "TRANSFERKIT_DISABLE_PLUGIN_AUTOLOAD"
 _REGISTRIES = {"backbones": registry.BACKBONES, "heads": registry.HEADS, "datasets": registry.DATASETS,
                "lr_policies": registry.LR_POLICIES, "optimizers": registry.OPTIMIZERS,
-               "weight_sources": registry.WEIGHT_SOURCES, "recipes": registry.RECIPES}
+               "weight_sources": registry.WEIGHT_SOURCES, "recipes": registry.RECIPES,
+               "tasks": registry.TASKS}
 
 
 @dataclass

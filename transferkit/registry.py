@@ -134,6 +134,7 @@ LR_POLICIES = Registry("LR policy", "list-lr-policies")
 OPTIMIZERS = Registry("optimizer", "list-optimizers")
 WEIGHT_SOURCES = Registry("weight source", "list-weights")
 RECIPES = Registry("recipe", "list-recipes")
+TASKS = Registry("task", "list-tasks")
 
 
 _strict: dict[type, type] = {}

@@ -15,9 +15,9 @@ class BestTracker(Callback):
 
     order = 20  # after EMA has added its metrics, before early stopping and checkpoints read the verdict
 
-    def __init__(self, metric: str | None, min_delta: float = 0.0):
+    def __init__(self, metric: str | None, min_delta: float = 0.0, mode: str | None = None):
         self.metric, self.min_delta = metric, min_delta
-        self.mode = "min" if metric and metric.endswith("loss") else "max"
+        self.mode = mode or ("min" if metric and metric.endswith("loss") else "max")  # the task says (mae: min)
         self.best, self.best_epoch, self.source, self.improved = None, 0, "raw", False
 
     def _better(self, value: float, than: float | None) -> bool:

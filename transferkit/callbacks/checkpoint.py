@@ -58,14 +58,16 @@ class Checkpoint(Callback):
         self.files = RunDir(run_dir)
         self.keep = spec.train.keep
 
-    def _identity(self) -> dict:
-        return checkpoint_identity(self.classes, self.preprocessing, self.spec.model_dump(mode="json"))
+    def _identity(self, trainer: Trainer) -> dict:
+        task = trainer.task  # its name, outputs and state (thresholds, target scale) travel with the weights
+        return checkpoint_identity(self.classes, self.preprocessing, self.spec.model_dump(mode="json"),
+                                   {"name": task.name, "state": task.state_dict()})
 
     def save_last(self, trainer: Trainer) -> None:
         """last.pt: the trainer's whole state."""
         state = trainer.state_dict()
         if trainer.placement.is_primary:
-            atomic_torch_save(self.files.last, {**self._identity(), **state})
+            atomic_torch_save(self.files.last, {**self._identity(trainer), **state})
 
     def on_epoch_end(self, trainer: Trainer, epoch: int, row: dict) -> None:
         tracker = trainer.callback(BestTracker)
@@ -74,7 +76,7 @@ class Checkpoint(Callback):
             ema = trainer.callback(EMA)
             weights = ema.averaged_state(trainer.model) if source == "ema" and ema else trainer.model.state_dict()
             atomic_torch_save(self.files.best, {
-                **self._identity(), "model": weights, "epoch": epoch, "metrics": row, "weights": source,
+                **self._identity(trainer), "model": weights, "epoch": epoch, "metrics": row, "weights": source,
                 "selected_on": tracker.metric if tracker else None})
         self.save_last(trainer)
 

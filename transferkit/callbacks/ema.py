@@ -49,7 +49,7 @@ class EMA(Callback):
             stats = trainer.evaluate(trainer.eval_loaders[split], f"{split} (EMA)")
         finally:
             model.load_state_dict(raw)
-        row[f"ema_{split}_loss"], row[f"ema_{split}_accuracy"] = stats.loss, stats.accuracy
+        row.update({f"ema_{split}_{name}": value for name, value in stats.metrics.items()})
 
     def state_dict(self) -> dict:
         return {"shadow": self.shadow}

@@ -18,6 +18,7 @@ from transferkit.data.images import FIXES, ImageReadError, open_rgb
 # class-per-folder root ("all") with each other, since a random split may put copies on both sides.
 # Within one split, the same image in two classes is a label conflict.
 __all__ = ["TRAIN", "VAL", "TEST", "ALL", "Problem", "CheckReport", "check_images", "check_splits", "check_folder",
+           "check_table",
            "scan_problems", "inspect_image"]
 
 
@@ -140,6 +141,22 @@ def check_splits(splits: FolderSplits, progress: bool = True, workers: int = 1) 
     if splits.scan is not None:
         report.problems[:0] = scan_problems(splits.scan)
     report.root = splits.root
+    return report
+
+
+def check_table(table, task: str, progress: bool = True, workers: int = 1) -> CheckReport:
+    """Check a label table (data.labels) read as `task` reads it: every row's problem named by its CSV line
+    (missing files, rows without labels, labels never seen in training, duplicate paths, non-numeric targets),
+    then every listed image decoded (duplicates across splits, unreadable files)."""
+    from transferkit.data.table import scan_table
+
+    scan = scan_table(table, task)
+    roles = {"train": TRAIN, "val": VAL, "test": TEST, "": TRAIN}
+    images = [(roles[row.split], row.path, scan.outputs[row.target] if isinstance(row.target, int)
+               else str(row.target)) for row in scan.rows]
+    report = check_images(images, progress, workers)
+    report.problems[:0] = [Problem("table-row", scan.file, f"line {line}: {message}") for line, message in scan.problems]
+    report.root = scan.file.parent
     return report
 
 

@@ -21,7 +21,7 @@ import torch
 
 from transferkit.data.cache import decode_all, header_size, stop_if_unreadable, stored_shape
 from transferkit.data.device_augment import canvas_side, crop_on_device, fit_to_canvas, paste_on_canvas
-from transferkit.data.loading import BadImage, Batch, EpochSampler, Shard, available_cores
+from transferkit.data.loading import BadImage, Batch, EpochSampler, Shard, available_cores, target_tensor
 from transferkit.errors import DataError
 
 GPU_MEMORY_SHARE = 0.25  # cache auto keeps training images on a CUDA device while they take under this share of its free memory
@@ -122,7 +122,7 @@ class DeviceImageBank:
         if count == 0:
             raise DataError("no readable training images; run `transferkit check-data` on the data root")
         return cls(canvases[:count], torch.tensor(sizes, dtype=torch.int64),
-                   torch.tensor(labels, dtype=torch.int64, device=device), bad)
+                   target_tensor(labels).to(device), bad)
 
 
 class DeviceBatches:

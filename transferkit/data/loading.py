@@ -23,7 +23,7 @@ class BadImage(NamedTuple):
 
 @dataclass
 class Batch:
-    """uint8 images (N, 3, H, W), int64 labels (N,), and the files left out of this batch.
+    """uint8 images (N, 3, H, W), their targets (int64 classes (N,), or float32 (N, K)), and the files left out.
 
     Under device augmentation (transferkit.data.device_bank) images are uncropped canvases, with
     `boxes` (N, 4) float crop boxes and `flips` (N,) bool for the device to apply.
@@ -152,13 +152,20 @@ def batch_to_device(batch: Batch, device: torch.device, channels_last: bool = Fa
     return images, batch.labels.to(device, non_blocking=True)
 
 
+def target_tensor(targets: list) -> torch.Tensor:
+    """Class indices as int64 (N,); label vectors or values as float32 (N, K)."""
+    if targets and isinstance(targets[0], int):
+        return torch.tensor(targets, dtype=torch.long)
+    return torch.tensor(targets, dtype=torch.float32)
+
+
 def collate(items: list) -> Batch:
     """Stack good samples; keep bad ones aside so the engine can skip or stop with the file named."""
     good = [item for item in items if not isinstance(item, BadImage)]
     bad = [item for item in items if isinstance(item, BadImage)]
     if not good:
         return Batch(torch.empty(0, dtype=torch.uint8), torch.empty(0, dtype=torch.long), bad)
-    labels = torch.tensor([label for _, label in good], dtype=torch.long)
+    labels = target_tensor([label for _, label in good])
     images = torch.stack([image for image, _ in good])
     return Batch(images, labels, bad)
 

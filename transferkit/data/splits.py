@@ -7,8 +7,10 @@ import random
 import torch
 
 from transferkit.data.folder import FolderSplits
+from transferkit.data.table import table_splits
 from transferkit.errors import DataError
 from transferkit.registry import DATASETS
+from transferkit.tasks import task_class
 
 
 def carve_validation(splits: FolderSplits, share: float, seed: int) -> FolderSplits:
@@ -17,16 +19,18 @@ def carve_validation(splits: FolderSplits, share: float, seed: int) -> FolderSpl
     if splits.val:
         raise DataError(f"data.val_split: the data already has a validation split ({len(splits.val)} images); "
                         f"remove data.val_split, or the validation folder")
+    stratified = all(isinstance(label, int) for _, label in splits.train)  # classes; label sets and values: not
     by_class: dict[int, list] = {}
     for sample in splits.train:
-        by_class.setdefault(sample[1], []).append(sample)
+        by_class.setdefault(sample[1] if stratified else 0, []).append(sample)
     rng = random.Random(seed * 1_000_003 + 7)
     train, val = [], []
     for label in sorted(by_class):
         samples = sorted(by_class[label])
         if len(samples) < 2:
-            raise DataError(f"data.val_split: class '{splits.classes[label]}' has {len(samples)} training image; "
-                            f"a validation split needs at least 2 per class")
+            which = f"class '{splits.classes[label]}'" if stratified else "the training split"
+            raise DataError(f"data.val_split: {which} has {len(samples)} training image; "
+                            f"a validation split needs at least 2{' per class' if stratified else ''}")
         rng.shuffle(samples)
         n_val = min(len(samples) - 1, max(1, round(len(samples) * share)))
         val.extend(samples[:n_val])
@@ -48,11 +52,15 @@ def limit_splits(splits: FolderSplits, limit: int, seed: int) -> FolderSplits:
 
 
 def recipe_splits(spec) -> FolderSplits:
-    """The dataset a recipe names, resolved to labelled files: limited to data.limit, val carved out if asked.
+    """The dataset a recipe names (or its label table), resolved to labelled files: limited to data.limit, val
+    carved out if asked.
 
     Training and evaluation both call this, so an evaluation reads the very files the run was tested on.
     """
-    splits = DATASETS.get(spec.data.dataset)(spec.data, spec.seed)
+    if spec.data.labels:
+        splits = table_splits(spec.data, task_class(spec.task.name).labels_as, spec.seed)
+    else:
+        splits = DATASETS.get(spec.data.dataset)(spec.data, spec.seed)
     if spec.data.limit:
         splits = limit_splits(splits, spec.data.limit, spec.seed)
     if spec.data.val_split:

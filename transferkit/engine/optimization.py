@@ -22,14 +22,13 @@ class Optimization:
     """
 
     def __init__(self, optimizer: torch.optim.Optimizer, scheduler=None, *, device: torch.device,
-                 precision: str = "fp32", loss_reduction: str = "mean", label_smoothing: float = 0.0,
-                 class_weights: torch.Tensor | None = None, accumulate_steps: int = 1,
-                 clip_grad_norm: float | None = None):
+                 precision: str = "fp32", loss_reduction: str = "mean", criterion: nn.Module | None = None,
+                 accumulate_steps: int = 1, clip_grad_norm: float | None = None):
         self.optimizer, self.scheduler = optimizer, scheduler
         self.device, self.precision = device, precision
         self.loss_reduction, self.accumulate_steps, self.clip_grad_norm = loss_reduction, accumulate_steps, clip_grad_norm
-        weight = class_weights.to(device) if class_weights is not None else None
-        self.criterion = nn.CrossEntropyLoss(weight=weight, reduction="none", label_smoothing=label_smoothing)
+        # the task's training loss, (logits, targets) -> per-example losses; default: plain cross-entropy
+        self.criterion = (criterion if criterion is not None else nn.CrossEntropyLoss(reduction="none")).to(device)
         self.scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
         self.updates = 0  # optimizer updates since training began
 
@@ -43,7 +42,8 @@ class Optimization:
         return step % self.accumulate_steps == 0 or step == steps_in_epoch
 
     def losses(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """Per-example losses; `targets` are class indices, or class probabilities after MixUp/CutMix."""
+        """Per-example losses of the task's criterion (class indices, soft targets after MixUp/CutMix, label
+        vectors or values)."""
         return self.criterion(logits.float(), targets)
 
     def step(self, forward: nn.Module, images: torch.Tensor, targets: torch.Tensor, update: bool,

@@ -17,6 +17,8 @@ from transferkit.engine.placement import Placement
 from transferkit.errors import DataError, TransferkitError
 from transferkit.progress import Progress
 from transferkit.seeding import rng_state, seed_epoch, set_rng_state
+from transferkit.tasks import Task
+from transferkit.tasks.single_label import default_task
 
 
 class Interrupted(Exception):
@@ -30,14 +32,20 @@ class Interrupted(Exception):
 
 @dataclass
 class EpochStats:
-    """Mean loss, accuracy, example count and time of one pass over a loader (data wait and step time apart)."""
+    """Mean loss, the task's metrics, example count and time of one pass over a loader (data wait and step time
+    apart). `metrics` holds the task's metrics by name (training: its train_metric alone), `loss` among them."""
 
     loss: float
-    accuracy: float
+    metrics: dict
     examples: int
     seconds: float
     bad: list[BadImage] = field(default_factory=list)
     data_seconds: float = 0.0
+
+    @property
+    def accuracy(self) -> float:
+        """Accuracy, for a task that reports it (NaN otherwise)."""
+        return self.metrics.get("accuracy", float("nan"))
 
     @property
     def images_per_s(self) -> float:
@@ -53,14 +61,16 @@ class Trainer:
     batches go through (default: `forward`); `model` is what is saved and averaged. `batch_transform`
     (MixUp/CutMix) turns a batch's images and labels into mixed images and soft targets. `placement` says
     which of several processes this is: loaders then hold its share, and statistics are summed over all.
+    `task` gives the metrics (default: single-label classification).
     """
 
     def __init__(self, model: nn.Module, optimization: Optimization, *, device: torch.device, seed: int = 0,
                  precision: str = "fp32", forward: nn.Module | None = None, channels_last: bool = False,
                  batch_transform: Callable | None = None, callbacks: Iterable[Callback] = (),
                  progress: Progress | None = None, on_bad_image: str = "fail", placement: Placement | None = None,
-                 eval_forward: nn.Module | None = None, tta_flip: bool = False):
+                 eval_forward: nn.Module | None = None, tta_flip: bool = False, task: Task | None = None):
         self.model, self.optimization = model, optimization
+        self.task = task if task is not None else default_task()
         self.forward = forward if forward is not None else model
         self.eval_forward = eval_forward if eval_forward is not None else self.forward
         self.placement = placement or Placement()
@@ -103,7 +113,7 @@ class Trainer:
             if self.on_bad_image == "fail":
                 raise DataError(batch.bad[0].message)
             bad.extend(batch.bad)
-        return batch.labels.numel() > 0
+        return batch.labels.shape[0] > 0
 
     def fit(self, train_loader, eval_loaders: dict, epochs: int, should_stop: Callable[[], bool] = lambda: False
             ) -> list[dict]:
@@ -134,12 +144,12 @@ class Trainer:
                 self.partial = stop.partial
                 self._call("on_interrupt")
                 raise
-            row = {"epoch": epoch, "train_loss": train.loss, "train_accuracy": train.accuracy}
+            row = {"epoch": epoch, "train_loss": train.loss, **{f"train_{k}": v for k, v in train.metrics.items()}}
             bad = list(train.bad)
             for split, loader in eval_loaders.items():
                 self._call("before_evaluate", split)
                 stats = self.evaluate(loader, split)
-                row[f"{split}_loss"], row[f"{split}_accuracy"] = stats.loss, stats.accuracy
+                row.update({f"{split}_{name}": value for name, value in stats.metrics.items()})
                 bad += stats.bad
                 self._call("after_evaluate", split, row)
             if place.distributed:
@@ -171,7 +181,7 @@ class Trainer:
         if not self.placement.is_primary:
             partial = {**partial, "loss_sum": 0.0, "correct": 0, "examples": 0}
         loss_sum = torch.tensor(partial["loss_sum"], device=self.device, dtype=torch.float64)
-        correct = torch.tensor(partial["correct"], device=self.device, dtype=torch.int64)
+        correct = torch.tensor(partial["correct"], device=self.device, dtype=torch.float64)  # the task's statistic
         pending: list[torch.Tensor] = []
         examples, bad, start = partial["examples"], [], time.perf_counter() - partial["seconds"]
         data_seconds = partial.get("data_seconds", 0.0)
@@ -191,7 +201,7 @@ class Trainer:
             # the sums of all processes; the primary carries them on after a resume, the others restart at 0
             total_loss, total_correct, total_examples = place.sum([loss_sum.item(), correct.item(), examples],
                                                                   self.device)
-            return {"step": step, "steps": total_steps, "loss_sum": total_loss, "correct": int(total_correct),
+            return {"step": step, "steps": total_steps, "loss_sum": total_loss, "correct": total_correct,
                     "examples": int(total_examples), "seconds": time.perf_counter() - start,
                     "data_seconds": data_seconds}
 
@@ -220,15 +230,15 @@ class Trainer:
                 targets = labels
                 if self.batch_transform is not None:
                     images, targets = self.batch_transform(images.float(), labels)
-                weight = self._loss_weight(labels.numel(), step == total_steps)
+                weight = self._loss_weight(labels.shape[0], step == total_steps)
                 update = opt.is_update_boundary(step, total_steps)
                 logits, losses = opt.step(self.forward, images, targets, update, weight)
                 if update:
                     self._call("after_update", opt.updates)
                 batch_loss = losses.sum()
                 loss_sum += batch_loss
-                correct += (logits.argmax(1) == labels).sum()
-                examples += labels.numel()
+                correct += self.task.train_statistic(logits, labels)
+                examples += labels.shape[0]
                 pending.append(batch_loss)
                 if len(pending) >= self.sync_every or step == total_steps:
                     check(pending)
@@ -244,7 +254,8 @@ class Trainer:
         examples = int(examples)
         if examples == 0:
             raise DataError("no readable training images; run `transferkit check-data` on the data root")
-        return EpochStats(total_loss / examples, total_correct / examples, examples, seconds, bad, data_seconds)
+        return EpochStats(total_loss / examples, {self.task.train_metric: total_correct / examples}, examples, seconds,
+                          bad, data_seconds)
 
     def _loss_weight(self, local: int, last: bool) -> float | None:
         """What this process's loss is multiplied by so that the gradient DDP averages over processes is the
@@ -280,33 +291,35 @@ class Trainer:
 
     @torch.no_grad()
     def predict(self, loader, label: str = "predict") -> tuple[torch.Tensor, torch.Tensor, list[BadImage]]:
-        """Logits (N, classes) in fp32 on the CPU and labels (N,) of every readable sample, in loader order,
-        and the unreadable ones."""
+        """Logits (N, outputs) in fp32 on the CPU and targets of every readable sample, in loader order, and the
+        unreadable ones."""
         logits_all, labels_all, bad = [], [], []
         for logits, labels in self._eval_batches(loader, label, bad):
-            logits_all.append(logits.float().cpu())
-            labels_all.append(labels.cpu())
+            logits_all.append(logits.float())
+            labels_all.append(labels)
+        if logits_all:  # one copy to the CPU at the end: no synchronisation per batch
+            return torch.cat(logits_all).cpu(), torch.cat(labels_all).cpu(), bad
         if not logits_all:
             return torch.empty(0, 0), torch.empty(0, dtype=torch.long), bad
         return torch.cat(logits_all), torch.cat(labels_all), bad
 
     @torch.no_grad()
     def evaluate(self, loader, label: str = "test") -> EpochStats:
-        """Mean loss and accuracy over a loader in eval mode (class weights do not weigh the reported loss)."""
-        loss_sum = torch.zeros((), device=self.device, dtype=torch.float64)
-        correct = torch.zeros((), device=self.device, dtype=torch.int64)
-        examples, bad, start = 0, [], time.perf_counter()
-        criterion = nn.CrossEntropyLoss(reduction="sum", label_smoothing=self.optimization.criterion.label_smoothing)
-        for logits, labels in self._eval_batches(loader, label, bad):
-            loss_sum += criterion(logits.float(), labels)
-            correct += (logits.argmax(1) == labels).sum()
-            examples += labels.numel()
-        # each process evaluated its share (every world-th sample): summed, every sample counts once
-        total_loss, total_correct, examples = self.placement.sum([loss_sum.item(), correct.item(), examples], self.device)
-        examples = int(examples)
-        if examples == 0:
+        """The task's metrics over a loader in eval mode (class weights do not weigh the reported loss).
+
+        Each process evaluates its share (every world-th sample); the logits of all are gathered, so every
+        sample counts once and split-wide metrics (mAP, R²) see the whole split.
+        """
+        start = time.perf_counter()
+        logits, targets, bad = self.predict(loader, label)
+        if self.placement.distributed:
+            parts = [part for part in self.placement.gather((logits, targets)) if len(part[1])]
+            if parts:
+                logits, targets = torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+        if len(targets) == 0:
             raise DataError(f"no readable {label} images; run `transferkit check-data` on the data root")
-        return EpochStats(total_loss / examples, total_correct / examples, examples, time.perf_counter() - start, bad)
+        metrics = self.task.epoch_metrics(logits, targets)
+        return EpochStats(metrics["loss"], metrics, len(targets), time.perf_counter() - start, bad)
 
     def state_dict(self) -> dict:
         """Everything a resume needs: model, optimizer/scheduler/scaler, progress, history, RNG and callbacks.

@@ -21,6 +21,7 @@ from transferkit.inference.metrics import classification_metrics, log_softmax
 from transferkit.inference.plots import confusion_png, top_losses_png
 from transferkit.inference.checkpoint_io import read_checkpoint
 from transferkit.inference.predictor import Predictor, softmax
+from transferkit.inference.task_reports import report_for
 from transferkit.inference.torch_predictor import TorchPredictor
 from transferkit.rundir import RunDir
 
@@ -36,6 +37,7 @@ class Evaluation:
     classes: list[str]
     rows: list[dict]
     unreadable: list[dict] = field(default_factory=list)
+    task: object = None  # the predictor's Task (its report prints the evaluation)
 
     @property
     def confusion(self) -> np.ndarray:
@@ -45,7 +47,8 @@ class Evaluation:
     @property
     def misclassified(self) -> list[dict]:
         """Wrong rows, most confidently wrong (highest loss) first."""
-        return sorted((r for r in self.rows if r["true_label"] != r["predicted_label"]), key=lambda r: -r["loss"])
+        return sorted((r for r in self.rows if "loss" in r and r["true_label"] != r["predicted_label"]),
+                      key=lambda r: -r["loss"])
 
 
 def check_classes(model_classes: list[str], folder: Path, folder_classes: list[str]) -> None:
@@ -68,8 +71,40 @@ def folder_split(folder: str | Path, split: str) -> Path:
     return found if found is not None and found.is_dir() else folder
 
 
-def folder_samples(folder: str | Path, split: str, classes: list[str]) -> tuple[Samples, Path]:
-    """Labelled files of a class-per-folder set, labels indexing the model's `classes`."""
+def table_samples(file: Path, recipe: dict, split: str, classes: list[str]) -> tuple[Samples, Path]:
+    """The rows of a label table (CSV) read the way the run read its own (columns, delimiter), of `split` when
+    the table has a split column, else all of them; targets in the model's output order."""
+    from transferkit.data.table import scan_table
+    from transferkit.recipe.spec import ExperimentSpec, LabelTableSpec
+    from transferkit.tasks import task_class
+
+    spec = ExperimentSpec.model_validate(recipe)
+    own = spec.data.labels.model_dump() if spec.data.labels else {}
+    scan = scan_table(LabelTableSpec(**{**own, "file": str(file)}), task_class(spec.task.name).labels_as)
+    problem = scan.first_problem()
+    if problem:
+        raise DataError(problem)
+    rows = [row for row in scan.rows if row.split in (split, "")] or scan.rows
+    return _in_model_order([(row.path, row.target) for row in rows], scan.outputs, classes, file), file
+
+
+def _in_model_order(samples: Samples, outputs: list[str], classes: list[str], where: Path) -> Samples:
+    """Targets re-indexed to the model's classes (class indices), or checked to be its outputs (vectors)."""
+    if samples and not isinstance(samples[0][1], int):
+        if outputs != classes:
+            raise DataError(f"{where}: its labels or targets ({', '.join(outputs)}) are not the model's "
+                            f"({', '.join(classes)}); evaluate on a table with the model's columns")
+        return samples
+    check_classes(classes, where, outputs)
+    index = {name: i for i, name in enumerate(classes)}
+    return [(path, index[outputs[label]]) for path, label in samples]
+
+
+def folder_samples(folder: str | Path, split: str, classes: list[str], recipe: dict | None = None
+                   ) -> tuple[Samples, Path]:
+    """Labelled files of a class-per-folder set (or a label table, .csv), labels indexing the model's `classes`."""
+    if Path(folder).suffix.lower() in (".csv", ".tsv"):
+        return table_samples(Path(folder).expanduser(), recipe or {}, split, classes)
     split_dir = folder_split(folder, split)
     check_classes(classes, split_dir, class_folders(split_dir))
     return scan_split(split_dir, classes), split_dir
@@ -91,15 +126,15 @@ def recipe_samples(recipe: dict, split: str, classes: list[str]) -> tuple[Sample
     where = Path(splits.root or spec.data.root or spec.data.dataset)
     if not samples:
         raise DataError(f"{where}: the run's data has no {split} split; use --split test or pass --data FOLDER")
-    check_classes(classes, where, splits.classes)
-    index = {name: i for i, name in enumerate(classes)}
-    return [(path, index[splits.classes[label]]) for path, label in samples], where
+    return _in_model_order(samples, splits.classes, classes, where), where
 
 
 def evaluate_samples(predictor: Predictor, samples: Samples, console: Console | None = None,
                      progress: bool = False) -> Evaluation:
     """Predict every sample and compute the metrics; unreadable files are left out and listed."""
     console = console or Console(stderr=True)
+    if predictor.task.name != "single_label":  # single_label's report is this module's; the others' task_reports'
+        return evaluate_task_samples(predictor, samples, console, progress)
     paths = [path for path, _ in samples]
     logits_parts, targets, rows, unreadable = [], [], [], []
     with feedback(console, "evaluate", len(paths), progress) as bar:
@@ -128,6 +163,29 @@ def evaluate_samples(predictor: Predictor, samples: Samples, console: Console | 
     return Evaluation(metrics, list(predictor.classes), rows, unreadable)
 
 
+def evaluate_task_samples(predictor: Predictor, samples: Samples, console: Console, progress: bool) -> Evaluation:
+    """evaluate_samples for a task with a report of its own (multi_label, regression, plugin tasks)."""
+    paths = [path for path, _ in samples]
+    logits_parts, targets, kept, unreadable = [], [], [], []
+    with feedback(console, "evaluate", len(paths), progress) as bar:
+        for batch, logits in predictor.scored_batches(paths):
+            for position, error in batch.errors.items():
+                unreadable.append({"path": str(paths[position]), "error": error})
+            if batch.positions:
+                logits_parts.append(logits)
+                targets += [samples[p][1] for p in batch.positions]
+                kept += [str(paths[p]) for p in batch.positions]
+            bar.advance(batch.count)
+    if not kept:
+        raise DataError(f"no readable images among the {len(paths)} to evaluate; check the files with "
+                        f"`transferkit check-data`")
+    report = report_for(predictor.task)
+    all_logits, all_targets = np.concatenate(logits_parts), np.asarray(targets, dtype=np.float32)
+    metrics = report.metrics(all_logits, all_targets)
+    metrics["unreadable"] = unreadable
+    return Evaluation(metrics, list(predictor.classes), report.rows(kept, all_logits, all_targets), unreadable)
+
+
 def _csv(rows: list[dict] | list[list], header: list[str] | None = None) -> str:
     out = io.StringIO()
     if header is None:
@@ -154,6 +212,12 @@ def top_loss_images(predictor: Predictor, wrong: list[dict]) -> tuple[list[np.nd
 def write_evaluation(result: Evaluation, predictor: Predictor, output: Path, title: str) -> None:
     """confusion_matrix.csv/.png, top_losses.png, misclassified.csv, predictions.csv, per_class.csv, then metrics.json."""
     output = Path(output)
+    if "confusion_matrix" not in result.metrics:  # a task with its own report
+        for name, data in report_for(predictor.task).files(result.metrics, result.rows, title).items():
+            atomic_write_bytes(output / name, data)
+        atomic_write_text(output / "predictions.csv", _csv(result.rows, list(result.rows[0])))
+        atomic_write_text(output / "metrics.json", json.dumps(result.metrics, indent=2))  # last: the set is complete
+        return
     classes = result.classes
     matrix = [["true \\ predicted", *classes]] + [[name, *row] for name, row in zip(classes, result.metrics["confusion_matrix"])]
     atomic_write_text(output / "confusion_matrix.csv", _csv(matrix))
@@ -170,8 +234,12 @@ def write_evaluation(result: Evaluation, predictor: Predictor, output: Path, tit
 
 
 def print_evaluation(result: Evaluation, console: Console, title: str) -> None:
-    """The per-class table with macro and weighted averages, then loss and accuracy on one line."""
+    """The per-class table with macro and weighted averages, then loss and accuracy on one line (another task:
+    its report's table and line)."""
     m = result.metrics
+    if "per_class" not in m:
+        report_for(result.task).print(m, console, title)
+        return
     table = Table(title=title)
     for column in ("class", "precision", "recall", "f1", "support"):
         table.add_column(column, justify="left" if column == "class" else "right")
@@ -204,9 +272,11 @@ def evaluate_folder(predictor: Predictor, folder: str | Path | None, split: str 
     if folder is None:
         samples, where = recipe_samples(predictor.recipe, split, predictor.classes)
     else:
-        samples, where = folder_samples(folder, split, predictor.classes)
+        samples, where = folder_samples(folder, split, predictor.classes, predictor.recipe)
     result = evaluate_samples(predictor, samples, console, progress)
-    result.metrics.update(model=str(predictor.source), data=str(where), split=split, classes=predictor.classes)
+    result.metrics.update(model=str(predictor.source), data=str(where), split=split, classes=predictor.classes,
+                          task=predictor.task.name)
+    result.task = predictor.task
     if output is not None:
         write_evaluation(result, predictor, Path(output), f"{predictor.source.parent.name}: {split}")
     return result
@@ -237,8 +307,12 @@ def evaluate_run_dir(variant_dir: str | Path, split: str = "test", console: Cons
         console.print(f"[yellow]{variant_dir.name}: evaluation skipped: {exc}[/]", highlight=False, soft_wrap=True)
         return None
     m = result.metrics
-    top5 = f", top-5 {m['top5_accuracy']:.3f}" if "top5_accuracy" in m else ""
-    console.print(f"[bold]{variant_dir.name}[/]: best checkpoint on {split}: top-1 {m['top1_accuracy']:.3f}{top5}, "
-                  f"macro F1 {m['macro_avg']['f1']:.3f} -> {output}", highlight=False, soft_wrap=True)
+    if "top1_accuracy" in m:
+        top5 = f", top-5 {m['top5_accuracy']:.3f}" if "top5_accuracy" in m else ""
+        line = f"top-1 {m['top1_accuracy']:.3f}{top5}, macro F1 {m['macro_avg']['f1']:.3f}"
+    else:
+        line = report_for(predictor.task).line(m)
+    console.print(f"[bold]{variant_dir.name}[/]: best checkpoint on {split}: {line} -> {output}", highlight=False,
+                  soft_wrap=True)
     print_unreadable(result, console)
     return result

@@ -19,12 +19,11 @@ from transferkit.inference.batches import ImagePreparer, read_batches
 from transferkit.inference.evaluate import recipe_samples
 from transferkit.inference.onnx_metadata import export_metadata
 from transferkit.inference.onnx_predictor import onnxruntime
-from transferkit.inference.predictor import softmax
 from transferkit.inference.torch_predictor import TorchPredictor
 from transferkit.rundir import EXPORTS, RunDir
 
 FORMATS = tuple(EXPORTS)
-TOLERANCE = 1e-4  # largest allowed difference of any class probability between the export and PyTorch
+TOLERANCE = 1e-4  # largest allowed difference of any answer (probability; regression: standardised value)
 DEFAULT_CHECK = 16
 TORCHSCRIPT_METADATA = "transferkit.json"
 EXPORT_MARGIN = 1 << 20  # the graph and the metadata beside the weights
@@ -52,7 +51,9 @@ def check_images(predictor: TorchPredictor, count: int) -> tuple[torch.Tensor, s
     size = predictor.preprocessing.input_size
     data = predictor.checkpoint.recipe.get("data", {})
     root = data.get("root")
-    if data.get("dataset") == "folder" and root and Path(root).expanduser().is_dir():
+    table = (data.get("labels") or {}).get("file")
+    if data.get("dataset") == "folder" and ((root and Path(root).expanduser().is_dir())
+                                            or (table and Path(table).expanduser().is_file())):
         try:
             samples, where = recipe_samples(predictor.checkpoint.recipe, "test", predictor.classes)
         except TransferkitError:
@@ -116,7 +117,8 @@ def export_model(predictor: TorchPredictor, fmt: str = "onnx", path: str | Path 
     size = predictor.preprocessing.input_size
     model = copy.deepcopy(predictor.model).cpu().float().to(memory_format=torch.contiguous_format).eval()
     example = torch.randint(0, 256, (2, 3, size, size), generator=torch.Generator().manual_seed(0)).float()
-    metadata = export_metadata(predictor.classes, predictor.preprocessing.to_dict(), predictor.checkpoint.recipe)
+    task = {"name": predictor.task.name, "state": predictor.task.state_dict()}
+    metadata = export_metadata(predictor.classes, predictor.preprocessing.to_dict(), predictor.checkpoint.recipe, task)
     weights = sum(t.nbytes for t in model.state_dict().values())  # what the file holds, graph and metadata aside
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
@@ -142,12 +144,14 @@ def export_model(predictor: TorchPredictor, fmt: str = "onnx", path: str | Path 
                 images, where = check_images(predictor, count)
                 expected = predictor.logits(images)
                 got = exported_logits(tmp, fmt, images)
-                p_diff = float(np.abs(softmax(got) - softmax(expected)).max())
-                same = int((got.argmax(1) == expected.argmax(1)).sum())
+                p_diff = predictor.task.agreement(got, expected)
+                answers = [predictor.task.answer(row, 1) for row in predictor.task.answers(got)]
+                wanted = [predictor.task.answer(row, 1) for row in predictor.task.answers(expected)]
+                same = sum(a.get("label") == b.get("label") for a, b in zip(answers, wanted))
                 result = ExportResult(path, fmt, len(images), where, p_diff, float(np.abs(got - expected).max()), same)
                 if not p_diff <= TOLERANCE:
                     raise ExportError(f"{path}: the {fmt} export differs from the PyTorch model by {p_diff:.2e} in "
-                                      f"probability on {len(images)} {where} (tolerance {TOLERANCE:.0e}); not "
+                                      f"its answers on {len(images)} {where} (tolerance {TOLERANCE:.0e}); not "
                                       f"written. Re-run with --debug and report it")
         os.replace(tmp, path)
     except OSError as exc:

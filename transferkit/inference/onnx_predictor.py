@@ -14,6 +14,8 @@ from transferkit.model.checkpoint_format import CheckpointError
 from transferkit.inference.onnx_metadata import EXPORT_FORMAT, FORMAT_KEY
 from transferkit.inference.predictor import Predictor
 from transferkit.model.preprocess import Preprocessing
+from transferkit.recipe.spec import ExperimentSpec
+from transferkit.tasks import build_task
 
 INSTALL_HINT = "install the export extra: pip install 'transferkit[export]'"
 
@@ -62,6 +64,8 @@ class OnnxPredictor(Predictor):
         self.classes = json.loads(meta["transferkit.classes"])
         self.preprocessing = Preprocessing.from_dict(json.loads(meta["transferkit.preprocessing"]))
         self.recipe = json.loads(meta["transferkit.recipe"])
+        task = json.loads(meta.get("transferkit.task", "{}"))  # exports from before tasks: single_label
+        self.task = build_task(ExperimentSpec.model_validate(self.recipe), self.classes, task.get("state"))
         self.input_name = self.session.get_inputs()[0].name
         self.batch_size = batch_size or (8 if self.device.type == "cpu" else 64)
         self.decode_threads = decode_threads or default_decode_threads(self.device)

@@ -41,15 +41,15 @@ def output_format(output: Path | None) -> str:
 
 
 class RowWriter:
-    """Writes predictions as CSV (path, label, probability, label_1, probability_1, ..., error) or JSON Lines."""
+    """Writes predictions as CSV (path, the task's columns, error) or JSON Lines. single_label's columns are label,
+    probability, label_1, probability_1, ...; multi_label's labels and p_<label>; regression's the target names."""
 
-    def __init__(self, handle: TextIO, fmt: str, top_k: int, path: Path | None = None):
-        self.handle, self.fmt, self.top_k, self.path = handle, fmt, top_k, path
+    def __init__(self, handle: TextIO, fmt: str, top_k: int, task, path: Path | None = None):
+        self.handle, self.fmt, self.top_k, self.task, self.path = handle, fmt, top_k, task, path
         self.buffer = io.StringIO()
         if fmt == "csv":
             self.csv = csv.writer(self.buffer)
-            ranked = [column for i in range(1, top_k + 1) for column in (f"label_{i}", f"probability_{i}")]
-            self.csv.writerow(["path", "label", "probability", *ranked, "error"])
+            self.csv.writerow(["path", *task.prediction_columns(top_k), "error"])
             self._flush()
 
     def _flush(self) -> None:
@@ -68,15 +68,13 @@ class RowWriter:
         """Write the rows and flush, so a crash later loses none of them."""
         for p in predictions:
             if self.fmt == "csv":
-                ranked = [value for label, prob in p.top_k for value in (label, f"{prob:.6f}")]
-                ranked += [""] * (2 * self.top_k - len(ranked))
-                self.csv.writerow([p.source, p.label or "", "" if p.probability is None else f"{p.probability:.6f}",
-                                   *ranked, p.error or ""])
+                self.csv.writerow([p.source, *self.task.prediction_cells(p, self.top_k), p.error or ""])
             else:
                 record = {"path": p.source, "label": p.label, "probability": p.probability,
-                          "top_k": [{"label": label, "probability": prob} for label, prob in p.top_k],
-                          "error": p.error}
-                self.buffer.write(json.dumps(record) + "\n")
+                          "top_k": [{"label": label, "probability": prob} for label, prob in p.top_k]}
+                record.update({key: value for key, value in (("labels", p.labels), ("scores", p.scores),
+                                                             ("values", p.values)) if value is not None})
+                self.buffer.write(json.dumps({**record, "error": p.error}) + "\n")
         self._flush()
 
 
@@ -111,7 +109,7 @@ def predict_to_file(predictor: Predictor, paths: list[Path], output: Path | None
     k = max(1, min(top_k, len(predictor.classes)))
     summary = PredictSummary()
     with open_output(output, overwrite) as handle, feedback(console, "predict", len(paths), progress) as bar:
-        writer = RowWriter(handle, fmt, k, output)
+        writer = RowWriter(handle, fmt, k, predictor.task, output)
         for predictions in predictor.prediction_batches(paths, k):
             writer.write(predictions)
             failed = sum(not p.ok for p in predictions)

@@ -11,17 +11,23 @@ import torch
 
 from transferkit.inference.batches import ImageBatch, ImagePreparer, expand_items, read_batches
 from transferkit.model.preprocess import Preprocessing
+from transferkit.tasks import Task
 
 
 @dataclass
 class Prediction:
-    """One input's answer: the best label and its probability, the top-k (label, probability) pairs, or an error."""
+    """One input's answer, or its error. single_label: the best class, its probability and the top-k (class,
+    probability) pairs; multi_label: `labels` (the set at or above the thresholds, joined in `label`), each label's
+    probability in `scores`; regression: `values` by target name, in the targets' units."""
 
     source: str
     label: str | None
     probability: float | None
     top_k: list[tuple[str, float]]
     error: str | None = None
+    labels: list[str] | None = None
+    scores: dict[str, float] | None = None
+    values: dict[str, float] | None = None
 
     @property
     def ok(self) -> bool:
@@ -44,7 +50,8 @@ def describe_item(item, position: int) -> str:
 class Predictor:
     """Shared by every backend: batching, overlapped decoding, top-k; a backend supplies `logits`."""
 
-    classes: list[str]
+    classes: list[str]  # the head's outputs: classes, labels or target names
+    task: Task
     preprocessing: Preprocessing
     recipe: dict
     source: Path
@@ -67,14 +74,13 @@ class Predictor:
         """Predictions batch by batch, one per item, in input order (for writing as they come)."""
         k = max(1, min(top_k, len(self.classes)))
         for batch, logits in self.scored_batches(items):
-            probabilities = softmax(logits)
+            answers = self.task.answers(logits)
             rows: dict[int, Prediction] = {}
             for position, error in batch.errors.items():
                 rows[position] = Prediction(describe_item(items[position], position), None, None, [], error)
             for row, position in enumerate(batch.positions):
-                order = np.argsort(-probabilities[row], kind="stable")[:k]
-                top = [(self.classes[i], float(probabilities[row, i])) for i in order]
-                rows[position] = Prediction(describe_item(items[position], position), top[0][0], top[0][1], top)
+                fields = self.task.answer(answers[row], k)
+                rows[position] = Prediction(describe_item(items[position], position), **{"top_k": [], **fields})
             yield [rows[p] for p in sorted(rows)]
 
     def predict(self, inputs, top_k: int = 5) -> list[Prediction]:

@@ -11,6 +11,7 @@ from transferkit.errors import TransferkitError
 from transferkit.inference.batches import default_decode_threads
 from transferkit.inference.predictor import Predictor
 from transferkit.model.checkpoint_format import SavedModel
+from transferkit.tasks import build_task
 
 
 def channels_last_pays(model, device: torch.device) -> bool:
@@ -34,6 +35,7 @@ class TorchPredictor(Predictor):
         self.preprocessing = checkpoint.preprocessing
         self.recipe = checkpoint.recipe
         self.spec = ExperimentSpec.model_validate(checkpoint.recipe)
+        self.task = build_task(self.spec, self.classes, (checkpoint.task or {}).get("state"))
         self.device = device if isinstance(device, torch.device) else resolve_device(device)
         if self.device.type == "cpu":
             from transferkit.cpu_memory import keep_freed_memory
@@ -53,7 +55,7 @@ class TorchPredictor(Predictor):
         self.decode_threads = decode_threads or default_decode_threads(self.device)
 
     def logits(self, images: torch.Tensor) -> np.ndarray:
-        """Class logits (N, C) of uint8 (N, 3, S, S) images, in fp32."""
+        """The head's outputs (N, C) of uint8 (N, 3, S, S) images, in fp32."""
         with torch.inference_mode():
             x = images.to(self.device, non_blocking=True)
             if self.channels_last:

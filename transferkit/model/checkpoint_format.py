@@ -21,10 +21,13 @@ class CheckpointError(WeightsError):
     """A checkpoint that is not transferkit's, or lacks what predicting needs."""
 
 
-def checkpoint_identity(classes: list[str], preprocessing: Preprocessing, recipe: dict) -> dict:
-    """The keys every checkpoint carries so that predict and export need no recipe beside it."""
-    return {"format": CHECKPOINT_FORMAT, "classes": list(classes), "preprocessing": preprocessing.to_dict(),
-            "recipe": recipe}
+def checkpoint_identity(classes: list[str], preprocessing: Preprocessing, recipe: dict,
+                        task: dict | None = None) -> dict:
+    """The keys every checkpoint carries so that predict and export need no recipe beside it (`task`: its name
+    and state, such as thresholds or the target scale)."""
+    identity = {"format": CHECKPOINT_FORMAT, "classes": list(classes), "preprocessing": preprocessing.to_dict(),
+                "recipe": recipe}
+    return identity if task is None else {**identity, "task": task}
 
 
 def load_checkpoint(path: str | Path, needs: tuple[str, ...] = ("model",)) -> dict:
@@ -52,13 +55,14 @@ class SavedModel:
     classes: list[str]
     preprocessing: Preprocessing
     recipe: dict
+    task: dict | None = None  # {"name", "state"}: thresholds, target scale (None: a checkpoint from before tasks)
 
     @classmethod
     def read(cls, path: str | Path) -> "SavedModel":
         """The model part of a checkpoint file, read with load_checkpoint."""
         state = load_checkpoint(path, PREDICT_KEYS)
         return cls(Path(path).expanduser(), state["model"], [str(c) for c in state["classes"]],
-                   Preprocessing.from_dict(state["preprocessing"]), state["recipe"])
+                   Preprocessing.from_dict(state["preprocessing"]), state["recipe"], state.get("task"))
 
     @property
     def run_dir(self) -> Path:

@@ -65,13 +65,14 @@ def check_contradictions(spec: ExperimentSpec, where=lambda field: "") -> None:
         raise SpecError(f"{where(field)}{field}: {message}")
 
 
-def selection_metric(spec: ExperimentSpec, has_val: bool) -> str | None:
-    """The metric that picks best.pt and drives early stopping, resolved; None: no selection (last epoch)."""
+def selection_metric(spec: ExperimentSpec, has_val: bool, default: str = "accuracy") -> str | None:
+    """The metric that picks best.pt and drives early stopping, resolved (`default`: the task's own metric);
+    None: no selection (last epoch)."""
     chosen = spec.train.best_metric
     if chosen == "auto" and spec.train.early_stopping and spec.train.early_stopping.metric != "auto":
         chosen = spec.train.early_stopping.metric
     if chosen == "auto":
-        return "val_accuracy" if has_val else None
+        return f"val_{default}" if has_val else None
     return chosen
 
 

@@ -1,7 +1,7 @@
 """The relative-path rule: a path written in a recipe file is relative to that file's folder; one given
 with `--set` (or in a recipe passed as a dict) is relative to the working directory.
 
-Only the fields that name local files or folders are touched: `data.root` and a `backbone.weights` that
+Only the fields that name local files or folders are touched: `data.root`, `data.labels` and a `backbone.weights` that
 names a file (not a weights name, timm tag or registered weight source), in the base and in each variant.
 """
 
@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 WEIGHT_FILE_SUFFIXES = (".pth", ".pt", ".safetensors", ".bin")
-PATH_FIELDS = (("data", "root"), ("backbone", "weights"))
+PATH_FIELDS = (("data", "root"), ("backbone", "weights"), ("data", "labels"))
 
 
 def looks_like_weight_file(weights: Any) -> bool:
@@ -30,7 +30,7 @@ def absolute(value: str, base: Path) -> str:
 
 
 def _is_path_value(keys: tuple[str, ...], value: Any) -> bool:
-    if keys == ("data", "root"):
+    if keys in (("data", "root"), ("data", "labels")):
         return isinstance(value, str) and bool(value)
     return keys == ("backbone", "weights") and looks_like_weight_file(value)
 
@@ -44,6 +44,10 @@ def resolve_section_paths(section: Any, base: Path) -> Any:
         holder = result.get(keys[0])
         if isinstance(holder, dict) and _is_path_value(keys, holder.get(keys[1])):
             result[keys[0]] = {**holder, keys[1]: absolute(holder[keys[1]], base)}
+    data = result.get("data")
+    table = data.get("labels") if isinstance(data, dict) else None
+    if isinstance(table, dict) and isinstance(table.get("file"), str) and table["file"]:  # labels: {file: ...}
+        result["data"] = {**data, "labels": {**table, "file": absolute(table["file"], base)}}
     return result
 
 
@@ -72,6 +76,8 @@ def resolve_override_paths(overrides: list[str], base: Path) -> list[str]:
             value = yaml.safe_load(raw) if sep and raw.strip() else None
         except yaml.YAMLError:
             value = None
+        if keys == ("data", "labels", "file"):
+            keys = ("data", "labels")
         if sep and keys in PATH_FIELDS and _is_path_value(keys, value):
             text = f"{key}={json.dumps(absolute(value, base))}"  # a JSON string is a YAML scalar
         resolved.append(text)

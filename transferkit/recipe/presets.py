@@ -41,4 +41,9 @@ def with_preset(raw: dict) -> dict:
     name = raw.get("preset")
     if name not in PRESETS:
         return raw  # no preset, or an unknown one the schema then refuses with the valid names
-    return deep_merge(PRESETS[name], raw)
+    preset = PRESETS[name]
+    task = raw.get("task")
+    task = task.get("name") if isinstance(task, dict) else task
+    if task not in (None, "single_label"):  # label smoothing spreads a class's probability: one class per image only
+        preset = {**preset, "train": {k: v for k, v in preset["train"].items() if k != "label_smoothing"}}
+    return deep_merge(preset, raw)

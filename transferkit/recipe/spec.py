@@ -59,11 +59,22 @@ class AugmentSpec(_Spec):
         return self.mixup > 0 or self.cutmix > 0
 
 
+class LabelTableSpec(_Spec):
+    """A table (CSV) of image paths and their labels, instead of one folder per class."""
+
+    file: str = Field(description="the CSV file (relative to the recipe file's folder; with --set, to the working directory); image paths in it are relative to its own folder")
+    path_column: str = Field("path", description="the column holding each image's path")
+    columns: list[str] | None = Field(None, min_length=1, description="label columns; default: `label` when the table has one, else every column but the path and split columns")
+    delimiter: str = Field("|", min_length=1, description="multi_label: separator of the labels in one cell (cat|dog)")
+    split_column: str = Field("split", description="optional column naming each row's split (train, val, test); without it the splits are carved with the seed (data.split_ratio, data.val_split)")
+
+
 class DataSpec(_Spec):
     """Where the images come from and how they are turned into tensors."""
 
     dataset: str = Field("folder", description="a registered dataset: folder, or one a plugin adds (see `transferkit list-datasets`)")
     root: str | None = Field(None, description="data folder (relative to the recipe file's folder; with --set, to the working directory); for downloadable datasets, an existing copy (no download)")
+    labels: "LabelTableSpec | None" = Field(None, description="a label table (CSV) listing the images and their labels, instead of class folders: a file name, or {file, path_column, columns, delimiter, split_column}")
     train_dir: str = Field("train", description="sub-folder of root with the training images")
     test_dir: str = Field("test", description="sub-folder of root with the test images")
     val_dir: str = Field("val", description="optional sub-folder of root with validation images (for the default val, also validation/ or valid/)")
@@ -94,6 +105,12 @@ class DataSpec(_Spec):
     val_split: float | None = Field(None, gt=0.0, lt=1.0, description="carve this share of train out as a seeded, stratified validation split (when the data has none)")
     sampler: Literal["random", "balanced"] = Field("random", description="training order: random (each image once per epoch) or balanced (classes drawn evenly, with replacement)")
     augment: "AugmentSpec" = Field(default_factory=lambda: AugmentSpec(), description="augmentation policy and batch mixing on top of the crop and flip")
+
+    @field_validator("labels", mode="before")
+    @classmethod
+    def _labels_file(cls, value):
+        """`labels: labels.csv` is short for `labels: {file: labels.csv}`."""
+        return {"file": value} if isinstance(value, str) else value
 
     @field_validator("batch_size")
     @classmethod
@@ -171,12 +188,23 @@ def parse_duration(text: str | int | float) -> float:
     return float(match.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600}[match.group(2)]
 
 
+class TaskSpec(_Spec):
+    """What the network learns to output: one class, a set of labels, or numbers (see `transferkit list-tasks`)."""
+
+    name: str = Field("single_label", description="a registered task: single_label (one class per image), multi_label (any set of labels), regression (one or more numbers), or one a plugin adds")
+    loss: Literal["auto", "cross_entropy", "bce", "mse", "l1", "huber"] = Field("auto", description="auto: the task's own (cross_entropy, bce, mse); regression also takes l1 or huber")
+    huber_delta: float = Field(1.0, gt=0.0, description="huber loss: where it turns from squared to linear, in standardised target units")
+    pos_weight: Literal["none", "auto"] | list[float] = Field("none", description="multi_label: weight of each label's positive examples in the loss: none, auto (negatives / positives in training), or one weight per label")
+    thresholds: float | list[float] | None = Field(None, description="multi_label: decision threshold on each label's probability (one for all, or one per label); default: tuned per label for F1 on the validation split after training (0.5 without one)")
+    options: dict[str, Any] = Field(default_factory=dict, description="settings of a registered task that declares its own options (checked against them when the recipe is read)")
+
+
 class EarlyStoppingSpec(_Spec):
     """Stop training once the best metric (train.best_metric) has stopped improving."""
 
     patience: int = Field(3, ge=1, description="epochs without improvement before stopping")
     min_delta: float = Field(0.0, ge=0.0, description="smallest change that counts as an improvement")
-    metric: Literal["auto", "val_accuracy", "val_loss", "test_accuracy", "test_loss"] = Field("auto", description="must match train.best_metric when both are set: best.pt and early stopping share one notion of best")
+    metric: str = Field("auto", pattern=r"^(auto|(val|test)_[a-z0-9_]+)$", description="must match train.best_metric when both are set: best.pt and early stopping share one notion of best")
 
 
 class EMASpec(_Spec):
@@ -196,10 +224,13 @@ class TrainSpec(_Spec):
     loss_reduction: Literal["mean", "sum"] = Field("mean", description="reduce per-example losses by mean, or by sum as d2l's loop does")
     label_smoothing: float = Field(0.0, ge=0.0, lt=1.0, description="cross-entropy label smoothing")
     deterministic: bool = Field(False, description="deterministic algorithms and single-process loading: identical runs for one seed")
-    best_metric: Literal["auto", "val_accuracy", "val_loss", "test_accuracy", "test_loss"] = Field(
-        "auto", description="metric that picks best.pt and drives early stopping; auto: val_accuracy when there is a "
-                            "validation split, else no selection (best.pt is the last epoch); a test_ metric selects "
-                            "on the test split, and the run says so")
+    best_metric: str = Field(
+        "auto", pattern=r"^(auto|(val|test)_[a-z0-9_]+)$",
+        description="metric that picks best.pt and drives early stopping: val_ or test_ and one of the task's "
+                    "metrics (single_label: accuracy, loss; multi_label: map, f1, subset_accuracy, loss; "
+                    "regression: mae, rmse, r2, loss); auto: the task's own on the validation split when there is "
+                    "one (val_accuracy, val_map, val_mae), else no selection (best.pt is the last epoch); a test_ "
+                    "metric selects on the test split, and the run says so")
     checkpoint: bool = Field(True, description="save checkpoints (see keep)")
     keep: Literal["both", "last", "best"] = Field("both", description="which checkpoints to keep: last.pt (everything a resume needs), best.pt (weights and what predicting needs), or both")
     freeze_epochs: int = Field(0, ge=0, description="train only the head (backbone weights and batch-norm statistics frozen) for this many first epochs, then the whole network")
@@ -243,6 +274,7 @@ class ExperimentSpec(_Spec):
     seed: int = Field(0, description="random seed for initialisation, data order and augmentation")
     base_variant: str = Field("base", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="name of the run the recipe itself describes")
     output_dir: str = Field("runs", description="root of run directories")
+    task: TaskSpec = Field(default_factory=TaskSpec, description="what the network learns: single_label (default), multi_label or regression; a name, or {name, loss, ...}")
     backbone: BackboneSpec = Field(default_factory=BackboneSpec, description="feature extractor")
     head: HeadSpec = Field(default_factory=HeadSpec, description="new classifier")
     data: DataSpec = Field(default_factory=DataSpec, description="data set and transforms")
@@ -251,6 +283,12 @@ class ExperimentSpec(_Spec):
     schedule: ScheduleSpec = Field(default_factory=ScheduleSpec, description="learning rate over time")
     train: TrainSpec = Field(default_factory=TrainSpec, description="training loop")
     variants: dict[str, dict[str, Any]] = Field(default_factory=dict, description="name -> partial recipe overriding the base, run after it")
+
+    @field_validator("task", mode="before")
+    @classmethod
+    def _task_name(cls, value):
+        """`task: multi_label` is short for `task: {name: multi_label}`."""
+        return {"name": value} if isinstance(value, str) else value
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -268,13 +306,20 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     return path, value
 
 
+SHORTHANDS = {("task",): "name", ("data", "labels"): "file"}  # `task: multi_label` means {name: multi_label}
+
+
 def apply_overrides(raw: dict, overrides: list[str]) -> dict:
     """`raw` with each `--set a.b=c` applied; validation of the result happens afterwards."""
     result = copy.deepcopy(raw)
     for text in overrides:
         path, value = parse_override(text)
         node = result
-        for part in path[:-1]:
+        for depth, part in enumerate(path[:-1]):
+            keys = tuple(p for p in path[:depth + 1] if p != "variants")[-2:]
+            shorthand = SHORTHANDS.get(keys) or SHORTHANDS.get(keys[-1:])
+            if isinstance(node.get(part), str) and shorthand:  # --set task.loss=l1 keeps `task: regression`
+                node[part] = {shorthand: node[part]}
             if not isinstance(node.get(part), dict):
                 node[part] = {}
             node = node[part]
@@ -392,6 +437,6 @@ def dump_yaml(spec: ExperimentSpec) -> str:
     return yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False)
 
 
-__all__ = ["ExperimentSpec", "BackboneSpec", "HeadSpec", "DataSpec", "OptimizerSpec", "LRPolicySpec",
+__all__ = ["ExperimentSpec", "TaskSpec", "LabelTableSpec", "BackboneSpec", "HeadSpec", "DataSpec", "OptimizerSpec", "LRPolicySpec",
            "ScheduleSpec", "TrainSpec", "load_recipe", "validate", "variant_of", "variant_names",
            "apply_overrides", "read_yaml", "dump_yaml", "deep_merge", "yaml_line_of"]

@@ -37,6 +37,7 @@ from transferkit.recipe.check import selection_metric, uses_feature_cache
 from transferkit.run.batch_size import MAX_AUTO, measure, optimizer_slots, resolve_batch_size
 from transferkit.recipe.spec import ExperimentSpec
 from transferkit.seeding import seed_everything
+from transferkit.tasks import Task, build_task, task_class
 
 
 def load_splits(spec: ExperimentSpec) -> FolderSplits:
@@ -46,7 +47,7 @@ def load_splits(spec: ExperimentSpec) -> FolderSplits:
 
 def check_against_data(spec: ExperimentSpec, splits: FolderSplits) -> None:
     """SpecError for settings the data contradicts: a validation metric without a validation split."""
-    metric = selection_metric(spec, bool(splits.val))
+    metric = selection_metric(spec, bool(splits.val), task_class(spec.task.name).default_metric)
     if metric and metric.startswith("val_") and not splits.val:
         raise SpecError(f"train.best_metric: {metric} needs a validation split, and the data has none; set "
                         f"data.val_split: 0.1 (or add a val/ folder), or choose a test_ metric explicitly")
@@ -99,6 +100,7 @@ class Assembled:
     channels_last: bool
     selection: str | None
     placement: Placement
+    task: Task
 
 
 def build_loaders(spec: ExperimentSpec, plan: DataPlan, splits: FolderSplits, prep: Preprocessing,
@@ -179,14 +181,16 @@ def assemble(spec: ExperimentSpec, console: Console, progress: bool = True,
     optimizer = build_optimizer(spec.optimizer, groups)
     if before_data is not None:
         before_data(model, optimizer)
+    task = build_task(spec, splits.classes)
+    task.prepare([target for _, target in splits.train])
     plan = DataPlan.resolve(spec, device, splits, built.preprocessing, placement.local_world_size)
     train_loader, eval_loaders = build_loaders(spec, plan, splits, built.preprocessing, device, channels_last, model,
                                                precision, console, placement)
     updates = Optimization.updates_per_epoch(len(train_loader), spec.train.accumulate_steps)
     scheduler = build_scheduler(spec.schedule, optimizer, updates, spec.train.epochs)
     optimization = Optimization(optimizer, scheduler, device=device, precision=precision,
-                                loss_reduction=spec.train.loss_reduction, label_smoothing=spec.train.label_smoothing,
-                                class_weights=class_weights, accumulate_steps=spec.train.accumulate_steps,
+                                loss_reduction=spec.train.loss_reduction,
+                                criterion=task.criterion(class_weights), accumulate_steps=spec.train.accumulate_steps,
                                 clip_grad_norm=spec.train.clip_grad_norm)
     features = uses_feature_cache(spec)
     trained = model.head if features else model
@@ -203,7 +207,7 @@ def assemble(spec: ExperimentSpec, console: Console, progress: bool = True,
                       channels_last=channels_last and not features,
                       batch_transform=batch_mixer(spec.data, len(splits.classes)), callbacks=callbacks or [],
                       progress=Progress(console, enabled=progress), on_bad_image=spec.data.on_bad_image,
-                      tta_flip=spec.train.tta_flip)
+                      tta_flip=spec.train.tta_flip, task=task)
     return Assembled(spec, trainer, train_loader, eval_loaders, plan, splits, built.preprocessing, groups,
-                     built.weights_origin, device, precision, channels_last, selection_metric(spec, bool(splits.val)),
-                     placement)
+                     built.weights_origin, device, precision, channels_last,
+                     selection_metric(spec, bool(splits.val), task.default_metric), placement, task)

@@ -38,6 +38,7 @@ from transferkit.recipe.spec import (ExperimentSpec, apply_overrides, dump_yaml,
 from transferkit.run import report
 from transferkit.run.assemble import Assembled, assemble
 from transferkit.run.probe import probe_head
+from transferkit.run.validation_fit import fit_task_to_validation
 from transferkit.run.results import ExperimentResult, VariantResult, read_summary, write_summary
 from transferkit.rundir import RunDir, RunRoot
 from transferkit.signals import GracefulStop, RunInterrupted
@@ -127,19 +128,22 @@ class Experiment:
 
 
 def variant_callbacks(spec: ExperimentSpec, run_dir: Path, classes: list[str], preprocessing, selection: str | None,
-                      console: Console, name: str, primary: bool = True) -> list[Callback]:
+                      console: Console, name: str, primary: bool = True, task=None) -> list[Callback]:
     """The callbacks the recipe asks for, plus the ones every run has (best tracker, checkpoints, metrics files).
 
     Off the primary process, the ones that only write or print are left out (Checkpoint stays: every process
     contributes its RNG state, and only the primary writes).
     """
     t = spec.train
-    callbacks: list[Callback] = [BestTracker(selection, t.early_stopping.min_delta if t.early_stopping else 0.0)]
+    mode = task.metrics.get(selection.partition("_")[2]) if selection and task else None
+    callbacks: list[Callback] = [BestTracker(selection, t.early_stopping.min_delta if t.early_stopping else 0.0,
+                                             mode)]
     if primary:
         callbacks += [BadImageReport(lambda m: console.print(f"[yellow]skipped unreadable image[/] {m}",
                                                              highlight=False)),
-                      MetricsLog(run_dir, lambda row: console.print(report.epoch_line(name, row, t.epochs),
-                                                                    highlight=False),
+                      MetricsLog(run_dir, lambda row: console.print(
+                          report.epoch_line(name, row, t.epochs, task.default_metric if task else "accuracy"),
+                          highlight=False),
                                  write_files="csv" in t.loggers)]
     if t.checkpoint:
         callbacks.append(Checkpoint(run_dir, spec, classes, preprocessing))
@@ -170,7 +174,7 @@ def run_variant(spec: ExperimentSpec, name: str, run_dir: Path, console: Console
         console.print(f"[dim]CPU memory: glibc's kept heap, not the page pool ({fallback_reason()})[/]")
     parts = assemble(spec, console, progress, placement=placement, before_data=room_check(spec, files, placement))
     callbacks = variant_callbacks(spec, run_dir, parts.splits.classes, parts.preprocessing, parts.selection,
-                                  console, name, primary)
+                                  console, name, primary, parts.task)
     trainer = parts.trainer
     if spec.train.budget:
         callbacks.append(Budget(parse_duration(spec.train.budget), started))
@@ -206,6 +210,8 @@ def run_variant(spec: ExperimentSpec, name: str, run_dir: Path, console: Console
         raise WriteError(f"{exc}; {kept}") from exc
     if trainer.stop_reason:
         console.print(f"[bold]{name}[/]: {trainer.stop_reason}", highlight=False)
+    if spec.train.checkpoint and spec.train.keep != "last":
+        fit_task_to_validation(parts, run_dir, console)
     tracker = trainer.callback(BestTracker)
     bad = trainer.callback(BadImageReport)
     timing = time_spent(trainer.history, setup_seconds, probe_seconds, time.monotonic() - started)
@@ -215,7 +221,8 @@ def run_variant(spec: ExperimentSpec, name: str, run_dir: Path, console: Console
     console.print(f"[bold]{name}[/]: {describe_time(timing)}", highlight=False)
     result = VariantResult(name, trainer.history, groups, trainer.elapsed, run_dir, bad.skipped if bad else [],
                            trainer.stop_reason, tracker.describe() if tracker else "", timing,
-                           tracker.best_epoch if tracker else 0)
+                           tracker.best_epoch if tracker else 0, parts.task.default_metric,
+                           parts.task.metrics.get(parts.task.default_metric, "max"))
     if primary:
         write_summary(result)
     return result
@@ -272,11 +279,13 @@ def _print_header(console: Console, name: str, parts: Assembled, groups: list[di
     s, spec = parts.splits, parts.spec
     val = f" / {len(s.val)} val" if s.val else ""
     console.print(f"[bold]{name}[/]: {spec.backbone.name} ({parts.weights_origin}) + {spec.head.name} head, "
-                  f"{len(s.classes)} classes, {len(s.train)} train{val} / {len(s.test)} test images, "
+                  f"{len(s.classes)} {parts.task.output_kind}, {len(s.train)} train{val} / {len(s.test)} test images, "
                   f"{_sizes(parts.preprocessing)}, on {describe_device(parts.device)}, {parts.precision}"
                   f"{', channels_last' if parts.channels_last else ''}{_processes(parts.placement)} -> {run_dir}",
                   highlight=False)
     console.print(f"  {parts.plan.describe()}", highlight=False)
+    if spec.task.name != "single_label":
+        console.print(f"  task: {parts.task.describe()}", highlight=False)
     t = spec.train
     if parts.selection is None:
         console.print("  best.pt: the last epoch (no validation split to select on; set data.val_split, or "

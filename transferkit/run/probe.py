@@ -32,8 +32,9 @@ def probe_head(parts: Assembled, console: Console) -> float:
     optimizer = torch.optim.AdamW(model.head.parameters(), lr=spec.train.probe_lr, weight_decay=1e-4)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs * len(loader))
     head_trainer = Trainer(model, Optimization(optimizer, scheduler, device=parts.device,
-                                               label_smoothing=spec.train.label_smoothing),
-                           device=parts.device, seed=spec.seed, forward=model.head, on_bad_image="skip")
+                                               criterion=parts.task.criterion()),
+                           device=parts.device, seed=spec.seed, forward=model.head, on_bad_image="skip",
+                           task=parts.task)
     frozen = model.freeze_backbone
     model.set_backbone_frozen(True)
     try:
@@ -44,6 +45,7 @@ def probe_head(parts: Assembled, console: Console) -> float:
         model.set_backbone_frozen(frozen)
     seconds = time.perf_counter() - started
     console.print(f"  linear probe: head fitted on {len(features)} cached feature vectors for {epochs} epochs "
-                  f"(train acc {stats.accuracy:.3f}) in {seconds:.1f}s; now fine-tuning the whole network",
+                  f"(train {parts.task.train_metric.replace('_', ' ')} {stats.metrics[parts.task.train_metric]:.3f}) "
+                  f"in {seconds:.1f}s; now fine-tuning the whole network",
                   highlight=False)
     return seconds

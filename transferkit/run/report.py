@@ -14,24 +14,35 @@ if TYPE_CHECKING:
     from transferkit.run.results import ExperimentResult
 
 
-def epoch_line(name: str, row: dict, epochs: int) -> str:
-    """One line per epoch: train loss and accuracy, test accuracy, images/s (print it on a soft-wrapping
-    console, as the CLI's are, so a log keeps it whole)."""
-    val = f", val acc {row['val_accuracy']:.3f}" if "val_accuracy" in row else ""
+SHORT = {"accuracy": "acc", "subset_accuracy": "subset acc"}
+
+
+def train_metric(row: dict) -> str:
+    """The task's training statistic in an epoch row (accuracy, subset_accuracy, mae)."""
+    return next(k[len("train_"):] for k in row if k.startswith("train_") and k not in ("train_loss",
+                                                                                     "train_images_per_s"))
+
+
+def epoch_line(name: str, row: dict, epochs: int, metric: str = "accuracy") -> str:
+    """One line per epoch: train loss and the task's train statistic, the headline `metric` on test (and val),
+    images/s (print it on a soft-wrapping console, as the CLI's are, so a log keeps it whole)."""
+    short, stat = SHORT.get(metric, metric), train_metric(row)
+    val = f", val {short} {row[f'val_{metric}']:.3f}" if f"val_{metric}" in row else ""
     return (f"{name} epoch {row['epoch']}/{epochs}: train loss {row['train_loss']:.4f}, "
-            f"train acc {row['train_accuracy']:.3f}, test acc {row['test_accuracy']:.3f}{val}, "
-            f"{row['train_images_per_s']:.1f} img/s")
+            f"train {SHORT.get(stat, stat)} {row[f'train_{stat}']:.3f}, test {short} {row[f'test_{metric}']:.3f}"
+            f"{val}, {row['train_images_per_s']:.1f} img/s")
 
 
 def comparison_rows(result: "ExperimentResult") -> list[dict]:
-    """One dict per variant: test accuracy per epoch, final and best test accuracy, final loss, time."""
+    """One dict per variant: the headline test metric (accuracy, map, mae...) per epoch, final and best, final
+    losses, time."""
     rows = []
     for name, variant in result.variants.items():
-        final = variant.final
-        rows.append({"variant": name,
-                     "test_accuracy_per_epoch": [round(r["test_accuracy"], 4) for r in variant.history],
-                     "final_test_accuracy": final.get("test_accuracy"),
-                     "best_test_accuracy": variant.best_test_accuracy,
+        final, m = variant.final, variant.metric
+        rows.append({"variant": name, "metric": m,
+                     f"test_{m}_per_epoch": [round(r[f"test_{m}"], 4) for r in variant.history],
+                     f"final_test_{m}": final.get(f"test_{m}"),
+                     f"best_test_{m}": variant.best_test,
                      "final_train_loss": final.get("train_loss"),
                      "final_test_loss": final.get("test_loss"),
                      "seconds": round(variant.seconds, 1),
@@ -45,16 +56,18 @@ def comparison_table(result: "ExperimentResult", width: int | None = None) -> tu
     from transferkit.run.display import table_width
 
     rows = comparison_rows(result)
-    epochs = max((len(row["test_accuracy_per_epoch"]) for row in rows), default=0)
-    finals = ["best test acc", "final train loss", "final test loss", "time"]
+    m = rows[0]["metric"] if rows else "accuracy"
+    short = SHORT.get(m, m)
+    epochs = max((len(row[f"test_{m}_per_epoch"]) for row in rows), default=0)
+    finals = [f"best test {short}", "final train loss", "final test loss", "time"]
 
     def cells(first_epoch: int) -> tuple[list[str], list[list[str]]]:
-        headers = ["variant", *(f"test acc e{e}" for e in range(first_epoch, epochs + 1)), *finals]
+        headers = ["variant", *(f"test {short} e{e}" for e in range(first_epoch, epochs + 1)), *finals]
         body = []
         for row in rows:
-            per_epoch = [f"{a:.3f}" for a in row["test_accuracy_per_epoch"]]
+            per_epoch = [f"{a:.3f}" for a in row[f"test_{m}_per_epoch"]]
             per_epoch += [""] * (epochs - len(per_epoch))
-            body.append([row["variant"], *per_epoch[first_epoch - 1:], f"{row['best_test_accuracy']:.3f}",
+            body.append([row["variant"], *per_epoch[first_epoch - 1:], f"{row[f'best_test_{m}']:.3f}",
                          f"{row['final_train_loss']:.4f}", f"{row['final_test_loss']:.4f}", f"{row['seconds']:.0f}s"])
         return headers, body
 
@@ -93,7 +106,10 @@ def curves_png(result: "ExperimentResult") -> bytes:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    panels = (("train_loss", "train loss"), ("train_accuracy", "train accuracy"), ("test_accuracy", "test accuracy"))
+    first = next(iter(result.variants.values()))
+    stat = train_metric(first.history[0]) if first.history else "accuracy"
+    panels = (("train_loss", "train loss"), (f"train_{stat}", f"train {stat.replace('_', ' ')}"),
+              (f"test_{first.metric}", f"test {first.metric.replace('_', ' ')}"))
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
     for ax, (key, title) in zip(axes, panels):
         for name, variant in result.variants.items():
@@ -102,7 +118,7 @@ def curves_png(result: "ExperimentResult") -> bytes:
         ax.set_title(title)
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
-        if key.endswith("accuracy"):
+        if key.endswith(("accuracy", "map", "f1")):
             ax.set_ylim(0, 1)
     axes[0].legend()
     fig.suptitle(result.name)

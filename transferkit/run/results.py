@@ -24,6 +24,8 @@ class VariantResult:
     best: str = ""
     timing: dict = field(default_factory=dict)
     best_epoch: int = 0
+    metric: str = "accuracy"  # the task's headline metric (accuracy, map, mae, ...) and its better direction
+    better: str = "max"
 
     @property
     def final(self) -> dict:
@@ -31,14 +33,20 @@ class VariantResult:
         return self.history[-1] if self.history else {}
 
     @property
+    def best_test(self) -> float:
+        """The best test value of the headline metric over the epochs."""
+        pick = min if self.better == "min" else max
+        return pick((row[f"test_{self.metric}"] for row in self.history), default=float("nan"))
+
+    @property
     def best_test_accuracy(self) -> float:
-        """The highest test accuracy over the epochs."""
+        """The highest test accuracy over the epochs (single-label runs)."""
         return max((row["test_accuracy"] for row in self.history), default=float("nan"))
 
     def summary(self) -> dict:
         """Plain-data summary written as summary.json."""
-        return {"name": self.name, "epochs": len(self.history), "final": self.final,
-                "best_test_accuracy": self.best_test_accuracy, "seconds": self.seconds,
+        return {"name": self.name, "epochs": len(self.history), "final": self.final, "metric": self.metric,
+                "better": self.better, f"best_test_{self.metric}": self.best_test, "seconds": self.seconds,
                 "param_groups": self.param_groups, "skipped_images": self.skipped_images,
                 "stop_reason": self.stop_reason, "best_checkpoint": self.best, "best_epoch": self.best_epoch,
                 "time": self.timing}
@@ -69,4 +77,5 @@ def read_summary(name: str, run_dir: Path) -> VariantResult:
     return VariantResult(name, history, summary["param_groups"], summary["seconds"], run_dir,
                          summary.get("skipped_images", []), summary.get("stop_reason"),
                          summary.get("best_checkpoint", ""), summary.get("time", {}),
-                         summary.get("best_epoch", 0))
+                         summary.get("best_epoch", 0), summary.get("metric", "accuracy"),
+                         summary.get("better", "max"))
