@@ -40,7 +40,7 @@ def test_a_script_finds_checks_and_resumes_runs_as_the_cli_does(tmp_path):
     changed = {"base": {**variants["base"], "seed": 1}}
     with pytest.raises(TransferkitError, match="seed: 0 in the run, 1 in the recipe"):
         found.check_resumable("tiny", changed)
-    again = experiment.run(resume=found.path, progress=False)  # finished variants are read back, not re-trained
+    again = experiment.run(resume="auto", output_dir=out, progress=False)  # as `--resume auto`: read back, not re-run
     assert again["base"].history == first["base"].history and root.is_finished
 
 

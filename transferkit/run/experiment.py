@@ -84,8 +84,9 @@ class Experiment:
             resume: str | Path | None = None, resume_command=None, run_root: Path | None = None) -> ExperimentResult:
         """Train the chosen variants (default: all) one after another; print and save a comparison.
 
-        `resume_command(run_root)`, when given, is printed with the first Ctrl-C, so the way back is on screen
-        even if a second Ctrl-C ends the process at once. `run_root` names the run folder instead of the next
+        `resume` is a run folder, one of its variant folders, or "auto" (the latest unfinished run of this
+        experiment under `output_dir`). `resume_command(run_root)`, when given, is printed with the first Ctrl-C,
+        so the way back is on screen even if a second Ctrl-C ends the process at once. `run_root` names the run folder instead of the next
         free `<output_dir>/<name>[-N]`.
         """
         console = console or Console(stderr=True)
@@ -98,6 +99,9 @@ class Experiment:
             placement.check_batch(spec.data.batch_size)
         if not placement.is_primary:  # one process speaks and writes
             console, progress = Console(stderr=True, quiet=True), False
+        if resume:  # the primary finds the run and hands it to the others (other machines may not see the folder)
+            resume = placement.broadcast(RunRoot.to_resume(resume, output_dir or self.spec.output_dir, self.spec.name)
+                                         .path if placement.is_primary else None)
         if resume and placement.is_primary:
             RunRoot(resume).check_resumable(self.spec.name, {n: self.variant_spec(n).model_dump(mode="json")
                                                              for n in self.variant_names})
