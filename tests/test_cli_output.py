@@ -35,12 +35,12 @@ def fake_result(epochs: int = 6) -> ExperimentResult:
 def test_comparison_fits_a_narrow_terminal_by_dropping_epoch_columns_not_cutting_cells():
     result = fake_result()
     buffer = io.StringIO()
-    console = Console(file=buffer, width=120, force_terminal=True, color_system=None)
+    console = Console(file=buffer, width=135, force_terminal=True, color_system=None)
     print_comparison(result, console)
     text = buffer.getvalue()
     assert "…" not in text and "finetune-with-a-long-name" in text and "2005832.5000" in text
-    assert all(len(line) <= 120 for line in text.splitlines())
-    headers, _ = comparison_table(result, 120)
+    assert all(len(line) <= 135 for line in text.splitlines())
+    headers, _ = comparison_table(result, 135)
     assert headers[1:3] == ["test acc e5", "test acc e6"]  # the earliest epochs went first
     assert "test acc e5" in text and "test acc e4" not in text
     assert comparison_table(result, None)[0][1] == "test acc e1"
@@ -150,3 +150,30 @@ def test_shell_completion_completes_commands_and_choices(monkeypatch):
 
     assert complete("transferkit list-back") == ["list-backbones"]
     assert complete("transferkit list-backbones --source t") == ["torchvision", "timm"]
+
+
+def test_a_long_comparison_in_a_log_shows_the_first_and_last_epochs_and_readable_losses():
+    result = fake_result(epochs=60)
+    for variant in result.variants.values():
+        variant.history[-1]["train_loss"] = 1.5e25  # a diverged loss
+        variant.best_epoch = 42
+    headers, body = comparison_table(result, None)
+    assert headers[1:8] == ["test acc e1", "test acc e2", "test acc e3", "...", "test acc e58", "test acc e59",
+                            "test acc e60"]
+    assert "best.pt epoch" in headers and body[0][headers.index("best.pt epoch")] == "42"
+    assert body[0][headers.index("final train loss")] == "1.500e+25"
+
+
+def test_curves_png_marks_the_best_epoch_and_draws_every_split(tmp_path):
+    from PIL import Image
+
+    from transferkit.run.report import curves_png
+
+    result = fake_result(epochs=5)
+    for variant in result.variants.values():
+        for row in variant.history:
+            row.update(val_accuracy=row["test_accuracy"] - 0.05, val_loss=1.0, ema_val_accuracy=0.6)
+        variant.best_epoch = 3
+    (tmp_path / "c.png").write_bytes(curves_png(result))
+    image = Image.open(tmp_path / "c.png")
+    assert image.size == (1400, 400)

@@ -45,30 +45,49 @@ def comparison_rows(result: "ExperimentResult") -> list[dict]:
                      f"best_test_{m}": variant.best_test,
                      "final_train_loss": final.get("train_loss"),
                      "final_test_loss": final.get("test_loss"),
+                     "best_epoch": variant.best_epoch,
                      "seconds": round(variant.seconds, 1),
                      "skipped_images": len(variant.skipped_images)})
     return rows
 
 
+LOG_EPOCHS = 3  # off a terminal: the first and last few epochs, so a long run's log line stays readable
+
+
+def number(value: float, digits: int = 4) -> str:
+    """A metric or loss as a readable number: fixed point, or scientific once it is huge (a diverged loss)."""
+    return f"{value:.{digits}f}" if abs(value) < 1e8 else f"{value:.3e}"
+
+
+def shown_epochs(epochs: int, first_epoch: int, width: int | None) -> list[int | None]:
+    """The epoch columns: all from `first_epoch` on a terminal; in a log the first and last LOG_EPOCHS with
+    None (an ellipsis column) between them when there are more."""
+    if width is None and epochs > 2 * LOG_EPOCHS + 1:
+        return [*range(1, LOG_EPOCHS + 1), None, *range(epochs - LOG_EPOCHS + 1, epochs + 1)]
+    return list(range(first_epoch, epochs + 1))
+
+
 def comparison_table(result: "ExperimentResult", width: int | None = None) -> tuple[list[str], list[list[str]]]:
     """Headers and cells of the comparison; with `width`, per-epoch columns are dropped (earliest first) until
-    the table fits, never a number or a name cut."""
+    the table fits, never a number or a name cut; without (a log), the first and last few epochs."""
     from transferkit.run.display import table_width
 
     rows = comparison_rows(result)
     m = rows[0]["metric"] if rows else "accuracy"
     short = SHORT.get(m, m)
     epochs = max((len(row[f"test_{m}_per_epoch"]) for row in rows), default=0)
-    finals = [f"best test {short}", "final train loss", "final test loss", "time"]
+    finals = [f"best test {short}", "best.pt epoch", "final train loss", "final test loss", "time"]
 
     def cells(first_epoch: int) -> tuple[list[str], list[list[str]]]:
-        headers = ["variant", *(f"test {short} e{e}" for e in range(first_epoch, epochs + 1)), *finals]
+        shown = shown_epochs(epochs, first_epoch, width)
+        headers = ["variant", *(f"test {short} e{e}" if e else "..." for e in shown), *finals]
         body = []
         for row in rows:
-            per_epoch = [f"{a:.3f}" for a in row[f"test_{m}_per_epoch"]]
-            per_epoch += [""] * (epochs - len(per_epoch))
-            body.append([row["variant"], *per_epoch[first_epoch - 1:], f"{row[f'best_test_{m}']:.3f}",
-                         f"{row['final_train_loss']:.4f}", f"{row['final_test_loss']:.4f}", f"{row['seconds']:.0f}s"])
+            per_epoch = row[f"test_{m}_per_epoch"]
+            values = [("..." if e is None else f"{per_epoch[e - 1]:.3f}" if e <= len(per_epoch) else "")
+                      for e in shown]
+            body.append([row["variant"], *values, f"{row[f'best_test_{m}']:.3f}", str(row["best_epoch"] or "-"),
+                         number(row["final_train_loss"]), number(row["final_test_loss"]), f"{row['seconds']:.0f}s"])
         return headers, body
 
     first = 1
@@ -98,30 +117,47 @@ def write_comparison(result: "ExperimentResult") -> None:
 
 
 def curves_png(result: "ExperimentResult") -> bytes:
-    """PNG of train loss, train accuracy and test accuracy per epoch, every variant on the same axes."""
+    """PNG of the losses (train, val, test; EMA dashed), the task's train statistic and its headline metric on
+    val and test (EMA dashed) per epoch, every variant in its colour, a ring at the epoch best.pt holds."""
     import io
 
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     first = next(iter(result.variants.values()))
     stat = train_metric(first.history[0]) if first.history else "accuracy"
-    panels = (("train_loss", "train loss"), (f"train_{stat}", f"train {stat.replace('_', ' ')}"),
-              (f"test_{first.metric}", f"test {first.metric.replace('_', ' ')}"))
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
-    for ax, (key, title) in zip(axes, panels):
-        for name, variant in result.variants.items():
+    m = first.metric
+    panels = (("loss", ["train_loss", "val_loss", "test_loss", "ema_val_loss", "ema_test_loss"]),
+              (f"train {stat.replace('_', ' ')}", [f"train_{stat}"]),
+              (m.replace("_", " "), [f"val_{m}", f"test_{m}", f"ema_val_{m}", f"ema_test_{m}"]))
+    fig, axes = plt.subplots(1, 3, figsize=(14, 4))
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for ax, (title, keys) in zip(axes, panels):
+        for index, (name, variant) in enumerate(result.variants.items()):
+            colour = colours[index % len(colours)]
             epochs = [r["epoch"] for r in variant.history]
-            ax.plot(epochs, [r[key] for r in variant.history], marker="o", label=name)
+            for key in keys:
+                if not variant.history or key not in variant.history[0]:
+                    continue
+                split = key.removeprefix("ema_").split("_")[0]
+                style = {"train": ":", "val": "-", "test": "-"}[split] if not key.startswith("ema_") else "--"
+                values = [r[key] for r in variant.history]
+                ax.plot(epochs, values, linestyle=style, marker="o" if split == "test" else None, markersize=3,
+                        color=colour, alpha=1.0 if split == "test" else 0.7, label=f"{name} {key}")
+                if variant.best_epoch and key in (f"val_{m}", f"test_{m}") and variant.best_epoch <= len(values):
+                    ax.scatter([variant.best_epoch], [values[variant.best_epoch - 1]], s=110, facecolors="none",
+                               edgecolors=colour, linewidths=1.5, zorder=5)
         ax.set_title(title)
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
-        if key.endswith(("accuracy", "map", "f1")):
-            ax.set_ylim(0, 1)
-    axes[0].legend()
-    fig.suptitle(result.name)
+        if title.endswith(("accuracy", "map", "f1")):
+            ax.set_ylim(0, 1.02)
+        ax.legend(fontsize=7)
+    fig.suptitle(f"{result.name} (rings: the epoch best.pt holds)")
     fig.tight_layout()
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=100)
