@@ -25,7 +25,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from throughput import BACKBONES, isolated, recipe, transferkit_run, tutorial_loop  # noqa: E402
 
-from transferkit.recipe.spec import deep_merge  # noqa: E402
+from transferkit.recipe.merge import deep_merge  # noqa: E402
 
 
 def transferkit_global_rng(raw: dict) -> dict:

@@ -37,7 +37,7 @@ from transferkit.engine.optimization import Optimization
 from transferkit.run.assemble import assemble, build_variant
 from transferkit.run.experiment import run_variant
 from transferkit.optim.optimizers import build_optimizer
-from transferkit.recipe.spec import validate
+from transferkit.recipe.load import validate
 
 
 def write_images(args: tuple[Path, int, int, int, tuple[int, int]]) -> None:

@@ -236,7 +236,7 @@ def _child(side: str, settings: dict, out: str) -> None:
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     import throughput
     from transferkit.cpu_memory import keep_freed_memory
-    from transferkit.recipe.spec import deep_merge
+    from transferkit.recipe.merge import deep_merge
 
     kind, overrides, _, keep, no_fork_rng = SIDES[side]
     args = argparse.Namespace(**settings)

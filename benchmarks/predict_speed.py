@@ -36,7 +36,7 @@ from transferkit.inference.predict_files import predict_to_file  # noqa: E402
 from transferkit.inference.torch_predictor import TorchPredictor  # noqa: E402
 from transferkit.model.build import build_model  # noqa: E402
 from transferkit.model.checkpoint_format import checkpoint_identity  # noqa: E402
-from transferkit.recipe.spec import validate  # noqa: E402
+from transferkit.recipe.load import validate  # noqa: E402
 
 
 def make_checkpoint(folder: Path, image_size: int) -> Path:

@@ -53,7 +53,8 @@ from transferkit.data.transforms import train_transform  # noqa: E402
 from transferkit.engine.optimization import Optimization  # noqa: E402
 from transferkit.run.assemble import build_variant, channels_last_for  # noqa: E402
 from transferkit.optim.optimizers import build_optimizer  # noqa: E402
-from transferkit.recipe.spec import deep_merge, validate  # noqa: E402
+from transferkit.recipe.load import validate  # noqa: E402
+from transferkit.recipe.merge import deep_merge  # noqa: E402
 
 # ResNet-18 trains from random init: its ImageNet weights need a download, which this machine cannot do.
 BACKBONES = {

@@ -38,7 +38,7 @@ def image_root(tmp_path: Path) -> Path:
 
 def tiny_recipe(root: Path, **overrides) -> dict:
     """A recipe dict training an untrained torchvision resnet18 for one epoch at 32 px."""
-    from transferkit.recipe.spec import deep_merge
+    from transferkit.recipe.merge import deep_merge
 
     recipe = {
         "name": "tiny",

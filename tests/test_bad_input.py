@@ -213,7 +213,7 @@ RUN_CASES = [
 def test_run_time_failure_is_one_clear_line(tmp_path, setup, error_type, parts):
     root = make_image_folder(tmp_path / "data", per_class=(2, 1), size=(8, 8))
     raw = tiny_recipe(root, output_dir=str(tmp_path / "runs"))
-    from transferkit.recipe.spec import deep_merge
+    from transferkit.recipe.merge import deep_merge
 
     raw = deep_merge(raw, setup(root))
     path = tmp_path / "recipe.yaml"

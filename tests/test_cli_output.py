@@ -69,7 +69,7 @@ def test_run_piped_prints_whole_epoch_lines_and_table(tmp_path):
     assert all(re.fullmatch(r"base epoch \d/2: train loss .*, train acc .*, test acc .*, .* img/s", line)
                for line in epoch_lines), epoch_lines
     row = next(line for line in result.output.splitlines() if re.match(r"base +\d", line))
-    assert len(row.split()) == 7  # variant, 2 epochs, best, 2 losses, time: nothing cut or wrapped
+    assert len(row.split()) == 8  # variant, 2 epochs, best, best.pt epoch, 2 losses, time: nothing cut or wrapped
     assert str(tmp_path / "runs") in result.output
 
 

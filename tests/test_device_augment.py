@@ -7,7 +7,7 @@ from torchvision.transforms.v2 import functional as F
 
 from conftest import tiny_recipe
 from transferkit.data.device_augment import augments_on_device, canvas_side, crop_on_device
-from transferkit.recipe.spec import validate
+from transferkit.recipe.load import validate
 
 
 def _image(h: int, w: int, seed: int = 0) -> torch.Tensor:

@@ -150,7 +150,7 @@ def test_training_on_resident_images_changes_weights_and_needs_device_augmentati
     raw = tiny_recipe(image_root, data={"cache": "device"}, train={"epochs": 2},  # augment_on auto, on the CPU
                       output_dir=str(tmp_path / "runs"))
     from transferkit.run.assemble import build_variant
-    from transferkit.recipe.spec import validate
+    from transferkit.recipe.load import validate
 
     initial = build_variant(validate(raw)).model.state_dict()
     result = Experiment.from_dict(raw).run(progress=False)
@@ -196,7 +196,7 @@ def test_any_seed_plans_an_epoch():
 
 
 def test_contradicting_cache_and_augmentation_settings_are_refused_when_read():
-    from transferkit.recipe.spec import validate
+    from transferkit.recipe.load import validate
 
     with pytest.raises(SpecError, match="data.crop_scale: use two area shares"):
         validate(tiny_recipe("x", data={"crop_scale": [0.0, 1.0]}))

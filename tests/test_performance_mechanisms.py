@@ -23,7 +23,7 @@ from transferkit.run.assemble import build_variant
 from transferkit.data.features import Extractor, cache_features
 from transferkit.optim.optimizers import build_optimizer
 from transferkit.callbacks.checkpoint import load_checkpoint
-from transferkit.recipe.spec import validate
+from transferkit.recipe.load import validate
 
 
 def images_of(root):

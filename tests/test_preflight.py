@@ -199,3 +199,39 @@ def test_a_variant_is_blamed_for_its_own_value(tmp_path, root):
         Experiment.from_yaml(path, [f"data.root={root}"])
     message = one_line(info.value)
     assert "line 5: variant v: data.root: folder" in message and str(tmp_path / "gone") in message
+
+
+@pytest.mark.parametrize("make, error_type, parts", CASES)
+def test_load_recipe_refuses_what_experiment_refuses_with_the_same_message(tmp_path, root, make, error_type, parts):
+    import transferkit
+
+    path = write(tmp_path / "recipe.yaml", make(tmp_path, root))
+    with pytest.raises(error_type) as by_experiment:
+        Experiment.from_yaml(path)
+    with pytest.raises(error_type) as by_load_recipe:
+        transferkit.load_recipe(path)
+    assert str(by_load_recipe.value) == str(by_experiment.value)
+
+
+def test_one_pipeline_lists_the_phases_in_order(root):
+    from transferkit.run.validation import PHASES, validate_dict
+
+    assert [name for name, _ in PHASES] == ["schema", "contradictions", "environment", "data and device"]
+    good = tiny_recipe(root)
+    assert Experiment.from_dict(good).spec == validate_dict(good)
+
+
+def test_contradictions_and_the_processes_are_refused_by_load_recipe_too(tmp_path, root, monkeypatch):
+    import transferkit
+
+    path = write(tmp_path / "recipe.yaml", tiny_recipe(root, train={"epochs": 2, "freeze_epochs": 2}))
+    with pytest.raises(SpecError) as info:
+        transferkit.load_recipe(path)
+    assert "train.freeze_epochs" in one_line(info.value) and "line " in str(info.value)
+    path = write(tmp_path / "batch.yaml", tiny_recipe(root, data={"batch_size": 3}))
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "2")  # as torchrun sets them; the recipe is checked, no process group joined
+    for load in (transferkit.load_recipe, Experiment.from_yaml):
+        with pytest.raises(SpecError) as info:
+            load(path)
+        assert "data.batch_size: 3 is the global batch and does not divide over 2 processes" in one_line(info.value)

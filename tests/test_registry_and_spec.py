@@ -8,7 +8,8 @@ import yaml
 from conftest import run_cli
 from transferkit.errors import NotRegisteredError, SpecError
 from transferkit.registry import Registry
-from transferkit.recipe.spec import load_recipe, validate, variant_of
+from transferkit.recipe.load import parse_recipe, validate
+from transferkit.recipe.variants import variant_of
 
 
 def test_registry_decorator_call_get_and_suggestion():
@@ -42,7 +43,7 @@ def test_overrides_are_typed_by_the_schema_and_variants_merge():
 def test_set_overrides_from_a_file(tmp_path):
     path = tmp_path / "r.yaml"
     path.write_text("name: x\noptimizer: {lr: 0.1}\n")
-    spec = load_recipe(path, ["optimizer.lr=5e-5", "train.epochs=3", "data.mean=[0.5,0.5,0.5]",
+    spec = parse_recipe(path, ["optimizer.lr=5e-5", "train.epochs=3", "data.mean=[0.5,0.5,0.5]",
                               "variants.fast.train.epochs=1"])
     assert spec.optimizer.lr == 5e-5 and spec.train.epochs == 3 and spec.data.mean == (0.5, 0.5, 0.5)
     assert variant_of(spec, "fast").train.epochs == 1
@@ -61,7 +62,7 @@ def test_bad_recipe_messages(tmp_path, text, expected):
     path = tmp_path / "r.yaml"
     path.write_text(text)
     with pytest.raises(SpecError) as err:
-        load_recipe(path)
+        parse_recipe(path)
     message = str(err.value)
     assert "\n" not in message
     for part in expected:

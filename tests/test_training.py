@@ -15,7 +15,7 @@ from transferkit.run.assemble import build_variant
 from transferkit.optim.optimizers import build_optimizer
 from transferkit.model.preprocess import Preprocessing
 from transferkit.callbacks.checkpoint import load_checkpoint
-from transferkit.recipe.spec import validate
+from transferkit.recipe.load import validate
 
 
 def test_head_multiplier_puts_10x_lr_on_the_head_inside_the_optimizer(image_root):

@@ -21,7 +21,8 @@ from transferkit.engine.optimization import Optimization
 from transferkit.engine.trainer import Trainer
 from transferkit.errors import SpecError
 from transferkit.optim.schedules import LRFactor
-from transferkit.recipe.spec import ScheduleSpec, validate
+from transferkit.recipe.load import validate
+from transferkit.recipe.spec import ScheduleSpec
 from transferkit.run.assemble import assemble, load_splits
 from transferkit.run.lr_find import sweep_lr
 

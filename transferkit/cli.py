@@ -105,10 +105,11 @@ def _launch(experiment, nproc: int, args: list[str]) -> None:
 def validate(recipe: str = typer.Argument(..., metavar="RECIPE", autocompletion=_complete_recipe, help="recipe YAML file, or a plugin's recipe name"),
              set_: list[str] = typer.Option([], "--set", metavar="KEY=VALUE", help="override a recipe value (repeatable)")) -> None:
     """Check a recipe and print it resolved, each variant expanded in full."""
-    api = _api()
-    experiment = api.Experiment.from_yaml(recipe, set_)
-    resolved = {name: experiment.variant_spec(name).model_dump(mode="json", exclude={"variants"})
-                for name in experiment.variant_names}
+    from transferkit.recipe.variants import variant_names, variant_of
+
+    spec = _api().load_recipe(recipe, set_)  # every phase of run/validation.py, as `run` checks it
+    resolved = {name: variant_of(spec, name).model_dump(mode="json", exclude={"variants"})
+                for name in variant_names(spec)}
     out.print(yaml.safe_dump(resolved, sort_keys=False), end="", markup=False, highlight=False, soft_wrap=True)
     err.print(f"[green]recipe is valid[/]: {len(resolved)} run(s): {', '.join(resolved)}")
 
@@ -310,7 +311,7 @@ def list_weights(backbone: Optional[str] = typer.Argument(None, metavar="[BACKBO
 @app.command("list-recipes")
 def list_recipes() -> None:
     """List recipes registered by plugins (usable by name in `run`)."""
-    from transferkit.recipe.spec import read_yaml
+    from transferkit.recipe.yaml_io import read_yaml
 
     recipes = _api().RECIPES
     _print_registry(recipes, lambda name: str(read_yaml(recipes.get(name)).get("description", "")))

@@ -12,8 +12,6 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from transferkit.errors import WriteError
 
 # what the file system says when the fault is the place written to, not the program
@@ -115,6 +113,8 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 def atomic_torch_save(path: Path, obj: Any) -> None:
     """torch.save into memory, then an atomic write: a crash never leaves a half-written checkpoint."""
+    import torch  # here, not at the top: writing text files (schema, recipes) needs no torch
+
     buffer = io.BytesIO()
     torch.save(obj, buffer)
     atomic_write_bytes(path, buffer.getvalue())

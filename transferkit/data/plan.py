@@ -19,7 +19,7 @@ from transferkit.data.folder import FolderSplits
 from transferkit.data.loading import default_eval_batch_size, default_num_workers
 from transferkit.errors import SpecError
 from transferkit.model.preprocess import Preprocessing
-from transferkit.recipe.check import uses_feature_cache
+from transferkit.recipe.check import device_contradictions, uses_feature_cache
 from transferkit.recipe.spec import ExperimentSpec
 
 
@@ -39,12 +39,10 @@ class DataPlan:
     reasons: list[str] = field(default_factory=list)
 
     @staticmethod
-    def refuse_contradictions(spec: ExperimentSpec, device: torch.device) -> None:
-        """SpecError for data settings this device cannot do; needs no files, so it runs before any work."""
-        # torchvision's deterministic roi_align on CUDA falls back to a pure-Python version far too large to use.
-        if spec.data.cache == "device" and spec.train.deterministic and device.type == "cuda":
-            raise SpecError("data.cache: device cannot crop deterministically on CUDA; set data.cache: auto (the CPU "
-                            "crops) or train.deterministic: false")
+    def refuse_contradictions(spec: ExperimentSpec, device: torch.device, processes: int = 1) -> None:
+        """SpecError for settings this device cannot do (recipe.check.device_contradictions); needs no files."""
+        for field_name, message in device_contradictions(spec, lambda: device.type, processes):
+            raise SpecError(f"{field_name}: {message}")
 
     @classmethod
     def resolve(cls, spec: ExperimentSpec, device: torch.device, splits: FolderSplits,

@@ -11,15 +11,17 @@ import fnmatch
 import urllib.error
 from dataclasses import dataclass
 from pathlib import Path
-
-from torch import nn
+from typing import TYPE_CHECKING
 
 from transferkit.errors import DownloadError, SpecError, WeightsError
+from transferkit.model import zoo
 from transferkit.model.preprocess import Preprocessing
 from transferkit.registry import BACKBONES, WEIGHT_SOURCES, missing_note, suggest
 from transferkit.recipe.paths import WEIGHT_FILE_SUFFIXES, looks_like_weight_file  # noqa: F401  (re-exported)
 from transferkit.recipe.spec import BackboneSpec
-from transferkit.model.weights_io import load_weights_file
+
+if TYPE_CHECKING:  # torch, torchvision and timm are imported where a network is built or a file read: the
+    from torch import nn  # name checks and listings use model/zoo.py and start without them
 
 TIMM_PREFIX = "timm/"
 
@@ -37,14 +39,14 @@ class Backbone:
     @property
     def is_convolutional(self) -> bool:
         """True when convolutions dominate (so channels_last can pay), false for patch-embed transformers."""
+        from torch import nn
+
         return sum(isinstance(m, nn.Conv2d) for m in self.module.modules()) > 2
 
 
 def torchvision_names() -> list[str]:
     """Every torchvision classification model name."""
-    import torchvision
-
-    return sorted(torchvision.models.list_models(module=torchvision.models))
+    return zoo.torchvision_models()
 
 
 def list_backbones(pattern: str | None = None, source: str | None = None, pretrained: bool = False) -> list[str]:
@@ -55,9 +57,7 @@ def list_backbones(pattern: str | None = None, source: str | None = None, pretra
     if source in (None, "torchvision"):
         names += torchvision_names()  # every torchvision classification model ships ImageNet weights
     if source in (None, "timm"):
-        import timm
-
-        names += [TIMM_PREFIX + n for n in timm.list_models(pretrained=pretrained)]
+        names += [TIMM_PREFIX + n for n in (zoo.timm_pretrained() if pretrained else zoo.timm_models())]
     if pattern:
         names = [n for n in names if fnmatch.fnmatch(n.lower(), pattern.lower())
                  or fnmatch.fnmatch(n.lower(), TIMM_PREFIX + pattern.lower())]
@@ -72,20 +72,16 @@ def check_backbone(spec: BackboneSpec) -> None:
     if spec.name in BACKBONES:
         return
     if spec.name.startswith(TIMM_PREFIX):
-        import timm
-
         arch = spec.name[len(TIMM_PREFIX):].split(".")[0]
-        if not timm.is_model(arch):
+        if not zoo.timm_is_model(arch):
             raise SpecError(f"backbone.name: timm has no model '{arch}'"
-                            f"{suggest(arch, timm.list_models(arch[:3] + '*'))}; see `transferkit list-backbones 'timm/*'`")
+                            f"{suggest(arch, zoo.timm_models(arch[:3] + '*'))}; see `transferkit list-backbones 'timm/*'`")
         return
     if spec.name not in torchvision_names():
         _unknown_backbone(spec.name)
     weights = spec.weights
     if weights and weights != "DEFAULT" and not _is_weight_file(weights) and weights not in WEIGHT_SOURCES:
-        import torchvision
-
-        choices = [w.name for w in torchvision.models.get_model_weights(spec.name)] + ["DEFAULT"]
+        choices = zoo.torchvision_weights(spec.name) + ["DEFAULT"]
         if weights not in choices:
             raise SpecError(f"backbone.weights: '{weights}' is not a weights name of {spec.name}"
                             f"{suggest(weights, choices)}; choose one of {', '.join(choices)} or give a .pth file")
@@ -106,9 +102,7 @@ def _unknown_backbone(name: str):
     """Raise the SpecError for a backbone name that is neither registered, torchvision nor timm/."""
     hint = suggest(name, [*BACKBONES.list(), *torchvision_names()])
     if not hint:
-        import timm
-
-        timm_hits = timm.list_models(name.split(".")[0])
+        timm_hits = zoo.timm_models(name.split(".")[0])
         if timm_hits:
             hint = f" (did you mean: timm/{timm_hits[0]}?)"
     raise SpecError(f"backbone.name: unknown backbone '{name}'{missing_note()}{hint}; "
@@ -190,6 +184,8 @@ def _download_torchvision_state(enum_value, name: str) -> dict:
 
 def _strip_torchvision_classifier(model: nn.Module) -> tuple[int, str]:
     """Replace the model's last Linear (its classifier) by Identity; (feature width, classifier key prefix)."""
+    from torch import nn
+
     if hasattr(model, "aux_logits"):
         model.aux_logits = False
         for aux in ("AuxLogits", "aux1", "aux2"):
@@ -257,6 +253,8 @@ def _timm_backbone(spec: BackboneSpec) -> Backbone:
 
 def _load_local(model: nn.Module, path: str, allowed_extra_prefixes: tuple[str, ...]) -> None:
     """Load the recipe's backbone.weights file; its errors name that field."""
+    from transferkit.model.weights_io import load_weights_file
+
     try:
         state = load_weights_file(path)
         _load_state(model, state, allowed_extra_prefixes, origin=path)
@@ -345,6 +343,8 @@ def check_weights_fit(spec: BackboneSpec) -> None:
     if weights and is_weight_file(weights):
         path = Path(weights).expanduser()
         if path.is_file():
+            from transferkit.model.weights_io import load_weights_file
+
             model, allowed = _meta_architecture(spec)
             try:
                 check_state_fits(model, load_weights_file(path), allowed, origin=str(path))
@@ -352,14 +352,12 @@ def check_weights_fit(spec: BackboneSpec) -> None:
                 raise WeightsError(f"backbone.weights: {exc}") from None
         return
     if timm_model:
-        import timm
-
         name = spec.name[len(TIMM_PREFIX):]
         arch = name.split(".")[0]
         tagged = f"{arch}.{weights}" if weights else name
         wanted = tagged if "." in tagged else f"{arch}.*"
-        if not timm.list_pretrained(wanted):
-            tags = [n.split(".", 1)[-1] for n in timm.list_pretrained(f"{arch}.*")]
+        if not zoo.timm_pretrained(wanted):
+            tags = [n.split(".", 1)[-1] for n in zoo.timm_pretrained(f"{arch}.*")]
             fix = (f"choose one of {', '.join(tags[:8])}" if tags else "set backbone.pretrained: false")
             raise SpecError(f"backbone.weights: timm has no pretrained weights '{tagged}'"
                             f"{suggest(tagged.split('.', 1)[-1], tags)}; {fix} "
@@ -373,9 +371,7 @@ def torchvision_weight_names(name: str) -> list[str]:
     """The torchvision weights names of model `name` (IMAGENET1K_V1, ...), [] for other names."""
     if name.startswith(TIMM_PREFIX) or name in BACKBONES or name not in torchvision_names():
         return []
-    import torchvision
-
-    return [w.name for w in torchvision.models.get_model_weights(name)]
+    return zoo.torchvision_weights(name)
 
 
 def weight_sources_for(pattern: str | None = None, installed_only: bool = False) -> list[tuple[str, str]]:

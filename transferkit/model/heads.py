@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
-from torch import nn
+from typing import TYPE_CHECKING
 
 from transferkit.registry import HEADS
 from transferkit.recipe.spec import HeadSpec
+
+if TYPE_CHECKING:  # imported where a head is built: listing them needs no torch
+    from torch import nn
 
 
 @HEADS.register("linear")
 def linear_head(num_features: int, num_classes: int, spec: HeadSpec) -> nn.Module:
     """One Linear layer with Xavier-uniform weights (as d2l's fine-tuning seed), optional dropout before it."""
+    from torch import nn
+
     layer = nn.Linear(num_features, num_classes)
     nn.init.xavier_uniform_(layer.weight)
     return nn.Sequential(nn.Dropout(spec.dropout), layer) if spec.dropout > 0 else layer
@@ -19,6 +24,8 @@ def linear_head(num_features: int, num_classes: int, spec: HeadSpec) -> nn.Modul
 @HEADS.register("mlp")
 def mlp_head(num_features: int, num_classes: int, spec: HeadSpec) -> nn.Module:
     """Linear -> ReLU -> Dropout -> Linear, with `hidden` units."""
+    from torch import nn
+
     first, last = nn.Linear(num_features, spec.hidden), nn.Linear(spec.hidden, num_classes)
     for layer in (first, last):
         nn.init.xavier_uniform_(layer.weight)

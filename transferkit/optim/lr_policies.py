@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
-from torch import nn
+from typing import TYPE_CHECKING
 
-from transferkit.model.transfer import TransferModel
 from transferkit.registry import LR_POLICIES
 from transferkit.recipe.spec import LRPolicySpec
 
+if TYPE_CHECKING:  # torch is imported by the functions that use it: listing the policies needs none
+    from torch import nn
+
+    from transferkit.model.transfer import TransferModel
+
 
 def _group(name: str, module_or_params, lr: float) -> dict:
+    from torch import nn
+
     params = list(module_or_params.parameters()) if isinstance(module_or_params, nn.Module) else list(module_or_params)
     return {"name": name, "params": [p for p in params if p.requires_grad], "lr": lr}
 
@@ -37,6 +43,8 @@ def frozen_backbone(model: TransferModel, spec: LRPolicySpec, base_lr: float) ->
 
 def depth_blocks(backbone: nn.Module) -> list[tuple[str, nn.Module]]:
     """The backbone's parameterised blocks from stem to top: top-level children, sequences expanded one level."""
+    from torch import nn
+
     blocks: list[tuple[str, nn.Module]] = []
     for name, child in backbone.named_children():
         if not any(True for _ in child.parameters()):
@@ -55,6 +63,8 @@ def depth_blocks(backbone: nn.Module) -> list[tuple[str, nn.Module]]:
 @LR_POLICIES.register("layerwise_decay")
 def layerwise_decay(model: TransferModel, spec: LRPolicySpec, base_lr: float) -> list[dict]:
     """Head at base LR x multiplier; each backbone block below it gets `decay` times the LR of the block above."""
+    from torch import nn
+
     model.set_backbone_frozen(False)
     blocks = depth_blocks(model.backbone)
     groups = [_group("head", model.head, base_lr * spec.multiplier)]

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
 
 from transferkit.registry import OPTIMIZERS
 from transferkit.recipe.spec import OptimizerSpec
+
+if TYPE_CHECKING:  # imported where an optimizer is built: listing them needs no torch
+    import torch
 
 
 @OPTIMIZERS.register("sgd")
 def sgd(groups: list[dict], spec: OptimizerSpec) -> torch.optim.Optimizer:
     """SGD with optional momentum and Nesterov."""
+    import torch
+
     return torch.optim.SGD(groups, lr=spec.lr, momentum=spec.momentum, weight_decay=spec.weight_decay,
                            nesterov=spec.nesterov and spec.momentum > 0)
 
@@ -18,6 +23,8 @@ def sgd(groups: list[dict], spec: OptimizerSpec) -> torch.optim.Optimizer:
 @OPTIMIZERS.register("adamw")
 def adamw(groups: list[dict], spec: OptimizerSpec) -> torch.optim.Optimizer:
     """AdamW (decoupled weight decay)."""
+    import torch
+
     return torch.optim.AdamW(groups, lr=spec.lr, betas=spec.betas, weight_decay=spec.weight_decay)
 
 

@@ -5,9 +5,10 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from transferkit.errors import SpecError
-from transferkit.recipe.messages import override_for, yaml_line_of
+from transferkit.recipe.messages import override_for, where_in_recipe, yaml_line_of
 
 if TYPE_CHECKING:
+    from transferkit.recipe.load import Recipe
     from transferkit.recipe.spec import ExperimentSpec
 
 
@@ -108,6 +109,25 @@ def check_pretrained_weights(spec, source: str = "recipe", text: str | None = No
                             f"pretrained: true in variants.{name}")
 
 
-def check_recipe(spec, source: str = "recipe", text: str | None = None, overrides: list[str] | None = None) -> None:
-    """Every cross-field check of a validated recipe (its variants included); SpecError on the first problem."""
-    check_pretrained_weights(spec, source, text, overrides)
+def check_recipe_contradictions(recipe: Recipe) -> None:
+    """Phase 'contradictions': settings that contradict each other, in the recipe as written (weights that would
+    never load), then in each variant's full spec; SpecError on the first."""
+    spec = recipe.spec
+    check_pretrained_weights(spec, recipe.source, recipe.text, recipe.overrides)
+    for name, variant in recipe.variants().items():
+        check_contradictions(variant, lambda field, n=name: where_in_recipe(recipe.source, field, n,
+                                                                               spec.base_variant))
+
+
+def device_contradictions(spec: ExperimentSpec, device_type, processes: int = 1) -> list[tuple[str, str]]:
+    """(field, message with the fix) for settings the device contradicts; `device_type()` ('cpu', 'cuda', 'mps')
+    is asked only when a rule depends on it, so a recipe that needs no device answer resolves none."""
+    found: list[tuple[str, str]] = []
+    # torchvision's deterministic roi_align on CUDA falls back to a pure-Python version far too large to use.
+    if spec.data.cache == "device" and spec.train.deterministic and device_type() == "cuda":
+        found.append(("data.cache", "device cannot crop deterministically on CUDA; set data.cache: auto (the CPU "
+                                    "crops) or train.deterministic: false"))
+    if spec.train.sync_batchnorm and processes > 1 and device_type() != "cuda":
+        found.append(("train.sync_batchnorm", f"PyTorch's SyncBatchNorm runs on CUDA only, and this run is on "
+                                              f"{device_type()}; set train.sync_batchnorm: false"))
+    return found

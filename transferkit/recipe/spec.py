@@ -1,20 +1,15 @@
-"""The recipe: pydantic models of an experiment, YAML loading, `--set` overrides and variants."""
+"""The recipe's schema: the pydantic models of an experiment, with the checks each field makes on its own value.
+
+Reading files, `--set` overrides and variants live in recipe/load.py, recipe/overrides.py and recipe/variants.py;
+the checks across fields and against the environment are the phases of run/validation.py.
+"""
 
 from __future__ import annotations
 
-import copy
 import re
-from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
-
-from transferkit.errors import SpecError
-from transferkit.recipe.merge import deep_merge
-from transferkit.recipe.presets import with_preset
-from transferkit.recipe.messages import describe_validation_error, yaml_line_of
-from transferkit.recipe.paths import resolve_override_paths, resolve_recipe_paths
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
 
@@ -291,152 +286,23 @@ class ExperimentSpec(_Spec):
         return {"name": value} if isinstance(value, str) else value
 
 
-def parse_override(text: str) -> tuple[list[str], Any]:
-    """'a.b=c' -> (['a', 'b'], c) with c read as a YAML scalar (so numbers, booleans and lists work)."""
-    if "=" not in text:
-        raise SpecError(f"--set {text!r}: expected KEY=VALUE, e.g. --set optimizer.lr=0.01")
-    key, _, raw = text.partition("=")
-    path = [p for p in key.strip().split(".")]
-    if not all(path):
-        raise SpecError(f"--set {text!r}: empty key part; write dotted keys like train.epochs=3")
-    try:
-        value = yaml.safe_load(raw) if raw.strip() else None
-    except yaml.YAMLError:
-        value = raw
-    return path, value
+# Names that lived here before loading moved out of the schema, kept importable for existing code.
+_MOVED = {"load_recipe": "load:parse_recipe", "validate": "load:validate", "read_yaml": "yaml_io:read_yaml",
+          "dump_yaml": "yaml_io:dump_yaml", "UniqueKeyLoader": "yaml_io:UniqueKeyLoader",
+          "apply_overrides": "overrides:apply_overrides", "parse_override": "overrides:parse_override",
+          "variant_of": "variants:variant_of", "variant_names": "variants:variant_names",
+          "deep_merge": "merge:deep_merge", "yaml_line_of": "messages:yaml_line_of"}
 
 
-SHORTHANDS = {("task",): "name", ("data", "labels"): "file"}  # `task: multi_label` means {name: multi_label}
+def __getattr__(name: str):
+    """`from transferkit.recipe.spec import load_recipe` (and the other moved names) still works."""
+    if name not in _MOVED:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
+
+    module, _, attr = _MOVED[name].partition(":")
+    return getattr(importlib.import_module(f"transferkit.recipe.{module}"), attr)
 
 
-def apply_overrides(raw: dict, overrides: list[str]) -> dict:
-    """`raw` with each `--set a.b=c` applied; validation of the result happens afterwards."""
-    result = copy.deepcopy(raw)
-    for text in overrides:
-        path, value = parse_override(text)
-        node = result
-        for depth, part in enumerate(path[:-1]):
-            keys = tuple(p for p in path[:depth + 1] if p != "variants")[-2:]
-            shorthand = SHORTHANDS.get(keys) or SHORTHANDS.get(keys[-1:])
-            if isinstance(node.get(part), str) and shorthand:  # --set task.loss=l1 keeps `task: regression`
-                node[part] = {shorthand: node[part]}
-            if not isinstance(node.get(part), dict):
-                node[part] = {}
-            node = node[part]
-        node[path[-1]] = value
-    return result
-
-
-class UniqueKeyLoader(yaml.SafeLoader):
-    """yaml.SafeLoader that refuses a key given twice in one mapping instead of keeping the last."""
-
-    def construct_mapping(self, node, deep=False):
-        seen = set()
-        for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=deep)
-            if key in seen:
-                raise yaml.constructor.ConstructorError(
-                    None, None, f"key '{key}' appears twice in one mapping; keep one", key_node.start_mark)
-            seen.add(key)
-        return super().construct_mapping(node, deep=deep)
-
-
-def read_yaml(path: str | Path) -> dict:
-    """Read a recipe file with yaml.safe_load; SpecError naming the file and line on any problem."""
-    path = Path(path)
-    if not path.is_file():
-        raise SpecError(f"{path}: recipe file not found; check the path (or name a registered recipe)")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise SpecError(f"{path}: cannot read recipe ({exc})") from None
-    try:
-        data = yaml.load(text, Loader=UniqueKeyLoader)  # a SafeLoader that also refuses duplicate keys
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        if "appears twice" in problem:  # UniqueKeyLoader: the message already says the fix
-            raise SpecError(f"{path}{where}: {problem}") from None
-        raise SpecError(f"{path}{where}: YAML syntax error: {problem}; fix the recipe's indentation or quoting") from None
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        kind = {"str": "string", "int": "number", "float": "number", "bool": "boolean"}.get(
-            type(data).__name__, type(data).__name__)
-        raise SpecError(f"{path}: the recipe's top level must be a mapping of keys (name:, backbone:, ...), "
-                        f"not a {kind}")
-    return data
-
-
-def validate(raw: dict, source: str = "recipe", text: str | None = None,
-             overrides: list[str] | None = None) -> ExperimentSpec:
-    """Validate a raw recipe dict, variants included; SpecError naming field, line (or `--set`) and fix otherwise."""
-    try:
-        spec = ExperimentSpec.model_validate(with_preset(raw))
-    except ValidationError as exc:
-        raise SpecError(describe_validation_error(exc, ExperimentSpec, source, text, overrides=overrides)) from None
-    if spec.base_variant in spec.variants:
-        line = yaml_line_of(text, ("variants", spec.base_variant))
-        raise SpecError(f"{source}{line}: variants.{spec.base_variant}: the name clashes with base_variant "
-                        f"'{spec.base_variant}'; rename the variant or set base_variant")
-    for name in spec.variants:
-        variant_of(spec, name, source=source, text=text, overrides=overrides)
-    from transferkit.recipe.check import check_recipe
-
-    check_recipe(spec, source=source, text=text, overrides=overrides)
-    return spec
-
-
-def variant_of(spec: ExperimentSpec, name: str, source: str = "recipe", text: str | None = None,
-               overrides: list[str] | None = None) -> ExperimentSpec:
-    """The full spec of variant `name`: the base merged with its overrides, without further variants."""
-    if name == spec.base_variant:
-        return spec.model_copy(update={"variants": {}})
-    if name not in spec.variants:
-        from transferkit.registry import suggest
-        raise SpecError(f"unknown variant '{name}'{suggest(name, [spec.base_variant, *spec.variants])}; "
-                        f"variants are: {', '.join([spec.base_variant, *spec.variants])}")
-    override = spec.variants[name]
-    for key in ("variants", "base_variant"):
-        if key in override:
-            line = yaml_line_of(text, ("variants", name, key))
-            raise SpecError(f"{source}{line}: variants.{name}.{key}: a variant may not set '{key}' "
-                            f"(variants do not nest); remove that key from variants.{name}")
-    base = spec.model_dump(mode="python", exclude={"variants"})
-    try:
-        return ExperimentSpec.model_validate(deep_merge(base, with_preset(override)))
-    except ValidationError as exc:
-        raise SpecError(describe_validation_error(exc, ExperimentSpec, source, text,
-                                                  prefix=("variants", name), overrides=overrides)) from None
-
-
-def variant_names(spec: ExperimentSpec) -> list[str]:
-    """The base run's name followed by the variants', in recipe order."""
-    return [spec.base_variant, *spec.variants]
-
-
-def load_recipe(path_or_name: str | Path, overrides: list[str] | None = None) -> ExperimentSpec:
-    """Load a recipe file (or a plugin-registered recipe name), apply `--set` overrides, validate."""
-    path = Path(path_or_name)
-    if not path.exists():
-        from transferkit.registry import RECIPES
-        if str(path_or_name) in RECIPES:
-            path = Path(RECIPES.get(str(path_or_name)))
-    raw = resolve_recipe_paths(read_yaml(path), path.parent)  # a recipe's paths: relative to its folder
-    if not raw and not overrides:
-        raise SpecError(f"{path}: the recipe is empty; give at least data.root (a folder with train/ and test/ "
-                        f"class folders); every key is in docs/recipe.md")
-    text = path.read_text(encoding="utf-8")
-    applied = resolve_override_paths(overrides or [], Path.cwd())  # --set paths: relative to the working dir
-    return validate(apply_overrides(raw, applied), source=str(path), text=text, overrides=overrides)
-
-
-def dump_yaml(spec: ExperimentSpec) -> str:
-    """The spec as YAML (tuples as lists), readable back by load_recipe."""
-    return yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False)
-
-
-__all__ = ["ExperimentSpec", "TaskSpec", "LabelTableSpec", "BackboneSpec", "HeadSpec", "DataSpec", "OptimizerSpec", "LRPolicySpec",
-           "ScheduleSpec", "TrainSpec", "load_recipe", "validate", "variant_of", "variant_names",
-           "apply_overrides", "read_yaml", "dump_yaml", "deep_merge", "yaml_line_of"]
+__all__ = ["ExperimentSpec", "TaskSpec", "LabelTableSpec", "BackboneSpec", "HeadSpec", "DataSpec", "AugmentSpec", "OptimizerSpec", "LRPolicySpec",
+           "ScheduleSpec", "EarlyStoppingSpec", "EMASpec", "TrainSpec", "parse_duration"]

@@ -165,11 +165,8 @@ def assemble(spec: ExperimentSpec, console: Console, progress: bool = True,
     placement = placement or Placement()
     placement.check_batch(spec.data.batch_size)
     device = placement.device(resolve_device(spec.train.device))
-    if spec.train.sync_batchnorm and placement.distributed and device.type != "cuda":
-        raise SpecError(f"train.sync_batchnorm: PyTorch's SyncBatchNorm runs on CUDA only, and this run is on "
-                        f"{device.type}; set train.sync_batchnorm: false")
+    DataPlan.refuse_contradictions(spec, device, placement.world_size if placement.distributed else 1)
     precision = resolve_precision(spec.train.precision, device)
-    DataPlan.refuse_contradictions(spec, device)
     built = build_variant(spec)
     model, splits, groups = built.model, built.splits, built.param_groups
     class_weights = loss_weights(spec.train.class_weights, spec.train.class_weight_power,

@@ -31,10 +31,10 @@ from transferkit.inference.evaluate import evaluate_run_dir
 from transferkit.files import atomic_write_text
 from transferkit.optim.lr_policies import describe_groups
 from transferkit.plugins import load_plugins
-from transferkit.recipe.check import check_contradictions
-from transferkit.recipe.messages import where_in_recipe
-from transferkit.recipe.spec import (ExperimentSpec, apply_overrides, dump_yaml, load_recipe, parse_duration, validate,
-                                     variant_names, variant_of)
+from transferkit.recipe.load import check_schema, read_recipe, recipe_of_dict
+from transferkit.recipe.spec import ExperimentSpec, parse_duration
+from transferkit.recipe.variants import variant_names, variant_of
+from transferkit.recipe.yaml_io import dump_yaml
 from transferkit.run import report
 from transferkit.run.assemble import Assembled, assemble
 from transferkit.run.probe import probe_head
@@ -42,33 +42,31 @@ from transferkit.run.validation_fit import fit_task_to_validation
 from transferkit.run.results import ExperimentResult, VariantResult, read_summary, write_summary
 from transferkit.rundir import RunDir, RunRoot
 from transferkit.signals import GracefulStop, RunInterrupted
-from transferkit.run.preflight import preflight
+from transferkit.run.validation import check_device, validate_spec
 
 
 class Experiment:
     """A recipe ready to run: `Experiment.from_yaml(path).run()` trains every variant and compares them."""
 
     def __init__(self, spec: ExperimentSpec, source: str = "recipe", overrides: list[str] | None = None):
-        load_plugins()
-        self.spec = spec
+        # every phase of run/validation.py: validate and run refuse the same recipes, before any image is read
+        self.spec = validate_spec(spec, source, overrides)
         self.source = source
-        # validate and run refuse the same recipes, before any image is read
-        variants = {name: self.variant_spec(name) for name in self.variant_names}
-        preflight(variants, source, overrides)
-        for name, variant in variants.items():
-            check_contradictions(variant, lambda field, n=name: where_in_recipe(source, field, n, spec.base_variant))
 
     @classmethod
     def from_yaml(cls, path: str | Path, overrides: list[str] | None = None) -> "Experiment":
         """Load and validate a recipe file (or registered recipe name), with `--set`-style overrides."""
         load_plugins()  # a plugin may register the recipe name
-        return cls(load_recipe(path, overrides), source=str(path), overrides=overrides)
+        recipe = read_recipe(path, overrides)
+        check_schema(recipe)  # with the file's text, so schema errors name their line
+        return cls(recipe.spec, source=recipe.source, overrides=overrides)
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any], overrides: list[str] | None = None) -> "Experiment":
         """Validate a recipe given as a plain dict."""
-        return cls(validate(apply_overrides(raw, overrides or []), overrides=overrides), source="recipe",
-                   overrides=overrides)
+        recipe = recipe_of_dict(raw, overrides)
+        check_schema(recipe)
+        return cls(recipe.spec, source="recipe", overrides=overrides)
 
     @property
     def variant_names(self) -> list[str]:
@@ -95,8 +93,8 @@ class Experiment:
         if device:
             specs = [s.model_copy(update={"train": s.train.model_copy(update={"device": device})}) for s in specs]
         placement = Placement.from_env()  # under torchrun: this process's rank among all
-        for spec in specs:
-            placement.check_batch(spec.data.batch_size)
+        for spec in specs:  # the device phase again, for the device it runs on
+            check_device(spec, processes=placement.world_size)
         if not placement.is_primary:  # one process speaks and writes
             console, progress = Console(stderr=True, quiet=True), False
         if resume:  # the primary finds the run and hands it to the others (other machines may not see the folder)

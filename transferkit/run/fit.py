@@ -17,7 +17,7 @@ from transferkit.model.offline_weights import availability
 from transferkit.model.pypi_weights import PYPI_LITE_SOURCES, pypi_lite_preprocessing
 from transferkit.recipe.merge import deep_merge
 from transferkit.recipe.presets import PRESETS
-from transferkit.recipe.spec import apply_overrides, parse_override
+from transferkit.recipe.overrides import apply_overrides, parse_override
 from transferkit.registry import WEIGHT_SOURCES
 from transferkit.rundir import RunRoot
 from transferkit.tasks import task_class

@@ -1,6 +1,6 @@
-"""What a recipe is checked against before anything trains: registered names, their options, the data
-root and the backbone's weights. `Experiment` runs it for every variant when it is built, so
-`transferkit validate` and `transferkit run` refuse the same recipes, before any image is read.
+"""The checks of a recipe against what is installed and on disk: registered names, their options, the
+backbone's weights and the data root. run/validation.py runs them, for every variant, in its environment and
+data phases.
 """
 
 from __future__ import annotations
@@ -158,12 +158,4 @@ def check_weights(spec: ExperimentSpec, source: str = "recipe", variant: str = "
         raise type(exc)(f"{where('backbone.weights')}{exc}") from None
 
 
-def preflight(specs: dict[str, ExperimentSpec], source: str = "recipe", overrides: list[str] | None = None) -> None:
-    """Every check that needs the registries, the file system or the model zoo, for each variant's full spec
-    (name -> spec): names first in every variant, then options, weights and the data root."""
-    for check in (check_references, check_options, check_task, check_weights, check_data_root):
-        for variant, spec in specs.items():
-            check(spec, source, variant, overrides)
-
-
-__all__ = ["preflight", "check_references", "check_options", "check_task", "check_data_root", "check_weights"]
+__all__ = ["Where", "check_references", "check_options", "check_task", "check_data_root", "check_weights"]

@@ -12,8 +12,9 @@ from transferkit.registry import DATASETS, RECIPES
 def folder_data_spec(target: str, overrides: list[str]):
     """The spec whose `data:` section reads folder TARGET, with --set overrides (paths relative to the working
     directory)."""
+    from transferkit.recipe.load import validate
+    from transferkit.recipe.overrides import apply_overrides
     from transferkit.recipe.paths import resolve_override_paths
-    from transferkit.recipe.spec import apply_overrides, validate
 
     raw = apply_overrides({"data": {"dataset": "folder", "root": str(Path(target).absolute())}},
                           resolve_override_paths(overrides, Path.cwd()))
@@ -53,7 +54,8 @@ def splits_for(target: str, root: str | None, overrides: list[str]):
 def label_table_of(target: str, overrides: list[str]):
     """(data.labels, how the task reads it) when TARGET is a label table (.csv, read as `--set task=...` says,
     single_label by default) or a recipe naming one; else None."""
-    from transferkit.recipe.spec import ExperimentSpec, LabelTableSpec, apply_overrides
+    from transferkit.recipe.overrides import apply_overrides
+    from transferkit.recipe.spec import ExperimentSpec, LabelTableSpec
     from transferkit.run.experiment import Experiment
     from transferkit.tasks import task_class
 

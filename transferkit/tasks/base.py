@@ -6,11 +6,10 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 import numpy as np
-import torch
-from torch import nn
 
 from transferkit.errors import SpecError
 from transferkit.registry import TASKS
+from transferkit.tasks.lazy_torch import nn, torch
 
 
 class Task:

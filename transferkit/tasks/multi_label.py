@@ -3,25 +3,11 @@
 from __future__ import annotations
 
 import numpy as np
-import torch
-from torch import nn
 
 from transferkit.errors import SpecError
 from transferkit.registry import TASKS
 from transferkit.tasks.base import Task
-
-
-class _BCEPerExample(nn.Module):
-    """Binary cross-entropy with logits, averaged over the labels of each example."""
-
-    def __init__(self, pos_weight: torch.Tensor | None = None):
-        super().__init__()
-        self.register_buffer("pos_weight", pos_weight)
-
-    def forward(self, logits, targets):
-        losses = nn.functional.binary_cross_entropy_with_logits(logits.float(), targets.float(), reduction="none",
-                                                                pos_weight=self.pos_weight)
-        return losses.mean(dim=1)
+from transferkit.tasks.lazy_torch import nn, torch
 
 
 def average_precisions(scores: np.ndarray, targets: np.ndarray) -> list[float | None]:
@@ -101,7 +87,9 @@ class MultiLabel(Task):
 
     def criterion(self, class_weights=None) -> nn.Module:
         weight = torch.tensor(self.pos_weight, dtype=torch.float32) if self.pos_weight else None
-        return _BCEPerExample(weight)
+        from transferkit.tasks.losses import BCEPerExample
+
+        return BCEPerExample(weight)
 
     def eval_losses(self, logits, targets):
         return nn.functional.binary_cross_entropy_with_logits(logits.float(), targets.float(),

@@ -3,32 +3,10 @@
 from __future__ import annotations
 
 import numpy as np
-import torch
-from torch import nn
 
 from transferkit.registry import TASKS
 from transferkit.tasks.base import Task
-
-
-class _StandardisedLoss(nn.Module):
-    """A regression loss on targets standardised with the training mean and std, averaged over the outputs."""
-
-    def __init__(self, kind: str, mean: list[float], std: list[float], delta: float = 1.0):
-        super().__init__()
-        self.kind, self.delta = kind, delta
-        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32))
-        self.register_buffer("std", torch.tensor(std, dtype=torch.float32))
-
-    def forward(self, outputs, targets):
-        standardised = (targets.float() - self.mean) / self.std
-        outputs = outputs.float()
-        if self.kind == "l1":
-            losses = nn.functional.l1_loss(outputs, standardised, reduction="none")
-        elif self.kind == "huber":
-            losses = nn.functional.huber_loss(outputs, standardised, reduction="none", delta=self.delta)
-        else:
-            losses = nn.functional.mse_loss(outputs, standardised, reduction="none")
-        return losses.mean(dim=1)
+from transferkit.tasks.lazy_torch import nn, torch
 
 
 @TASKS.register("regression", origin="transferkit")
@@ -53,8 +31,10 @@ class Regression(Task):
         std = values.std(axis=0)
         self.mean, self.std = values.mean(axis=0).tolist(), np.where(std > 0, std, 1.0).tolist()
 
-    def _loss(self) -> _StandardisedLoss:
-        return _StandardisedLoss(self.loss_name, self.mean, self.std, self.spec.huber_delta)
+    def _loss(self) -> StandardisedLoss:
+        from transferkit.tasks.losses import StandardisedLoss
+
+        return StandardisedLoss(self.loss_name, self.mean, self.std, self.spec.huber_delta)
 
     def criterion(self, class_weights=None) -> nn.Module:
         return self._loss()

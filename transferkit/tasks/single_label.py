@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import numpy as np
-import torch
-from torch import nn
 
 from transferkit.registry import TASKS
 from transferkit.tasks.base import Task
+from transferkit.tasks.lazy_torch import nn, torch
 
 
 @TASKS.register("single_label", origin="transferkit")

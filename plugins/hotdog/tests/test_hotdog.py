@@ -30,7 +30,10 @@ from transferkit.optim.lr_policies import build_param_groups, describe_groups  #
 from transferkit.model.transfer import TransferModel  # noqa: E402
 from transferkit.data.preview import LABEL_HEIGHT  # noqa: E402
 from transferkit.registry import DATASETS, RECIPES  # noqa: E402
-from transferkit.recipe.spec import DataSpec, load_recipe, read_yaml, variant_of  # noqa: E402
+from transferkit import load_recipe  # noqa: E402
+from transferkit.recipe.spec import DataSpec  # noqa: E402
+from transferkit.recipe.variants import variant_of  # noqa: E402
+from transferkit.recipe.yaml_io import read_yaml  # noqa: E402
 from transferkit import testing  # noqa: E402
 from transferkit.testing import LocalServer, sha1_of  # noqa: E402
 
