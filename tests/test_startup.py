@@ -49,6 +49,7 @@ def test_importing_the_cli_imports_no_torch():
 
 @pytest.mark.parametrize("args", [["--help"], ["list-heads"], ["list-tasks"], ["list-datasets"],
                                   ["list-lr-policies"], ["list-optimizers"], ["list-schedules"], ["list-weights"],
+                                  ["list-callbacks"], ["list-loggers"],
                                   ["schema"]])
 def test_help_and_listings_import_no_torch(tmp_path, args):
     code, heavy, err = probe(*args, cache=tmp_path / "zoo")

@@ -32,8 +32,6 @@ QUIET = Console(quiet=True)
 class Snapshots(Callback):
     """Copies of the model's state after every epoch."""
 
-    order = 100
-
     def __init__(self):
         self.states = []
 
@@ -47,8 +45,7 @@ def test_backbone_is_frozen_for_the_first_epochs_then_trains(image_root):
     snapshots = Snapshots()
     parts = assemble(spec, QUIET, progress=False, callbacks=[snapshots])
     from transferkit.callbacks.freeze_schedule import FreezeSchedule
-    parts.trainer.callbacks.append(FreezeSchedule(1))
-    parts.trainer.callbacks.sort(key=lambda cb: cb.order)
+    parts.trainer.callbacks.insert(0, FreezeSchedule(1))  # before the snapshots, as the connector orders it
     names = [g["name"] for g in parts.trainer.optimizer.param_groups]
     assert names == ["backbone", "head"]  # both groups exist from step 0
     initial = {k: v.detach().clone() for k, v in parts.trainer.model.state_dict().items()}

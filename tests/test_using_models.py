@@ -251,3 +251,64 @@ def test_inputs_from_files_folders_lists_and_stdin(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(DataError, match="no image files"):
         collect_inputs([str(tmp_path / "empty")])
+
+
+def test_a_108_megapixel_photo_is_predicted_from_a_reduced_draft_and_the_limit_is_overridable(trained, tmp_path):
+    photos = tmp_path / "phone"
+    photos.mkdir()
+    Image.new("RGB", (12000, 9000), (40, 60, 200)).save(photos / "huge.jpg", quality=50)  # 108 Mpx, ~1 MB
+    shutil.copy(next((trained["photos"] / "a").glob("a_*.jpg")), photos / "small.jpg")
+    preds = tmp_path / "preds.csv"
+    result = run_cli("predict", str(trained["run_root"]), str(photos), "--output", str(preds))
+    assert result.returncode == 0, result.stderr
+    rows = {Path(r["path"]).name: r for r in read_csv(preds)}
+    assert rows["huge.jpg"]["label"] in CLASSES and not rows["huge.jpg"]["error"], rows
+
+    # the guard against bombs stays: an image decoding (after the 1/8 draft: 1500x1125) over the limit is refused
+    result = run_cli("predict", str(trained["run_root"]), str(photos), "--output", str(preds), "--overwrite",
+                     env={"TRANSFERKIT_MAX_IMAGE_PIXELS": "1000000"})
+    assert result.returncode == 1, result.stderr
+    rows = {Path(r["path"]).name: r for r in read_csv(preds)}
+    assert "1500x1125 = 1687500 pixels to decode, over the limit of 1000000" in rows["huge.jpg"]["error"]
+    assert "raise TRANSFERKIT_MAX_IMAGE_PIXELS" in rows["huge.jpg"]["error"] and not rows["small.jpg"]["error"]
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning")  # torch.jit.trace announces its deprecation
+def test_the_torchscript_export_predicts_and_evaluates_like_its_checkpoint(trained, tmp_path):
+    import transferkit
+
+    scripted = tmp_path / "model.pt"
+    result = run_cli("export", str(trained["variant"]), "--format", "torchscript", "--output", str(scripted))
+    assert result.returncode == 0, result.stderr
+    photos = make_image_folder(tmp_path / "clean", classes=CLASSES, per_class=(0, 2), seed=3) / "test"
+    labels = {}
+    for model in (trained["variant"], scripted):
+        preds = tmp_path / f"{model.name}.csv"
+        result = run_cli("predict", str(model), str(photos), "--output", str(preds))
+        assert result.returncode == 0, result.stderr
+        labels[model.name] = {r["path"]: (r["label"], round(float(r["probability"]), 4)) for r in read_csv(preds)}
+    assert labels["model.pt"] == labels[trained["variant"].name] and len(labels["model.pt"]) == 10
+
+    result = run_cli("evaluate", str(scripted), "--data", str(photos.parent), "--output", str(tmp_path / "ev"))
+    assert result.returncode == 0, result.stderr
+    metrics = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    assert metrics["images"] == 10
+    loaded = transferkit.load(scripted)
+    assert loaded.classes == list(CLASSES) and type(loaded.predictor).__name__ == "TorchScriptPredictor"
+    assert run_cli("export", str(scripted)).returncode == 2
+
+
+def test_a_folder_with_some_of_the_models_classes_is_evaluated_naming_the_absent_ones(trained, tmp_path):
+    subset = tmp_path / "subset"
+    for name in ("a", "c"):
+        shutil.copytree(trained["data"] / "test" / name, subset / name)
+    result = run_cli("evaluate", str(trained["variant"]), "--data", str(subset), "--output", str(tmp_path / "ev"))
+    assert result.returncode == 0, result.stderr
+    assert "3 of the model's 5 classes absent (b, d, e); evaluated on the 2 present" in result.stderr
+    metrics = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    assert metrics["images"] == 6 and metrics["absent_classes"] == ["b", "d", "e"]
+    rows = {row["class"]: row for row in metrics["per_class"]}
+    assert [rows[name]["support"] for name in CLASSES] == [3, 0, 3, 0, 0]
+    assert metrics["macro_avg"]["recall"] == pytest.approx((rows["a"]["recall"] + rows["c"]["recall"]) / 2)
+    correct = sum(r["predicted_label"] == r["true_label"] for r in read_csv(tmp_path / "ev" / "predictions.csv"))
+    assert metrics["top1_accuracy"] == pytest.approx(correct / 6)

@@ -7,10 +7,12 @@ Importing the package registers the built-ins and imports no torch; `Experiment`
 from transferkit.model import heads, pypi_weights  # noqa: F401  (register the built-ins)
 from transferkit.optim import lr_policies, optimizers  # noqa: F401
 from transferkit.data import folder  # noqa: F401
+from transferkit.callbacks import metrics_log, mlflow_logger, tensorboard, wandb_logger  # noqa: F401
 from transferkit import tasks  # noqa: F401
 from transferkit.errors import TransferkitError
 from transferkit.plugins import load_plugins
-from transferkit.registry import BACKBONES, DATASETS, HEADS, LR_POLICIES, OPTIMIZERS, RECIPES, TASKS, WEIGHT_SOURCES, Registry
+from transferkit.registry import (BACKBONES, CALLBACKS, DATASETS, HEADS, LOGGERS, LR_POLICIES, OPTIMIZERS, RECIPES,
+                                  TASKS, WEIGHT_SOURCES, Registry)
 from transferkit.recipe.spec import ExperimentSpec
 
 __version__ = "0.1.0"
@@ -33,4 +35,4 @@ def __getattr__(name: str):
 
 __all__ = ["Experiment", "ExperimentResult", "VariantResult", "ExperimentSpec", "load_recipe", "load_plugins",
            "Registry", "BACKBONES", "HEADS", "DATASETS", "LR_POLICIES", "OPTIMIZERS", "WEIGHT_SOURCES", "RECIPES",
-           "TASKS", "TransferkitError", "load", "__version__"]
+           "TASKS", "CALLBACKS", "LOGGERS", "TransferkitError", "load", "__version__"]

@@ -147,8 +147,7 @@ def lr_find(recipe: str = typer.Argument(..., help="recipe YAML file, or a plugi
             progress: bool = typer.Option(True, "--progress/--no-progress", help="show progress bars")) -> None:
     """Sweep the learning rate on a copy of the model and suggest one; writes a PNG, leaves no run behind."""
     api = _api()
-    from transferkit.run.assemble import assemble
-    from transferkit.run.lr_find import sweep_lr, write_plot
+    from transferkit.run.lr_find import sweep_recipe, write_plot
 
     experiment = api.Experiment.from_yaml(recipe, set_)
     spec = experiment.variant_spec(variant or experiment.spec.base_variant)
@@ -156,11 +155,14 @@ def lr_find(recipe: str = typer.Argument(..., help="recipe YAML file, or a plugi
         spec = spec.model_copy(update={"train": spec.train.model_copy(update={"device": device})})
     if not 0 < start_lr < end_lr:
         raise TransferkitError(f"--start-lr {start_lr} / --end-lr {end_lr}: need 0 < start < end, e.g. 1e-7 and 10")
-    parts = assemble(spec, err, progress)
-    result = sweep_lr(parts.trainer, parts.train_loader, spec.optimizer.lr, start_lr, end_lr, steps)
+    result = sweep_recipe(spec, err, progress, start_lr, end_lr, steps)
     write_plot(result, output, f"{spec.name}: lr-find ({len(result.lrs)} updates)")
     err.print(f"lr-find: {len(result.lrs)} updates from {result.lrs[0]:.1e} to {result.lrs[-1]:.1e}; loss curve in "
               f"{output}", highlight=False, soft_wrap=True)
+    if result.suggestion is None:
+        err.print(f"lr-find: no suggestion: {result.warning}; keep optimizer.lr ({spec.optimizer.lr:g}), or sweep "
+                  f"again with more --steps or a larger data.batch_size", highlight=False, soft_wrap=True)
+        return
     out.print(f"--set optimizer.lr={result.suggestion:.3g}", markup=False, highlight=False)
 
 
@@ -258,6 +260,22 @@ def list_lr_policies() -> None:
 def list_optimizers() -> None:
     """List the registered optimizers."""
     _print_registry(_api().OPTIMIZERS)
+
+
+@app.command("list-callbacks")
+def list_callbacks() -> None:
+    """List the registered callbacks a recipe's train.callbacks may name (plugins add them)."""
+    callbacks = _api().CALLBACKS
+    if not len(callbacks):
+        err.print("no callbacks registered; a plugin adds them (docs/callbacks.md)", markup=False)
+        return
+    _print_registry(callbacks)
+
+
+@app.command("list-loggers")
+def list_loggers() -> None:
+    """List the registered loggers a recipe's train.loggers may name."""
+    _print_registry(_api().LOGGERS)
 
 
 SCHEDULE_HELP = {"constant": "the base LR throughout (after any warm-up)",
@@ -396,7 +414,7 @@ def check_data(target: str = typer.Argument(..., metavar="TARGET", autocompletio
 
 
 @app.command()
-def evaluate(model: str = typer.Argument(..., help="run directory (runs/<name>/<variant>), checkpoint, or .onnx file"),
+def evaluate(model: str = typer.Argument(..., help="run directory (runs/<name>/<variant>), checkpoint, or exported .onnx or TorchScript file"),
              data: Optional[Path] = typer.Option(None, "--data", help="folder of class sub-folders (or one with test/, val/); "
                                                                      "default: the split the run trained with"),
              split: str = typer.Option("test", "--split", help="test or val"),
@@ -420,7 +438,7 @@ def evaluate(model: str = typer.Argument(..., help="run directory (runs/<name>/<
 
 
 @app.command()
-def predict(model: str = typer.Argument(..., help="run directory, checkpoint (.pt) or exported .onnx file"),
+def predict(model: str = typer.Argument(..., help="run directory, checkpoint (.pt), or exported .onnx or TorchScript file"),
             inputs: list[str] = typer.Argument(..., help="image files, folders, .txt files of paths, or - for stdin"),
             top_k: int = typer.Option(5, "--top-k", min=1, help="labels and probabilities per row"),
             output: Optional[Path] = typer.Option(None, "--output", "-o", help="preds.csv or preds.jsonl; "
@@ -456,7 +474,9 @@ def export(model: str = typer.Argument(..., help="run directory or checkpoint"),
     from transferkit.inference.export import TOLERANCE, export_model
     from transferkit.inference.torch_predictor import TorchPredictor
 
-    if Path(model).suffix.lower() == ".onnx":
+    from transferkit.inference.torchscript_predictor import is_torchscript
+
+    if Path(model).suffix.lower() == ".onnx" or (Path(model).is_file() and is_torchscript(Path(model))):
         raise TransferkitError(f"{model}: already an exported model; export takes a run directory or checkpoint")
     result = export_model(TorchPredictor(read_checkpoint(model), "cpu"), format, output, check)
     if result.checked:

@@ -18,7 +18,7 @@ DISABLE_ENV = "TRANSFERKIT_DISABLE_PLUGIN_AUTOLOAD"
 _REGISTRIES = {"backbones": registry.BACKBONES, "heads": registry.HEADS, "datasets": registry.DATASETS,
                "lr_policies": registry.LR_POLICIES, "optimizers": registry.OPTIMIZERS,
                "weight_sources": registry.WEIGHT_SOURCES, "recipes": registry.RECIPES,
-               "tasks": registry.TASKS}
+               "tasks": registry.TASKS, "callbacks": registry.CALLBACKS, "loggers": registry.LOGGERS}
 
 
 @dataclass

@@ -135,6 +135,8 @@ OPTIMIZERS = Registry("optimizer", "list-optimizers")
 WEIGHT_SOURCES = Registry("weight source", "list-weights")
 RECIPES = Registry("recipe", "list-recipes")
 TASKS = Registry("task", "list-tasks")
+CALLBACKS = Registry("callback", "list-callbacks")  # train.callbacks: made as item(run, options) -> Callback
+LOGGERS = Registry("logger", "list-loggers")  # train.loggers: the same, built on the primary process only
 
 
 _strict: dict[type, type] = {}

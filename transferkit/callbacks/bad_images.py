@@ -4,16 +4,22 @@ from __future__ import annotations
 
 from typing import Callable
 
-from transferkit.engine.callbacks import Callback
+from transferkit.engine.callbacks import Callback, RunContext
 
 
 class BadImageReport(Callback):
     """Prints each newly skipped file once and keeps the list for the summary."""
 
-    order = 40
-
     def __init__(self, notify: Callable[[str], None]):
         self.notify, self.skipped = notify, []
+
+    @classmethod
+    def from_run(cls, run: RunContext) -> "BadImageReport | None":
+        """On the primary process, which speaks for all."""
+        if not run.placement.is_primary:
+            return None
+        return cls(lambda message: run.console.print(f"[yellow]skipped unreadable image[/] {message}",
+                                                     highlight=False))
 
     def on_epoch_end(self, trainer, epoch: int, row: dict) -> None:
         for bad in trainer.last_bad:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from transferkit.engine.callbacks import Callback
+from transferkit.engine.callbacks import Callback, RunContext
 
 
 class BestTracker(Callback):
@@ -13,12 +13,17 @@ class BestTracker(Callback):
     With `metric` None there is no selection: every epoch counts as the best so far (best.pt = last epoch).
     """
 
-    order = 20  # after EMA has added its metrics, before early stopping and checkpoints read the verdict
-
     def __init__(self, metric: str | None, min_delta: float = 0.0, mode: str | None = None):
         self.metric, self.min_delta = metric, min_delta
         self.mode = mode or ("min" if metric and metric.endswith("loss") else "max")  # the task says (mae: min)
         self.best, self.best_epoch, self.source, self.improved = None, 0, "raw", False
+
+    @classmethod
+    def from_run(cls, run: RunContext) -> "BestTracker":
+        """Always on: best.pt and early stopping read its verdict."""
+        stop, task = run.spec.train.early_stopping, run.task
+        mode = task.metrics.get(run.selection.partition("_")[2]) if run.selection and task else None  # mae: min
+        return cls(run.selection, stop.min_delta if stop else 0.0, mode)
 
     def _better(self, value: float, than: float | None) -> bool:
         if than is None:

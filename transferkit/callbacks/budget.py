@@ -5,7 +5,8 @@ from __future__ import annotations
 import math
 import time
 
-from transferkit.engine.callbacks import Callback
+from transferkit.engine.callbacks import Callback, RunContext
+from transferkit.recipe.spec import parse_duration
 
 FINISH_SHARE = 0.05  # of the budget, kept for writing the final files and the closing evaluation
 
@@ -16,13 +17,16 @@ class Budget(Callback):
     and re-sizes the schedule to the new length so it still anneals to its end. Each later epoch re-checks
     the pace, and stops early if the epochs got slower."""
 
-    order = 5
-
     def __init__(self, seconds: float, started: float | None = None):
         self.seconds, self.started = seconds, started if started is not None else time.monotonic()
         self.decided: int | None = None
         self.spent_before = 0.0  # by earlier processes of a resumed run
         self.note = ""
+
+    @classmethod
+    def from_run(cls, run: RunContext) -> "Budget | None":
+        """On when train.budget is set; counted from the variant's start."""
+        return cls(parse_duration(run.spec.train.budget), run.started) if run.spec.train.budget else None
 
     def spent(self) -> float:
         """Seconds of the budget used so far."""

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from transferkit.callbacks.best import BestTracker
 from transferkit.callbacks.ema import EMA
-from transferkit.engine.callbacks import Callback
+from transferkit.engine.callbacks import Callback, RunContext
 from transferkit.engine.trainer import Trainer
 from transferkit.files import atomic_torch_save
 from transferkit.model.checkpoint_format import checkpoint_identity, load_checkpoint  # noqa: F401  (its callers know it from here)
@@ -51,12 +51,15 @@ class Checkpoint(Callback):
     processes every one runs it (the trainer's state gathers each one's RNG state) and the primary writes.
     """
 
-    order = 50
-
     def __init__(self, run_dir: Path, spec: ExperimentSpec, classes: list[str], preprocessing: Preprocessing):
         self.run_dir, self.spec, self.classes, self.preprocessing = run_dir, spec, list(classes), preprocessing
         self.files = RunDir(run_dir)
         self.keep = spec.train.keep
+
+    @classmethod
+    def from_run(cls, run: RunContext) -> "Checkpoint | None":
+        """On unless train.checkpoint is false; on every process (each contributes its RNG state)."""
+        return cls(run.run_dir, run.spec, run.classes, run.preprocessing) if run.spec.train.checkpoint else None
 
     def _identity(self, trainer: Trainer) -> dict:
         task = trainer.task  # its name, outputs and state (thresholds, target scale) travel with the weights

@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 from transferkit.callbacks.best import BestTracker
-from transferkit.engine.callbacks import Callback
+from transferkit.engine.callbacks import Callback, RunContext
 
 
 class EarlyStopping(Callback):
     """Counts epochs without improvement (as BestTracker judges it) and stops the fit at `patience`."""
 
-    order = 30
-
     def __init__(self, patience: int):
         self.patience, self.waited, self.stopped_epoch = patience, 0, 0
+
+    @classmethod
+    def from_run(cls, run: RunContext) -> "EarlyStopping | None":
+        """On when train.early_stopping is set."""
+        stop = run.spec.train.early_stopping
+        return cls(stop.patience) if stop else None
 
     def on_epoch_end(self, trainer, epoch: int, row: dict) -> None:
         tracker = trainer.callback(BestTracker)

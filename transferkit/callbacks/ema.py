@@ -4,19 +4,22 @@ from __future__ import annotations
 
 import torch
 
-from transferkit.engine.callbacks import Callback
+from transferkit.engine.callbacks import Callback, RunContext
 
 
 class EMA(Callback):
     """avg = decay x avg + (1 - decay) x weights after every optimizer update; buffers (batch-norm statistics)
     are copied. After each split's evaluation the averaged weights are evaluated too, as ema_<split>_*."""
 
-    order = 10
-
     def __init__(self, decay: float):
         self.decay = decay
         self.shadow: dict[str, torch.Tensor] | None = None
         self._pairs: tuple[list, list, list, list] = ([], [], [], [])
+
+    @classmethod
+    def from_run(cls, run: RunContext) -> "EMA | None":
+        """On when train.ema is set."""
+        return cls(run.spec.train.ema.decay) if run.spec.train.ema else None
 
     def on_fit_start(self, trainer) -> None:
         state = trainer.model.state_dict()  # tensors sharing the model's storage, valid for the whole fit

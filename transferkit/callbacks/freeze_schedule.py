@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from transferkit.engine.callbacks import Callback
+from transferkit.engine.callbacks import Callback, RunContext
 
 
 class FreezeSchedule(Callback):
@@ -12,10 +12,13 @@ class FreezeSchedule(Callback):
     the schedule and a resume see the same groups throughout. Stateless: the epoch decides.
     """
 
-    order = -10
-
     def __init__(self, frozen_epochs: int):
         self.frozen_epochs = frozen_epochs
+
+    @classmethod
+    def from_run(cls, run: RunContext) -> "FreezeSchedule | None":
+        """On when train.freeze_epochs is set."""
+        return cls(run.spec.train.freeze_epochs) if run.spec.train.freeze_epochs else None
 
     def on_epoch_start(self, trainer, epoch: int) -> None:
         trainer.model.set_backbone_frozen(epoch <= self.frozen_epochs)

@@ -1,4 +1,4 @@
-"""Per-epoch metrics: metrics.json and metrics.csv in the run directory, and one line on the console."""
+"""Per-epoch metrics: one line on the console, and metrics.json and metrics.csv in the run directory (the csv logger)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,9 @@ import json
 from pathlib import Path
 from typing import Callable
 
-from transferkit.engine.callbacks import Callback
+from transferkit.engine.callbacks import Callback, RunContext
 from transferkit.files import atomic_write_text
+from transferkit.registry import LOGGERS
 from transferkit.rundir import RunDir
 
 
@@ -27,16 +28,22 @@ def write_metrics(run_dir: Path, history: list[dict]) -> None:
     atomic_write_text(files.metrics_csv, out.getvalue())
 
 
-class MetricsLog(Callback):
-    """Hands each epoch's row to `line`, then rewrites metrics.json/.csv (atomically); before the checkpoints, so
-    the finished epoch is on screen even when its checkpoint cannot be written."""
+class EpochLine(Callback):
+    """Hands each epoch's row, with what the callbacks added to it, to `line` (the console line of every run)."""
 
-    order = 45
-
-    def __init__(self, run_dir: Path, line: Callable[[dict], None], write_files: bool = True):
-        self.run_dir, self.line, self.write_files = run_dir, line, write_files
+    def __init__(self, line: Callable[[dict], None]):
+        self.line = line
 
     def on_epoch_end(self, trainer, epoch: int, row: dict) -> None:
         self.line(row)
-        if self.write_files:
-            write_metrics(self.run_dir, trainer.history)
+
+
+@LOGGERS.register("csv")
+class MetricsFiles(Callback):
+    """metrics.json and metrics.csv in the run directory, one row per epoch, rewritten atomically after each."""
+
+    def __init__(self, run: RunContext, options=None):
+        self.run_dir = run.run_dir
+
+    def on_epoch_end(self, trainer, epoch: int, row: dict) -> None:
+        write_metrics(self.run_dir, trainer.history)

@@ -109,6 +109,25 @@ def _refuse_empty(scan: SplitScan) -> None:
         raise DataError(f"{scan.empty[0]}: class folder has no images; add images or remove the folder")
 
 
+def _refuse_one_class(scan: SplitScan) -> None:
+    """DataError when a split holds one class folder: a one-class model scores a perfect, useless top-1."""
+    if len(scan.classes) != 1:
+        return
+    only = scan.path / scan.classes[0]
+    raise DataError(f"{scan.path}: only one class folder ({scan.classes[0]}/); a classifier needs two or more; "
+                    f"{_where_classes_are(only)}")
+
+
+def _where_classes_are(only: Path) -> str:
+    """A hint naming the folder that probably holds the class folders, for a root that holds one class."""
+    inner = [p for p in sorted(only.iterdir()) if p.is_dir() and not p.name.startswith(".")
+             and any(is_image_file(f) for f in p.rglob("*"))]
+    if len(inner) >= 2:
+        return (f"its {len(inner)} sub-folders ({', '.join(p.name for p in inner[:4])}"
+                f"{', ...' if len(inner) > 4 else ''}) look like the classes: point data.root at {only}")
+    return f"add one folder per class beside {only.name}/, or point data.root at the folder that holds them"
+
+
 def val_folder(root: Path, val_dir: str = "val") -> Path | None:
     """root/val_dir, or (for the default "val") root/val, root/validation or root/valid, whichever exists first.
 
@@ -171,6 +190,7 @@ def split_folder(root: str | Path, train_dir: str = "train", test_dir: str = "te
                             f"which a ratio split would read as two classes; remove data.split_ratio")
         scan = scan_folder(root, train_dir, test_dir, val_dir)
         whole = scan.splits[0]
+        _refuse_one_class(whole)
         _refuse_empty(whole)
         rng = random.Random(seed)
         train: Samples = []
@@ -192,6 +212,7 @@ def split_folder(root: str | Path, train_dir: str = "train", test_dir: str = "te
                         f"or set data.split_ratio to split one folder")
     scan = scan_folder(root, train_dir, test_dir, val_dir)
     train_scan = scan.split(TRAIN)
+    _refuse_one_class(train_scan)
     for other in scan.splits[1:]:
         check_same_classes(train_scan.path, train_scan.classes, other.path, other.classes)
     for split in scan.splits:

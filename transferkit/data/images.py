@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import io
+import os
 import warnings
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps, JpegImagePlugin, UnidentifiedImageError
 
 from transferkit.errors import DataError
 
@@ -22,7 +23,7 @@ FIXES = {
     "zero-byte": "delete it or copy it again from its source",
     "not-an-image": "delete it or give it the extension of its real format",
     "truncated": "download or export it again, or delete it",
-    "too-large": "downscale it, or raise PIL.Image.MAX_IMAGE_PIXELS if you trust the file",
+    "too-large": "downscale it, or raise TRANSFERKIT_MAX_IMAGE_PIXELS if you trust the file",
     "unreadable-mode": "save it again as 8-bit RGB or grayscale (PNG or JPEG)",
     "unreadable": "check that the file exists and can be read",
 }
@@ -36,13 +37,52 @@ class ImageReadError(DataError):
         self.path, self.kind, self.reason = path, kind, reason
 
 
-def open_rgb(path: str | Path, data: bytes | None = None) -> Image.Image:
-    """Open `path` (or decode its already-read `data`) as upright 8-bit RGB; raise ImageReadError if unreadable."""
+LIMIT_VARIABLE = "TRANSFERKIT_MAX_IMAGE_PIXELS"
+
+
+def pixel_limit() -> int:
+    """The most pixels one image may decode to: $TRANSFERKIT_MAX_IMAGE_PIXELS, else Pillow's MAX_IMAGE_PIXELS
+    (89.5 million), the guard against decompression bombs."""
+    value = os.environ.get(LIMIT_VARIABLE, "").strip().replace("_", "")
+    if not value:
+        return Image.MAX_IMAGE_PIXELS or 2**62
+    if not value.isdigit() or int(value) < 1:
+        raise DataError(f"{LIMIT_VARIABLE}={value!r}: not a positive whole number of pixels, e.g. 200000000")
+    return int(value)
+
+
+def _open(source, min_side: int | None) -> Image.Image:
+    """The image, not yet loaded; a JPEG is set to decode at the smallest 1/2, 1/4 or 1/8 scale whose sides
+    stay at least `min_side` (the model needs a few hundred pixels, a phone photo has 12,000)."""
+    if hasattr(source, "read"):
+        head = source.read(3)
+        source.seek(0)
+    else:
+        with open(source, "rb") as file:
+            head = file.read(3)
+    if head != b"\xff\xd8\xff":
+        return Image.open(source)  # Pillow's own guard stops a bomb over twice its limit here
+    img = JpegImagePlugin.JpegImageFile(source)  # its size is checked below, after the draft
+    if min_side:
+        img.draft("RGB", (min_side, min_side))
+    return img
+
+
+def open_rgb(path: str | Path, data: bytes | None = None, min_side: int | None = None) -> Image.Image:
+    """Open `path` (or decode its already-read `data`) as upright 8-bit RGB; raise ImageReadError if unreadable.
+
+    With `min_side`, a large JPEG may come back smaller, its shorter side still at least `min_side` pixels.
+    An image decoding to more than pixel_limit() pixels is refused as a possible decompression bomb.
+    """
     path = Path(path)
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path if data is None else io.BytesIO(data)) as img:
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # the limit is checked just below
+            with _open(path if data is None else io.BytesIO(data), min_side) as img:
+                width, height = img.size
+                if width * height > pixel_limit():
+                    raise Image.DecompressionBombError(
+                        f"{width}x{height} = {width * height} pixels to decode, over the limit of {pixel_limit()}")
                 img.load()
                 ImageOps.exif_transpose(img, in_place=True)
                 return to_rgb(img, path)

@@ -1,21 +1,41 @@
-"""The callback interface: a small set of lifecycle events, and state saved in the checkpoint."""
+"""The callback interface: a small set of lifecycle events, state saved in the checkpoint, and what a
+registered callback or logger is made from."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from transferkit.engine.placement import Placement
     from transferkit.engine.trainer import Trainer
+    from transferkit.recipe.spec import ExperimentSpec
+
+
+@dataclass
+class RunContext:
+    """What a run's callbacks are made from: a registered callback or logger is called as `item(run, options)`."""
+
+    spec: "ExperimentSpec"  # the variant's full recipe
+    variant: str
+    run_dir: Path
+    classes: list[str]
+    preprocessing: Any  # model.preprocess.Preprocessing: what predicting needs to repeat
+    selection: str | None  # the metric that picks best.pt (None: the last epoch)
+    console: Any  # a rich Console; quiet off the primary process
+    placement: "Placement"
+    started: float  # time.monotonic() when the variant started
+    task: Any = None  # tasks.Task: the loss, the metrics and the default best metric (None: single label)
 
 
 class Callback:
     """No-op hooks; a behaviour with state (checkpoints, EMA, early stopping) overrides the ones it needs.
 
-    Callbacks run in ascending `order`. `state_dict()` is saved under checkpoint["callbacks"][state_key]
-    and handed back to `load_state_dict` on resume, so the checkpoint code never needs to know a callback.
+    Callbacks run in the order of the trainer's list (run/connector.py builds it). `state_dict()` is saved
+    under checkpoint["callbacks"][state_key] and handed back to `load_state_dict` on resume, so the checkpoint
+    code never needs to know a callback.
     """
-
-    order = 0
 
     @property
     def state_key(self) -> str:
@@ -45,6 +65,11 @@ class Callback:
 
     def on_fit_end(self, trainer: "Trainer") -> None:
         """After the last epoch, or after an early stop."""
+
+    def on_run_end(self, run_dir: Path) -> None:
+        """On the primary process, once every variant has trained and this one's best checkpoint is evaluated
+        (evaluation/, curves.png and comparison.json are written): loggers send the run's files here. A callback
+        that overrides it is kept until then, so it should hold no tensors."""
 
     def state_dict(self) -> dict:
         """What a resume needs of this callback (plain data and tensors only)."""

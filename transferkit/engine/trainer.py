@@ -76,7 +76,7 @@ class Trainer:
         self.placement = placement or Placement()
         self.device, self.seed, self.precision, self.channels_last = device, seed, precision, channels_last
         self.batch_transform = batch_transform
-        self.callbacks = sorted(callbacks, key=lambda cb: cb.order)
+        self.callbacks = list(callbacks)  # in this order (run/connector.py decides it)
         self.progress = progress or Progress(enabled=False)
         self.on_bad_image = on_bad_image
         self.tta_flip = tta_flip  # evaluate on each image and its mirror image, logits averaged

@@ -12,7 +12,7 @@ import torch
 from PIL import Image, ImageOps
 from torchvision.transforms import v2
 
-from transferkit.data.images import ImageReadError, open_rgb, to_rgb
+from transferkit.data.images import FIXES, ImageReadError, open_rgb, to_rgb
 from transferkit.data.loading import available_cores
 from transferkit.data.transforms import eval_transform, interpolation_mode
 from transferkit.errors import DataError
@@ -34,9 +34,9 @@ class ImageBatch:
 
 
 def read_error(exc: Exception) -> str:
-    """The one-line reason an input could not be read, without the training-only advice."""
+    """The one-line reason an input could not be read, and its fix, without the training-only advice."""
     if isinstance(exc, ImageReadError):
-        return exc.reason
+        return f"{exc.reason}; {FIXES[exc.kind]}" if exc.kind == "too-large" else exc.reason
     return " ".join(str(exc).split()) or type(exc).__name__
 
 
@@ -53,7 +53,7 @@ class ImagePreparer:
     def __call__(self, item) -> torch.Tensor:
         """The model input for one item; raises DataError (or ImageReadError) when it cannot be read."""
         if isinstance(item, (str, Path)):
-            return self.pil_transform(open_rgb(item))
+            return self.pil_transform(open_rgb(item, min_side=self.prep.resize_size))
         if isinstance(item, Image.Image):
             image = ImageOps.exif_transpose(item)
             return self.pil_transform(to_rgb(image, Path(getattr(item, "filename", "") or "<PIL image>")))

@@ -52,14 +52,23 @@ class Evaluation:
 
 
 def check_classes(model_classes: list[str], folder: Path, folder_classes: list[str]) -> None:
-    """DataError listing the difference when a folder's class folders are not the model's classes."""
-    if sorted(model_classes) == sorted(folder_classes):
+    """DataError listing the difference when a folder holds classes the model does not know (a folder with only
+    some of the model's classes is fine: evaluate reports which are absent)."""
+    unknown = sorted(set(folder_classes) - set(model_classes))
+    if not unknown:
         return
     only_model = sorted(set(model_classes) - set(folder_classes))
-    only_folder = sorted(set(folder_classes) - set(model_classes))
     raise DataError(f"{folder}: its classes differ from the model's: only in the model: {only_model or 'none'}; "
-                    f"only in the folder: {only_folder or 'none'}; evaluate on a folder with one sub-folder per "
-                    f"class the model was trained on")
+                    f"only in the folder: {unknown}; the model cannot score classes it was not trained on: "
+                    f"remove those folders, or evaluate with a model trained on them")
+
+
+def absent_classes(samples: Samples, classes: list[str]) -> list[str]:
+    """The model's classes no sample is labelled with (single-label samples; [] for label vectors)."""
+    if not samples or not isinstance(samples[0][1], int):
+        return []
+    present = {label for _, label in samples}
+    return [name for i, name in enumerate(classes) if i not in present]
 
 
 def folder_split(folder: str | Path, split: str) -> Path:
@@ -106,8 +115,8 @@ def folder_samples(folder: str | Path, split: str, classes: list[str], recipe: d
     if Path(folder).suffix.lower() in (".csv", ".tsv"):
         return table_samples(Path(folder).expanduser(), recipe or {}, split, classes)
     split_dir = folder_split(folder, split)
-    check_classes(classes, split_dir, class_folders(split_dir))
-    return scan_split(split_dir, classes), split_dir
+    present = class_folders(split_dir)
+    return _in_model_order(scan_split(split_dir, present), present, classes, split_dir), split_dir
 
 
 def recipe_samples(recipe: dict, split: str, classes: list[str]) -> tuple[Samples, Path]:
@@ -273,9 +282,14 @@ def evaluate_folder(predictor: Predictor, folder: str | Path | None, split: str 
         samples, where = recipe_samples(predictor.recipe, split, predictor.classes)
     else:
         samples, where = folder_samples(folder, split, predictor.classes, predictor.recipe)
+    absent = absent_classes(samples, predictor.classes)
+    if absent:
+        console.print(f"[yellow]{where}: {len(absent)} of the model's {len(predictor.classes)} classes absent "
+                      f"({', '.join(absent)}); evaluated on the {len(predictor.classes) - len(absent)} present, "
+                      f"macro averages over those[/]", highlight=False, soft_wrap=True)
     result = evaluate_samples(predictor, samples, console, progress)
     result.metrics.update(model=str(predictor.source), data=str(where), split=split, classes=predictor.classes,
-                          task=predictor.task.name)
+                          task=predictor.task.name, absent_classes=absent)
     result.task = predictor.task
     if output is not None:
         write_evaluation(result, predictor, Path(output), f"{predictor.source.parent.name}: {split}")

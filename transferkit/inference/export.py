@@ -17,7 +17,7 @@ from transferkit.errors import TransferkitError
 from transferkit.files import check_room, refused, write_error
 from transferkit.inference.batches import ImagePreparer, read_batches
 from transferkit.inference.evaluate import recipe_samples
-from transferkit.inference.onnx_metadata import export_metadata
+from transferkit.inference.onnx_metadata import TORCHSCRIPT_METADATA, export_metadata
 from transferkit.inference.onnx_predictor import onnxruntime
 from transferkit.inference.torch_predictor import TorchPredictor
 from transferkit.rundir import EXPORTS, RunDir
@@ -25,7 +25,6 @@ from transferkit.rundir import EXPORTS, RunDir
 FORMATS = tuple(EXPORTS)
 TOLERANCE = 1e-4  # largest allowed difference of any answer (probability; regression: standardised value)
 DEFAULT_CHECK = 16
-TORCHSCRIPT_METADATA = "transferkit.json"
 EXPORT_MARGIN = 1 << 20  # the graph and the metadata beside the weights
 
 

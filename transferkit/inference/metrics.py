@@ -32,10 +32,12 @@ def per_class_scores(counts: np.ndarray, classes: list[str]) -> list[dict]:
 
 
 def averages(rows: list[dict]) -> dict[str, dict]:
-    """Macro (every class alike) and weighted (by support) precision, recall and F1."""
+    """Macro (every class present alike) and weighted (by support) precision, recall and F1; a class with no
+    true sample (absent from the evaluated set) is left out of the macro average, as its recall means nothing."""
     support = np.array([r["support"] for r in rows], dtype=np.float64)
+    present = (support > 0).astype(np.float64) if support.any() else np.ones_like(support)
     result = {}
-    for name, weights in (("macro", np.ones_like(support)), ("weighted", support)):
+    for name, weights in (("macro", present), ("weighted", support)):
         total = weights.sum()
         result[name] = {key: float(np.dot(weights, [r[key] for r in rows]) / total) if total else 0.0
                         for key in ("precision", "recall", "f1")}

@@ -14,6 +14,7 @@ from transferkit.inference.export import ExportResult, export_model
 from transferkit.inference.onnx_predictor import OnnxPredictor
 from transferkit.inference.predictor import Prediction, Predictor
 from transferkit.inference.torch_predictor import TorchPredictor
+from transferkit.inference.torchscript_predictor import TorchScriptPredictor, is_torchscript
 
 
 class Model:
@@ -64,13 +65,17 @@ class Model:
 
 
 def load_predictor(path: str | Path, device: str = "auto", batch_size: int | None = None) -> Predictor:
-    """The backend for a run directory or checkpoint (.pt: PyTorch) or an exported ONNX file (ONNX Runtime)."""
+    """The backend for a run directory or checkpoint (.pt: PyTorch), or a file `export` wrote: ONNX (ONNX
+    Runtime) or TorchScript (torch.jit)."""
     path = Path(path).expanduser()
     if path.suffix.lower() == ".onnx":
         return OnnxPredictor(path, device, batch_size)
+    if path.is_file() and is_torchscript(path):
+        return TorchScriptPredictor(path, device, batch_size)
     return TorchPredictor(read_checkpoint(path), device, batch_size)
 
 
 def load(path: str | Path, device: str = "auto", batch_size: int | None = None) -> Model:
-    """A model from a run directory, a checkpoint (.pt) or an exported ONNX file; weights land on `device`."""
+    """A model from a run directory, a checkpoint (.pt) or an exported ONNX or TorchScript file; weights land on
+    `device`."""
     return Model(load_predictor(path, device, batch_size))

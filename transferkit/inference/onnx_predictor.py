@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -11,11 +10,8 @@ import torch
 from transferkit.errors import TransferkitError
 from transferkit.inference.batches import default_decode_threads
 from transferkit.model.checkpoint_format import CheckpointError
-from transferkit.inference.onnx_metadata import EXPORT_FORMAT, FORMAT_KEY
+from transferkit.inference.onnx_metadata import read_export_metadata
 from transferkit.inference.predictor import Predictor
-from transferkit.model.preprocess import Preprocessing
-from transferkit.recipe.spec import ExperimentSpec
-from transferkit.tasks import build_task
 
 INSTALL_HINT = "install the export extra: pip install 'transferkit[export]'"
 
@@ -57,15 +53,9 @@ class OnnxPredictor(Predictor):
         except Exception as exc:  # onnxruntime raises its own classes for bad protobuf, missing ops, bad graphs
             reason = " ".join(str(exc).split())[:200]
             raise CheckpointError(f"{self.source}: not a readable ONNX model ({reason}); export it again") from None
-        meta = self.session.get_modelmeta().custom_metadata_map
-        if meta.get(FORMAT_KEY) != EXPORT_FORMAT:
-            raise CheckpointError(f"{self.source}: an ONNX model not exported by transferkit (no {FORMAT_KEY} "
-                                  f"metadata); export it with `transferkit export RUN_DIR --format onnx`")
-        self.classes = json.loads(meta["transferkit.classes"])
-        self.preprocessing = Preprocessing.from_dict(json.loads(meta["transferkit.preprocessing"]))
-        self.recipe = json.loads(meta["transferkit.recipe"])
-        task = json.loads(meta.get("transferkit.task", "{}"))  # exports from before tasks: single_label
-        self.task = build_task(ExperimentSpec.model_validate(self.recipe), self.classes, task.get("state"))
+        exported = read_export_metadata(self.session.get_modelmeta().custom_metadata_map, self.source, "ONNX")
+        self.classes, self.preprocessing = exported.classes, exported.preprocessing
+        self.recipe, self.task = exported.recipe, exported.task
         self.input_name = self.session.get_inputs()[0].name
         self.batch_size = batch_size or (8 if self.device.type == "cpu" else 64)
         self.decode_threads = decode_threads or default_decode_threads(self.device)

@@ -32,19 +32,22 @@ def json_schema_text() -> str:
     return json.dumps(json_schema(), indent=2) + "\n"
 
 
-def _type_name(annotation: Any) -> str:
+def _type_name(annotation: Any, inline: bool = False) -> str:
+    """The Markdown type of a field; `inline`: a model inside a list is written as its keys, not as a section."""
     origin, args = typing.get_origin(annotation), typing.get_args(annotation)
     if origin is typing.Literal:
         return " \\| ".join(f"`{a}`" if not isinstance(a, bool) else f"`{str(a).lower()}`" for a in args)
     if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
-        parts = [_type_name(a) for a in args if a is not type(None)]
+        parts = [_type_name(a, inline) for a in args if a is not type(None)]
         return " \\| ".join(parts) + (" \\| null" if type(None) in args else "")
     if origin is tuple:
         return "[" + ", ".join(_type_name(a) for a in args) + "]"
     if origin is dict:
         return "mapping"
+    if origin is list:
+        return "list of " + _type_name(args[0], inline=True) if args else "list"
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return "section"
+        return "`{" + ", ".join(annotation.model_fields) + "}`" if inline else "section"
     return {int: "integer", float: "number", str: "string", bool: "boolean"}.get(annotation, str(annotation))
 
 

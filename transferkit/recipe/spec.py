@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_serializer, field_validator, model_validator
 
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
 
@@ -208,6 +208,18 @@ class EMASpec(_Spec):
     decay: float = Field(0.999, gt=0.0, lt=1.0, description="weight of the old average at each update")
 
 
+class PluggedSpec(_Spec):
+    """A registered callback or logger and its settings; a bare name is short for {name: NAME}."""
+
+    name: str = Field(description="the registered name (see `transferkit list-callbacks` / `list-loggers`)")
+    options: dict[str, Any] = Field(default_factory=dict, description="its settings, checked against the options it declares when the recipe is read")
+
+
+def _plugged(items: list) -> list:
+    """Bare names as PluggedSpec, so the code that reads the recipe sees one shape."""
+    return [PluggedSpec(name=item) if isinstance(item, str) else item for item in items]
+
+
 class TrainSpec(_Spec):
     """The training loop: length, device, precision and numerics."""
 
@@ -236,12 +248,29 @@ class TrainSpec(_Spec):
     clip_grad_norm: float | None = Field(None, gt=0.0, description="clip the gradients' global L2 norm to this before each update")
     class_weights: Literal["none", "auto"] | list[float] = Field("none", description="per-class loss weights: none, auto (inverse class frequency ^ class_weight_power), or one weight per class")
     class_weight_power: float = Field(1.0, ge=0.0, description="auto class weights: (1 / frequency) ^ power (0.5 softens them)")
-    loggers: list[Literal["csv", "tensorboard"]] = Field(default_factory=lambda: ["csv"], description="metric writers: csv (metrics.csv/json), tensorboard (event files under tensorboard/)")
+    callbacks: list[str | PluggedSpec] = Field(default_factory=list, description="registered callbacks (`transferkit list-callbacks`: a plugin's), each a name or {name, options}; they run after the built-in features, before the loggers and the checkpoint (docs/callbacks.md)")
+    loggers: list[str | PluggedSpec] = Field(default_factory=lambda: ["csv"], validate_default=True, description="registered loggers (`transferkit list-loggers`), each a name or {name, options}: csv (metrics.csv/json), tensorboard (event files under tensorboard/), mlflow, wandb (docs/callbacks.md), or a plugin's")
     probe_epochs: int = Field(0, ge=0, description="before training, fit the new head alone for this many epochs on cached backbone features (linear probe, then fine-tune)")
     probe_lr: float = Field(1e-3, gt=0.0, description="AdamW learning rate of the probe_epochs head fit")
     tta_flip: bool = Field(False, description="evaluate on each image and its mirror image, averaging the logits (test-time augmentation)")
     sync_batchnorm: bool = Field(False, description="under torchrun with several processes: batch norm statistics over the whole global batch (SyncBatchNorm) instead of each process's share")
     budget: str | None = Field(None, description="wall-time budget, e.g. 90s, 10m, 1.5h: after the first epoch the number of epochs (and the LR schedule) is fitted so the run ends inside it")
+
+    @field_validator("callbacks", "loggers")
+    @classmethod
+    def _one_shape(cls, items: list, info) -> list:
+        """Bare names become {name: NAME}; a logger named twice would log everything twice: refused."""
+        items = _plugged(items)
+        names = [item.name for item in items]
+        twice = next((n for n in names if names.count(n) > 1), None)
+        if info.field_name == "loggers" and twice:
+            raise ValueError(f"logger {twice} is listed twice; keep one")
+        return items
+
+    @field_serializer("callbacks", "loggers")
+    def _short(self, items: list) -> list:
+        """Written back as bare names where no options are set (`loggers: [csv]`)."""
+        return [item.name if not item.options else {"name": item.name, "options": item.options} for item in items]
 
     @field_validator("budget")
     @classmethod
@@ -305,4 +334,4 @@ def __getattr__(name: str):
 
 
 __all__ = ["ExperimentSpec", "TaskSpec", "LabelTableSpec", "BackboneSpec", "HeadSpec", "DataSpec", "AugmentSpec", "OptimizerSpec", "LRPolicySpec",
-           "ScheduleSpec", "EarlyStoppingSpec", "EMASpec", "TrainSpec", "parse_duration"]
+           "ScheduleSpec", "EarlyStoppingSpec", "EMASpec", "TrainSpec", "PluggedSpec", "parse_duration"]

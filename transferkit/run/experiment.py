@@ -15,15 +15,10 @@ from rich.console import Console
 from transferkit.callbacks.bad_images import BadImageReport
 from transferkit.callbacks.best import BestTracker
 from transferkit.callbacks.budget import Budget
-from transferkit.callbacks.checkpoint import Checkpoint, checkpoint_sizes, load_checkpoint
-from transferkit.callbacks.early_stopping import EarlyStopping
-from transferkit.callbacks.ema import EMA
-from transferkit.callbacks.freeze_schedule import FreezeSchedule
-from transferkit.callbacks.metrics_log import MetricsLog
-from transferkit.callbacks.tensorboard import TensorBoardLog
+from transferkit.callbacks.checkpoint import checkpoint_sizes, load_checkpoint
 from transferkit.cpu_memory import fallback_reason, keep_freed_memory
 from transferkit.device import describe_device, resolve_device
-from transferkit.engine.callbacks import Callback
+from transferkit.engine.callbacks import Callback, RunContext
 from transferkit.engine.placement import Placement
 from transferkit.engine.trainer import Interrupted
 from transferkit.errors import WriteError
@@ -32,11 +27,12 @@ from transferkit.files import atomic_write_text
 from transferkit.optim.lr_policies import describe_groups
 from transferkit.plugins import load_plugins
 from transferkit.recipe.load import check_schema, read_recipe, recipe_of_dict
-from transferkit.recipe.spec import ExperimentSpec, parse_duration
+from transferkit.recipe.spec import ExperimentSpec
 from transferkit.recipe.variants import variant_names, variant_of
 from transferkit.recipe.yaml_io import dump_yaml
 from transferkit.run import report
 from transferkit.run.assemble import Assembled, assemble
+from transferkit.run.connector import CallbackConnector
 from transferkit.run.probe import probe_head
 from transferkit.run.validation_fit import fit_task_to_validation
 from transferkit.run.results import ExperimentResult, VariantResult, read_summary, write_summary
@@ -79,12 +75,16 @@ class Experiment:
 
     def run(self, variants: list[str] | None = None, output_dir: str | Path | None = None,
             device: str | None = None, console: Console | None = None, progress: bool = True,
-            resume: str | Path | None = None, resume_command=None, run_root: Path | None = None) -> ExperimentResult:
+            resume: str | Path | None = None, resume_command=None, run_root: Path | None = None,
+            callbacks: list[Callback] | None = None) -> ExperimentResult:
         """Train the chosen variants (default: all) one after another; print and save a comparison.
 
         `resume` is a run folder, one of its variant folders, or "auto" (the latest unfinished run of this
-        experiment under `output_dir`). `resume_command(run_root)`, when given, is printed with the first Ctrl-C,
-        so the way back is on screen even if a second Ctrl-C ends the process at once. `run_root` names the run folder instead of the next
+        experiment under `output_dir`). `callbacks` join each variant's trainer after the built-in features and
+        the recipe's train.callbacks, before the loggers and the checkpoint (run/connector.py).
+
+        `resume_command(run_root)`, when given, is printed with the first Ctrl-C, so the way back is on screen
+        even if a second Ctrl-C ends the process at once. `run_root` names the run folder instead of the next
         free `<output_dir>/<name>[-N]`.
         """
         console = console or Console(stderr=True)
@@ -92,6 +92,7 @@ class Experiment:
         specs = [self.variant_spec(n) for n in names]  # validate all before training any
         if device:
             specs = [s.model_copy(update={"train": s.train.model_copy(update={"device": device})}) for s in specs]
+        connector = CallbackConnector(callbacks or [])
         placement = Placement.from_env()  # under torchrun: this process's rank among all
         for spec in specs:  # the device phase again, for the device it runs on
             check_device(spec, processes=placement.world_size)
@@ -117,51 +118,25 @@ class Experiment:
         with GracefulStop(notify) as stop:
             for name, spec in zip(names, specs):
                 results[name] = run_variant(spec, name, run_root / name, console, progress,
-                                            resume=bool(resume), should_stop=stop.is_requested, placement=placement)
+                                            resume=bool(resume), should_stop=stop.is_requested, placement=placement,
+                                            connector=connector)
         result = ExperimentResult(self.spec.name, results, run_root)
         if placement.is_primary:
             report.write_comparison(result)
             report.print_comparison(result, console)
         placement.close()
         if placement.is_primary:
-            for variant in results.values():  # per-class metrics and confusion matrix of each best checkpoint
+            for name, variant in results.items():  # per-class metrics and confusion matrix of each best checkpoint
                 evaluate_run_dir(variant.run_dir, "test", console, progress)
+                connector.run_ended(name, variant.run_dir)
         return result
 
 
-def variant_callbacks(spec: ExperimentSpec, run_dir: Path, classes: list[str], preprocessing, selection: str | None,
-                      console: Console, name: str, primary: bool = True, task=None) -> list[Callback]:
-    """The callbacks the recipe asks for, plus the ones every run has (best tracker, checkpoints, metrics files).
-
-    Off the primary process, the ones that only write or print are left out (Checkpoint stays: every process
-    contributes its RNG state, and only the primary writes).
-    """
-    t = spec.train
-    mode = task.metrics.get(selection.partition("_")[2]) if selection and task else None
-    callbacks: list[Callback] = [BestTracker(selection, t.early_stopping.min_delta if t.early_stopping else 0.0,
-                                             mode)]
-    if primary:
-        callbacks += [BadImageReport(lambda m: console.print(f"[yellow]skipped unreadable image[/] {m}",
-                                                             highlight=False)),
-                      MetricsLog(run_dir, lambda row: console.print(
-                          report.epoch_line(name, row, t.epochs, task.default_metric if task else "accuracy"),
-                          highlight=False),
-                                 write_files="csv" in t.loggers)]
-    if t.checkpoint:
-        callbacks.append(Checkpoint(run_dir, spec, classes, preprocessing))
-    if t.freeze_epochs:
-        callbacks.append(FreezeSchedule(t.freeze_epochs))
-    if t.early_stopping:
-        callbacks.append(EarlyStopping(t.early_stopping.patience))
-    if t.ema:
-        callbacks.append(EMA(t.ema.decay))
-    if "tensorboard" in t.loggers and primary:
-        callbacks.append(TensorBoardLog(run_dir, spec.model_dump(mode="json")))
-    return callbacks
 
 
 def run_variant(spec: ExperimentSpec, name: str, run_dir: Path, console: Console, progress: bool = True,
-                resume: bool = False, should_stop=lambda: False, placement: Placement | None = None) -> VariantResult:
+                resume: bool = False, should_stop=lambda: False, placement: Placement | None = None,
+                connector: CallbackConnector | None = None) -> VariantResult:
     """Build, train and evaluate one variant, writing its run directory as it goes (the primary process only:
     what the others read of it, the primary hands them)."""
     placement = placement or Placement()
@@ -175,14 +150,10 @@ def run_variant(spec: ExperimentSpec, name: str, run_dir: Path, console: Console
     if resolve_device(spec.train.device).type == "cpu" and keep_freed_memory() and fallback_reason() and primary:
         console.print(f"[dim]CPU memory: glibc's kept heap, not the page pool ({fallback_reason()})[/]")
     parts = assemble(spec, console, progress, placement=placement, before_data=room_check(spec, files, placement))
-    callbacks = variant_callbacks(spec, run_dir, parts.splits.classes, parts.preprocessing, parts.selection,
-                                  console, name, primary, parts.task)
+    run = RunContext(spec, name, run_dir, parts.splits.classes, parts.preprocessing, parts.selection, console,
+                     placement, started, parts.task)
     trainer = parts.trainer
-    if spec.train.budget:
-        callbacks.append(Budget(parse_duration(spec.train.budget), started))
-    for callback in callbacks:
-        trainer.callbacks.append(callback)
-    trainer.callbacks.sort(key=lambda cb: cb.order)
+    trainer.callbacks = (connector or CallbackConnector()).build(run)
     saved = placement.broadcast(load_checkpoint(files.last) if primary and resume and files.last.is_file()
                                 else None)
     if saved is not None:

@@ -12,7 +12,7 @@ from pydantic import ValidationError
 from transferkit.errors import DataError, NotRegisteredError, SpecError, WeightsError
 from transferkit.recipe.messages import first_problem, key_line, override_for, where_in_recipe
 from transferkit.recipe.spec import ExperimentSpec
-from transferkit.registry import DATASETS, HEADS, LR_POLICIES, OPTIMIZERS, TASKS, strict_model
+from transferkit.registry import CALLBACKS, DATASETS, HEADS, LOGGERS, LR_POLICIES, OPTIMIZERS, TASKS, strict_model
 
 
 class Where:
@@ -43,6 +43,19 @@ class Where:
         return where_in_recipe(self.source, field_name, self.variant, self.base_variant)
 
 
+def _plugged(spec: ExperimentSpec):
+    """(field, index, registry, item) of every train.callbacks and train.loggers entry."""
+    for field_name, registry, items in (("train.callbacks", CALLBACKS, spec.train.callbacks),
+                                        ("train.loggers", LOGGERS, spec.train.loggers)):
+        for index, item in enumerate(items):
+            yield field_name, index, registry, item
+
+
+def _anchor(key: str) -> str:
+    """The dotted key whose YAML line a message points at: 'train.callbacks' for 'train.callbacks[1].options.x'."""
+    return key.split("[")[0]
+
+
 def check_references(spec: ExperimentSpec, source: str = "recipe", variant: str = "",
                      overrides: list[str] | None = None) -> None:
     """SpecError naming the field when the recipe names an unregistered head, dataset, policy, optimizer or
@@ -59,6 +72,11 @@ def check_references(spec: ExperimentSpec, source: str = "recipe", variant: str 
             registry.get(value)
         except NotRegisteredError as exc:
             raise SpecError(f"{where(field_name)}{field_name}: {exc}") from None
+    for field_name, index, registry, item in _plugged(spec):
+        try:
+            registry.get(item.name)
+        except NotRegisteredError as exc:
+            raise SpecError(f"{where(field_name)}{field_name}[{index}]: {exc}") from None
     try:
         check_backbone(spec.backbone)
     except SpecError as exc:
@@ -68,27 +86,36 @@ def check_references(spec: ExperimentSpec, source: str = "recipe", variant: str 
 
 def check_options(spec: ExperimentSpec, source: str = "recipe", variant: str = "",
                   overrides: list[str] | None = None) -> None:
-    """SpecError unless head.options, data.options and lr_policy.options fit what the named item declared."""
+    """SpecError unless head.options, data.options, lr_policy.options and each train.callbacks/loggers entry's
+    options fit what the named item declared; also when such an entry cannot run here (its extra is missing)."""
     where = Where(source, variant, spec.base_variant, overrides)
-    for field_name, registry, name, values in (("task.options", TASKS, spec.task.name, spec.task.options),
+    plugged = [(f"{field}[{index}].options", registry, item.name, item.options)
+               for field, index, registry, item in _plugged(spec)]
+    for field_name, registry, name, values in [("task.options", TASKS, spec.task.name, spec.task.options),
                                                ("head.options", HEADS, spec.head.name, spec.head.options),
                                                ("data.options", DATASETS, spec.data.dataset, spec.data.options),
                                                ("lr_policy.options", LR_POLICIES, spec.lr_policy.name,
-                                                spec.lr_policy.options)):
+                                                spec.lr_policy.options), *plugged]:
         model = registry.options_model(name)
         if model is None:
             if values:
                 key = f"{field_name}.{next(iter(values))}"
                 section = field_name.rsplit(".", 1)[0]
-                raise SpecError(f"{where(key)}{key}: {registry.kind} '{name}' takes no options (its settings are "
-                                f"the other {section}.* keys); remove {field_name}")
+                settings = "" if "[" in field_name else f" (its settings are the other {section}.* keys)"
+                raise SpecError(f"{where(_anchor(key))}{key}: {registry.kind} '{name}' takes no options{settings}; "
+                                f"remove {field_name}")
             continue
         try:
             strict_model(model).model_validate(values)
         except ValidationError as exc:
             loc, fix = first_problem(exc, strict_model(model))
             key = f"{field_name}.{loc}" if loc else field_name
-            raise SpecError(f"{where(key)}{key}: {fix} ({registry.kind} '{name}' options)") from None
+            raise SpecError(f"{where(_anchor(key))}{key}: {fix} ({registry.kind} '{name}' options)") from None
+    for field_name, index, registry, item in _plugged(spec):
+        missing = getattr(registry.get(item.name), "missing_requirement", None)
+        problem = missing() if callable(missing) else None
+        if problem:
+            raise SpecError(f"{where(field_name)}{field_name}[{index}]: {problem}")
 
 
 def check_data_root(spec: ExperimentSpec, source: str = "recipe", variant: str = "",

@@ -1,0 +1,83 @@
+"""Issue 19's new-user items: one-class folders, lr-find's suggestion, huge photos, TorchScript exports,
+evaluating on a subset of classes, and the plugin template."""
+
+from __future__ import annotations
+
+import shutil
+
+import yaml
+
+from conftest import make_image_folder, run_cli, tiny_recipe
+
+QUICK = ["--set", "data.image_size=32", "--set", "data.batch_size=8", "--set", "data.num_workers=0", "--no-progress"]
+
+
+def test_a_one_class_folder_is_refused_naming_the_folder_that_holds_the_classes(tmp_path):
+    inner = make_image_folder(tmp_path / "oneclass" / "photos", per_class=(6, 2))
+    for split in ("train", "test"):  # oneclass/photos/{cat,dog}: the classes are one level down
+        for name in ("cat", "dog"):
+            shutil.move(str(inner / split / name), str(inner / name))
+        (inner / split).rmdir()
+    result = run_cli("fit", str(tmp_path / "oneclass"), "--preset", "fast", "--output", str(tmp_path / "runs"),
+                     *QUICK, cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    line = result.stderr.strip().splitlines()[-1]
+    assert "only one class folder (photos/)" in line and f"point data.root at {inner}" in line, result.stderr
+    assert "Traceback" not in result.stderr and not list(tmp_path.rglob("*.pt"))
+
+    split_root = make_image_folder(tmp_path / "split", classes=("cat",), per_class=(4, 2))
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(yaml.safe_dump(tiny_recipe(split_root)))
+    result = run_cli("run", str(recipe), "--no-progress", cwd=tmp_path)
+    assert result.returncode == 2 and f"{split_root / 'train'}: only one class folder (cat/)" in result.stderr, \
+        result.stderr
+
+
+def test_lr_find_suggests_from_the_longest_fall_and_says_when_the_curve_cannot_support_one(tmp_path):
+    root = make_image_folder(tmp_path / "two", per_class=(16, 4))
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(yaml.safe_dump(tiny_recipe(root, output_dir=str(tmp_path / "runs"))))
+    result = run_cli("lr-find", str(recipe), "--steps", "100", "--output", str(tmp_path / "lr.png"),
+                     "--no-progress", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("--set optimizer.lr=")
+    suggested = float(result.stdout.strip().split("=")[1])
+    assert 1e-5 <= suggested <= 1e-2, result.stdout  # "steep" said 4.4e-7 here; the loss falls until ~1e-2
+
+    # LRs too small to move the weights: the curve is noise, and no --set line is offered; the probe runs first
+    result = run_cli("lr-find", str(recipe), "--steps", "40", "--start-lr", "1e-9", "--end-lr", "1e-8",
+                     "--set", "train.probe_epochs=2", "--output", str(tmp_path / "flat.png"), "--no-progress",
+                     cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "" and "lr-find: no suggestion: the loss is" in result.stderr, result.stderr
+    assert "linear probe: head fitted" in result.stderr
+    assert result.stderr.index("linear probe") < result.stderr.index("lr-find: 40 updates")
+    assert (tmp_path / "flat.png").read_bytes()[:4] == b"\x89PNG" and not (tmp_path / "runs").exists()
+
+
+def _smoothed(losses, beta=0.98):
+    average, out = 0.0, []
+    for i, loss in enumerate(losses):
+        average = beta * average + (1 - beta) * loss
+        out.append(average / (1 - beta ** (i + 1)))
+    return out
+
+
+def test_the_valley_rule_takes_the_middle_of_the_fall_and_refuses_pure_noise():
+    import numpy as np
+
+    from transferkit.run.lr_find import suggest
+
+    rng = np.random.default_rng(0)
+    lrs = list(np.geomspace(1e-7, 10, 200))
+    log_lr = np.log10(lrs)
+    # flat (noisy) to 1e-5, falling from 2.3 to 0.8 by 1e-2, diverging after 1e-1
+    curve = 0.8 + 1.5 / (1 + np.exp(3 * (log_lr + 3.5))) + np.where(log_lr > -1, 10 ** (log_lr + 1) - 1, 0)
+    losses = list(curve + rng.normal(0, 0.1, len(lrs)))
+    result = suggest(lrs, losses, _smoothed(losses))
+    # the smoothed curve lags the raw one (a 50-update running average): the middle of its fall is at ~3e-3
+    assert result.warning is None and 1e-4 <= result.suggestion <= 1e-2, (result.suggestion, result.valley)
+
+    noise = list(0.7 + rng.normal(0, 0.27, 200).clip(-0.6, None))
+    result = suggest(lrs, noise, _smoothed(noise))
+    assert result.suggestion is None and result.warning.startswith("the loss is noisy"), result.warning
