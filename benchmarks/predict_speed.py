@@ -30,11 +30,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from transferkit.data.folder import is_image_file  # noqa: E402
 from transferkit.files import atomic_torch_save  # noqa: E402
-from transferkit.inference.checkpoint_io import CHECKPOINT_FORMAT, read_checkpoint  # noqa: E402
+from transferkit.inference.checkpoint_io import read_checkpoint  # noqa: E402
 from transferkit.inference.onnx_predictor import OnnxPredictor  # noqa: E402
 from transferkit.inference.predict_files import predict_to_file  # noqa: E402
 from transferkit.inference.torch_predictor import TorchPredictor  # noqa: E402
 from transferkit.model.build import build_model  # noqa: E402
+from transferkit.model.checkpoint_format import checkpoint_identity  # noqa: E402
 from transferkit.recipe.load import validate  # noqa: E402
 
 
@@ -44,9 +45,8 @@ def make_checkpoint(folder: Path, image_size: int) -> Path:
                      "data": {"dataset": "folder", "image_size": image_size}, "train": {"device": "cpu"}})
     built = build_model(spec, 10)
     path = folder / "best.pt"
-    atomic_torch_save(path, {"format": CHECKPOINT_FORMAT, "model": built.model.state_dict(),
-                             "classes": [f"class{i}" for i in range(10)], "preprocessing": built.preprocessing.to_dict(),
-                             "recipe": spec.model_dump(mode="json")})
+    identity = checkpoint_identity([f"class{i}" for i in range(10)], built.preprocessing, spec.model_dump(mode="json"))
+    atomic_torch_save(path, {**identity, "model": built.model.state_dict()})
     return path
 
 

@@ -216,7 +216,7 @@ def test_resume_given_a_variant_folder_continues_its_run(tmp_path, reference):
 
 
 def test_a_setting_newer_than_the_run_left_off_does_not_block_resuming():
-    from transferkit.run.resume import differences
+    from transferkit.rundir import differences
 
     saved = {"train": {"epochs": 3, "label_smoothing": 0.1}}
     assert differences(saved, {"train": {"epochs": 5, "label_smoothing": 0.1, "freeze_bn_stats": False}}) == []

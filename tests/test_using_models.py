@@ -172,6 +172,16 @@ def test_load_from_a_script(trained, tmp_path):
     assert "classes a,b,c,d,e 32" in result.stdout and "images 15" in result.stdout
 
 
+def test_evaluate_split_val_reads_a_valid_folder_as_training_does(trained, tmp_path):
+    import transferkit
+
+    data = tmp_path / "data"
+    shutil.copytree(trained["data"] / "train", data / "train")
+    shutil.copytree(trained["data"] / "test", data / "valid")  # the third spelling training accepts
+    result = transferkit.load(trained["variant"], device="cpu").evaluate(data, split="val")
+    assert result.metrics["data"] == str(data / "valid") and result.metrics["images"] == len(CLASSES) * 3
+
+
 def test_class_mismatch_is_refused_with_the_difference(trained, tmp_path):
     other = make_image_folder(tmp_path / "other", classes=("a", "b", "c", "d", "zebra"), per_class=(1, 1))
     result = run_cli("evaluate", str(trained["variant"]), "--data", str(other))

@@ -71,30 +71,19 @@ def run(recipe: str = typer.Argument(..., metavar="RECIPE", autocompletion=_comp
         nproc: Optional[int] = typer.Option(None, "--nproc", metavar="N", help="data-parallel processes on this "
                                             "machine, started through torchrun (data.batch_size stays the global batch)")) -> None:
     """Train every variant of a recipe and compare them."""
+    from transferkit.run.launch import resume_command, run_words, worker_words
+
     api = _api()
     experiment = api.Experiment.from_yaml(recipe, set_)
-    args = ["run", recipe, *[w for s in set_ for w in ("--set", s)], *[w for v in variant for w in ("--variant", v)],
-            *(["--device", device] if device else [])]
+    words = run_words(recipe, set_, variant, device)
     if nproc is not None:
-        _launch(experiment, nproc, [*args, *(["--output", str(output)] if output else []),
-                                    *(["--resume", resume] if resume else []), *([] if progress else ["--no-progress"])])
-    # the primary finds the run to resume and hands it to the others (other machines may not see the folder)
-    resume_dir = _resume_dir(experiment, output, resume) if resume and _rank() == 0 else Path(resume) if resume else None
-
-    def resume_command(run_root: Path) -> str:
-        words = ["transferkit", *args, "--resume", str(run_root)]
-        if os.environ.get("TRANSFERKIT_NPROC"):  # started by `--nproc N`
-            words += ["--nproc", os.environ["TRANSFERKIT_NPROC"]]
-        elif "WORLD_SIZE" in os.environ:  # started by torchrun itself
-            words = ["torchrun", "--nproc-per-node", os.environ.get("LOCAL_WORLD_SIZE", "1"), "-m", *words]
-        return shlex.join(words)
-
+        _launch(experiment, nproc, worker_words(words, output, resume, progress))
     try:
-        experiment.run(variants=variant or None, output_dir=output, device=device, console=err,
-                       progress=progress, resume=resume_dir, resume_command=resume_command)
+        experiment.run(variants=variant or None, output_dir=output, device=device, console=err, progress=progress,
+                       resume=resume, resume_command=lambda run_root: resume_command(words, run_root))
     except RunInterrupted as stop:
         if _rank() == 0:
-            err.print(f"interrupted: {stop.what_resume_does()}; resume with:\n  {resume_command(stop.run_root)}",
+            err.print(f"interrupted: {stop.what_resume_does()}; resume with:\n  {resume_command(words, stop.run_root)}",
                       markup=False, highlight=False, soft_wrap=True)
         raise typer.Exit(130)
 
@@ -104,35 +93,13 @@ def _rank() -> int:
 
 
 def _launch(experiment, nproc: int, args: list[str]) -> None:
-    """Check the batch divides over `nproc` processes, then run the same command under torchrun; exits."""
-    from transferkit.engine.placement import Placement
-    from transferkit.run.launch import launch
+    """Run the same command in `nproc` processes under torchrun (the batch checked first); exits."""
+    from transferkit.run.launch import check_processes, launch
 
-    if nproc < 1:
-        raise TransferkitError(f"--nproc {nproc}: give 1 or more processes")
-    for name in experiment.variant_names:
-        Placement(0, nproc).check_batch(experiment.variant_spec(name).data.batch_size)
+    check_processes(experiment, nproc)
     code = launch(nproc, args, lambda line: err.print(Text.assemble(("error: ", "bold red"), line),
                                                       highlight=False, soft_wrap=True))
     raise typer.Exit(code)
-
-
-def _resume_dir(experiment, output: Optional[Path], resume: str) -> Path:
-    if resume != "auto":
-        from transferkit.run.resume import run_root_of
-
-        path = Path(resume)
-        if not path.is_dir():
-            raise TransferkitError(f"--resume {resume}: no such run directory; give the folder printed by the "
-                                   f"interrupted run (runs/<name>) or use --resume auto")
-        return run_root_of(path)
-    from transferkit.run.experiment import latest_unfinished_run
-
-    found = latest_unfinished_run(Path(output or experiment.spec.output_dir), experiment.spec.name)
-    if found is None:
-        raise TransferkitError(f"--resume auto: no unfinished run of '{experiment.spec.name}' under "
-                               f"{output or experiment.spec.output_dir}; run without --resume to start one")
-    return found
 
 
 @app.command()
@@ -159,31 +126,14 @@ def fit(folder: str = typer.Argument(..., help="folder of photos: train/ and tes
         output: Path = typer.Option(Path("runs"), "--output", help="root folder for run directories"),
         progress: bool = typer.Option(True, "--progress/--no-progress", help="show progress bars")) -> None:
     """Train a classifier on a folder of photos with no recipe: a preset's rules write one, then it runs."""
-    api = _api()
-    from transferkit.device import resolve_device
-    from transferkit.run.experiment import fresh_run_root
-    from transferkit.run.fit import fit_recipe, overridden
-    from transferkit.files import atomic_write_text
+    _api()
+    from transferkit.run.fit import start_fit
 
-    cpu = resolve_device(str(overridden(set_).get("train.device", device))).type == "cpu"
-    raw = fit_recipe(folder, preset, backbone, budget, device, seed, cpu, set_)
-    raw["output_dir"] = str(output)
-    experiment = api.Experiment.from_dict(raw)
-    run_root = fresh_run_root(output, experiment.spec.name)
-    recipe_text = "# written by transferkit fit; `transferkit run` on this file repeats the run\n" + \
-        yaml.safe_dump(raw, sort_keys=False)
-    atomic_write_text(run_root / "recipe.yaml", recipe_text)
-    err.print(f"fit: --preset {preset} on {folder}; the resolved recipe ({run_root / 'recipe.yaml'}):", highlight=False)
-    out.print(recipe_text, end="", markup=False, highlight=False, soft_wrap=True)
-    try:
-        experiment.run(console=err, progress=progress, run_root=run_root)
-    except TransferkitError:
-        if not any(p.is_dir() for p in run_root.iterdir()):  # failed before training: leave no run behind
-            (run_root / "recipe.yaml").unlink()
-            run_root.rmdir()
-        raise
-    err.print(f"repeat with: transferkit run {shlex.quote(str(run_root / 'recipe.yaml'))}", highlight=False,
-              soft_wrap=True)
+    started = start_fit(folder, preset, backbone, budget, device, seed, set_, output)
+    err.print(f"fit: --preset {preset} on {folder}; the resolved recipe ({started.root.recipe}):", highlight=False)
+    out.print(started.recipe_text, end="", markup=False, highlight=False, soft_wrap=True)
+    started.run(console=err, progress=progress)
+    err.print(f"repeat with: transferkit run {shlex.quote(str(started.root.recipe))}", highlight=False, soft_wrap=True)
 
 
 @app.command("lr-find")
@@ -424,46 +374,6 @@ def schema(output: Optional[Path] = typer.Option(None, "--output", "-o", metavar
     err.print(f"wrote {output}", markup=False, highlight=False)
 
 
-def _folder_data_spec(target: str, set_: list[str]):
-    """The `data:` section for a folder TARGET, with --set overrides (paths relative to the working directory)."""
-    from transferkit.recipe.paths import resolve_override_paths
-    from transferkit.recipe.load import validate
-    from transferkit.recipe.overrides import apply_overrides
-
-    raw = apply_overrides({"data": {"dataset": "folder", "root": str(Path(target).absolute())}},
-                          resolve_override_paths(set_, Path.cwd()))
-    return validate(raw, source="--set", overrides=set_)
-
-
-def _splits_for(target: str, root: Optional[str], set_: list[str]):
-    """FolderSplits from a recipe file, a registered recipe, a dataset name or a folder.
-
-    A folder is read in the layouts check-data reads: train/ and test/ (and val/), a ratio split with
-    --set data.split_ratio, or one sub-folder per class (every image shown as one split).
-    """
-    api = _api()
-    from transferkit.data.folder import ALL, FolderSplits, scan_folder
-    from transferkit.run.assemble import load_splits
-    from transferkit.recipe.spec import DataSpec, ExperimentSpec
-
-    if Path(target).is_file() or target in api.RECIPES:
-        return load_splits(api.Experiment.from_yaml(target, set_).spec)
-    if target in api.DATASETS:
-        return load_splits(ExperimentSpec(data=DataSpec(dataset=target, root=root)))
-    if Path(target).is_dir():
-        spec = _folder_data_spec(target, set_)
-        d = spec.data
-        if d.split_ratio is None:
-            scan = scan_folder(d.root, d.train_dir, d.test_dir, d.val_dir)
-            if scan.layout == ALL:
-                whole = scan.splits[0]
-                return FolderSplits(whole.classes, whole.samples, [], root=scan.root, scan=scan)
-        return load_splits(spec)
-    from transferkit.registry import suggest
-    raise TransferkitError(f"{target}: not a recipe file, registered recipe, dataset or folder"
-                           f"{suggest(target, api.DATASETS.list() + api.RECIPES.list())}")
-
-
 @app.command()
 def preview(target: str = typer.Argument(..., metavar="TARGET", autocompletion=_complete_recipe,
                                          help="recipe file, recipe name, dataset name or data folder"),
@@ -474,33 +384,15 @@ def preview(target: str = typer.Argument(..., metavar="TARGET", autocompletion=_
             classes: int = typer.Option(20, "--classes", min=1, metavar="N", help="show at most this many classes")) -> None:
     """Write a PNG grid of training images: a row per class (up to --classes), 8 images each, labelled."""
     from transferkit.data.preview import write_preview
+    from transferkit.run.targets import splits_for
 
-    splits = _splits_for(target, root, set_)
+    _api()
+    splits = splits_for(target, root, set_)
     grid = write_preview(splits, output, cell=cell, max_classes=classes)
     shown = min(classes, len(splits.classes))
     more = f" (first {shown} of {len(splits.classes)}; --classes N for more)" if shown < len(splits.classes) else ""
     err.print(f"wrote {output} ({grid.width}x{grid.height}): {shown} classes{more}: "
               f"{', '.join(splits.classes[:shown])}", markup=False, highlight=False)
-
-
-def _label_table_of(target: str, set_: list[str]):
-    """(data.labels, how the task reads it) when TARGET is a label table (.csv, read as `--set task=...` says,
-    single_label by default) or a recipe naming one; else None."""
-    from transferkit.recipe.overrides import apply_overrides
-    from transferkit.recipe.spec import ExperimentSpec, LabelTableSpec
-    from transferkit.tasks import task_class
-
-    if Path(target).suffix.lower() in (".csv", ".tsv"):
-        raw = apply_overrides({}, set_)
-        spec = ExperimentSpec.model_validate({k: v for k, v in raw.items() if k == "task"})
-        own = raw.get("data", {}).get("labels", {}) if isinstance(raw.get("data"), dict) else {}
-        return LabelTableSpec(**{**(own if isinstance(own, dict) else {}), "file": target}), \
-            task_class(spec.task.name).labels_as
-    if Path(target).is_file() or target in _api().RECIPES:
-        spec = _api().Experiment.from_yaml(target, set_).spec
-        if spec.data.labels:
-            return spec.data.labels, task_class(spec.task.name).labels_as
-    return None
 
 
 @app.command("check-data")
@@ -510,19 +402,11 @@ def check_data(target: str = typer.Argument(..., metavar="TARGET", autocompletio
                workers: int = typer.Option(1, "--workers", min=1, metavar="N", help="processes reading images")) -> None:
     """Read every image and report broken, duplicate, conflicting, hidden or misplaced files, and every bad row of
     a label table (a .csv TARGET, or a recipe's data.labels), with its line (exit 1 if any)."""
-    from transferkit.data.check import check_folder, check_splits, check_table
     from transferkit.run.display import print_table
+    from transferkit.run.targets import check_target
 
     _api()
-    table = _label_table_of(target, set_)
-    if table is not None:
-        report = check_table(*table, workers=workers, progress=err.is_terminal)
-    elif Path(target).is_dir():
-        d = _folder_data_spec(target, set_).data
-        report = check_folder(Path(d.root), d.train_dir, d.test_dir, d.val_dir, workers=workers,
-                              progress=err.is_terminal)
-    else:
-        report = check_splits(_splits_for(target, None, set_), workers=workers, progress=err.is_terminal)
+    report = check_target(target, set_, workers, progress=err.is_terminal)
     if report.problems:
         print_table(out, ["problem", "path", "explanation"], report.rows())
     out.print(f"{report.images_checked} images checked, {len(report.problems)} problem(s)", markup=False,

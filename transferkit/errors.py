@@ -34,3 +34,9 @@ class DeviceError(TransferkitError):
 
 class TrainingError(TransferkitError):
     """Training stopped on a condition the user must address (non-finite loss, out of memory)."""
+
+
+class WriteError(TransferkitError, OSError):
+    """A file that cannot be written: the disk is full, the file too large, or the folder read-only or not ours.
+
+    An OSError too, so code that falls back when a cache cannot be written keeps doing so."""

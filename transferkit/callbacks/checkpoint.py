@@ -8,22 +8,40 @@ from transferkit.callbacks.best import BestTracker
 from transferkit.callbacks.ema import EMA
 from transferkit.engine.callbacks import Callback, RunContext
 from transferkit.engine.trainer import Trainer
-from transferkit.errors import TransferkitError
 from transferkit.files import atomic_torch_save
+from transferkit.model.checkpoint_format import checkpoint_identity, load_checkpoint  # noqa: F401  (its callers know it from here)
 from transferkit.model.preprocess import Preprocessing
-from transferkit.model.weights_io import safe_torch_load
 from transferkit.recipe.spec import ExperimentSpec
+from transferkit.rundir import RunDir
 
-CHECKPOINT_FORMAT = "transferkit-checkpoint-1"
+PER_TENSOR = 1024  # a tensor's pickle record and archive entry in a torch.save file, with room to spare
+RECORD = 1 << 16  # recipe, classes, history, RNG states
 
 
-def load_checkpoint(path: Path) -> dict:
-    """A checkpoint written by transferkit, loaded with weights_only=True; TransferkitError for anything else."""
-    state = safe_torch_load(path)
-    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT or "model" not in state:
-        raise TransferkitError(f"{path}: not a transferkit checkpoint (no '{CHECKPOINT_FORMAT}' format key); "
-                               f"give a best.pt or last.pt that `transferkit run` wrote")
-    return state
+def optimizer_slots(optimizer) -> int:
+    """Tensors of each parameter's size the optimizer keeps once it has stepped (AdamW 2, SGD with momentum 1)."""
+    d = optimizer.defaults
+    if "betas" in d:
+        return 2 + bool(d.get("amsgrad"))
+    if "alpha" in d:  # RMSprop: the squared average, a momentum buffer, a centred mean
+        return 1 + bool(d.get("momentum")) + bool(d.get("centered"))
+    if "momentum" in d:
+        return 1 if d["momentum"] else 0
+    return 2  # a plugin's optimizer: assume Adam's two moments
+
+
+def checkpoint_sizes(spec: ExperimentSpec, model, optimizer) -> tuple[int, int]:
+    """About how many bytes last.pt and best.pt will take (0: not written): the weights, the optimizer's state once
+    every parameter has some (after unfreezing too), EMA's copy, and each tensor's record."""
+    if not spec.train.checkpoint:
+        return 0, 0
+    state = model.state_dict()
+    weights = sum(t.nbytes for t in state.values()) + PER_TENSOR * len(state)
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    slots = optimizer_slots(optimizer)
+    moments = slots * sum(p.nbytes for p in params) + PER_TENSOR * len(params) * (slots + 1)
+    last = weights * (2 if spec.train.ema else 1) + moments + RECORD
+    return last, 0 if spec.train.keep == "last" else weights + RECORD
 
 
 class Checkpoint(Callback):
@@ -35,6 +53,7 @@ class Checkpoint(Callback):
 
     def __init__(self, run_dir: Path, spec: ExperimentSpec, classes: list[str], preprocessing: Preprocessing):
         self.run_dir, self.spec, self.classes, self.preprocessing = run_dir, spec, list(classes), preprocessing
+        self.files = RunDir(run_dir)
         self.keep = spec.train.keep
 
     @classmethod
@@ -44,15 +63,14 @@ class Checkpoint(Callback):
 
     def _identity(self, trainer: Trainer) -> dict:
         task = trainer.task  # its name, outputs and state (thresholds, target scale) travel with the weights
-        return {"format": CHECKPOINT_FORMAT, "classes": self.classes,
-                "preprocessing": self.preprocessing.to_dict(), "recipe": self.spec.model_dump(mode="json"),
-                "task": {"name": task.name, "state": task.state_dict()}}
+        return checkpoint_identity(self.classes, self.preprocessing, self.spec.model_dump(mode="json"),
+                                   {"name": task.name, "state": task.state_dict()})
 
     def save_last(self, trainer: Trainer) -> None:
         """last.pt: the trainer's whole state."""
         state = trainer.state_dict()
         if trainer.placement.is_primary:
-            atomic_torch_save(self.run_dir / "last.pt", {**self._identity(trainer), **state})
+            atomic_torch_save(self.files.last, {**self._identity(trainer), **state})
 
     def on_epoch_end(self, trainer: Trainer, epoch: int, row: dict) -> None:
         tracker = trainer.callback(BestTracker)
@@ -60,7 +78,7 @@ class Checkpoint(Callback):
             source = tracker.source if tracker else "raw"
             ema = trainer.callback(EMA)
             weights = ema.averaged_state(trainer.model) if source == "ema" and ema else trainer.model.state_dict()
-            atomic_torch_save(self.run_dir / "best.pt", {
+            atomic_torch_save(self.files.best, {
                 **self._identity(trainer), "model": weights, "epoch": epoch, "metrics": row, "weights": source,
                 "selected_on": tracker.metric if tracker else None})
         self.save_last(trainer)
@@ -70,4 +88,4 @@ class Checkpoint(Callback):
 
     def on_fit_end(self, trainer: Trainer) -> None:
         if self.keep == "best" and trainer.placement.is_primary:
-            (self.run_dir / "last.pt").unlink(missing_ok=True)
+            self.files.last.unlink(missing_ok=True)

@@ -2,11 +2,30 @@
 
 from __future__ import annotations
 
+import csv
+import io
+import json
+from pathlib import Path
 from typing import Callable
 
 from transferkit.engine.callbacks import Callback, RunContext
-from transferkit.files import write_metrics
+from transferkit.files import atomic_write_text
 from transferkit.registry import LOGGERS
+from transferkit.rundir import RunDir
+
+
+def write_metrics(run_dir: Path, history: list[dict]) -> None:
+    """metrics.json and metrics.csv, one row per epoch."""
+    files = RunDir(run_dir)
+    atomic_write_text(files.metrics_json, json.dumps(history, indent=2))
+    if not history:
+        return
+    columns = list(dict.fromkeys(key for row in history for key in row))
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=columns)
+    writer.writeheader()
+    writer.writerows(history)
+    atomic_write_text(files.metrics_csv, out.getvalue())
 
 
 class EpochLine(Callback):

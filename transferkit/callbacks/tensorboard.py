@@ -5,6 +5,7 @@ from __future__ import annotations
 from transferkit.callbacks.tracking import epoch_metrics, flat_params, missing_package
 from transferkit.engine.callbacks import Callback, RunContext
 from transferkit.registry import LOGGERS
+from transferkit.rundir import RunDir
 
 
 @LOGGERS.register("tensorboard")
@@ -12,7 +13,7 @@ class TensorBoardLog(Callback):
     """Writes <run>/tensorboard/: scalars per epoch (metrics, lr/<group>, images/s); the recipe as hparams at the end."""
 
     def __init__(self, run: RunContext, options=None):
-        self.folder = run.run_dir / "tensorboard"
+        self.folder = RunDir(run.run_dir).tensorboard
         self.recipe = run.spec.model_dump(mode="json")
         self.writer = None
 

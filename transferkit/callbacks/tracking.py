@@ -6,6 +6,8 @@ import importlib.util
 import math
 from pathlib import Path
 
+from transferkit.rundir import RunDir, RunRoot
+
 
 def flat_params(recipe: dict, prefix: str = "") -> dict[str, str | int | float | bool]:
     """The recipe as dotted keys (`optimizer.lr`: 0.01); lists become their text, unset values are left out."""
@@ -32,13 +34,14 @@ def epoch_metrics(row: dict) -> dict[str, float]:
 def run_files(run_dir: Path, model: bool = False) -> list[tuple[Path, str]]:
     """(file, folder inside the tracker's artifacts) of what a finished variant leaves: its recipe (spec.yaml),
     data_plan.json, every PNG (evaluation/, the run's curves.png), and with `model` its best.pt (or last.pt)."""
-    files = [(run_dir / name, "") for name in ("spec.yaml", "data_plan.json") if (run_dir / name).is_file()]
+    variant, curves = RunDir(run_dir), RunRoot(run_dir.parent).curves
+    files = [(path, "") for path in (variant.spec, variant.data_plan) if path.is_file()]
     files += [(png, "" if png.parent == run_dir else png.parent.relative_to(run_dir).as_posix())
               for png in sorted(run_dir.rglob("*.png"))]
-    if (run_dir.parent / "curves.png").is_file():  # the comparison of all variants, in the run root
-        files.append((run_dir.parent / "curves.png", ""))
+    if curves.is_file():  # the comparison of all variants, in the run root
+        files.append((curves, ""))
     if model:
-        weights = next((run_dir / n for n in ("best.pt", "last.pt") if (run_dir / n).is_file()), None)
+        weights = variant.checkpoint()
         if weights is not None:
             files.append((weights, "model"))
     return files

@@ -13,7 +13,7 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".
 Samples = list[tuple[Path, int]]
 
 
-VAL_ALIASES = ("validation", "valid")  # also read as the validation split when data.val_dir is the default "val"
+VAL_FOLDERS = ("val", "validation", "valid")  # read as the validation split (first found) when val_dir is "val"
 
 TRAIN, VAL, TEST, ALL = "train", "val", "test", "all"  # ALL: a root holding the class folders itself
 
@@ -129,8 +129,11 @@ def _where_classes_are(only: Path) -> str:
 
 
 def val_folder(root: Path, val_dir: str = "val") -> Path | None:
-    """root/val_dir, or (for the default "val") root/validation or root/valid, whichever exists first."""
-    for name in (val_dir, *(VAL_ALIASES if val_dir == "val" else ())):
+    """root/val_dir, or (for the default "val") root/val, root/validation or root/valid, whichever exists first.
+
+    The one list of validation-folder names: training, `fit`, `compare-backbones` and `evaluate` all ask here.
+    """
+    for name in (VAL_FOLDERS if val_dir == "val" else (val_dir,)):
         if (root / name).is_dir():
             return root / name
     return None

@@ -1,42 +1,16 @@
-"""Find and read a trained model: a run directory, a run root with one variant, or a checkpoint file."""
+"""Find a trained model's checkpoint: a run directory, a run root with one variant, or a checkpoint file."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
-from transferkit.callbacks.checkpoint import CHECKPOINT_FORMAT
-from transferkit.errors import TransferkitError, WeightsError
-from transferkit.model.preprocess import Preprocessing
-from transferkit.model.weights_io import safe_torch_load
-
-CHECKPOINT_NAMES = ("best.pt", "last.pt")
-REQUIRED_KEYS = ("model", "classes", "preprocessing", "recipe")
-
-
-class CheckpointError(WeightsError):
-    """A checkpoint that is not transferkit's, or lacks what predicting needs."""
-
-
-@dataclass
-class Checkpoint:
-    """What a transferkit checkpoint holds for inference: weights, class names, preprocessing and recipe."""
-
-    path: Path
-    state_dict: dict
-    classes: list[str]
-    preprocessing: Preprocessing
-    recipe: dict
-    task: dict | None = None  # {"name", "state"}: thresholds, target scale (None: a checkpoint from before tasks)
-
-    @property
-    def run_dir(self) -> Path:
-        """The variant directory the checkpoint lives in."""
-        return self.path.parent
+from transferkit.errors import TransferkitError
+from transferkit.model.checkpoint_format import SavedModel
+from transferkit.rundir import RunDir
 
 
 def _checkpoint_in(variant_dir: Path) -> Path | None:
-    return next((variant_dir / name for name in CHECKPOINT_NAMES if (variant_dir / name).is_file()), None)
+    return RunDir(variant_dir).checkpoint()
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
@@ -60,18 +34,6 @@ def resolve_checkpoint(path: str | Path) -> Path:
                            f"give a run directory of a finished `transferkit run`")
 
 
-def read_checkpoint(path: str | Path) -> Checkpoint:
-    """Load a transferkit checkpoint without executing code (weights_only) and check its format key."""
-    file = resolve_checkpoint(path)
-    state = safe_torch_load(file)
-    fmt = state.get("format") if isinstance(state, dict) else None
-    if fmt != CHECKPOINT_FORMAT:
-        found = f"format {fmt!r}" if fmt is not None else "no 'format' key"
-        raise CheckpointError(f"{file}: not a transferkit checkpoint ({found}, expected {CHECKPOINT_FORMAT!r}); "
-                              f"give a best.pt or last.pt written by `transferkit run`")
-    missing = [key for key in REQUIRED_KEYS if key not in state]
-    if missing:
-        raise CheckpointError(f"{file}: transferkit checkpoint without {', '.join(missing)}; "
-                              f"it may be damaged: use the run's other checkpoint or train again")
-    return Checkpoint(file, state["model"], [str(c) for c in state["classes"]],
-                      Preprocessing.from_dict(state["preprocessing"]), state["recipe"], state.get("task"))
+def read_checkpoint(path: str | Path) -> SavedModel:
+    """The model a run directory or checkpoint file holds, read by the checkpoint format's one reader."""
+    return SavedModel.read(resolve_checkpoint(path))

@@ -12,7 +12,7 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from transferkit.data.folder import Samples, class_folders, scan_split
+from transferkit.data.folder import Samples, class_folders, scan_split, val_folder
 from transferkit.errors import DataError, TransferkitError
 from transferkit.files import atomic_write_bytes, atomic_write_text
 from transferkit.inference.batches import ImagePreparer
@@ -23,8 +23,9 @@ from transferkit.inference.checkpoint_io import read_checkpoint
 from transferkit.inference.predictor import Predictor, softmax
 from transferkit.inference.task_reports import report_for
 from transferkit.inference.torch_predictor import TorchPredictor
+from transferkit.rundir import RunDir
 
-SPLIT_FOLDERS = {"test": ("test",), "val": ("val", "validation")}
+SPLITS = ("test", "val")
 TOP_LOSSES = 16
 
 
@@ -71,14 +72,12 @@ def absent_classes(samples: Samples, classes: list[str]) -> list[str]:
 
 
 def folder_split(folder: str | Path, split: str) -> Path:
-    """`folder/test` (or val/validation) when there, else `folder` itself holding the class folders."""
+    """`folder/test` (or val/, validation/, valid/) when there, else `folder` itself holding the class folders."""
     folder = Path(folder).expanduser()
     if not folder.is_dir():
         raise DataError(f"{folder}: folder not found; give --data a folder of class sub-folders (or one with test/)")
-    for name in SPLIT_FOLDERS[split]:
-        if (folder / name).is_dir():
-            return folder / name
-    return folder
+    found = val_folder(folder) if split == "val" else folder / "test"
+    return found if found is not None and found.is_dir() else folder
 
 
 def table_samples(file: Path, recipe: dict, split: str, classes: list[str]) -> tuple[Samples, Path]:
@@ -276,7 +275,7 @@ def evaluate_folder(predictor: Predictor, folder: str | Path | None, split: str 
                     output: str | Path | None = None, console: Console | None = None,
                     progress: bool = False) -> Evaluation:
     """Evaluate on `folder` (or, when None, the split the run trained with); write the files when `output` is set."""
-    if split not in SPLIT_FOLDERS:
+    if split not in SPLITS:
         raise TransferkitError(f"--split {split}: use test or val")
     console = console or Console(stderr=True)
     if folder is None:
@@ -299,7 +298,7 @@ def evaluate_folder(predictor: Predictor, folder: str | Path | None, split: str 
 
 def default_output(predictor: Predictor, split: str) -> Path:
     """`<run>/evaluation/<split>/`, <run> being the folder the checkpoint or ONNX file is in."""
-    return predictor.source.parent / "evaluation" / split
+    return RunDir(predictor.source.parent).evaluation(split)
 
 
 def evaluate_run_dir(variant_dir: str | Path, split: str = "test", console: Console | None = None,
@@ -310,7 +309,7 @@ def evaluate_run_dir(variant_dir: str | Path, split: str = "test", console: Cons
     """
     console = console or Console(stderr=True)
     variant_dir = Path(variant_dir)
-    if not any((variant_dir / name).is_file() for name in ("best.pt", "last.pt")):
+    if RunDir(variant_dir).checkpoint() is None:
         console.print(f"[yellow]{variant_dir.name}: no checkpoint saved (train.checkpoint: false); not evaluated[/]")
         return None
     try:

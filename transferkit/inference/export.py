@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import os
@@ -13,15 +14,18 @@ import numpy as np
 import torch
 
 from transferkit.errors import TransferkitError
+from transferkit.files import check_room, refused, write_error
 from transferkit.inference.batches import ImagePreparer, read_batches
 from transferkit.inference.evaluate import recipe_samples
 from transferkit.inference.onnx_metadata import TORCHSCRIPT_METADATA, export_metadata
 from transferkit.inference.onnx_predictor import onnxruntime
 from transferkit.inference.torch_predictor import TorchPredictor
+from transferkit.rundir import EXPORTS, RunDir
 
-FORMATS = {"onnx": "model.onnx", "torchscript": "model.torchscript.pt"}
+FORMATS = tuple(EXPORTS)
 TOLERANCE = 1e-4  # largest allowed difference of any answer (probability; regression: standardised value)
 DEFAULT_CHECK = 16
+EXPORT_MARGIN = 1 << 20  # the graph and the metadata beside the weights
 
 
 class ExportError(TransferkitError):
@@ -107,16 +111,18 @@ def export_model(predictor: TorchPredictor, fmt: str = "onnx", path: str | Path 
     """Write the model, check it on `check` images (default 16; 0 skips) and move it into place only if it agrees."""
     if fmt not in FORMATS:
         raise ExportError(f"--format {fmt}: use onnx or torchscript")
-    path = Path(path).expanduser() if path else predictor.source.parent / FORMATS[fmt]
+    path = Path(path).expanduser() if path else RunDir(predictor.source.parent).export(fmt)
     count = DEFAULT_CHECK if check is None else check
     size = predictor.preprocessing.input_size
     model = copy.deepcopy(predictor.model).cpu().float().to(memory_format=torch.contiguous_format).eval()
     example = torch.randint(0, 256, (2, 3, size, size), generator=torch.Generator().manual_seed(0)).float()
     task = {"name": predictor.task.name, "state": predictor.task.state_dict()}
     metadata = export_metadata(predictor.classes, predictor.preprocessing.to_dict(), predictor.checkpoint.recipe, task)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    weights = sum(t.nbytes for t in model.state_dict().values())  # what the file holds, graph and metadata aside
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        check_room(path.parent, weights + EXPORT_MARGIN, (path, weights), "--output")
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)  # torch.jit and the legacy paths announce deprecation
             warnings.simplefilter("ignore", DeprecationWarning)
@@ -124,6 +130,10 @@ def export_model(predictor: TorchPredictor, fmt: str = "onnx", path: str | Path 
                 (_onnx if fmt == "onnx" else _torchscript)(model, example, tmp, metadata)
             except ExportError:
                 raise
+            except OSError as exc:
+                if refused(exc):
+                    raise write_error(path, weights, exc) from exc
+                raise ExportError(f"{path}: {fmt} export failed ({exc}); add --debug for the traceback") from exc
             except Exception as exc:  # the exporters' own errors: an operator or construct they cannot express
                 reason = " ".join(str(exc).split())[:200]
                 raise ExportError(f"{path}: {fmt} export failed ({type(exc).__name__}: {reason}); "
@@ -143,6 +153,11 @@ def export_model(predictor: TorchPredictor, fmt: str = "onnx", path: str | Path 
                                       f"its answers on {len(images)} {where} (tolerance {TOLERANCE:.0e}); not "
                                       f"written. Re-run with --debug and report it")
         os.replace(tmp, path)
+    except OSError as exc:
+        if refused(exc):
+            raise write_error(path, weights, exc) from exc
+        raise
     finally:
-        tmp.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
     return result

@@ -6,7 +6,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from transferkit.inference.checkpoint_io import CheckpointError
+from transferkit.model.checkpoint_format import CheckpointError
 from transferkit.model.preprocess import Preprocessing
 from transferkit.recipe.spec import ExperimentSpec
 from transferkit.tasks import Task, build_task

@@ -9,7 +9,7 @@ import torch
 
 from transferkit.errors import TransferkitError
 from transferkit.inference.batches import default_decode_threads
-from transferkit.inference.checkpoint_io import CheckpointError
+from transferkit.model.checkpoint_format import CheckpointError
 from transferkit.inference.onnx_metadata import read_export_metadata
 from transferkit.inference.predictor import Predictor
 

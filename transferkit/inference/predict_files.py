@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 import sys
+import contextlib
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,6 +15,7 @@ from typing import TextIO
 from rich.console import Console
 
 from transferkit.errors import TransferkitError
+from transferkit.files import refused, write_error
 from transferkit.inference.feedback import feedback
 from transferkit.inference.predictor import Prediction, Predictor
 
@@ -41,11 +44,25 @@ class RowWriter:
     """Writes predictions as CSV (path, the task's columns, error) or JSON Lines. single_label's columns are label,
     probability, label_1, probability_1, ...; multi_label's labels and p_<label>; regression's the target names."""
 
-    def __init__(self, handle: TextIO, fmt: str, top_k: int, task):
-        self.handle, self.fmt, self.top_k, self.task = handle, fmt, top_k, task
+    def __init__(self, handle: TextIO, fmt: str, top_k: int, task, path: Path | None = None):
+        self.handle, self.fmt, self.top_k, self.task, self.path = handle, fmt, top_k, task, path
+        self.buffer = io.StringIO()
         if fmt == "csv":
-            self.csv = csv.writer(handle)
+            self.csv = csv.writer(self.buffer)
             self.csv.writerow(["path", *task.prediction_columns(top_k), "error"])
+            self._flush()
+
+    def _flush(self) -> None:
+        chunk = self.buffer.getvalue()
+        self.buffer.seek(0)
+        self.buffer.truncate()
+        try:
+            self.handle.write(chunk)
+            self.handle.flush()
+        except OSError as exc:
+            if refused(exc) and self.path is not None:
+                raise write_error(self.path, len(chunk.encode("utf-8")), exc) from exc
+            raise
 
     def write(self, predictions: list[Prediction]) -> None:
         """Write the rows and flush, so a crash later loses none of them."""
@@ -57,8 +74,8 @@ class RowWriter:
                           "top_k": [{"label": label, "probability": prob} for label, prob in p.top_k]}
                 record.update({key: value for key, value in (("labels", p.labels), ("scores", p.scores),
                                                              ("values", p.values)) if value is not None})
-                self.handle.write(json.dumps({**record, "error": p.error}) + "\n")
-        self.handle.flush()
+                self.buffer.write(json.dumps({**record, "error": p.error}) + "\n")
+        self._flush()
 
 
 @contextmanager
@@ -69,9 +86,20 @@ def open_output(output: Path | None, overwrite: bool):
         return
     if output.exists() and not overwrite:
         raise TransferkitError(f"--output {output}: file exists; choose another name or add --overwrite")
-    output.parent.mkdir(parents=True, exist_ok=True)
-    with open(output, "w", newline="", encoding="utf-8") as handle:
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        handle = open(output, "w", newline="", encoding="utf-8")
+    except OSError as exc:
+        if refused(exc):
+            raise write_error(output, None, exc) from exc
+        raise
+    try:
         yield handle
+    except BaseException:
+        with contextlib.suppress(OSError):  # rows that could not be written would fail again on close
+            handle.close()
+        raise
+    handle.close()
 
 
 def predict_to_file(predictor: Predictor, paths: list[Path], output: Path | None, top_k: int,
@@ -81,7 +109,7 @@ def predict_to_file(predictor: Predictor, paths: list[Path], output: Path | None
     k = max(1, min(top_k, len(predictor.classes)))
     summary = PredictSummary()
     with open_output(output, overwrite) as handle, feedback(console, "predict", len(paths), progress) as bar:
-        writer = RowWriter(handle, fmt, k, predictor.task)
+        writer = RowWriter(handle, fmt, k, predictor.task, output)
         for predictions in predictor.prediction_batches(paths, k):
             writer.write(predictions)
             failed = sum(not p.ok for p in predictions)

@@ -9,8 +9,8 @@ from transferkit.data.loading import default_eval_batch_size
 from transferkit.device import resolve_device
 from transferkit.errors import TransferkitError
 from transferkit.inference.batches import default_decode_threads
-from transferkit.inference.checkpoint_io import Checkpoint
 from transferkit.inference.predictor import Predictor
+from transferkit.model.checkpoint_format import SavedModel
 from transferkit.tasks import build_task
 
 
@@ -22,7 +22,7 @@ def channels_last_pays(model, device: torch.device) -> bool:
 class TorchPredictor(Predictor):
     """A transferkit checkpoint's TransferModel, rebuilt without weight downloads, in eval mode on `device`."""
 
-    def __init__(self, checkpoint: Checkpoint, device: str | torch.device = "auto", batch_size: int | None = None,
+    def __init__(self, checkpoint: SavedModel, device: str | torch.device = "auto", batch_size: int | None = None,
                  decode_threads: int | None = None):
         from transferkit.model.build import build_model
         from transferkit.plugins import load_plugins

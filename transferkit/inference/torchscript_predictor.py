@@ -14,7 +14,7 @@ import torch
 from transferkit.device import resolve_device
 from transferkit.errors import TransferkitError
 from transferkit.inference.batches import default_decode_threads
-from transferkit.inference.checkpoint_io import CheckpointError
+from transferkit.model.checkpoint_format import CheckpointError
 from transferkit.inference.onnx_metadata import TORCHSCRIPT_METADATA, read_export_metadata
 from transferkit.inference.predictor import Predictor
 

@@ -157,9 +157,11 @@ def with_batch_size(spec: ExperimentSpec, model: TransferModel, input_size: int,
 
 
 def assemble(spec: ExperimentSpec, console: Console, progress: bool = True,
-             callbacks: list[Callback] | None = None, placement: Placement | None = None) -> Assembled:
+             callbacks: list[Callback] | None = None, placement: Placement | None = None,
+             before_data=None) -> Assembled:
     """Everything one variant trains with, built from its spec (weights loaded, caches filled), for this
-    process of `placement` (default: the only one)."""
+    process of `placement` (default: the only one). `before_data(model, optimizer)` runs once both exist,
+    before the data is read and cached (the check that the checkpoints will fit on the disk)."""
     placement = placement or Placement()
     placement.check_batch(spec.data.batch_size)
     device = placement.device(resolve_device(spec.train.device))
@@ -174,6 +176,8 @@ def assemble(spec: ExperimentSpec, console: Console, progress: bool = True,
     model.to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
     spec = with_batch_size(spec, model, built.preprocessing.train_input_size, device, channels_last, len(splits.train))
     optimizer = build_optimizer(spec.optimizer, groups)
+    if before_data is not None:
+        before_data(model, optimizer)
     task = build_task(spec, splits.classes)
     task.prepare([target for _, target in splits.train])
     plan = DataPlan.resolve(spec, device, splits, built.preprocessing, placement.local_world_size)

@@ -14,6 +14,7 @@ from pathlib import Path
 from rich.console import Console
 
 from transferkit.data.features import extraction_rate
+from transferkit.data.folder import val_folder
 from transferkit.errors import DownloadError, SpecError, TransferkitError, WeightsError
 from transferkit.model.backbones import TIMM_PREFIX, check_backbone, list_backbones
 from transferkit.model.offline_weights import Availability, availability, offline_backbones
@@ -21,7 +22,6 @@ from transferkit.recipe.spec import BackboneSpec
 from transferkit.run.assemble import assemble
 from transferkit.run.experiment import Experiment
 
-VALIDATION_FOLDERS = ("val", "validation", "valid")
 WILDCARDS = "*?["
 
 
@@ -108,9 +108,9 @@ def folder_data(folder: Path) -> dict:
     data: dict = {"dataset": "folder", "root": str(folder)}
     if not (folder / "train").is_dir():
         data["split_ratio"] = 0.2
-    val = next((name for name in VALIDATION_FOLDERS if (folder / name).is_dir()), None)
+    val = val_folder(folder)
     if val and "split_ratio" not in data:
-        data["val_dir"] = val
+        data["val_dir"] = val.name
     else:
         data["val_split"] = 0.1
     return data

@@ -15,12 +15,13 @@ from rich.console import Console
 from transferkit.callbacks.bad_images import BadImageReport
 from transferkit.callbacks.best import BestTracker
 from transferkit.callbacks.budget import Budget
-from transferkit.callbacks.checkpoint import load_checkpoint
+from transferkit.callbacks.checkpoint import checkpoint_sizes, load_checkpoint
 from transferkit.cpu_memory import fallback_reason
 from transferkit.device import describe_device, resolve_device
 from transferkit.engine.callbacks import Callback, RunContext
 from transferkit.engine.placement import Placement
 from transferkit.engine.trainer import Interrupted
+from transferkit.errors import WriteError
 from transferkit.inference.evaluate import evaluate_run_dir
 from transferkit.files import atomic_write_text
 from transferkit.optim.lr_policies import describe_groups
@@ -34,9 +35,8 @@ from transferkit.run.assemble import Assembled, assemble
 from transferkit.run.connector import CallbackConnector
 from transferkit.run.probe import probe_head
 from transferkit.run.validation_fit import fit_task_to_validation
-from transferkit.run.resume import check_resumable
-from transferkit.run.results import ExperimentResult, VariantResult, is_finished, read_summary, write_summary
-from transferkit.run.rundir import prepare_run_dir
+from transferkit.run.results import ExperimentResult, VariantResult, read_summary, write_summary
+from transferkit.rundir import RunDir, RunRoot
 from transferkit.signals import GracefulStop, RunInterrupted
 from transferkit.run.validation import check_device, validate_spec
 
@@ -79,8 +79,9 @@ class Experiment:
             callbacks: list[Callback] | None = None) -> ExperimentResult:
         """Train the chosen variants (default: all) one after another; print and save a comparison.
 
-        `callbacks` join each variant's trainer after the built-in features and the recipe's train.callbacks,
-        before the loggers and the checkpoint (run/connector.py).
+        `resume` is a run folder, one of its variant folders, or "auto" (the latest unfinished run of this
+        experiment under `output_dir`). `callbacks` join each variant's trainer after the built-in features and
+        the recipe's train.callbacks, before the loggers and the checkpoint (run/connector.py).
 
         `resume_command(run_root)`, when given, is printed with the first Ctrl-C, so the way back is on screen
         even if a second Ctrl-C ends the process at once. `run_root` names the run folder instead of the next
@@ -97,11 +98,15 @@ class Experiment:
             check_device(spec, processes=placement.world_size)
         if not placement.is_primary:  # one process speaks and writes
             console, progress = Console(stderr=True, quiet=True), False
+        if resume:  # the primary finds the run and hands it to the others (other machines may not see the folder)
+            resume = placement.broadcast(RunRoot.to_resume(resume, output_dir or self.spec.output_dir, self.spec.name)
+                                         .path if placement.is_primary else None)
         if resume and placement.is_primary:
-            check_resumable(Path(resume), self.spec.name, {n: self.variant_spec(n) for n in self.variant_names})
+            RunRoot(resume).check_resumable(self.spec.name, {n: self.variant_spec(n).model_dump(mode="json")
+                                                             for n in self.variant_names})
         if run_root is None:
-            run_root = Path(resume) if resume else fresh_run_root(Path(output_dir or self.spec.output_dir),
-                                                                  self.spec.name)
+            run_root = Path(resume) if resume else RunRoot.fresh(output_dir or self.spec.output_dir,
+                                                                 self.spec.name).path
         run_root = placement.broadcast(run_root)
         results: dict[str, VariantResult] = {}
         def notify(message: str) -> None:
@@ -127,20 +132,6 @@ class Experiment:
         return result
 
 
-def fresh_run_root(output_dir: Path, name: str) -> Path:
-    """output_dir/name, or name-2, name-3, ... when earlier runs are there: nothing is overwritten."""
-    candidate, n = output_dir / name, 1
-    while candidate.exists() and any(candidate.iterdir()):
-        n += 1
-        candidate = output_dir / f"{name}-{n}"
-    return candidate
-
-
-def latest_unfinished_run(output_dir: Path, name: str) -> Path | None:
-    """The most recently changed run folder of experiment `name` that has no final comparison yet."""
-    candidates = [p for p in [output_dir / name, *output_dir.glob(f"{name}-*")]
-                  if p.is_dir() and not (p / "comparison.json").exists()]
-    return max(candidates, key=lambda p: p.stat().st_mtime, default=None)
 
 
 def run_variant(spec: ExperimentSpec, name: str, run_dir: Path, console: Console, progress: bool = True,
@@ -150,7 +141,8 @@ def run_variant(spec: ExperimentSpec, name: str, run_dir: Path, console: Console
     what the others read of it, the primary hands them)."""
     placement = placement or Placement()
     primary = placement.is_primary
-    finished = placement.broadcast(resume and primary and is_finished(run_dir))
+    files = RunDir(run_dir)
+    finished = placement.broadcast(resume and primary and files.is_finished)
     if finished:
         console.print(f"[bold]{name}[/]: finished already in {run_dir}; not re-trained")
         return placement.broadcast(read_summary(name, run_dir) if primary else None)
@@ -158,34 +150,38 @@ def run_variant(spec: ExperimentSpec, name: str, run_dir: Path, console: Console
     if resolve_device(spec.train.device).type == "cpu" and primary and fallback_reason():
         console.print(f"[dim]CPU allocator: glibc's malloc ({fallback_reason()}); CPU training runs slower with it "
                       f"(docs/performance.md, \"The CPU allocator\")[/]", markup=True, highlight=False)
-    parts = assemble(spec, console, progress, placement=placement)
+    parts = assemble(spec, console, progress, placement=placement, before_data=room_check(spec, files, placement))
     run = RunContext(spec, name, run_dir, parts.splits.classes, parts.preprocessing, parts.selection, console,
                      placement, started, parts.task)
     trainer = parts.trainer
     trainer.callbacks = (connector or CallbackConnector()).build(run)
-    saved = placement.broadcast(load_checkpoint(run_dir / "last.pt") if primary and resume
-                                and (run_dir / "last.pt").is_file() else None)
+    saved = placement.broadcast(load_checkpoint(files.last) if primary and resume and files.last.is_file()
+                                else None)
     if saved is not None:
         trainer.load_state_dict(saved)
         where = (f"step {trainer.partial['step']} of epoch {trainer.epoch + 1}" if trainer.partial
                  else f"epoch {trainer.epoch + 1}")
-        console.print(f"[bold]{name}[/]: resuming at {where} from {run_dir / 'last.pt'}")
+        console.print(f"[bold]{name}[/]: resuming at {where} from {files.last}")
     probe_seconds = 0.0
     if spec.train.probe_epochs and trainer.epoch == 0 and trainer.partial is None:
         probe_seconds = probe_head(parts, console)
     setup_seconds = time.monotonic() - started - probe_seconds
     groups = describe_groups(parts.param_groups)
     if primary:
-        prepare_run_dir(run_dir)  # only now: a run that failed before training leaves no folder behind
-        atomic_write_text(run_dir / "spec.yaml", dump_yaml(spec))
-        atomic_write_text(run_dir / "param_groups.json", json.dumps(groups, indent=2))
-        atomic_write_text(run_dir / "data_plan.json", json.dumps(parts.plan.to_dict(), indent=2))
+        files.prepare()  # only now: a run that failed before training leaves no folder behind
+        atomic_write_text(files.spec, dump_yaml(spec))
+        atomic_write_text(files.param_groups, json.dumps(groups, indent=2))
+        atomic_write_text(files.data_plan, json.dumps(parts.plan.to_dict(), indent=2))
     _print_header(console, name, parts, groups, run_dir)
     try:
         trainer.fit(parts.train_loader, parts.eval_loaders, spec.train.epochs, should_stop)
     except Interrupted as stop:
         step, steps = (stop.partial["step"], stop.partial["steps"]) if stop.partial else (0, 0)
         raise RunInterrupted(run_dir.parent, name, stop.epoch, step, steps) from None
+    except WriteError as exc:
+        kept = (f"the last good checkpoint {files.last} is kept: make room, then continue with --resume "
+                f"{run_dir.parent}" if files.last.is_file() else "no checkpoint had been written yet")
+        raise WriteError(f"{exc}; {kept}") from exc
     if trainer.stop_reason:
         console.print(f"[bold]{name}[/]: {trainer.stop_reason}", highlight=False)
     if spec.train.checkpoint and spec.train.keep != "last":
@@ -204,6 +200,22 @@ def run_variant(spec: ExperimentSpec, name: str, run_dir: Path, console: Console
     if primary:
         write_summary(result)
     return result
+
+
+def room_check(spec: ExperimentSpec, files: RunDir, placement: Placement):
+    """assemble's `before_data`: refuse before any image is read when the disk cannot hold the checkpoints (the
+    primary measures, every process gets its verdict)."""
+    def check(model, optimizer) -> None:
+        problem = None
+        if placement.is_primary:
+            try:
+                files.check_room(*checkpoint_sizes(spec, model, optimizer))
+            except WriteError as exc:
+                problem = str(exc)
+        problem = placement.broadcast(problem)
+        if problem:
+            raise WriteError(problem)
+    return check
 
 
 def time_spent(history: list[dict], setup: float, probe: float, wall: float) -> dict:

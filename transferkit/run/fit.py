@@ -4,20 +4,29 @@ from __future__ import annotations
 
 import math
 import re
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from transferkit.data.folder import is_image_file
-from transferkit.errors import DataError, SpecError
+import yaml
+
+from transferkit.data.folder import is_image_file, val_folder
+from transferkit.errors import DataError, SpecError, TransferkitError
+from transferkit.files import atomic_write_text
 from transferkit.model.offline_weights import availability
 from transferkit.model.pypi_weights import PYPI_LITE_SOURCES, pypi_lite_preprocessing
 from transferkit.recipe.merge import deep_merge
 from transferkit.recipe.presets import PRESETS
 from transferkit.recipe.overrides import apply_overrides, parse_override
 from transferkit.registry import WEIGHT_SOURCES
+from transferkit.rundir import RunRoot
 from transferkit.tasks import task_class
 
+if TYPE_CHECKING:
+    from transferkit.run.experiment import Experiment
+    from transferkit.run.results import ExperimentResult
+
 OFFLINE_DEFAULT = ("timm/tf_efficientnet_lite0", "pypi-efficientnet-lite0")
-VAL_FOLDERS = ("val", "validation", "valid")
 # Training crops on a CPU as a share of the weights' own size: 160 and 192 px for 224 px weights, where a
 # 160 px step takes about half the time of a 224 px one (docs/performance.md, allocator table).
 CPU_TRAIN_SCALE = {"balanced": 160 / 224, "best": 192 / 224}
@@ -60,9 +69,9 @@ def data_settings(root: Path, seed: int, task: str = "single_label") -> tuple[di
                         f"or one class folder per class")
     data: dict = {"dataset": "folder", "root": str(root.resolve())}
     if (root / "train").is_dir() and (root / "test").is_dir():
-        val = next((name for name in VAL_FOLDERS if (root / name).is_dir()), None)
+        val = val_folder(root)
         if val:
-            data["val_dir"] = val
+            data["val_dir"] = val.name
         else:
             data["val_split"] = 0.1
         n_train = count_images(root / "train")
@@ -167,3 +176,43 @@ def with_fit_overrides(recipe: dict, overrides: list[str]) -> dict:
     if "data.image_size" in keys and "data.train_image_size" not in keys:
         recipe = {**recipe, "data": {k: v for k, v in recipe["data"].items() if k != "train_image_size"}}
     return apply_overrides(recipe, overrides)
+
+
+FIT_HEADER = "# written by transferkit fit; `transferkit run` on this file repeats the run\n"
+
+
+@dataclass
+class FitRun:
+    """A `fit` ready to train: the experiment, its fresh run folder, and the recipe written there (recipe.yaml)."""
+
+    experiment: "Experiment"
+    root: RunRoot
+    recipe_text: str
+
+    def run(self, console=None, progress: bool = True) -> "ExperimentResult":
+        """Train it; a failure before any variant's folder exists leaves no run folder behind."""
+        try:
+            return self.experiment.run(console=console, progress=progress, run_root=self.root.path)
+        except TransferkitError:
+            if not any(p.is_dir() for p in self.root.path.iterdir()):
+                self.root.recipe.unlink()
+                self.root.path.rmdir()
+            raise
+
+
+def start_fit(folder: str | Path, preset: str = "balanced", backbone: str | None = None, budget: str | None = None,
+              device: str = "auto", seed: int = 0, overrides: list[str] | tuple[str, ...] = (),
+              output: str | Path = "runs") -> FitRun:
+    """What `transferkit fit` does before training: the resolved recipe (for this machine's device), a fresh run
+    folder under `output`, and the recipe written into it."""
+    from transferkit.device import resolve_device
+    from transferkit.run.experiment import Experiment
+
+    cpu = resolve_device(str(overridden(overrides).get("train.device", device))).type == "cpu"
+    raw = fit_recipe(folder, preset, backbone, budget, device, seed, cpu, overrides)
+    raw["output_dir"] = str(output)
+    experiment = Experiment.from_dict(raw)
+    root = RunRoot.fresh(output, experiment.spec.name)
+    text = FIT_HEADER + yaml.safe_dump(raw, sort_keys=False)
+    atomic_write_text(root.recipe, text)
+    return FitRun(experiment, root, text)

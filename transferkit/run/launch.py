@@ -9,11 +9,46 @@ from __future__ import annotations
 
 import logging
 import os
+import shlex
 import signal
+from pathlib import Path
 
 from transferkit.errors import TransferkitError
 
 NPROC_ENV = "TRANSFERKIT_NPROC"  # set for the workers, so the primary's resume line repeats --nproc
+
+
+def run_words(recipe: str, overrides: list[str] = (), variants: list[str] = (), device: str | None = None) -> list[str]:
+    """The `transferkit run` arguments that name what runs: every process repeats them, and so does a resume."""
+    return ["run", recipe, *[w for s in overrides for w in ("--set", s)], *[w for v in variants for w in ("--variant", v)],
+            *(["--device", device] if device else [])]
+
+
+def worker_words(words: list[str], output: str | Path | None = None, resume: str | None = None,
+                 progress: bool = True) -> list[str]:
+    """The arguments `--nproc N` hands each process under torchrun: `words` and where and how it runs."""
+    return [*words, *(["--output", str(output)] if output else []), *(["--resume", resume] if resume else []),
+            *([] if progress else ["--no-progress"])]
+
+
+def resume_command(words: list[str], run_root: Path) -> str:
+    """The shell line that continues `run_root`, started the way this process was (`--nproc`, torchrun or plain)."""
+    command = ["transferkit", *words, "--resume", str(run_root)]
+    if os.environ.get(NPROC_ENV):  # started by `--nproc N`
+        command += ["--nproc", os.environ[NPROC_ENV]]
+    elif "WORLD_SIZE" in os.environ:  # started by torchrun itself
+        command = ["torchrun", "--nproc-per-node", os.environ.get("LOCAL_WORLD_SIZE", "1"), "-m", *command]
+    return shlex.join(command)
+
+
+def check_processes(experiment, nproc: int) -> None:
+    """TransferkitError unless every variant's batch divides over `nproc` processes."""
+    from transferkit.engine.placement import Placement
+
+    if nproc < 1:
+        raise TransferkitError(f"--nproc {nproc}: give 1 or more processes")
+    for name in experiment.variant_names:
+        Placement(0, nproc).check_batch(experiment.variant_spec(name).data.batch_size)
 
 
 def torchrun_args(nproc: int, args: list[str]) -> list[str]:

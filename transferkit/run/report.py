@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 from rich.console import Console
 
 from transferkit.files import atomic_write_bytes, atomic_write_text
+from transferkit.rundir import RunRoot
 
 if TYPE_CHECKING:
     from transferkit.run.results import ExperimentResult
@@ -110,8 +111,9 @@ def print_comparison(result: "ExperimentResult", console: Console) -> None:
 def write_comparison(result: "ExperimentResult") -> None:
     """comparison.json and curves.png in the experiment's run root."""
     result.run_root.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(result.run_root / "comparison.json", json.dumps(comparison_rows(result), indent=2))
-    atomic_write_bytes(result.run_root / "curves.png", curves_png(result))
+    root = RunRoot(result.run_root)
+    atomic_write_text(root.comparison, json.dumps(comparison_rows(result), indent=2))
+    atomic_write_bytes(root.curves, curves_png(result))
 
 
 def curves_png(result: "ExperimentResult") -> bytes:

@@ -7,8 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from transferkit.files import atomic_write_text
-
-SUMMARY = "summary.json"
+from transferkit.rundir import RunDir
 
 
 @dataclass
@@ -67,18 +66,14 @@ class ExperimentResult:
 
 def write_summary(result: VariantResult) -> None:
     """summary.json in the variant's run directory: the mark of a finished variant."""
-    atomic_write_text(result.run_dir / SUMMARY, json.dumps(result.summary(), indent=2))
-
-
-def is_finished(run_dir: Path) -> bool:
-    """True when the variant in `run_dir` finished (its summary.json exists)."""
-    return (run_dir / SUMMARY).is_file()
+    atomic_write_text(RunDir(result.run_dir).summary, json.dumps(result.summary(), indent=2))
 
 
 def read_summary(name: str, run_dir: Path) -> VariantResult:
     """A finished variant's result, read back from its run directory."""
-    summary = json.loads((run_dir / SUMMARY).read_text())
-    history = json.loads((run_dir / "metrics.json").read_text())
+    files = RunDir(run_dir)
+    summary = json.loads(files.summary.read_text())
+    history = json.loads(files.metrics_json.read_text())
     return VariantResult(name, history, summary["param_groups"], summary["seconds"], run_dir,
                          summary.get("skipped_images", []), summary.get("stop_reason"),
                          summary.get("best_checkpoint", ""), summary.get("time", {}),

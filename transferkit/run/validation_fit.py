@@ -10,13 +10,14 @@ from rich.console import Console
 from transferkit.callbacks.checkpoint import load_checkpoint
 from transferkit.files import atomic_torch_save
 from transferkit.run.assemble import Assembled
+from transferkit.rundir import RunDir
 
 
 def fit_task_to_validation(parts: Assembled, run_dir: Path, console: Console) -> None:
     """Evaluate best.pt's weights on the validation split and hand the outputs to the task; every process runs it
     (each holds a share of the split), the primary writes."""
     trainer, placement = parts.trainer, parts.placement
-    best = run_dir / "best.pt"
+    best = RunDir(run_dir).best
     if "val" not in parts.eval_loaders or not placement.broadcast(best.is_file() if placement.is_primary else None):
         return
     saved = placement.broadcast(load_checkpoint(best) if placement.is_primary else None)
