@@ -165,3 +165,26 @@ def _assert_same_run(a: Path, b: Path) -> None:
     rows_b, model_b = _final(b)
     assert rows_a == rows_b
     assert all(torch.equal(model_a[k], model_b[k]) for k in model_a)
+
+
+def test_a_multi_label_run_over_two_processes_matches_one_with_split_wide_metrics_and_thresholds(tmp_path):
+    from transferkit.synthetic import shapes_table
+
+    table = shapes_table(tmp_path / "shapes", per_split=(16, 8, 8), size=32)
+    recipe = tmp_path / "shapes" / "recipe.yaml"
+    recipe.write_text(yaml.safe_dump({
+        "name": "shapes", "task": "multi_label", "backbone": {"name": "resnet18", "pretrained": False},
+        "lr_policy": {"name": "frozen_backbone", "feature_cache": False},
+        "data": {"labels": str(table), "image_size": 32, "batch_size": 8, "num_workers": 0},
+        "optimizer": {"name": "sgd", "lr": 0.05}, "train": {"epochs": 2, "device": "cpu", "deterministic": True}}))
+    one = _cli(tmp_path, "run", str(recipe), "--output", str(tmp_path / "one"))
+    assert one.returncode == 0, one.stderr[-2000:]
+    two = _cli(tmp_path, "run", str(recipe), "--output", str(tmp_path / "two"), "--nproc", "2")
+    assert two.returncode == 0, two.stderr[-2000:]
+    rows = [json.loads((tmp_path / side / "shapes" / "base" / "metrics.json").read_text()) for side in ("one", "two")]
+    for a, b in zip(*rows, strict=True):  # mAP over the whole split: every process's outputs gathered first
+        for key in ("val_map", "test_map", "test_f1", "val_loss"):
+            assert b[key] == pytest.approx(a[key], rel=1e-4, abs=1e-6), key
+    thresholds = [torch.load(tmp_path / side / "shapes" / "base" / "best.pt", weights_only=True)["task"]["state"]
+                  for side in ("one", "two")]
+    assert thresholds[0]["tuned"] and thresholds[1]["thresholds"] == pytest.approx(thresholds[0]["thresholds"], abs=1e-4)
