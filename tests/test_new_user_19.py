@@ -81,3 +81,22 @@ def test_the_valley_rule_takes_the_middle_of_the_fall_and_refuses_pure_noise():
     noise = list(0.7 + rng.normal(0, 0.27, 200).clip(-0.6, None))
     result = suggest(lrs, noise, _smoothed(noise))
     assert result.suggestion is None and result.warning.startswith("the loss is noisy"), result.warning
+
+
+def test_ctrl_c_in_fit_saves_prints_the_resume_command_and_exits_130_like_run(tmp_path):
+    import shlex
+
+    from test_resume import _run_with_fault
+
+    root = make_image_folder(tmp_path / "photos", per_class=(12, 4), size=(40, 40))
+    stopped = _run_with_fault(tmp_path, "SIGINT", 2, "fit", str(root), "--preset", "fast", "--set", "train.epochs=3",
+                              "--set", "data.image_size=32", "--set", "train.device=cpu",
+                              "--output", str(tmp_path / "runs"), "--no-progress")
+    assert stopped.returncode == 130, stopped.stderr[-2000:]
+    assert "Traceback" not in stopped.stderr
+    line = stopped.stderr.strip().splitlines()[-1].strip()
+    assert line.startswith("transferkit run ") and "--resume" in line, stopped.stderr[-1500:]
+    resumed = run_cli(*shlex.split(line)[1:], "--no-progress", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "resuming at" in resumed.stderr
+    assert (tmp_path / "runs" / "photos-fast" / "fast" / "summary.json").is_file()

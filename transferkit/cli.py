@@ -132,7 +132,12 @@ def fit(folder: str = typer.Argument(..., help="folder of photos: train/ and tes
     started = start_fit(folder, preset, backbone, budget, device, seed, set_, output)
     err.print(f"fit: --preset {preset} on {folder}; the resolved recipe ({started.root.recipe}):", highlight=False)
     out.print(started.recipe_text, end="", markup=False, highlight=False, soft_wrap=True)
-    started.run(console=err, progress=progress)
+    try:
+        started.run(console=err, progress=progress)
+    except RunInterrupted as stop:
+        err.print(f"interrupted: {stop.what_resume_does()}; resume with:\n  {started.resume_command}",
+                  markup=False, highlight=False, soft_wrap=True)
+        raise typer.Exit(130)
     err.print(f"repeat with: transferkit run {shlex.quote(str(started.root.recipe))}", highlight=False, soft_wrap=True)
 
 

@@ -210,7 +210,7 @@ class Trainer:
             batches = iter(loader)
             while True:
                 at_boundary = step % opt.accumulate_steps == 0
-                if at_boundary and should_stop():
+                if at_boundary and should_stop() and step < total_steps:  # after the last step: the epoch ends
                     raise Interrupted(epoch, progress_so_far())
                 waited = time.perf_counter()
                 try:
@@ -219,6 +219,8 @@ class Trainer:
                     break
                 except RuntimeError:
                     if should_stop() and at_boundary:  # Ctrl-C also reached the loader's workers, which then quit
+                        if step == total_steps:
+                            break  # every batch was trained: the epoch ends, the stop comes at its boundary
                         raise Interrupted(epoch, progress_so_far()) from None
                     raise
                 data_seconds += time.perf_counter() - waited

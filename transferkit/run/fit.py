@@ -189,10 +189,19 @@ class FitRun:
     root: RunRoot
     recipe_text: str
 
+    @property
+    def resume_command(self) -> str:
+        """What continues this fit after an interruption: `transferkit run` on its recipe.yaml with --resume."""
+        from transferkit.run.launch import resume_command, run_words
+
+        return resume_command(run_words(str(self.root.recipe)), self.root.path)
+
     def run(self, console=None, progress: bool = True) -> "ExperimentResult":
-        """Train it; a failure before any variant's folder exists leaves no run folder behind."""
+        """Train it; a failure before any variant's folder exists leaves no run folder behind. Ctrl-C stops as
+        `run` does (RunInterrupted), the resume command printed with the first one."""
         try:
-            return self.experiment.run(console=console, progress=progress, run_root=self.root.path)
+            return self.experiment.run(console=console, progress=progress, run_root=self.root.path,
+                                       resume_command=lambda run_root: self.resume_command)
         except TransferkitError:
             if not any(p.is_dir() for p in self.root.path.iterdir()):
                 self.root.recipe.unlink()
