@@ -100,3 +100,17 @@ def test_ctrl_c_in_fit_saves_prints_the_resume_command_and_exits_130_like_run(tm
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert "resuming at" in resumed.stderr
     assert (tmp_path / "runs" / "photos-fast" / "fast" / "summary.json").is_file()
+
+
+def test_the_python_api_keeps_long_lines_whole_off_a_terminal(tmp_path, capsys, monkeypatch):
+    from transferkit.run.experiment import Experiment
+
+    root = make_image_folder(tmp_path / "data", per_class=(2, 1), size=(8, 8))
+    recipe = tiny_recipe(root, name="an-experiment-whose-name-is-long-enough-to-pass-eighty-columns",
+                         output_dir=str(tmp_path / "runs"))
+    monkeypatch.delenv("COLUMNS", raising=False)
+    result = Experiment.from_dict(recipe).run(progress=False)
+    lines = capsys.readouterr().err.splitlines()
+    header = [line for line in lines if line.startswith("base: resnet18")]
+    assert header and header[0].endswith(f"-> {result.run_root / 'base'}"), lines  # whole, not cut at 80 columns
+    assert len(header[0]) > 80

@@ -29,7 +29,7 @@ class Progress:
     """Creates one transient bar per loop; `enabled=False` makes every call a no-op."""
 
     def __init__(self, console: Console | None = None, enabled: bool = True):
-        self.console = console or Console(stderr=True)
+        self.console = console or Console(stderr=True, soft_wrap=True)
         self.enabled = enabled and self.console.is_terminal  # a log file gets the per-epoch lines only
 
     @contextmanager

@@ -141,7 +141,7 @@ def recipe_samples(recipe: dict, split: str, classes: list[str]) -> tuple[Sample
 def evaluate_samples(predictor: Predictor, samples: Samples, console: Console | None = None,
                      progress: bool = False) -> Evaluation:
     """Predict every sample and compute the metrics; unreadable files are left out and listed."""
-    console = console or Console(stderr=True)
+    console = console or Console(stderr=True, soft_wrap=True)
     if predictor.task.name != "single_label":  # single_label's report is this module's; the others' task_reports'
         return evaluate_task_samples(predictor, samples, console, progress)
     paths = [path for path, _ in samples]
@@ -277,7 +277,7 @@ def evaluate_folder(predictor: Predictor, folder: str | Path | None, split: str 
     """Evaluate on `folder` (or, when None, the split the run trained with); write the files when `output` is set."""
     if split not in SPLITS:
         raise TransferkitError(f"--split {split}: use test or val")
-    console = console or Console(stderr=True)
+    console = console or Console(stderr=True, soft_wrap=True)
     if folder is None:
         samples, where = recipe_samples(predictor.recipe, split, predictor.classes)
     else:
@@ -307,7 +307,7 @@ def evaluate_run_dir(variant_dir: str | Path, split: str = "test", console: Cons
 
     Training has already succeeded, so a problem here (no checkpoint, data gone) is printed, not raised.
     """
-    console = console or Console(stderr=True)
+    console = console or Console(stderr=True, soft_wrap=True)
     variant_dir = Path(variant_dir)
     if RunDir(variant_dir).checkpoint() is None:
         console.print(f"[yellow]{variant_dir.name}: no checkpoint saved (train.checkpoint: false); not evaluated[/]")

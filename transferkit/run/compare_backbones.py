@@ -165,7 +165,7 @@ def rank_backbones(folder: str | Path, patterns: list[str] | None = None, settin
 
     rows[0] is the winner; skipped candidates come last. TransferkitError when no candidate has weights here.
     """
-    settings, console = settings or ProbeSettings(), console or Console(stderr=True)
+    settings, console = settings or ProbeSettings(), console or Console(stderr=True, soft_wrap=True)
     folder = Path(folder).expanduser()
     folder_data(folder)  # refuse a missing folder before any backbone is built
     found = candidates(list(patterns or []))

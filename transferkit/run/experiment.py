@@ -87,7 +87,7 @@ class Experiment:
         even if a second Ctrl-C ends the process at once. `run_root` names the run folder instead of the next
         free `<output_dir>/<name>[-N]`.
         """
-        console = console or Console(stderr=True)
+        console = console or Console(stderr=True, soft_wrap=True)
         names = variants or self.variant_names
         specs = [self.variant_spec(n) for n in names]  # validate all before training any
         if device:
