@@ -114,3 +114,21 @@ def test_the_python_api_keeps_long_lines_whole_off_a_terminal(tmp_path, capsys, 
     header = [line for line in lines if line.startswith("base: resnet18")]
     assert header and header[0].endswith(f"-> {result.run_root / 'base'}"), lines  # whole, not cut at 80 columns
     assert len(header[0]) > 80
+
+
+def test_small_things_version_a_misspelt_recipe_and_every_changed_setting_named(tmp_path):
+    version = run_cli("--version")
+    assert version.returncode == 0 and version.stdout.startswith("transferkit 0.")
+    (tmp_path / "recipe.yml").write_text("name: x\n")
+    missing = run_cli("validate", str(tmp_path / "recipe.yaml"))
+    assert missing.returncode == 2 and f"did you mean: {tmp_path / 'recipe.yml'}?" in missing.stderr
+
+    from transferkit.rundir import RunRoot  # noqa: F401  (the refusal lists each changed setting)
+    root = make_image_folder(tmp_path / "data", per_class=(2, 1), size=(8, 8))
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(yaml.safe_dump(tiny_recipe(root, output_dir=str(tmp_path / "runs"), train={"epochs": 1})))
+    assert run_cli("run", str(recipe)).returncode == 0
+    changed = run_cli("run", str(recipe), "--set", "optimizer.lr=0.5", "--set", "seed=3",
+                      "--resume", str(tmp_path / "runs" / "tiny"))
+    assert changed.returncode == 2
+    assert "optimizer.lr: 0.01 in the run, 0.5 in the recipe" in changed.stderr and "seed:" in changed.stderr

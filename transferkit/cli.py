@@ -34,8 +34,18 @@ _typer_option_type = typer.core.TyperOption.display_type_rich
 typer.core.TyperOption.display_type_rich = _flag_type
 
 
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        out.print(f"transferkit {version('transferkit')}", highlight=False)
+        raise typer.Exit()
+
+
 @app.callback()
-def _options(debug: bool = typer.Option(False, "--debug", help="show full tracebacks for errors")) -> None:
+def _options(debug: bool = typer.Option(False, "--debug", help="show full tracebacks for errors"),
+             version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                          help="print the version and exit")) -> None:
     _state["debug"] = debug
 
 

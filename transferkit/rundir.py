@@ -179,9 +179,9 @@ class RunRoot:
             changed = differences({k: v for k, v in saved.items() if k != "variants"},
                                   {k: v for k, v in variants[variant].items() if k != "variants"})
             if changed:
-                more = f" (and {len(changed) - 1} more)" if len(changed) > 1 else ""
+                shown = "; ".join(changed[:5]) + (f"; and {len(changed) - 5} more" if len(changed) > 5 else "")
                 raise TransferkitError(f"--resume {self.path}: variant {variant} was started with other settings: "
-                                       f"{changed[0]}{more}; resume with the same recipe and --set values, or run "
+                                       f"{shown}; resume with the same recipe and --set values, or run "
                                        f"without --resume")
 
 

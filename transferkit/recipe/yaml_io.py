@@ -24,11 +24,24 @@ class UniqueKeyLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
+def _sibling_hint(path: Path) -> str:
+    """' (did you mean: recipe.yaml?)' for files beside a missing one with a close name (recipe.yml), or ''."""
+    import difflib
+
+    folder = path.parent if str(path.parent) else Path(".")
+    if not folder.is_dir():
+        return ""
+    names = [p.name for p in folder.iterdir() if p.suffix in (".yaml", ".yml") and p.is_file()]
+    close = difflib.get_close_matches(path.name, names, n=2, cutoff=0.75)
+    return f" (did you mean: {', '.join(str(folder / name) for name in close)}?)" if close else ""
+
+
 def read_yaml(path: str | Path) -> dict:
     """Read a recipe file with yaml.safe_load; SpecError naming the file and line on any problem."""
     path = Path(path)
     if not path.is_file():
-        raise SpecError(f"{path}: recipe file not found; check the path (or name a registered recipe)")
+        raise SpecError(f"{path}: recipe file not found{_sibling_hint(path)}; check the path (or name a registered "
+                        f"recipe)")
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:

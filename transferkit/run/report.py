@@ -28,7 +28,7 @@ def epoch_line(name: str, row: dict, epochs: int, metric: str = "accuracy") -> s
     images/s (print it on a soft-wrapping console, as the CLI's are, so a log keeps it whole)."""
     short, stat = SHORT.get(metric, metric), train_metric(row)
     val = f", val {short} {row[f'val_{metric}']:.3f}" if f"val_{metric}" in row else ""
-    return (f"{name} epoch {row['epoch']}/{epochs}: train loss {row['train_loss']:.4f}, "
+    return (f"{name} epoch {row['epoch']}/{epochs}: train loss {number(row['train_loss'])}, "
             f"train {SHORT.get(stat, stat)} {row[f'train_{stat}']:.3f}, test {short} {row[f'test_{metric}']:.3f}"
             f"{val}, {row['train_images_per_s']:.1f} img/s")
 
