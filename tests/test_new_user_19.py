@@ -132,3 +132,21 @@ def test_small_things_version_a_misspelt_recipe_and_every_changed_setting_named(
                       "--resume", str(tmp_path / "runs" / "tiny"))
     assert changed.returncode == 2
     assert "optimizer.lr: 0.01 in the run, 0.5 in the recipe" in changed.stderr and "seed:" in changed.stderr
+
+
+def test_fit_splits_a_train_folder_without_test_and_tests_on_val_when_there_is_one(tmp_path):
+    from transferkit.run.fit import data_settings
+
+    root = make_image_folder(tmp_path / "photos", per_class=(10, 4), size=(16, 16))
+    shutil.rmtree(root / "test")
+    data, n_train = data_settings(root, 0)
+    assert data["root"] == str((root / "train").resolve()) and data["split_ratio"] == 0.2 and n_train == 14
+    (root / "train").rename(root / "train-all")
+    make_image_folder(tmp_path / "photos2", per_class=(10, 4), size=(16, 16))
+    (tmp_path / "photos2" / "test").rename(tmp_path / "photos2" / "val")
+    data, _ = data_settings(tmp_path / "photos2", 0)
+    assert data["test_dir"] == "val" and data["val_split"] == 0.1 and "split_ratio" not in data
+    result = run_cli("fit", str(tmp_path / "photos2"), "--preset", "fast", "--set", "train.epochs=2",
+                     "--set", "data.image_size=32", "--set", "train.device=cpu", "--output", str(tmp_path / "runs"),
+                     "--no-progress", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]

@@ -157,6 +157,8 @@ def scan_folder(root: str | Path, train_dir: str = "train", test_dir: str = "tes
     if not train_path.is_dir():
         return FolderScan(root, [scan_split_folder(root, ALL)])
     val_path = val_folder(root, val_dir)
+    if val_path is not None and val_path.resolve() == test_path.resolve():
+        val_path = None  # data.test_dir names the validation folder (train/ and val/ alone): it is the test split
     roles = [(TRAIN, train_path), *([(VAL, val_path)] if val_path else []), (TEST, test_path)]
     return FolderScan(root, [scan_split_folder(path, role) for role, path in roles])
 

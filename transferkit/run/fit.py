@@ -60,8 +60,9 @@ def table_settings(table: Path, task: str) -> tuple[dict, int]:
 
 
 def data_settings(root: Path, seed: int, task: str = "single_label") -> tuple[dict, int]:
-    """The recipe's data keys for the folder's layout (train/test[/val], or one folder of classes split 80/20
-    with the seed), or for a label table (.csv), and the number of training images."""
+    """The recipe's data keys for the folder's layout (train/ and test/ [and val/]; train/ and val/, val/ then
+    the test split; train/ alone, or one folder of classes, split 80/20 with the seed), or for a label table
+    (.csv), and the number of training images."""
     if root.suffix.lower() in (".csv", ".tsv") and root.is_file():
         return table_settings(root, task)
     if not root.is_dir():
@@ -77,6 +78,12 @@ def data_settings(root: Path, seed: int, task: str = "single_label") -> tuple[di
         n_train = count_images(root / "train")
         if not val:
             n_train = round(n_train * 0.9)
+    elif (root / "train").is_dir() and val_folder(root):  # Ultralytics' layout: train/ and val/, no test/
+        data.update(test_dir=val_folder(root).name, val_split=0.1)
+        n_train = round(count_images(root / "train") * 0.9)
+    elif (root / "train").is_dir():  # train/ alone: its class folders split 80/20 like a flat folder's
+        data.update(root=str((root / "train").resolve()), split_ratio=0.2, val_split=0.1)
+        n_train = round(count_images(root / "train") * 0.8 * 0.9)
     else:
         data.update(split_ratio=0.2, val_split=0.1)
         n_train = round(count_images(root) * 0.8 * 0.9)
