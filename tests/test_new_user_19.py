@@ -150,3 +150,17 @@ def test_fit_splits_a_train_folder_without_test_and_tests_on_val_when_there_is_o
                      "--set", "data.image_size=32", "--set", "train.device=cpu", "--output", str(tmp_path / "runs"),
                      "--no-progress", cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
+
+
+def test_fit_sizes_its_schedule_from_the_images_a_limit_leaves(tmp_path):
+    from transferkit.run.fit import fit_recipe
+
+    root = make_image_folder(tmp_path / "photos", per_class=(600, 2), size=(8, 8))
+    whole = fit_recipe(root, "balanced", cpu=True)
+    assert whole["train"]["epochs"] == 3 and "1080 training images" in whole["description"]
+    limited = fit_recipe(root, "balanced", cpu=True, overrides=["data.limit=200"])
+    assert limited["train"]["epochs"] == 8 and "180 training images" in limited["description"]
+    fast = fit_recipe(root, "best", cpu=True, overrides=["data.limit=200"])
+    assert fast["train"]["ema"]["decay"] == round(min(0.9999, max(0.95, 1 - 3 / (16 * 6))), 4)  # from 180 images
+    kept = fit_recipe(root, "balanced", cpu=True, overrides=["data.limit=200", "train.epochs=2"])
+    assert kept["train"]["epochs"] == 2

@@ -165,6 +165,12 @@ def fit_recipe(folder: str | Path, preset: str = "balanced", backbone: str | Non
         recipe["train"]["budget"] = budget
     recipe = with_fit_overrides(recipe, list(overrides))
     train, batch = recipe["train"], recipe["data"]["batch_size"]
+    limit = recipe["data"].get("limit")
+    if isinstance(limit, int) and limit > 0:  # the rules count the images the run will train on, after --set
+        n_train = min(n_train, round(limit * (0.9 if recipe["data"].get("val_split") else 1.0)))
+        if "train.epochs" not in overridden(overrides):
+            train["epochs"] = epochs_for(preset, n_train)
+        recipe["description"] = f"transferkit fit --preset {preset} on {n_train} training images"
     if isinstance(train.get("ema"), dict) and not overridden(overrides).keys() & {"train.ema", "train.ema.decay"}:
         train["ema"] = {**train["ema"], "decay": ema_decay_for(int(train["epochs"]), n_train,
                                                                batch if isinstance(batch, int) else 32)}
