@@ -186,7 +186,7 @@ def test_an_interrupted_run_on_resident_images_resumes_exactly(tmp_path):
     assert stopped.returncode == 130, stopped.stderr
     assert load_checkpoint(out / "tiny" / "base" / "last.pt")["partial"]["step"] == 5
     resumed = run_cli("run", str(recipe), "--output", str(out), "--resume", "auto")
-    assert resumed.returncode == 0 and "resuming at step 5 of epoch 2" in resumed.stderr, resumed.stderr
+    assert resumed.returncode == 0 and "resuming epoch 2 at step 6 of" in resumed.stderr, resumed.stderr
     _assert_same_run(tmp_path / "ref" / "tiny" / "base", out / "tiny" / "base")
 
 

@@ -156,7 +156,7 @@ def test_sigint_to_the_launcher_stops_every_rank_at_one_step_saves_and_resumes_e
     assert len(saved["rng"]["ranks"]) == 2
     resumed = _cli(tmp, "run", str(recipe), "--output", str(out), "--nproc", "2", "--resume", "auto")
     assert resumed.returncode == 0, resumed.stderr
-    assert f"resuming at step {saved['partial']['step']} of epoch 2" in resumed.stderr
+    assert f"resuming epoch 2 at step {saved['partial']['step'] + 1} of" in resumed.stderr
     _assert_same_run(reference / "base", out / "tiny" / "base")
 
 

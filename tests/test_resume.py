@@ -115,7 +115,8 @@ def test_sigint_saves_mid_epoch_and_resume_continues_exactly(tmp_path, reference
 
     resumed = run_cli("run", str(recipe), "--output", str(out), "--resume", "auto")
     assert resumed.returncode == 0, resumed.stderr
-    assert "resuming at step 10 of epoch 2" in resumed.stderr
+    assert "continues epoch 2 at step 11 of 24" in stopped.stderr
+    assert "resuming epoch 2 at step 11 of 24" in resumed.stderr  # the same words as the interrupt's
     _assert_same_run(reference_dir, out / "tiny" / "base")
 
 

@@ -159,9 +159,10 @@ def run_variant(spec: ExperimentSpec, name: str, run_dir: Path, console: Console
                                 else None)
     if saved is not None:
         trainer.load_state_dict(saved)
-        where = (f"step {trainer.partial['step']} of epoch {trainer.epoch + 1}" if trainer.partial
-                 else f"epoch {trainer.epoch + 1}")
-        console.print(f"[bold]{name}[/]: resuming at {where} from {files.last}")
+        partial = trainer.partial  # worded as the interrupt worded it: the next step, of the epoch's steps
+        where = (f"epoch {trainer.epoch + 1} at step {partial['step'] + 1} of {partial['steps']}" if partial
+                 else f"at epoch {trainer.epoch + 1}")
+        console.print(f"[bold]{name}[/]: resuming {where} from {files.last}")
     probe_seconds = 0.0
     if spec.train.probe_epochs and trainer.epoch == 0 and trainer.partial is None:
         probe_seconds = probe_head(parts, console)
