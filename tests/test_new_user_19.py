@@ -164,3 +164,20 @@ def test_fit_sizes_its_schedule_from_the_images_a_limit_leaves(tmp_path):
     assert fast["train"]["ema"]["decay"] == round(min(0.9999, max(0.95, 1 - 3 / (16 * 6))), 4)  # from 180 images
     kept = fit_recipe(root, "balanced", cpu=True, overrides=["data.limit=200", "train.epochs=2"])
     assert kept["train"]["epochs"] == 2
+
+
+def test_validate_prints_one_variant_or_only_what_each_variant_changes(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    root = make_image_folder(tmp_path / "data", per_class=(2, 1), size=(8, 8))
+    recipe.write_text(yaml.safe_dump(tiny_recipe(root, base_variant="finetune", variants={
+        "scratch": {"optimizer": {"lr": 0.5}, "lr_policy": {"name": "uniform"}}})))
+    full = run_cli("validate", str(recipe))
+    one = run_cli("validate", str(recipe), "--variant", "scratch")
+    assert one.returncode == 0 and yaml.safe_load(one.stdout).keys() == {"scratch"}
+    assert len(one.stdout.splitlines()) < len(full.stdout.splitlines()) / 1.5
+    diff = run_cli("validate", str(recipe), "--diff")
+    assert diff.returncode == 0, diff.stderr
+    tail = diff.stdout.split("scratch: 2 setting(s) changed from finetune\n")[1].splitlines()
+    assert tail == ["  optimizer.lr: 0.01 -> 0.5", "  lr_policy.name: 'head_multiplier' -> 'uniform'"]
+    unknown = run_cli("validate", str(recipe), "--variant", "scrach")
+    assert unknown.returncode == 2 and "did you mean: scratch" in unknown.stderr

@@ -114,14 +114,32 @@ def _launch(experiment, nproc: int, args: list[str]) -> None:
 
 @app.command()
 def validate(recipe: str = typer.Argument(..., metavar="RECIPE", autocompletion=_complete_recipe, help="recipe YAML file, or a plugin's recipe name"),
-             set_: list[str] = typer.Option([], "--set", metavar="KEY=VALUE", help="override a recipe value (repeatable)")) -> None:
-    """Check a recipe and print it resolved, each variant expanded in full."""
-    from transferkit.recipe.variants import variant_names, variant_of
+             set_: list[str] = typer.Option([], "--set", metavar="KEY=VALUE", help="override a recipe value (repeatable)"),
+             variant: list[str] = typer.Option([], "--variant", metavar="NAME", help="print only these runs (repeatable)"),
+             diff: bool = typer.Option(False, "--diff", help="print the base in full and each variant as the settings "
+                                                              "it changes")) -> None:
+    """Check a recipe and print it resolved, each variant expanded in full (or, with --diff, as its changes)."""
+    from transferkit.recipe.variants import changed_settings, variant_names, variant_of
 
     spec = _api().load_recipe(recipe, set_)  # every phase of run/validation.py, as `run` checks it
     resolved = {name: variant_of(spec, name).model_dump(mode="json", exclude={"variants"})
                 for name in variant_names(spec)}
-    out.print(yaml.safe_dump(resolved, sort_keys=False), end="", markup=False, highlight=False, soft_wrap=True)
+    shown = variant or list(resolved)
+    for name in shown:
+        variant_of(spec, name)  # an unknown --variant: refused with the names there are
+    if diff:
+        base = resolved[spec.base_variant]
+        out.print(yaml.safe_dump({spec.base_variant: base}, sort_keys=False), end="", markup=False, highlight=False,
+                  soft_wrap=True)
+        for name in (n for n in shown if n != spec.base_variant):
+            changes = changed_settings(base, resolved[name])
+            out.print(f"{name}: {len(changes)} setting(s) changed from {spec.base_variant}", markup=False,
+                      highlight=False)
+            for line in changes:
+                out.print(f"  {line}", markup=False, highlight=False, soft_wrap=True)
+    else:
+        out.print(yaml.safe_dump({name: resolved[name] for name in shown}, sort_keys=False), end="", markup=False,
+                  highlight=False, soft_wrap=True)
     err.print(f"[green]recipe is valid[/]: {len(resolved)} run(s): {', '.join(resolved)}")
 
 

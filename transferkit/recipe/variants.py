@@ -37,3 +37,15 @@ def variant_of(spec: ExperimentSpec, name: str, source: str = "recipe", text: st
 def variant_names(spec: ExperimentSpec) -> list[str]:
     """The base run's name followed by the variants', in recipe order."""
     return [spec.base_variant, *spec.variants]
+
+
+def changed_settings(base: dict, other: dict, prefix: str = "") -> list[str]:
+    """'optimizer.lr: 5e-05 -> 0.0005' for every leaf setting in which `other` differs from `base`."""
+    lines = []
+    for key in [*base, *(k for k in other if k not in base)]:
+        a, b, name = base.get(key), other.get(key), f"{prefix}{key}"
+        if isinstance(a, dict) and isinstance(b, dict):
+            lines += changed_settings(a, b, f"{name}.")
+        elif a != b:
+            lines.append(f"{name}: {a!r} -> {b!r}")
+    return lines
