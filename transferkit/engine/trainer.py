@@ -299,11 +299,9 @@ class Trainer:
         for logits, labels in self._eval_batches(loader, label, bad):
             logits_all.append(logits.float())
             labels_all.append(labels)
-        if logits_all:  # one copy to the CPU at the end: no synchronisation per batch
-            return torch.cat(logits_all).cpu(), torch.cat(labels_all).cpu(), bad
         if not logits_all:
             return torch.empty(0, 0), torch.empty(0, dtype=torch.long), bad
-        return torch.cat(logits_all), torch.cat(labels_all), bad
+        return torch.cat(logits_all).cpu(), torch.cat(labels_all).cpu(), bad  # one copy at the end, no sync per batch
 
     @torch.no_grad()
     def evaluate(self, loader, label: str = "test") -> EpochStats:

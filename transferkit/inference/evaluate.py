@@ -192,7 +192,8 @@ def evaluate_task_samples(predictor: Predictor, samples: Samples, console: Conso
     all_logits, all_targets = np.concatenate(logits_parts), np.asarray(targets, dtype=np.float32)
     metrics = report.metrics(all_logits, all_targets)
     metrics["unreadable"] = unreadable
-    return Evaluation(metrics, list(predictor.classes), report.rows(kept, all_logits, all_targets), unreadable)
+    return Evaluation(metrics, list(predictor.classes), report.rows(kept, all_logits, all_targets), unreadable,
+                      predictor.task)
 
 
 def _csv(rows: list[dict] | list[list], header: list[str] | None = None) -> str:
@@ -290,7 +291,6 @@ def evaluate_folder(predictor: Predictor, folder: str | Path | None, split: str 
     result = evaluate_samples(predictor, samples, console, progress)
     result.metrics.update(model=str(predictor.source), data=str(where), split=split, classes=predictor.classes,
                           task=predictor.task.name, absent_classes=absent)
-    result.task = predictor.task
     if output is not None:
         write_evaluation(result, predictor, Path(output), f"{predictor.source.parent.name}: {split}")
     return result

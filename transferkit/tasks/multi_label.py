@@ -137,11 +137,6 @@ class MultiLabel(Task):
             return [""] * (1 + len(self.outputs))
         return [p.label, *[f"{p.scores[name]:.6f}" for name in self.outputs]]
 
-    def label_sets(self, probabilities: np.ndarray) -> list[list[str]]:
-        """The labels at or above their threshold, per row."""
-        above = probabilities >= np.asarray(self.thresholds)[None, :]
-        return [[self.outputs[i] for i in np.flatnonzero(row)] for row in above]
-
     def fit_to_validation(self, logits, targets):
         """Each label's threshold chosen for F1 on the validation outputs, unless task.thresholds fixed them."""
         if self.spec.thresholds is not None:
