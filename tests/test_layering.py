@@ -1,5 +1,5 @@
 """Imports go one way through the pipeline's packages: recipe -> model, optim, tasks -> data -> engine -> callbacks ->
-inference -> run -> cli, with the small utility modules usable from anywhere."""
+inference -> run -> serve, tune -> cli, with the small utility modules usable from anywhere."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ import ast
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "transferkit"
-LAYERS = ["recipe", "model", "optim", "tasks", "data", "engine", "callbacks", "inference", "run", "cli"]
+LAYERS = ["recipe", "model", "optim", "tasks", "data", "engine", "callbacks", "inference", "run", "serve", "tune", "cli"]
 RANK = {"recipe": 0, "model": 1, "optim": 1, "tasks": 1, "data": 2, "engine": 3, "callbacks": 4, "inference": 5, "run": 6,
-        "cli": 7}
+        "serve": 7, "tune": 7, "cli": 8}
 UTILITIES = {"errors", "registry", "files", "progress", "seeding", "download", "plugins", "device", "signals",
              "cpu_memory", "testing", "rundir", "synthetic", "__init__", "__main__"}
 
