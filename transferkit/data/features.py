@@ -18,9 +18,12 @@ import torch
 from rich.console import Console
 from torch.utils.data import DataLoader, Dataset
 
+from transferkit.data.cache import file_key
 from transferkit.data.loading import (BadImage, EpochSampler, ImageFileDataset, Shard, batch_to_device, collate,
                                       make_loader)
+from transferkit.data.shared_cache import digest, shared_folder, stored
 from transferkit.device import autocast
+from transferkit.files import atomic_torch_save
 from transferkit.model.transfer import TransferModel
 from transferkit.recipe.spec import ExperimentSpec
 
@@ -46,6 +49,7 @@ class FeatureSet(Dataset):
     def __init__(self, views: torch.Tensor, labels: list[int], bad: dict[int, BadImage], seconds: float = 0.0):
         self.views, self.labels, self.bad = views, labels, bad
         self.seconds = seconds  # how long extracting these features took
+        self.reused = False  # True when read from a shared cache (data/shared_cache.py) instead of extracted
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -114,13 +118,45 @@ def _index_of(dataset: Dataset, path: str) -> int:
 
 def cached_split(extractor: Extractor, dataset: Dataset, views: int, batch_size: int, seed: int,
                  num_workers: int) -> FeatureSet:
-    """A FeatureSet of one split with `views` seeded views of the dataset's transform (1 for the eval transform)."""
-    started = time.perf_counter()
-    extracted = [extract_features(extractor, dataset, batch_size, seed, num_workers, view) for view in range(views)]
-    seconds = time.perf_counter() - started
-    bad = {index: item for _, view_bad in extracted for index, item in view_bad.items()}
-    labels = [label for _, label in dataset.samples]
-    return FeatureSet(torch.stack([features for features, _ in extracted]), labels, bad, seconds)
+    """A FeatureSet of one split with `views` seeded views of the dataset's transform (1 for the eval transform);
+    inside `shared_caches(folder)`, stored there and reused by every run whose features would be the same."""
+    def compute() -> FeatureSet:
+        started = time.perf_counter()
+        extracted = [extract_features(extractor, dataset, batch_size, seed, num_workers, view)
+                     for view in range(views)]
+        bad = {index: item for _, view_bad in extracted for index, item in view_bad.items()}
+        labels = [label for _, label in dataset.samples]
+        return FeatureSet(torch.stack([features for features, _ in extracted]), labels, bad,
+                          time.perf_counter() - started)
+
+    place = extractor.placement
+    if shared_folder() is None or (place is not None and place.shard.world > 1):
+        return compute()
+    return stored("features", features_key(extractor, dataset, views, seed), compute, _save_features, _load_features)
+
+
+def features_key(extractor: Extractor, dataset: Dataset, views: int, seed: int) -> str:
+    """What a split's cached features depend on: the backbone's weights and input normalisation, the transform
+    (crop, resize, augmentation), each file (path, size, mtime) and label, the views and their seed, and the
+    numerics (precision, memory format, device type). Not the batch: eval-mode features do not depend on it."""
+    weights = [(name, tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+               for name, tensor in extractor.model.state_dict().items() if not name.startswith("head.")]
+    files = [(str(path), label, file_key(str(path))) for path, label in dataset.samples]
+    return digest([type(extractor.model.backbone).__name__, weights, repr(dataset.transform), files, views, seed,
+                   extractor.precision, extractor.channels_last, extractor.device.type])
+
+
+def _save_features(path, features: FeatureSet) -> None:
+    bad = [[index, item.path, item.message] for index, item in features.bad.items()]
+    atomic_torch_save(path, {"views": features.views, "labels": features.labels, "bad": bad})
+
+
+def _load_features(path) -> FeatureSet:
+    saved = torch.load(path, map_location="cpu", weights_only=True)
+    bad = {index: BadImage(file, message) for index, file, message in saved["bad"]}
+    features = FeatureSet(saved["views"], saved["labels"], bad, 0.0)  # nothing was extracted this time
+    features.reused = True
+    return features
 
 
 def extraction_rate(loaders: list[DataLoader]) -> tuple[int, float]:
@@ -151,5 +187,6 @@ def cache_features(extractor: Extractor, spec: ExperimentSpec, train_ds: ImageFi
                                    False, spec.seed, shard=shard) for split, ds in eval_sets.items()}
     console.print(f"  feature cache: {len(train)} train images x {max(1, views)} "
                   f"{'augmented view(s)' if views else 'eval view'}, {train.views.shape[-1]} features, "
-                  f"computed in {time.perf_counter() - started:.1f}s")
+                  f"{'read from the shared cache' if train.reused else 'computed'} in "
+                  f"{time.perf_counter() - started:.1f}s")
     return feature_loader(train, spec.data.batch_size, True, spec.seed, weights, shard), evals

@@ -76,7 +76,7 @@ class Experiment:
     def run(self, variants: list[str] | None = None, output_dir: str | Path | None = None,
             device: str | None = None, console: Console | None = None, progress: bool = True,
             resume: str | Path | None = None, resume_command=None, run_root: Path | None = None,
-            callbacks: list[Callback] | None = None) -> ExperimentResult:
+            callbacks: list[Callback] | None = None, evaluate: bool = True) -> ExperimentResult:
         """Train the chosen variants (default: all) one after another; print and save a comparison.
 
         `resume` is a run folder, one of its variant folders, or "auto" (the latest unfinished run of this
@@ -85,7 +85,8 @@ class Experiment:
 
         `resume_command(run_root)`, when given, is printed with the first Ctrl-C, so the way back is on screen
         even if a second Ctrl-C ends the process at once. `run_root` names the run folder instead of the next
-        free `<output_dir>/<name>[-N]`.
+        free `<output_dir>/<name>[-N]`. `evaluate=False` skips the closing evaluation of each best checkpoint on
+        the test split (`evaluation/test/`), as a search's trials do: they are judged on the validation split.
         """
         console = console or Console(stderr=True, soft_wrap=True)
         names = variants or self.variant_names
@@ -127,7 +128,8 @@ class Experiment:
         placement.close()
         if placement.is_primary:
             for name, variant in results.items():  # per-class metrics and confusion matrix of each best checkpoint
-                evaluate_run_dir(variant.run_dir, "test", console, progress)
+                if evaluate:
+                    evaluate_run_dir(variant.run_dir, "test", console, progress)
                 connector.run_ended(name, variant.run_dir)
         return result
 
