@@ -38,11 +38,21 @@ def shared_folder() -> Path | None:
 
 
 def digest(parts: list[Any]) -> str:
-    """A short hex key of plain values (str, bytes, numbers, lists of them)."""
+    """A short hex key of plain values: str, numbers, bytes, and lists or tuples of them (bytes hashed as they
+    are, so a network's weights need no text form)."""
     h = hashlib.sha256()
-    for part in parts:
-        h.update(part if isinstance(part, bytes) else repr(part).encode())
-        h.update(b"\0")
+
+    def feed(part: Any) -> None:
+        if isinstance(part, (list, tuple)):
+            h.update(b"[")
+            for item in part:
+                feed(item)
+            h.update(b"]")
+        else:
+            h.update(part if isinstance(part, bytes) else repr(part).encode())
+            h.update(b"\0")
+
+    feed(parts)
     return h.hexdigest()[:24]
 
 

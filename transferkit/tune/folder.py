@@ -59,7 +59,6 @@ class StudyFolder:
         self.path = Path(path)
 
     journal = property(lambda self: self.path / "study.journal", doc="Optuna's journal file: the default storage")
-    lock = property(lambda self: self.path / ".tune.lock", doc="this machine's processes take turns starting trials")
     about = property(lambda self: self.path / "study.json", doc="which study (and storage) this folder belongs to")
     cache = property(lambda self: self.path / "cache", doc="decoded images and features the trials share")
     table = property(lambda self: self.path / "trials.csv", doc="one row per trial: state, value, parameters, time")

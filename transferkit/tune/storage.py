@@ -46,10 +46,10 @@ def open_storage(url: str | None, journal: Path) -> Storage:
             raise TransferkitError(f"--storage {_shown(url)}: cannot open it ({type(exc).__name__}: {reason}); give "
                                    f"a database URL such as sqlite:///study.db or postgresql://user:pw@host/db (with "
                                    f"its driver installed), or leave --storage out for a journal file") from None
-        return Storage(storage, _shown(url), journal.parent / ".tune.lock")
+        return Storage(storage, _shown(url), journal.parent / "study.turn")
     path = Path(url) if url else journal
     if path.is_dir():
         raise TransferkitError(f"--storage {path}: that is a folder; give a journal file (study.journal) or a "
                                f"database URL")
     path.parent.mkdir(parents=True, exist_ok=True)
-    return Storage(JournalStorage(JournalFileBackend(str(path))), str(path), path.with_name(path.name + ".lock"))
+    return Storage(JournalStorage(JournalFileBackend(str(path))), str(path), path.with_name(path.name + ".turn"))

@@ -158,6 +158,11 @@ def prepare(settings: TuneSettings) -> Prepared:
                                 direction="minimize" if better == "min" else "maximize",
                                 pruner=make_pruner(spec.tune),
                                 sampler=optuna.samplers.TPESampler(n_startup_trials=spec.tune.sampler_startup_trials))
+    wanted = "MINIMIZE" if better == "min" else "MAXIMIZE"
+    if study.direction.name != wanted:
+        raise TransferkitError(f"study '{name}' in {storage.where} is set to {study.direction.name.lower()}, and "
+                               f"{metric} is better {'lower' if better == 'min' else 'higher'}; use --study NEW_NAME "
+                               f"for a new study")
     check_same_study(study, fingerprint(spec, metric), name, storage.where)
     trials = Trials(name, recipe.raw, spec.tune.space, metric, better, spec.tune.pruner, folder, settings.device)
     return Prepared(settings, spec, trials, storage, study)
