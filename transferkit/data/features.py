@@ -139,11 +139,25 @@ def features_key(extractor: Extractor, dataset: Dataset, views: int, seed: int) 
     """What a split's cached features depend on: the backbone's weights and input normalisation, the transform
     (crop, resize, augmentation), each file (path, size, mtime) and label, the views and their seed, and the
     numerics (precision, memory format, device type). Not the batch: eval-mode features do not depend on it."""
-    weights = [(name, tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
-               for name, tensor in extractor.model.state_dict().items() if not name.startswith("head.")]
     files = [(str(path), label, file_key(str(path))) for path, label in dataset.samples]
-    return digest([type(extractor.model.backbone).__name__, weights, repr(dataset.transform), files, views, seed,
-                   extractor.precision, extractor.channels_last, extractor.device.type])
+    return digest([type(extractor.model.backbone).__name__, weights_digest(extractor.model),
+                   repr(dataset.transform), files, views, seed, extractor.precision, extractor.channels_last,
+                   extractor.device.type])
+
+
+_WEIGHTS_DIGESTS: dict[tuple, str] = {}  # the last model's, by its tensors and their versions: splits share it
+
+
+def weights_digest(model: TransferModel) -> str:
+    """A digest of everything but the head in `model`'s state (backbone weights, statistics, normalisation); the
+    tensors' identities and in-place versions tell when the last one computed still holds."""
+    state = {name: tensor for name, tensor in model.state_dict(keep_vars=True).items() if not name.startswith("head.")}
+    identity = tuple((name, id(tensor), tensor._version) for name, tensor in state.items())
+    if identity not in _WEIGHTS_DIGESTS:
+        _WEIGHTS_DIGESTS.clear()
+        _WEIGHTS_DIGESTS[identity] = digest([(name, tensor.detach().cpu().contiguous().reshape(-1)
+                                              .view(torch.uint8).numpy().tobytes()) for name, tensor in state.items()])
+    return _WEIGHTS_DIGESTS[identity]
 
 
 def _save_features(path, features: FeatureSet) -> None:
