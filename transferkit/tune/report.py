@@ -101,8 +101,12 @@ def write_plots(study, trials: Trials) -> tuple[list[Path], list[str]]:
     from optuna.visualization.matplotlib import plot_optimization_history, plot_param_importances
 
     folder, written, notes = trials.folder, [], []
+    finished = [t for t in study.get_trials(deepcopy=False) if t.state.name in ("COMPLETE", "PRUNED")]
     for path, plot in ((folder.history_png, plot_optimization_history),
                        (folder.importances_png, plot_param_importances)):
+        if not finished:
+            notes.append(f"{path.name}: not drawn (no trial finished yet)")
+            continue
         try:
             axes = plot(study, target_name=trials.metric)
         except (RuntimeError, ValueError, ZeroDivisionError) as exc:  # e.g. importances need 2 complete trials

@@ -99,7 +99,9 @@ class Trials:
         """trial.json and the console line of a trial that ended in `state`."""
         folder.record(state=state, value=value, epochs=epochs, seconds=seconds, reason=reason,
                       ended=time.strftime("%Y-%m-%dT%H:%M:%S"))
-        shown = f"{self.metric} {value:.4f}" if value is not None else ""
-        how = {"COMPLETE": "complete", "PRUNED": reason, "FAIL": f"failed: {reason}"}[state]
-        took = f", {epochs} epoch(s) in {seconds:.0f}s" if seconds is not None else ""
-        console.print(f"trial {number}: {shown}{' ' if shown else ''}({how}{took})", highlight=False, soft_wrap=True)
+        if state == "FAIL":
+            line = f"failed: {reason}"
+        else:
+            took = f", {epochs} epoch(s) in {seconds:.0f}s" if seconds is not None else ""
+            line = f"{self.metric} {value:.4f} ({'complete' if state == 'COMPLETE' else reason}{took})"
+        console.print(f"trial {number}: {line}", highlight=False, soft_wrap=True)
