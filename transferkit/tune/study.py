@@ -264,6 +264,7 @@ def work(prepared: Prepared, console: Console, deadline: float | None = None, pr
                 failed: list[str] = []
 
                 def objective(trial) -> float:
+                    trial.set_user_attr("worker", this_worker())  # who runs it: the orphan check reads it
                     turn.release()  # the trial is in the storage now: the next process may count and start one
                     try:
                         return trials.run(trial, console)

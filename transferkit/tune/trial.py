@@ -49,14 +49,14 @@ class Trials:
         return yaml.safe_dump(point_recipe(self.base, params), sort_keys=False)
 
     def run(self, trial, console: Console) -> float:
-        """Run Optuna trial `trial`; its value. optuna.TrialPruned when the pruner stopped it, TrialFailed when it
-        failed, TrialInterrupted on Ctrl-C; trial.json says which in every case."""
+        """Run Optuna trial `trial` (its user attribute `worker` set already: see tune/liveness.py); its value.
+        optuna.TrialPruned when the pruner stopped it, TrialFailed when it failed, TrialInterrupted on Ctrl-C;
+        trial.json says which in every case."""
         import optuna
 
         from transferkit.run.experiment import Experiment
 
         params = suggest(trial, self.space)
-        trial.set_user_attr("worker", this_worker())
         folder = self.folder.trial(trial.number)
         folder.path.mkdir(parents=True, exist_ok=True)
         atomic_write_text(folder.recipe, TRIAL_HEADER.format(number=trial.number, study=self.study)
