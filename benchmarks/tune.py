@@ -8,6 +8,8 @@ from wait4, the machine's load average before and after):
   repeat     `transferkit run` on the pruned study's best-recipe.yaml: the best trial repeated
   unpruned   the same N points (enqueued in the pruned study's order), `tune.pruner: none`, one process
   two        the same N unpruned points, `--jobs 2` (two processes, one torch thread each on 2 cores)
+  one1       the same N unpruned points, one process with one torch thread (OMP_NUM_THREADS=1): what of `two`'s
+             gain is the second process, and what is one thread's instead of two on a loaded machine
 
     flock /tmp/transferkit-bench.lock python benchmarks/tune.py --data ../shared/data/clothing-small
 
@@ -29,12 +31,13 @@ REPO = Path(__file__).resolve().parents[1]
 RECIPE = REPO / "examples" / "clothing" / "tune.yaml"
 
 
-def run_side(name: str, command: list[str], log: Path) -> dict:
+def run_side(name: str, command: list[str], log: Path, env: dict | None = None) -> dict:
     """Wall seconds, peak RSS, exit code and load of one process; its output goes to `log`."""
     load = os.getloadavg()[0]
     start = time.perf_counter()
     with open(log, "w") as out:
-        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, text=True)
+        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, text=True,
+                                   env={**os.environ, **(env or {})})
         _, status, usage = os.wait4(process.pid, 0)
     wall = time.perf_counter() - start
     code = os.waitstatus_to_exitcode(status)
@@ -80,9 +83,12 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", required=True, help="clothing-small: train/, validation/ and test/")
     parser.add_argument("--trials", type=int, default=20)
-    parser.add_argument("--sides", nargs="+", default=["balanced", "warm", "pruned", "repeat", "unpruned", "two"])
+    parser.add_argument("--sides", nargs="+",
+                        default=["balanced", "warm", "pruned", "repeat", "unpruned", "two", "one1"])
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
     parser.add_argument("--work", type=Path, default=None, help="keep the studies here (default: a temp folder)")
+    parser.add_argument("--cache", type=Path, default=None, help="the studies' shared cache folder (default: in "
+                        "--work); one filled before makes the warm side quick")
     args = parser.parse_args(argv)
     data = str(Path(args.data).resolve())
     cli = [sys.executable, "-m", "transferkit.cli"]
@@ -92,7 +98,7 @@ def main(argv: list[str] | None = None) -> dict:
     with tempfile.TemporaryDirectory() as temporary:
         work = args.work or Path(temporary)
         work.mkdir(parents=True, exist_ok=True)
-        cache = work / "cache"
+        cache = args.cache or work / "cache"
         if "balanced" in args.sides:
             sides.append(run_side("balanced", [*cli, "fit", data, "--preset", "balanced", "--device", "cpu",
                                                "--output", str(work / "balanced"), "--no-progress"],
@@ -112,7 +118,7 @@ def main(argv: list[str] | None = None) -> dict:
                                              str(work / "repeat"), "--no-progress"], work / "repeat.log"))
             history = json.loads(next((work / "repeat").glob("*/*/metrics.json")).read_text())
             results["repeat"] = {"val_accuracy": max(row["val_accuracy"] for row in history)}
-        for side, jobs in (("unpruned", 1), ("two", 2)):
+        for side, jobs, env in (("unpruned", 1, None), ("two", 2, None), ("one1", 1, {"OMP_NUM_THREADS": "1"})):
             if side not in args.sides or not points:
                 continue
             study = journal_study(work / side, side)
@@ -120,7 +126,7 @@ def main(argv: list[str] | None = None) -> dict:
                 study.enqueue_trial(params)
             sides.append(run_side(side, [*tune, "--trials", str(args.trials), "--study", side, "--output",
                                          str(work / side), "--cache", str(cache), "--set", "tune.pruner=none",
-                                         "--jobs", str(jobs)], work / f"{side}.log"))
+                                         "--jobs", str(jobs)], work / f"{side}.log", env))
             results[side] = study_summary(work / side, side)
     results["sides"] = sides
     wall = {side["side"]: side["wall_seconds"] for side in sides}
@@ -128,6 +134,8 @@ def main(argv: list[str] | None = None) -> dict:
         results["pruning_saves"] = round(1 - wall["pruned"] / wall["unpruned"], 3)
     if "two" in wall and "unpruned" in wall:
         results["two_processes_over_one"] = round(wall["two"] / wall["unpruned"], 3)
+    if "two" in wall and "one1" in wall:
+        results["two_processes_over_one_single_thread"] = round(wall["two"] / wall["one1"], 3)
     if results.get("pruned", {}).get("best") and "balanced" in results:
         results["best_minus_balanced_val"] = round(results["pruned"]["best"]["value"]
                                                    - results["balanced"]["val_accuracy"], 4)
