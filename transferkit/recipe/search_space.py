@@ -49,14 +49,16 @@ def field_annotation(key: str) -> Any:
         fields = model.model_fields
         if part not in fields:
             above = ".".join(parts[:depth])
-            close = suggest(".".join(parts[:depth + 1]), [f"{above}.{name}" if above else name for name in fields], n=1)
+            candidates = [f"{above}.{name}" if above else name for name in fields]
+            close = suggest(".".join(parts[:depth + 1]), candidates, n=1)
             raise ValueError(f"unknown recipe key {key}{close}; a space key is a dotted recipe key such as "
                              f"optimizer.lr (docs/recipe.md)")
         annotation = fields[part].annotation
         inner, rest = _model_in(annotation), parts[depth + 1:]
         if not rest:
             if inner is not None:
-                raise ValueError(f"{key} is a section; name one of its keys, e.g. {key}.{next(iter(inner.model_fields))}")
+                first = next(iter(inner.model_fields))
+                raise ValueError(f"{key} is a section; name one of its keys, e.g. {key}.{first}")
             return annotation
         if inner is not None:
             model = inner

@@ -20,7 +20,7 @@ class TrialFolder:
         self.path = Path(path)
         self.run = RunRoot(self.path)
 
-    recipe = property(lambda self: self.run.recipe, doc="recipe.yaml: the trial's own recipe; `transferkit run` repeats it")
+    recipe = property(lambda self: self.run.recipe, doc="recipe.yaml: the trial's recipe; `transferkit run` repeats it")
     state_file = property(lambda self: self.path / "trial.json", doc="the trial's state, value and parameters")
     log = property(lambda self: self.path / "output.log", doc="what the trial's run printed")
 

@@ -241,6 +241,8 @@ class WorkerOutcome:
 
 def work(prepared: Prepared, console: Console, deadline: float | None = None, progress: bool = False) -> WorkerOutcome:
     """Run trials until the study holds `settings.trials` of them (or `deadline`, a time.time(), passes)."""
+    from optuna.storages import fail_stale_trials
+
     settings, study, trials = prepared.settings, prepared.study, prepared.trials
     if settings.jobs > 1:  # the machine's cores are shared by the workers
         import torch
@@ -258,6 +260,7 @@ def work(prepared: Prepared, console: Console, deadline: float | None = None, pr
                 break
             before = _finished(study)
             with Turn(prepared.storage.lock) as turn:
+                fail_stale_trials(study)  # a database storage's heartbeat: trials of dead processes, any machine
                 fail_orphans(study, lambda trial: _mark_orphan(trials.folder, trial, console))
                 if held(study) >= settings.trials:
                     break
@@ -324,6 +327,8 @@ def tune(settings: TuneSettings, console: Console | None = None, progress: bool 
         worker.start()
     try:
         outcome = work(prepared, console, deadline, progress)
+    except KeyboardInterrupt:  # between trials (a trial itself stops at its next step: TrialInterrupted)
+        raise TrialInterrupted() from None
     finally:
         for worker in workers:
             worker.join()
