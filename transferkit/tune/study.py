@@ -94,12 +94,15 @@ def objective_of(spec: ExperimentSpec, recipe: Recipe) -> tuple[str, str]:
 
 
 def check_choices(recipe: Recipe) -> None:
-    """Every choice of the space through the environment phase (registered names, weights that fit), so a
-    choice no trial could run is refused now, naming its line, rather than failing trial after trial."""
+    """Every choice that is not a number through the environment phase (registered names, weights that fit the
+    backbone), so a choice no trial could run is refused now, naming its line, rather than failing trial after
+    trial. (Numbers were tried against their key's schema when the recipe was read.)"""
     from transferkit.run.validation import validate_dict
 
     for key, param in recipe.spec.tune.space.items():
         for choice in param.choices or ():
+            if isinstance(choice, (int, float)) and not isinstance(choice, bool):
+                continue
             try:
                 validate_dict(point_recipe(recipe.raw, {key: choice}))
             except TransferkitError as exc:
