@@ -129,7 +129,8 @@ def check_same_study(study, mine: dict, name: str, where: str) -> None:
         if saved[part] != mine[part]:
             raise TransferkitError(f"study '{name}' in {where} was started with another tune.{part} "
                                    f"({saved[part]}); {fix}")
-    changed = [line.replace(" in the run, ", " in the study, ") for line in differences(saved["recipe"], mine["recipe"])]
+    changed = [line.replace(" in the run, ", " in the study, ")
+               for line in differences(saved["recipe"], mine["recipe"])]
     if changed:
         raise TransferkitError(f"study '{name}' in {where} was started with other settings: "
                                f"{'; '.join(changed[:5])}; {fix}")
