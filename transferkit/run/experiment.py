@@ -26,7 +26,7 @@ from transferkit.inference.evaluate import evaluate_run_dir
 from transferkit.files import atomic_write_text
 from transferkit.optim.lr_policies import describe_groups
 from transferkit.plugins import load_plugins
-from transferkit.recipe.load import check_schema, read_recipe, recipe_of_dict
+from transferkit.recipe.load import read_recipe, recipe_of_dict
 from transferkit.recipe.spec import ExperimentSpec
 from transferkit.recipe.variants import variant_names, variant_of
 from transferkit.recipe.yaml_io import dump_yaml
@@ -38,7 +38,7 @@ from transferkit.run.validation_fit import fit_task_to_validation
 from transferkit.run.results import ExperimentResult, VariantResult, read_summary, write_summary
 from transferkit.rundir import RunDir, RunRoot
 from transferkit.signals import GracefulStop, RunInterrupted
-from transferkit.run.validation import check_device, validate_spec
+from transferkit.run.validation import check_device, check_schema_and_presets, validate_spec
 
 
 class Experiment:
@@ -54,14 +54,14 @@ class Experiment:
         """Load and validate a recipe file (or registered recipe name), with `--set`-style overrides."""
         load_plugins()  # a plugin may register the recipe name
         recipe = read_recipe(path, overrides)
-        check_schema(recipe)  # with the file's text, so schema errors name their line
+        check_schema_and_presets(recipe)  # with the file's text, so schema errors name their line
         return cls(recipe.spec, source=recipe.source, overrides=overrides)
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any], overrides: list[str] | None = None) -> "Experiment":
         """Validate a recipe given as a plain dict."""
         recipe = recipe_of_dict(raw, overrides)
-        check_schema(recipe)
+        check_schema_and_presets(recipe)
         return cls(recipe.spec, source="recipe", overrides=overrides)
 
     @property
