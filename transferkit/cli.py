@@ -169,6 +169,31 @@ def fit(folder: str = typer.Argument(..., help="folder of photos: train/ and tes
     err.print(f"repeat with: transferkit run {shlex.quote(str(started.root.recipe))}", highlight=False, soft_wrap=True)
 
 
+@app.command("continue")
+def continue_(run_dir: str = typer.Argument(..., metavar="RUN", help="a finished run's folder (runs/<name>/<variant>, or runs/<name> with one variant)"),
+              epochs: Optional[int] = typer.Option(None, "--epochs", min=1, help="epochs of the new run (default: as many as the parent ran)"),
+              set_: list[str] = typer.Option([], "--set", metavar="KEY=VALUE", help="override a value of the parent's recipe, e.g. --set optimizer.lr=1e-4 (repeatable)"),
+              start: str = typer.Option("best", "--from", metavar="best|last", help="start from best.pt (the selected weights) or last.pt (the last epoch's)"),
+              output: Optional[Path] = typer.Option(None, "--output", metavar="DIR", help="root folder for the new run (default: beside the parent's run folder)"),
+              progress: bool = typer.Option(True, "--progress/--no-progress", help="show progress bars")) -> None:
+    """Train more epochs from a finished run's best.pt or last.pt, with a new schedule, into a new run folder."""
+    _api()
+    from transferkit.run.continue_run import start_continue
+
+    started = start_continue(run_dir, epochs, set_, start, output)
+    spec = started.experiment.spec
+    err.print(f"continue: {spec.train.epochs} more epoch(s) from {spec.train.init_from} into "
+              f"{started.root.path / spec.base_variant} (recipe: {started.root.recipe})", highlight=False,
+              soft_wrap=True)
+    try:
+        started.run(console=err, progress=progress)
+    except RunInterrupted as stop:
+        err.print(f"interrupted: {stop.what_resume_does()}; resume with:\n  {started.resume_command}",
+                  markup=False, highlight=False, soft_wrap=True)
+        raise typer.Exit(130)
+    err.print(f"repeat with: transferkit run {shlex.quote(str(started.root.recipe))}", highlight=False, soft_wrap=True)
+
+
 @app.command("lr-find")
 def lr_find(recipe: str = typer.Argument(..., help="recipe YAML file, or a plugin's recipe name"),
             set_: list[str] = typer.Option([], "--set", help="override a recipe value, e.g. --set data.batch_size=32"),

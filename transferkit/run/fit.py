@@ -65,7 +65,8 @@ FIT_HEADER = "# written by transferkit fit; `transferkit run` on this file repea
 
 @dataclass
 class FitRun:
-    """A `fit` ready to train: the experiment, its fresh run folder, and the recipe written there (recipe.yaml)."""
+    """A run whose recipe transferkit wrote (`fit`, `continue`), ready to train: the experiment, its fresh run
+    folder, and the recipe written there (recipe.yaml)."""
 
     experiment: "Experiment"
     root: RunRoot
@@ -73,7 +74,7 @@ class FitRun:
 
     @property
     def resume_command(self) -> str:
-        """What continues this fit after an interruption: `transferkit run` on its recipe.yaml with --resume."""
+        """What continues this run after an interruption: `transferkit run` on its recipe.yaml with --resume."""
         from transferkit.run.launch import resume_command, run_words
 
         return resume_command(run_words(str(self.root.recipe)), self.root.path)

@@ -193,7 +193,8 @@ def apply_preset(raw: dict, given: set[str], source: str = "recipe") -> tuple[di
         return raw, None
     n_train = training_images(data, task)
     if n_train is None:
-        raise SpecError(f"{source}: preset: {preset}: {' and '.join(wanted)} follow the number of training images, "
+        raise SpecError(f"{source}: preset: {preset}: {' and '.join(wanted)} {'follow' if len(wanted) > 1 else 'follows'} "
+                        f"the number of training images, "
                         f"which is counted for folders and label tables only (data.dataset: {data.get('dataset')}); "
                         f"set {' and '.join(wanted)} in the recipe")
     if n_train == 0:
@@ -240,6 +241,19 @@ def differing(full: dict, base: dict) -> dict:
     return out
 
 
+def _as_spec(raw: dict) -> dict:
+    """A recipe with every default filled in (so a key the base's preset set and the variant's does not is reset
+    to its default); as it is when it does not validate (variant_of then refuses it, naming the line)."""
+    from pydantic import ValidationError
+
+    from transferkit.recipe.spec import ExperimentSpec
+
+    try:
+        return ExperimentSpec.model_validate(raw).model_dump(mode="json", exclude={"variants"})
+    except ValidationError:
+        return raw
+
+
 def needs_presets(raw: dict) -> bool:
     """True when the recipe or one of its variants names a preset (the only case the rules change anything)."""
     variants = raw.get("variants") if isinstance(raw.get("variants"), dict) else {}
@@ -264,5 +278,5 @@ def apply_presets(raw: dict, source: str = "recipe") -> dict:
         inherited = without(base_user, leaf_keys(PRESETS[preset]) | set(DERIVED)) if own else base_user
         merged = deep_merge(inherited, override)
         full, _ = apply_preset(merged, given_keys(merged), f"{source}: variants.{name}")
-        resolved[name] = deep_merge(override, differing(full, base))
+        resolved[name] = deep_merge(override, differing(*map(_as_spec, (full, base))))
     return {**base, "variants": resolved} if "variants" in raw else base
