@@ -131,8 +131,8 @@ class Trainer:
         epoch = self.epoch
         while epoch < self.epochs and not self.stop_reason:  # a callback may shorten self.epochs (a budget)
             epoch += 1
-            started = time.perf_counter()
             partial, self.partial = self.partial, None
+            started = time.perf_counter() - (partial["seconds"] if partial else 0.0)  # a resumed epoch: whole
             if partial is None:
                 seed_epoch(self.seed, epoch, place.rank)  # a resumed partial epoch continues from the saved RNG state
             skip = partial["step"] * train_loader.batch_size * place.world_size if partial else 0

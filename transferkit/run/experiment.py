@@ -16,6 +16,7 @@ from transferkit.callbacks.bad_images import BadImageReport
 from transferkit.callbacks.best import BestTracker
 from transferkit.callbacks.budget import Budget
 from transferkit.callbacks.checkpoint import checkpoint_sizes, load_checkpoint
+from transferkit.callbacks.run_clock import RunClock
 from transferkit.cpu_memory import fallback_reason
 from transferkit.device import describe_device, resolve_device
 from transferkit.engine.callbacks import Callback, RunContext
@@ -168,7 +169,8 @@ def run_variant(spec: ExperimentSpec, name: str, run_dir: Path, console: Console
     probe_seconds = 0.0
     if spec.train.probe_epochs and trainer.epoch == 0 and trainer.partial is None:
         probe_seconds = probe_head(parts, console)
-    setup_seconds = time.monotonic() - started - probe_seconds
+    clock = trainer.callback(RunClock)
+    clock.setup, clock.probe = time.monotonic() - started - probe_seconds, probe_seconds
     groups = describe_groups(parts.param_groups)
     if primary:
         files.prepare()  # only now: a run that failed before training leaves no folder behind
@@ -192,7 +194,8 @@ def run_variant(spec: ExperimentSpec, name: str, run_dir: Path, console: Console
         fit_task_to_validation(parts, run_dir, console)
     tracker = trainer.callback(BestTracker)
     bad = trainer.callback(BadImageReport)
-    timing = time_spent(trainer.history, setup_seconds, probe_seconds, time.monotonic() - started)
+    spent = clock.totals()  # a resumed run's earlier processes included
+    timing = time_spent(trainer.history, spent["setup"], spent["probe"], spent["wall"])
     budget = trainer.callback(Budget)
     if budget:
         timing["budget_seconds"], timing["budget"] = budget.seconds, budget.note
