@@ -275,16 +275,20 @@ def list_backbones(pattern: Optional[str] = typer.Argument(None, metavar="[PATTE
             entries.append((arch, f"{arch}  weights: {weights}  ({api.WEIGHT_SOURCES.describe(weights)})"))
     lines = [line for _, line in sorted(entries, key=lambda e: (e[0].lower(), e[1]))]
     if not lines:
-        err.print(f"no backbone matches {pattern!r}{f' in {source}' if source else ''}"
-                  f"{' with pretrained weights' if pretrained else ''}; try a wider pattern such as "
-                  f"'*{(pattern or '').strip('*')}*'", markup=False, highlight=False)
+        where = f"{f' in {source}' if source else ''}{' with pretrained weights' if pretrained else ''}"
+        if pattern:
+            err.print(f"no backbone matches {pattern!r}{where}; try a wider pattern such as "
+                      f"'*{pattern.strip('*')}*'", markup=False, highlight=False)
+        else:
+            err.print(f"no backbones{where}" + ("; a plugin registers them (docs/plugins.md)" if source == "registered"
+                                                 else ""), markup=False, highlight=False)
         raise typer.Exit(1)
     for line in lines:
         out.print(line, markup=False, highlight=False)
 
 
 def _print_registry(registry, describe=None) -> None:
-    from transferkit.run.display import print_table
+    from transferkit.tables import print_table
 
     rows = [[name, describe(name) if describe else registry.describe(name), registry.origin(name)]
             for name in registry.list()]
@@ -350,7 +354,7 @@ def list_schedules() -> None:
     import typing
 
     from transferkit.recipe.spec import ScheduleSpec
-    from transferkit.run.display import print_table
+    from transferkit.tables import print_table
 
     names = typing.get_args(ScheduleSpec.model_fields["name"].annotation)
     print_table(out, ["name", "description"], [[n, SCHEDULE_HELP.get(n, "see docs/recipe.md")] for n in names])
@@ -362,7 +366,7 @@ def list_weights(backbone: Optional[str] = typer.Argument(None, metavar="[BACKBO
     """List registered weight sources, or the weights one backbone can load (torchvision names, timm tags, sources)."""
     api = _api()
     from transferkit.model.backbones import weights_for
-    from transferkit.run.display import print_table
+    from transferkit.tables import print_table
 
     if backbone is None:
         rows = []
@@ -400,7 +404,7 @@ def plugins() -> None:
     import os
 
     from transferkit.plugins import DISABLE_ENV
-    from transferkit.run.display import print_table
+    from transferkit.tables import print_table
 
     infos = _api().load_plugins()
     if os.environ.get(DISABLE_ENV, "").strip() not in ("", "0"):
@@ -460,7 +464,7 @@ def check_data(target: str = typer.Argument(..., metavar="TARGET", autocompletio
                workers: int = typer.Option(1, "--workers", min=1, metavar="N", help="processes reading images")) -> None:
     """Read every image and report broken, duplicate, conflicting, hidden or misplaced files, and every bad row of
     a label table (a .csv TARGET, or a recipe's data.labels), with its line (exit 1 if any)."""
-    from transferkit.run.display import print_table
+    from transferkit.tables import print_table
     from transferkit.run.targets import check_target
 
     _api()
@@ -479,7 +483,9 @@ def evaluate(model: str = typer.Argument(..., help="run directory (runs/<name>/<
              split: str = typer.Option("test", "--split", help="test or val"),
              device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps"),
              output: Optional[Path] = typer.Option(None, "--output", help="folder for the results; default "
-                                                                         "<run>/evaluation/<split>/"),
+                                                                         "<run>/evaluation/<split>/ for a run, "
+                                                                         "<name>-evaluation/<split>/ beside an "
+                                                                         "exported file"),
              progress: bool = typer.Option(True, "--progress/--no-progress", help="show progress")) -> None:
     """Loss, top-1/top-5 accuracy, per-class precision/recall/F1, confusion matrix and top losses."""
     from transferkit.inference.evaluate import default_output, evaluate_folder, print_evaluation, print_unreadable
@@ -527,7 +533,8 @@ def export(model: str = typer.Argument(..., help="run directory or checkpoint"),
            format: str = typer.Option("onnx", "--format", help="onnx or torchscript"),
            output: Optional[Path] = typer.Option(None, "--output", help="file to write; default beside the checkpoint"),
            check: Optional[int] = typer.Option(None, "--check", min=0, help="images to compare with PyTorch "
-                                               "(default 16: the run's test images, else synthetic; 0: no check)")) -> None:
+                                               "(default 16: the run's test images, else synthetic; 0: no check)"),
+           overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing file")) -> None:
     """Write the model as ONNX or TorchScript (normalisation, classes and preprocessing inside), checked against PyTorch."""
     from transferkit.inference.checkpoint_io import read_checkpoint
     from transferkit.inference.export import TOLERANCE, export_model
@@ -537,7 +544,7 @@ def export(model: str = typer.Argument(..., help="run directory or checkpoint"),
 
     if Path(model).suffix.lower() == ".onnx" or (Path(model).is_file() and is_torchscript(Path(model))):
         raise TransferkitError(f"{model}: already an exported model; export takes a run directory or checkpoint")
-    result = export_model(TorchPredictor(read_checkpoint(model), "cpu"), format, output, check)
+    result = export_model(TorchPredictor(read_checkpoint(model), "cpu"), format, output, check, overwrite)
     if result.checked:
         err.print(f"checked on {result.checked} {result.check_images}: max probability difference "
                   f"{result.max_probability_difference:.1e} (tolerance {TOLERANCE:.0e}), max logit difference "

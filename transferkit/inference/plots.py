@@ -61,12 +61,14 @@ def top_losses_png(images: list[np.ndarray], captions: list[str], title: str, co
         return _png(fig)
     columns = min(columns, len(images))
     rows = (len(images) + columns - 1) // columns
-    fig, axes = plt.subplots(rows, columns, figsize=(2.5 * columns, 2.9 * rows), squeeze=False)
+    lines = max(caption.count("\n") + 1 for caption in captions)
+    fig, axes = plt.subplots(rows, columns, figsize=(2.6 * columns, (2.5 + 0.2 * lines) * rows + 0.4),
+                             squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
     for ax, image, caption in zip(axes.flat, images, captions):
         ax.imshow(image)
         ax.set_title(caption, fontsize=8)
     fig.suptitle(title)
-    fig.tight_layout(rect=(0, 0, 1, 1 - 0.35 / fig.get_figheight()))  # keep the title clear of the first captions
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.35 / fig.get_figheight()), h_pad=1.0)  # the title clear of the captions
     return _png(fig)
