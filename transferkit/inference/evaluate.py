@@ -208,7 +208,7 @@ def _csv(rows: list[dict] | list[list], header: list[str] | None = None) -> str:
     return out.getvalue()
 
 
-CAPTION_CHARS = 32  # a caption line that fits its image's width in top_losses.png
+CAPTION_CHARS = 36  # a caption line that fits its image's width in top_losses.png
 
 
 def top_loss_images(predictor: Predictor, wrong: list[dict]) -> tuple[list[np.ndarray], list[str]]:
@@ -217,10 +217,16 @@ def top_loss_images(predictor: Predictor, wrong: list[dict]) -> tuple[list[np.nd
     images, captions = [], []
     for row in wrong[:TOP_LOSSES]:
         images.append(prepare(row["path"]).permute(1, 2, 0).numpy())
-        captions.append(f"{shortened(Path(row['path']).name)}\ntrue: {shortened(row['true_label'])}\n"
-                        f"predicted: {shortened(row['predicted_label'])}\n"
-                        f"p={row['probability']:.2f} (true {row['true_probability']:.2f})")
+        captions.append(loss_caption(row))
     return images, captions
+
+
+def loss_caption(row: dict) -> str:
+    """A misclassified file's caption in top_losses.png: its name, true and predicted class, probabilities; each
+    line short enough for the image's width."""
+    lines = (Path(row["path"]).name, f"true: {row['true_label']}", f"predicted: {row['predicted_label']}",
+             f"p={row['probability']:.2f} (true {row['true_probability']:.2f})")
+    return "\n".join(shortened(line) for line in lines)
 
 
 def shortened(text: str, width: int = CAPTION_CHARS) -> str:

@@ -52,13 +52,19 @@ def confusion_png(counts: np.ndarray, classes: list[str], title: str) -> bytes:
 
 def top_losses_png(images: list[np.ndarray], captions: list[str], title: str, columns: int = 4) -> bytes:
     """A grid of (H, W, 3) uint8 images, each with its caption; a note instead when there are none."""
+    return _png(top_losses_figure(images, captions, title, columns))
+
+
+def top_losses_figure(images: list[np.ndarray], captions: list[str], title: str, columns: int = 4):
+    """The matplotlib figure of top_losses_png: rows tall enough for the captions' lines (each caption line short
+    enough for its image's width, inference.evaluate.shortened), so no caption runs into another or an image."""
     plt = _pyplot()
     if not images:
         fig, ax = plt.subplots(figsize=(5, 1.5))
         ax.axis("off")
         ax.text(0.5, 0.5, "no misclassified images", ha="center", va="center", fontsize=12)
         fig.suptitle(title)
-        return _png(fig)
+        return fig
     columns = min(columns, len(images))
     rows = (len(images) + columns - 1) // columns
     lines = max(caption.count("\n") + 1 for caption in captions)
@@ -71,4 +77,4 @@ def top_losses_png(images: list[np.ndarray], captions: list[str], title: str, co
         ax.set_title(caption, fontsize=8)
     fig.suptitle(title)
     fig.tight_layout(rect=(0, 0, 1, 1 - 0.35 / fig.get_figheight()), h_pad=1.0)  # the title clear of the captions
-    return _png(fig)
+    return fig
