@@ -160,6 +160,11 @@ def fit(folder: str = typer.Argument(..., help="folder of photos: train/ and tes
     started = start_fit(folder, preset, backbone, budget, device, seed, set_, output)
     err.print(f"fit: --preset {preset} on {folder}; the resolved recipe ({started.root.recipe}):", highlight=False)
     out.print(started.recipe_text, end="", markup=False, highlight=False, soft_wrap=True)
+    _train_written(started, progress)
+
+
+def _train_written(started, progress: bool) -> None:
+    """Train a run whose recipe transferkit wrote (fit, continue); Ctrl-C prints how to resume it and exits 130."""
     try:
         started.run(console=err, progress=progress)
     except RunInterrupted as stop:
@@ -185,13 +190,7 @@ def continue_(run_dir: str = typer.Argument(..., metavar="RUN", help="a finished
     err.print(f"continue: {spec.train.epochs} more epoch(s) from {spec.train.init_from} into "
               f"{started.root.path / spec.base_variant} (recipe: {started.root.recipe})", highlight=False,
               soft_wrap=True)
-    try:
-        started.run(console=err, progress=progress)
-    except RunInterrupted as stop:
-        err.print(f"interrupted: {stop.what_resume_does()}; resume with:\n  {started.resume_command}",
-                  markup=False, highlight=False, soft_wrap=True)
-        raise typer.Exit(130)
-    err.print(f"repeat with: transferkit run {shlex.quote(str(started.root.recipe))}", highlight=False, soft_wrap=True)
+    _train_written(started, progress)
 
 
 @app.command("lr-find")
