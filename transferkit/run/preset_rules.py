@@ -192,6 +192,8 @@ def apply_preset(raw: dict, given: set[str], source: str = "recipe") -> tuple[di
     if not wanted:
         return raw, None
     n_train = training_images(data, task)
+    if n_train is None and data.get("dataset", "folder") == "folder":
+        return raw, None  # no data.root: the 'data and device' phase refuses it, naming the field
     if n_train is None:
         raise SpecError(f"{source}: preset: {preset}: {' and '.join(wanted)} {'follow' if len(wanted) > 1 else 'follows'} "
                         f"the number of training images, "
