@@ -195,10 +195,10 @@ def apply_preset(raw: dict, given: set[str], source: str = "recipe") -> tuple[di
     if n_train is None and data.get("dataset", "folder") == "folder":
         return raw, None  # no data.root: the 'data and device' phase refuses it, naming the field
     if n_train is None:
-        raise SpecError(f"{source}: preset: {preset}: {' and '.join(wanted)} {'follow' if len(wanted) > 1 else 'follows'} "
-                        f"the number of training images, "
-                        f"which is counted for folders and label tables only (data.dataset: {data.get('dataset')}); "
-                        f"set {' and '.join(wanted)} in the recipe")
+        keys, verb = " and ".join(wanted), "follow" if len(wanted) > 1 else "follows"
+        raise SpecError(f"{source}: preset: {preset}: {keys} {verb} the number of training images, which is counted "
+                        f"for folders and label tables only (data.dataset: {data.get('dataset')}); set {keys} in the "
+                        f"recipe")
     if n_train == 0:
         raise DataError(f"{data.get('root') or data.get('labels')}: no training images found; put each class's "
                         f"photos in a folder of its own")
