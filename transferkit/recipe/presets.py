@@ -45,5 +45,5 @@ def with_preset(raw: dict) -> dict:
     task = raw.get("task")
     task = task.get("name") if isinstance(task, dict) else task
     if task not in (None, "single_label"):  # label smoothing spreads a class's probability: one class per image only
-        preset = {**preset, "train": {k: v for k, v in preset["train"].items() if k != "label_smoothing"}}
+        preset = {**preset, "train": {k: v for k, v in preset.get("train", {}).items() if k != "label_smoothing"}}
     return deep_merge(preset, raw)
