@@ -26,7 +26,8 @@ def probe_head(parts: Assembled, console: Console) -> float:
     decode = getattr(getattr(parts.train_loader, "dataset", None), "decode", open_rgb)
     source = ImageFileDataset(parts.splits.train, eval_transform(parts.preprocessing), decode)
     extractor = Extractor(model, parts.device, parts.precision, parts.channels_last)
-    features = cached_split(extractor, source, 1, parts.plan.eval_batch_size, spec.seed, parts.plan.workers)
+    features = cached_split(extractor, source, 1, parts.plan.eval_batch_size, spec.seed, parts.plan.workers,
+                            parts.caches.features if parts.caches else None)
     loader = feature_loader(features, spec.data.batch_size, True, spec.seed)
     epochs = spec.train.probe_epochs
     optimizer = torch.optim.AdamW(model.head.parameters(), lr=spec.train.probe_lr, weight_decay=1e-4)
