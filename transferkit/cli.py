@@ -546,6 +546,50 @@ def predict(model: str = typer.Argument(..., help="run directory, checkpoint (.p
 
 
 @app.command()
+def explain(model: str = typer.Argument(..., help="run directory or checkpoint (.pt); exported models carry no gradients"),
+            inputs: list[str] = typer.Argument(..., metavar="IMAGE...", help="image files, folders, .txt files of "
+                                                                             "paths, or - for stdin"),
+            output: Path = typer.Option(Path("gradcam.png"), "--output", "-o", help="PNG grid of the overlays"),
+            layer: Optional[str] = typer.Option(None, "--layer", metavar="NAME", help="backbone layer to read "
+                                                "(default: its last spatial map, e.g. layer4 of a ResNet)"),
+            target: Optional[str] = typer.Option(None, "--target", metavar="NAME", help="class, label or target to "
+                                                 "explain (default: the predicted class; multi_label: the most "
+                                                 "probable label; regression: the first target)"),
+            limit: int = typer.Option(32, "--limit", min=1, help="explain at most this many images"),
+            overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing output file"),
+            device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps")) -> None:
+    """Grad-CAM: where in each image the model's answer comes from, as heatmap overlays in one PNG grid."""
+    from transferkit.files import atomic_write_bytes
+    from transferkit.inference.explain import explain as grad_cam, explainable
+    from transferkit.inference.inputs import collect_inputs
+    from transferkit.inference.plots import explanations_png
+    from transferkit.run.display import print_table
+
+    if output.suffix.lower() != ".png":
+        raise TransferkitError(f"--output {output}: the grid is a PNG; give a name ending in .png")
+    if output.exists() and not overwrite:
+        raise TransferkitError(f"--output {output}: file exists; choose another name or add --overwrite")
+    paths = collect_inputs(inputs)
+    if len(paths) > limit:
+        err.print(f"explaining the first {limit} of {len(paths)} images (--limit N for more)", highlight=False)
+    predictor = explainable(model, device)
+    layer_name, found = grad_cam(predictor, paths[:limit], layer, target)
+    good = [e for e in found if e.error is None]
+    print_table(out, ["image", "answer", "heat for"],
+                [[e.source, e.error or e.answer, "" if e.error else f"{e.explained} ({e.score:.3g})"] for e in found])
+    if not good:
+        raise TransferkitError(f"none of the {len(found)} images could be read; check them with "
+                               f"`transferkit check-data`")
+    captions = [f"{Path(e.source).name[:28]}\n{e.answer}\nheat for {e.explained}" for e in good]
+    title = f"Grad-CAM of {predictor.spec.backbone.name} at layer {layer_name} ({predictor.source})"
+    atomic_write_bytes(output, explanations_png([e.overlay for e in good], captions, title))
+    err.print(f"wrote {output}: {len(good)} overlay(s), Grad-CAM at layer {layer_name}"
+              f"{f'; {len(found) - len(good)} unreadable' if len(good) < len(found) else ''}",
+              highlight=False, soft_wrap=True)
+    raise typer.Exit(1 if len(good) < len(found) else 0)
+
+
+@app.command()
 def export(model: str = typer.Argument(..., help="run directory or checkpoint"),
            format: str = typer.Option("onnx", "--format", help="onnx or torchscript"),
            output: Optional[Path] = typer.Option(None, "--output", help="file to write; default beside the checkpoint"),
