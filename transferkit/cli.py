@@ -559,16 +559,16 @@ def explain(model: str = typer.Argument(..., help="run directory or checkpoint (
             overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing output file"),
             device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps")) -> None:
     """Grad-CAM: where in each image the model's answer comes from, as heatmap overlays in one PNG grid."""
+    if output.suffix.lower() != ".png":
+        raise TransferkitError(f"--output {output}: the grid is a PNG; give a name ending in .png")
+    if output.exists() and not overwrite:
+        raise TransferkitError(f"--output {output}: file exists; choose another name or add --overwrite")
     from transferkit.files import atomic_write_bytes
     from transferkit.inference.explain import explain as grad_cam, explainable
     from transferkit.inference.inputs import collect_inputs
     from transferkit.inference.plots import explanations_png
     from transferkit.run.display import print_table
 
-    if output.suffix.lower() != ".png":
-        raise TransferkitError(f"--output {output}: the grid is a PNG; give a name ending in .png")
-    if output.exists() and not overwrite:
-        raise TransferkitError(f"--output {output}: file exists; choose another name or add --overwrite")
     paths = collect_inputs(inputs)
     if len(paths) > limit:
         err.print(f"explaining the first {limit} of {len(paths)} images (--limit N for more)", highlight=False)
