@@ -71,7 +71,7 @@ def _grid(images: list[np.ndarray], captions: list[str], title: str, columns: in
     columns = min(columns, len(images))
     rows = (len(images) + columns - 1) // columns
     per_row = 2 if heatmaps else 1
-    fig, axes = plt.subplots(rows * per_row, columns, figsize=(2.5 * columns, 3.1 * rows * per_row), squeeze=False)
+    fig, axes = plt.subplots(rows * per_row, columns, figsize=(2.5 * columns, 3.3 * rows * per_row), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
     for index, (image, caption) in enumerate(zip(images, captions)):

@@ -129,10 +129,10 @@ class CVRun:
 
         return f"transferkit cv --resume {shlex.quote(str(self.root.path))}"
 
-    def run(self, console: Console | None = None, progress: bool = True) -> CVResult:
-        """Train every fold (images and frozen-backbone features shared between them), evaluate each fold's best
-        checkpoint on its held-out part, write cv.json; a failure before any fold's folder exists leaves no
-        parent folder behind."""
+    def run(self, console: Console | None = None, progress: bool = True, share_caches: bool = True) -> CVResult:
+        """Train every fold (images and frozen-backbone features shared between them, unless `share_caches` is
+        false: benchmarks/cv_reuse.py measures that), evaluate each fold's best checkpoint on its held-out part,
+        write cv.json; a failure before any fold's folder exists leaves no parent folder behind."""
         from rich.console import Console
 
         from transferkit.data.shared import SharedCaches
@@ -140,7 +140,8 @@ class CVRun:
         console = console or Console(stderr=True, soft_wrap=True)
         where = {"resume": self.root.path} if self.resume else {"run_root": self.root.path}
         try:
-            result = self.experiment.run(console=console, progress=progress, caches=SharedCaches(),
+            result = self.experiment.run(console=console, progress=progress,
+                                         caches=SharedCaches() if share_caches else None,
                                          resume_command=lambda run_root: self.resume_command, **where)
         except TransferkitError:
             if not self.resume and not any(p.is_dir() for p in self.root.path.iterdir()):
