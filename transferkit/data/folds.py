@@ -20,6 +20,7 @@ class FoldAssignment:
     groups: list[str]
     parts: list[int]
     folds: int
+    classes: list[str]  # the outputs the targets index
 
     def part(self, index: int) -> tuple[Samples, Samples]:
         """(training samples, held-out samples) of fold `index` (1..K)."""
@@ -93,13 +94,14 @@ def assign_folds(splits: FolderSplits, kfold, seed: int, table=None) -> FoldAssi
         for index, (_, held) in enumerate(split, start=1):
             for i in held:
                 parts[i] = index
-    assignment = FoldAssignment(samples, groups, parts, k)
+    assignment = FoldAssignment(samples, groups, parts, k, splits.classes)
     if stratified:
-        _refuse_missing_class(assignment, splits.classes)
+        _refuse_missing_class(assignment)
     return assignment
 
 
-def _refuse_missing_class(assignment: FoldAssignment, classes: list[str]) -> None:
+def _refuse_missing_class(assignment: FoldAssignment) -> None:
+    classes = assignment.classes
     for index in range(1, assignment.folds + 1):
         train, _ = assignment.part(index)
         present = {label for _, label in train}

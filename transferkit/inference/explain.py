@@ -160,8 +160,13 @@ def explain(predictor: Predictor, items: list, layer: str | None = None, target:
             with torch.no_grad():
                 logits = model(images).float().cpu().numpy()
             chosen = [fixed if fixed is not None else predictor.task.explained_output(row) for row in logits]
-            with torch.enable_grad():
-                heat = cam(input_tensor=images, targets=[ClassifierOutputTarget(c) for c in chosen])
+            try:
+                with torch.enable_grad():
+                    heat = cam(input_tensor=images, targets=[ClassifierOutputTarget(c) for c in chosen])
+            except RuntimeError as exc:  # e.g. the network changes the layer's output in place after it
+                first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                raise TransferkitError(f"Grad-CAM at layer {name} of {predictor.source} failed ({first}); choose "
+                                       f"another layer with --layer NAME") from None
             answers = predictor.task.answers(logits)
             for row, position in enumerate(batch.positions):
                 found[position] = Explanation(

@@ -75,6 +75,9 @@ def base_recipe(target: str, preset: str | None = None, backbone: str | None = N
 def cv_recipe(base: dict, folds: int, group_regex: str | None = None, group_column: str | None = None) -> dict:
     """`base` as a recipe of `folds` runs, fold-1 .. fold-K, each holding out its part of the training data as
     its validation split (data.kfold); a carved validation split (data.val_split) gives way to the folds."""
+    if base["data"].get("kfold"):
+        raise SpecError("data.kfold: cv sets it for each fold; remove it from the recipe (or --set), and choose the "
+                        "parts with --folds, --group-regex or --group-column")
     raw = copy.deepcopy(base)
     raw["data"]["val_split"] = None
     grouping = {"group_regex": group_regex} if group_regex else {"group_column": group_column} if group_column else {}
@@ -93,13 +96,13 @@ def fold_assignment(spec: ExperimentSpec) -> FoldAssignment:
     return assign_folds(recipe_splits(unfolded), spec.data.kfold, spec.seed, spec.data.labels)
 
 
-def folds_csv(assignment: FoldAssignment, outputs: list[str]) -> str:
+def folds_csv(assignment: FoldAssignment) -> str:
     """folds.csv: each training image's path, target, group and fold."""
     out = io.StringIO()
     writer = csv.writer(out)
     writer.writerow(["path", "target", "group", "fold"])
     for (path, target), group, part in zip(assignment.samples, assignment.groups, assignment.parts):
-        shown = outputs[target] if isinstance(target, int) else " ".join(f"{v:g}" for v in target)
+        shown = assignment.classes[target] if isinstance(target, int) else " ".join(f"{v:g}" for v in target)
         writer.writerow([str(path), shown, group.split(":", 1)[1], part])
     return out.getvalue()
 
@@ -171,7 +174,7 @@ def start_cv(target: str, folds: int, preset: str | None = None, backbone: str |
     assignment = fold_assignment(first)
     root = RunRoot.fresh(output, experiment.spec.name)
     atomic_write_text(root.recipe, CV_HEADER + yaml.safe_dump(raw, sort_keys=False))
-    atomic_write_text(root.folds, folds_csv(assignment, recipe_splits(first).classes))
+    atomic_write_text(root.folds, folds_csv(assignment))
     return CVRun(experiment, root, assignment)
 
 
