@@ -66,11 +66,16 @@ def trained(tmp_path_factory):
     return tmp, corners, result.variants["fast"].run_dir
 
 
-def test_heat_lies_on_the_coloured_square(trained):
+@pytest.fixture(scope="module")
+def model(trained):
+    """The trained probe, loaded once for the tests that call it in this process."""
     import transferkit
 
+    return transferkit.load(trained[2], device="cpu")
+
+
+def test_heat_lies_on_the_coloured_square(trained, model):
     tmp, corners, run = trained
-    model = transferkit.load(run, device="cpu")
     tests = sorted(p for p in corners if "/test/" in p)
     explanations = model.explain(tests)
     inside, outside = [], []
@@ -108,11 +113,9 @@ def test_explain_cli_writes_the_grid_and_refuses_what_it_cannot_explain(trained)
     assert again.stderr.startswith("error: --output") and "--overwrite" in again.stderr  # nothing overwritten
 
 
-def test_a_wrong_layer_is_refused_with_the_candidates(trained):
-    import transferkit
+def test_a_wrong_layer_is_refused_with_the_candidates(trained, model):
     from transferkit.errors import TransferkitError
 
-    model = transferkit.load(trained[2], device="cpu")
     with pytest.raises(TransferkitError, match=r"--layer blocks\.9: .* no such layer.*bn2"):
         model.explain(next(iter(trained[1])), layer="blocks.9")
     with pytest.raises(TransferkitError, match=r"--layer global_pool: its output is not a spatial map"):
@@ -142,13 +145,11 @@ def test_target_layer_is_the_last_convolutional_stage(tmp_path, name, layer):
     assert target_layer(model, 64)[0] == layer
 
 
-def test_top_losses_gain_a_grad_cam_row_on_the_objects(trained):
-    import transferkit
+def test_top_losses_gain_a_grad_cam_row_on_the_objects(trained, model):
     from transferkit.inference.evaluate import top_loss_images
 
     tmp, _, run = trained
     corners = squares(tmp / "swapped", per_class=(0, 2), seed=1, swap=True)  # every label wrong
-    model = transferkit.load(run, device="cpu")
     result = model.evaluate(tmp / "swapped", output=tmp / "evaluation")
     assert len(result.misclassified) == 6
     images, _, explained = top_loss_images(model.predictor, result.misclassified)
