@@ -63,8 +63,12 @@ def base_recipe(target: str, preset: str | None = None, backbone: str | None = N
         raise SpecError(f"{option}: {target} is a recipe, which names its own; change it with --set, or give a data "
                         f"folder to cross-validate with a preset")
     experiment = Experiment.from_yaml(target, list(overrides))
-    spec = experiment.variant_spec(variant or experiment.spec.base_variant)
-    raw = spec.model_dump(mode="json", exclude={"variants"})
+    chosen = variant or experiment.spec.base_variant
+    raw = experiment.variant_spec(chosen).model_dump(mode="json", exclude={"variants"})
+    if chosen != experiment.spec.base_variant:
+        raw["name"] = f"{raw['name']}-{chosen}"
+    if not raw["backbone"]["pretrained"]:  # a variant's `pretrained: false` under the base's weights: random init
+        raw["backbone"]["weights"] = None
     if device:
         raw["train"]["device"] = device
     if seed is not None:
