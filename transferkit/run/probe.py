@@ -45,7 +45,8 @@ def probe_head(parts: Assembled, console: Console) -> float:
     finally:
         model.set_backbone_frozen(frozen)
     seconds = time.perf_counter() - started
-    console.print(f"  linear probe: head fitted on {len(features)} cached feature vectors for {epochs} epochs "
+    reused = f" ({features.reused} reused from an earlier run)" if features.reused else ""
+    console.print(f"  linear probe: head fitted on {len(features)} cached feature vectors{reused} for {epochs} epochs "
                   f"(train {parts.task.train_metric.replace('_', ' ')} {stats.metrics[parts.task.train_metric]:.3f}) "
                   f"in {seconds:.1f}s; now fine-tuning the whole network",
                   highlight=False)
