@@ -82,7 +82,7 @@ def test_a_study_writes_its_report_and_run_repeats_the_best_trial(study):
     # the trials share one decoded-image cache and one feature file per split (train, val, test)
     assert len(list((out / "cache" / "features").glob("*.pt"))) == 3
     assert len(list((out / "cache" / "decoded").glob("*/pixels.u8"))) == 1
-    assert "read from the shared cache" in (out / "trials" / "trial-0003" / "output.log").read_text()
+    assert "reused from an earlier run" in (out / "trials" / "trial-0003" / "output.log").read_text()
     best_recipe = yaml.safe_load((out / "best-recipe.yaml").read_text())
     assert "tune" not in best_recipe and best_recipe["optimizer"]["lr"] == pytest.approx(float(best["optimizer.lr"]))
     assert best_recipe == yaml.safe_load((trial_dir / "recipe.yaml").read_text())
