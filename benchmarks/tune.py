@@ -12,6 +12,9 @@ from wait4, the machine's load average before and after):
              gain is the second process, and what is one thread's instead of two on a loaded machine
 
     flock /tmp/transferkit-bench.lock python benchmarks/tune.py --data ../shared/data/clothing-small
+        [--trials 20] [--limit 600] [--sides balanced warm pruned repeat unpruned two]
+
+`--limit N` sets `data.limit=N` on every side (at most N images per split) for a shorter measurement.
 
 Writes benchmarks/results/tune_<date>.json.
 """
@@ -85,6 +88,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--trials", type=int, default=20)
     parser.add_argument("--sides", nargs="+",
                         default=["balanced", "warm", "pruned", "repeat", "unpruned", "two", "one1"])
+    parser.add_argument("--limit", type=int, default=None, help="data.limit on every side: images per split")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
     parser.add_argument("--work", type=Path, default=None, help="keep the studies here (default: a temp folder)")
     parser.add_argument("--cache", type=Path, default=None, help="the studies' shared cache folder (default: in "
@@ -92,8 +96,11 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     data = str(Path(args.data).resolve())
     cli = [sys.executable, "-m", "transferkit.cli"]
-    tune = [*cli, "tune", str(RECIPE), "--set", f"data.root={data}", "--set", "train.device=cpu", "--no-progress"]
-    sides, results = [], {"data": data, "trials": args.trials, "recipe": str(RECIPE.relative_to(REPO)),
+    limit = ["--set", f"data.limit={args.limit}"] if args.limit else []
+    tune = [*cli, "tune", str(RECIPE), "--set", f"data.root={data}", "--set", "train.device=cpu", *limit,
+            "--no-progress"]
+    sides, results = [], {"data": data, "trials": args.trials, "limit": args.limit,
+                          "recipe": str(RECIPE.relative_to(REPO)),
                           "cpus": os.cpu_count(), "date": time.strftime("%Y-%m-%d")}
     with tempfile.TemporaryDirectory() as temporary:
         work = args.work or Path(temporary)
@@ -101,7 +108,7 @@ def main(argv: list[str] | None = None) -> dict:
         cache = args.cache or work / "cache"
         if "balanced" in args.sides:
             sides.append(run_side("balanced", [*cli, "fit", data, "--preset", "balanced", "--device", "cpu",
-                                               "--output", str(work / "balanced"), "--no-progress"],
+                                               "--output", str(work / "balanced"), "--no-progress", *limit],
                                   work / "balanced.log"))
             row = best_epoch_row(next((work / "balanced").glob("*/*/summary.json")).parent)
             results["balanced"] = {"val_accuracy": row["val_accuracy"], "test_accuracy": row["test_accuracy"]}
