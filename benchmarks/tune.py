@@ -1,7 +1,6 @@
 """Tuning on real photos (issue #22's goals), every side in one invocation and each in its own process (peak RSS
 from wait4, the machine's load average before and after):
 
-  balanced   `transferkit fit DATA --preset balanced`: the validation accuracy the search should reach
   warm       `transferkit tune ... --trials 1` into a cache folder every study below shares, so each study's wall
              time is its trials' (the features are computed once, as they would be by a study's first trial)
   pruned     the study: `--trials N`, TPE and the median pruner, one process
@@ -10,11 +9,15 @@ from wait4, the machine's load average before and after):
   two        the same N unpruned points, `--jobs 2` (two processes, one torch thread each on 2 cores)
   one1       the same N unpruned points, one process with one torch thread (OMP_NUM_THREADS=1): what of `two`'s
              gain is the second process, and what is one thread's instead of two on a loaded machine
+  balanced   `transferkit fit DATA --preset balanced`: the validation accuracy the search should reach
+
+The JSON is written again after each side, so a measurement cut short keeps what it measured.
 
     flock /tmp/transferkit-bench.lock python benchmarks/tune.py --data ../shared/data/clothing-small
-        [--trials 20] [--limit 600] [--sides balanced warm pruned repeat unpruned two]
+        [--trials 20] [--limit 600] [--sides balanced warm pruned repeat unpruned two] [--set KEY=VALUE]...
 
-`--limit N` sets `data.limit=N` on every side (at most N images per split) for a shorter measurement.
+`--limit N` sets `data.limit=N` on every side (at most N images per split) for a shorter measurement; `--set`
+changes the recipe of every study (a smaller `tune.space`, the pruner's startup trials).
 
 Writes benchmarks/results/tune_<date>.json.
 """
@@ -89,6 +92,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--sides", nargs="+",
                         default=["balanced", "warm", "pruned", "repeat", "unpruned", "two", "one1"])
     parser.add_argument("--limit", type=int, default=None, help="data.limit on every side: images per split")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="--set for every study, e.g. tune.pruner_startup_trials=2")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
     parser.add_argument("--work", type=Path, default=None, help="keep the studies here (default: a temp folder)")
     parser.add_argument("--cache", type=Path, default=None, help="the studies' shared cache folder (default: in "
@@ -98,20 +103,17 @@ def main(argv: list[str] | None = None) -> dict:
     cli = [sys.executable, "-m", "transferkit.cli"]
     limit = ["--set", f"data.limit={args.limit}"] if args.limit else []
     tune = [*cli, "tune", str(RECIPE), "--set", f"data.root={data}", "--set", "train.device=cpu", *limit,
-            "--no-progress"]
-    sides, results = [], {"data": data, "trials": args.trials, "limit": args.limit,
+            *[part for text in args.overrides for part in ("--set", text)], "--no-progress"]
+    sides, results = [], {"data": data, "trials": args.trials, "limit": args.limit, "set": args.overrides,
                           "recipe": str(RECIPE.relative_to(REPO)),
                           "cpus": os.cpu_count(), "date": time.strftime("%Y-%m-%d")}
+    args.out.mkdir(parents=True, exist_ok=True)
+    path = args.out / f"tune_{results['date']}.json"
     with tempfile.TemporaryDirectory() as temporary:
         work = args.work or Path(temporary)
         work.mkdir(parents=True, exist_ok=True)
         cache = args.cache or work / "cache"
-        if "balanced" in args.sides:
-            sides.append(run_side("balanced", [*cli, "fit", data, "--preset", "balanced", "--device", "cpu",
-                                               "--output", str(work / "balanced"), "--no-progress", *limit],
-                                  work / "balanced.log"))
-            row = best_epoch_row(next((work / "balanced").glob("*/*/summary.json")).parent)
-            results["balanced"] = {"val_accuracy": row["val_accuracy"], "test_accuracy": row["test_accuracy"]}
+        # the comparisons first, the balanced preset last: a measurement cut short keeps its ratios
         if "warm" in args.sides:
             sides.append(run_side("warm", [*tune, "--trials", "1", "--study", "warm", "--output", str(work / "warm"),
                                            "--cache", str(cache)], work / "warm.log"))
@@ -119,12 +121,8 @@ def main(argv: list[str] | None = None) -> dict:
             sides.append(run_side("pruned", [*tune, "--trials", str(args.trials), "--study", "pruned", "--output",
                                              str(work / "pruned"), "--cache", str(cache)], work / "pruned.log"))
             results["pruned"] = study_summary(work / "pruned", "pruned")
+            save(path, results, sides)
         points = [row["params"] for row in results.get("pruned", {}).get("trials", [])]
-        if "repeat" in args.sides and (work / "pruned" / "best-recipe.yaml").is_file():
-            sides.append(run_side("repeat", [*cli, "run", str(work / "pruned" / "best-recipe.yaml"), "--output",
-                                             str(work / "repeat"), "--no-progress"], work / "repeat.log"))
-            history = json.loads(next((work / "repeat").glob("*/*/metrics.json")).read_text())
-            results["repeat"] = {"val_accuracy": max(row["val_accuracy"] for row in history)}
         for side, jobs, env in (("unpruned", 1, None), ("two", 2, None), ("one1", 1, {"OMP_NUM_THREADS": "1"})):
             if side not in args.sides or not points:
                 continue
@@ -135,6 +133,28 @@ def main(argv: list[str] | None = None) -> dict:
                                          str(work / side), "--cache", str(cache), "--set", "tune.pruner=none",
                                          "--jobs", str(jobs)], work / f"{side}.log", env))
             results[side] = study_summary(work / side, side)
+            save(path, results, sides)
+        if "repeat" in args.sides and (work / "pruned" / "best-recipe.yaml").is_file():
+            sides.append(run_side("repeat", [*cli, "run", str(work / "pruned" / "best-recipe.yaml"), "--output",
+                                             str(work / "repeat"), "--no-progress"], work / "repeat.log"))
+            history = json.loads(next((work / "repeat").glob("*/*/metrics.json")).read_text())
+            results["repeat"] = {"val_accuracy": max(row["val_accuracy"] for row in history)}
+            save(path, results, sides)
+        if "balanced" in args.sides:
+            sides.append(run_side("balanced", [*cli, "fit", data, "--preset", "balanced", "--device", "cpu",
+                                               "--output", str(work / "balanced"), "--no-progress", *limit],
+                                  work / "balanced.log"))
+            row = best_epoch_row(next((work / "balanced").glob("*/*/summary.json")).parent)
+            results["balanced"] = {"val_accuracy": row["val_accuracy"], "test_accuracy": row["test_accuracy"]}
+    save(path, results, sides)
+    print(json.dumps({k: v for k, v in results.items() if k not in ("pruned", "unpruned", "two", "one1", "sides")},
+                     indent=1))
+    print(f"written {path}")
+    return results
+
+
+def save(path: Path, results: dict, sides: list[dict]) -> None:
+    """The results so far, with the goal figures of the sides that ran, written to `path`."""
     results["sides"] = sides
     wall = {side["side"]: side["wall_seconds"] for side in sides}
     if "pruned" in wall and "unpruned" in wall:
@@ -146,12 +166,7 @@ def main(argv: list[str] | None = None) -> dict:
     if results.get("pruned", {}).get("best") and "balanced" in results:
         results["best_minus_balanced_val"] = round(results["pruned"]["best"]["value"]
                                                    - results["balanced"]["val_accuracy"], 4)
-    print(json.dumps({k: v for k, v in results.items() if k not in ("pruned", "unpruned", "two", "sides")}, indent=1))
-    args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / f"tune_{results['date']}.json"
     path.write_text(json.dumps(results, indent=1) + "\n")
-    print(f"written {path}")
-    return results
 
 
 if __name__ == "__main__":
