@@ -54,6 +54,11 @@ class Callback:
     def before_evaluate(self, trainer: "Trainer", split: str) -> None:
         """Before the model is evaluated on `split`."""
 
+    def evaluation_weights(self, trainer: "Trainer") -> dict:
+        """Other weights to evaluate beside the model's own, in the same pass over each split: {metric prefix:
+        state dict} (EMA: {"ema_": the averaged weights}, reported as ema_val_accuracy, ...)."""
+        return {}
+
     def after_evaluate(self, trainer: "Trainer", split: str, row: dict) -> None:
         """After the evaluation of `split`, whose metrics are in `row` already; may add its own."""
 

@@ -252,7 +252,10 @@ class TrainSpec(_Spec):
     loggers: list[str | PluggedSpec] = Field(default_factory=lambda: ["csv"], validate_default=True, description="registered loggers (`transferkit list-loggers`), each a name or {name, options}: csv (metrics.csv/json), tensorboard (event files under tensorboard/), mlflow, wandb (docs/callbacks.md), or a plugin's")
     probe_epochs: int = Field(0, ge=0, description="before training, fit the new head alone for this many epochs on cached backbone features (linear probe, then fine-tune)")
     probe_lr: float = Field(1e-3, gt=0.0, description="AdamW learning rate of the probe_epochs head fit")
-    tta_flip: bool = Field(False, description="evaluate on each image and its mirror image, averaging the logits (test-time augmentation)")
+    tta_flip: bool = Field(False, description="evaluate the test split on each image and its mirror image, averaging the logits (test-time augmentation); the validation split only with tta_on_val")
+    tta_on_val: bool = Field(False, description="with tta_flip: flip during selection too (the validation split each epoch), at twice its cost")
+    eval_test: Literal["every_epoch", "end"] = Field("every_epoch", description="when the test split is evaluated: every_epoch (a test column per epoch), or end: once, the weights best.pt holds, after training (presets' default; selection never sees it)")
+    calibrate: bool = Field(False, description="after training, fit a temperature on the validation split so the probabilities are calibrated (single_label; presets' default); it travels in best.pt and every export")
     sync_batchnorm: bool = Field(False, description="under torchrun with several processes: batch norm statistics over the whole global batch (SyncBatchNorm) instead of each process's share")
     budget: str | None = Field(None, description="wall-time budget, e.g. 90s, 10m, 1.5h: after the first epoch the number of epochs (and the LR schedule) is fitted so the run ends inside it")
 
