@@ -60,7 +60,9 @@ class Callback:
         return {}
 
     def after_evaluate(self, trainer: "Trainer", split: str, row: dict) -> None:
-        """After the evaluation of `split`, whose metrics are in `row` already; may add its own."""
+        """After the evaluation of `split`, whose metrics are in `row` already; may add its own. During fit,
+        `trainer.outputs[split]` holds each evaluated weights' EpochStats (prefix "" the model's own, "ema_" ...)
+        with the split's logits and targets."""
 
     def on_epoch_end(self, trainer: "Trainer", epoch: int, row: dict) -> None:
         """After an epoch is trained and evaluated; `row` is its metrics (callbacks may add to it)."""

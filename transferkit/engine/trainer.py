@@ -33,7 +33,8 @@ class Interrupted(Exception):
 @dataclass
 class EpochStats:
     """Mean loss, the task's metrics, example count and time of one pass over a loader (data wait and step time
-    apart). `metrics` holds the task's metrics by name (training: its train_metric alone), `loss` among them."""
+    apart). `metrics` holds the task's metrics by name (training: its train_metric alone), `loss` among them.
+    An evaluation keeps the split's logits and targets (all processes', on the CPU)."""
 
     loss: float
     metrics: dict
@@ -41,6 +42,8 @@ class EpochStats:
     seconds: float
     bad: list[BadImage] = field(default_factory=list)
     data_seconds: float = 0.0
+    logits: torch.Tensor | None = None
+    targets: torch.Tensor | None = None
 
     @property
     def accuracy(self) -> float:
@@ -90,6 +93,7 @@ class Trainer:
         self.epochs = 0
         self.eval_loaders: dict = {}
         self.per_epoch: tuple[str, ...] = ()  # the splits of eval_loaders evaluated after every epoch
+        self.outputs: dict[str, dict[str, EpochStats]] = {}  # this epoch's evaluations: split -> prefix -> stats
         self.last_bad: list[BadImage] = []
 
     @property
@@ -153,9 +157,11 @@ class Trainer:
             row = {"epoch": epoch, "train_loss": train.loss, **{f"train_{k}": v for k, v in train.metrics.items()}}
             bad = list(train.bad)
             others = self.other_weights()
+            self.outputs = {}
             for split in self.per_epoch:
                 self._call("before_evaluate", split)
-                results = self.evaluate_weights(eval_loaders[split], split, others, split in self.flip_splits)
+                results = self.outputs[split] = self.evaluate_weights(eval_loaders[split], split, others,
+                                                                      split in self.flip_splits)
                 for prefix, stats in results.items():
                     row.update({f"{prefix}{split}_{name}": value for name, value in stats.metrics.items()})
                 bad += results[""].bad
@@ -363,7 +369,8 @@ class Trainer:
             if len(targets_all) == 0:
                 raise DataError(f"no readable {label} images; run `transferkit check-data` on the data root")
             metrics = self.task.epoch_metrics(logits_all, targets_all)
-            results[prefix] = EpochStats(metrics["loss"], metrics, len(targets_all), time.perf_counter() - start, bad)
+            results[prefix] = EpochStats(metrics["loss"], metrics, len(targets_all), time.perf_counter() - start, bad,
+                                         logits=logits_all, targets=targets_all)
         return results
 
     @torch.no_grad()
