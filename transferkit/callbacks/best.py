@@ -7,6 +7,11 @@ import math
 from transferkit.engine.callbacks import Callback, RunContext
 
 
+def standard_error(accuracy: float, images: int) -> float:
+    """The standard error of an accuracy (a share of `images` independent right-or-wrong answers)."""
+    return math.sqrt(max(accuracy * (1.0 - accuracy), 0.0) / images) if images else float("nan")
+
+
 class BestTracker(Callback):
     """After each epoch: did `metric` improve by more than `min_delta`, and did the raw or the EMA weights score it?
 

@@ -35,6 +35,7 @@ from transferkit.run.assemble import Assembled, assemble, per_epoch_splits
 from transferkit.run.connector import CallbackConnector
 from transferkit.run.probe import probe_head
 from transferkit.run.final_evaluation import finish_variant
+from transferkit.run.model_card import card_details, write_model_card
 from transferkit.run.results import ExperimentResult, VariantResult, read_summary, write_summary
 from transferkit.rundir import RunDir, RunRoot
 from transferkit.signals import GracefulStop, RunInterrupted
@@ -130,6 +131,8 @@ class Experiment:
                 if not (RunDir(variant.run_dir).evaluation("test") / "metrics.json").is_file():
                     evaluate_run_dir(variant.run_dir, "test", console, progress)  # the report, when the run's own
                     # test pass could not write it (several processes)
+                if variant.details:  # a variant finished by an older version has none
+                    write_model_card(variant.run_dir)
                 connector.run_ended(name, variant.run_dir)
         return result
 
@@ -200,7 +203,8 @@ def run_variant(spec: ExperimentSpec, name: str, run_dir: Path, console: Console
     result = VariantResult(name, trainer.history, groups, trainer.elapsed, run_dir, bad.skipped if bad else [],
                            trainer.stop_reason, tracker.describe() if tracker else "", timing,
                            tracker.best_epoch if tracker else 0, parts.task.default_metric,
-                           parts.task.metrics.get(parts.task.default_metric, "max"), finished.test, finished.weights)
+                           parts.task.metrics.get(parts.task.default_metric, "max"), finished.test, finished.weights,
+                           card_details(parts, tracker, finished))
     if primary:
         write_summary(result)
     return result

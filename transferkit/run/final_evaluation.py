@@ -21,12 +21,14 @@ from transferkit.rundir import RunDir
 @dataclass
 class Finished:
     """What the end of a variant measured: the selected weights' test metrics (`test_accuracy`, ...), where they
-    came from, the seconds the validation fit and the test pass took, and whether evaluation/test/ was written."""
+    came from, the seconds the validation fit and the test pass took (the report's files apart), and whether
+    evaluation/test/ was written."""
 
     test: dict
     weights: str
     seconds: float
     report_written: bool
+    report_seconds: float = 0.0
 
 
 def load_selected(parts: Assembled, run_dir: Path) -> tuple[dict | None, Path | None]:
@@ -55,6 +57,7 @@ def finish_variant(parts: Assembled, run_dir: Path, console: Console) -> Finishe
     all_logits, all_targets = trainer.gathered(logits, targets)
     test = {f"test_{name}": value for name, value in task.epoch_metrics(all_logits, all_targets).items()}
     trainer.notify("after_evaluate", "test", test)
+    seconds = time.perf_counter() - started
     weights = f"{path.name} ({saved.get('weights', 'raw')} weights, epoch {saved.get('epoch')})" if saved else \
         "the last epoch's weights (no checkpoint saved)"
     written = False
@@ -75,4 +78,4 @@ def finish_variant(parts: Assembled, run_dir: Path, console: Console) -> Finishe
             console.print(f"[bold]{run_dir.name}[/]: {weights} on test: {evaluation_line(evaluation)} -> {output}",
                           highlight=False, soft_wrap=True)
             written = True
-    return Finished(test, weights, time.perf_counter() - started, written)
+    return Finished(test, weights, seconds, written, time.perf_counter() - started - seconds)

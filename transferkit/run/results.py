@@ -28,6 +28,7 @@ class VariantResult:
     better: str = "max"
     test: dict = field(default_factory=dict)  # the selected weights' test metrics, from the one pass at the end
     weights: str = ""  # which weights those are ('best.pt (ema weights, epoch 3)')
+    details: dict = field(default_factory=dict)  # what the model card needs (run/model_card.py)
 
     @property
     def final(self) -> dict:
@@ -46,7 +47,7 @@ class VariantResult:
                 f"best_test_{self.metric}": self.best_test, "seconds": self.seconds,
                 "param_groups": self.param_groups, "skipped_images": self.skipped_images,
                 "stop_reason": self.stop_reason, "best_checkpoint": self.best, "best_epoch": self.best_epoch,
-                "time": self.timing}
+                "time": self.timing, "details": self.details}
 
 
 @dataclass
@@ -75,4 +76,5 @@ def read_summary(name: str, run_dir: Path) -> VariantResult:
                          summary.get("skipped_images", []), summary.get("stop_reason"),
                          summary.get("best_checkpoint", ""), summary.get("time", {}),
                          summary.get("best_epoch", 0), summary.get("metric", "accuracy"),
-                         summary.get("better", "max"), summary.get("test", {}), summary.get("test_weights", ""))
+                         summary.get("better", "max"), summary.get("test", {}), summary.get("test_weights", ""),
+                         summary.get("details", {}))

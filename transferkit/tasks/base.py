@@ -111,6 +111,11 @@ class Task:
         """Largest difference between two models' answers to the same images (an export against its checkpoint)."""
         return float(np.abs(self.answers(got) - self.answers(expected)).max())
 
+    def output_counts(self, targets: list) -> dict[str, int] | None:
+        """Examples per output among `targets` (a split's), for the model card; None when outputs are not counts
+        (regression values)."""
+        return None
+
     def fit_to_validation(self, logits: torch.Tensor, targets: torch.Tensor) -> str | None:
         """After training: adjust what the task decides with (multi_label: its thresholds) to the best weights'
         validation outputs; returns a line saying what changed, or None when the task has nothing to adjust."""

@@ -61,6 +61,10 @@ class SingleLabel(Task):
         exp = np.exp(scaled - scaled.max(axis=1, keepdims=True))
         return exp / exp.sum(axis=1, keepdims=True)
 
+    def output_counts(self, targets):
+        counts = np.bincount(np.asarray(targets, dtype=np.int64), minlength=len(self.outputs))
+        return {name: int(n) for name, n in zip(self.outputs, counts)}
+
     def fit_to_validation(self, logits, targets):
         """Under train.calibrate: the temperature that minimises the validation split's NLL (temperature scaling)."""
         if not self.recipe.train.calibrate or not len(targets):
