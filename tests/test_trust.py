@@ -143,3 +143,40 @@ def test_the_temperature_changes_what_an_exported_onnx_model_returns(finished, t
         scaled = np.exp((logits - logits.max()) / t)
         assert probability == pytest.approx(float(scaled.max() / scaled.sum()), abs=1e-5)
     assert after < before - 0.05
+
+
+def simulated_history(true_accuracy: list[float], images: int, rng) -> list[dict]:
+    """Epoch rows whose val_accuracy is each epoch's true accuracy measured on `images` images (binomial noise)."""
+    return [{"val_accuracy": rng.binomial(images, p) / images} for p in true_accuracy]
+
+
+def select(history: list[dict], rule: str, images: int) -> int:
+    """The epoch a BestTracker with `rule` leaves in best.pt after `history`."""
+    from types import SimpleNamespace
+
+    from transferkit.callbacks.best import BestTracker
+    from transferkit.engine.trainer import EpochStats
+
+    tracker = BestTracker("val_accuracy", rule=rule)
+    trainer = SimpleNamespace(outputs={"val": {"": EpochStats(0.0, {}, images, 0.0)}})
+    for epoch, row in enumerate(history, 1):
+        tracker.on_epoch_end(trainer, epoch, row)
+    return tracker.best_epoch
+
+
+def test_selection_within_one_standard_error_does_not_chase_a_small_splits_noise():
+    # a run that improves, then plateaus (a cosine schedule's shape): late epochs are truly the best
+    true = [0.80, 0.85, 0.88, 0.895, 0.905, 0.91, 0.913, 0.915, 0.916, 0.917]
+    rng = np.random.default_rng(0)
+    picked = {"best": [], "within": [], "last": []}
+    for _ in range(300):
+        history = simulated_history(true, 50, rng)
+        for rule in picked:
+            picked[rule].append(select(history, rule, 50))
+    mean_true = {rule: float(np.mean([true[e - 1] for e in epochs])) for rule, epochs in picked.items()}
+    assert np.mean(picked["best"]) < np.mean(picked["within"]) <= len(true)  # best chases early lucky epochs
+    assert mean_true["within"] > mean_true["best"] + 0.002 and mean_true["within"] >= mean_true["last"] - 0.002
+    # on a large split the standard error is small: within keeps the best epoch when one stands out
+    overfit = [0.80, 0.90, 0.93, 0.90, 0.88, 0.87]
+    assert select(simulated_history(overfit, 20000, np.random.default_rng(1)), "within", 20000) == 3
+    assert select(simulated_history(overfit, 20000, np.random.default_rng(1)), "last", 20000) == 6

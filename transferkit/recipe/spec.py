@@ -238,6 +238,8 @@ class TrainSpec(_Spec):
                     "regression: mae, rmse, r2, loss); auto: the task's own on the validation split when there is "
                     "one (val_accuracy, val_map, val_mae), else no selection (best.pt is the last epoch); a test_ "
                     "metric selects on the test split, and the run says so")
+    selection: Literal["auto", "within", "best", "last"] = Field("auto", description="which epoch best.pt takes, on best_metric: best (the best score), last (the last epoch), within (the latest epoch within selection_tolerance standard errors of the best score: a small validation split's noise is not chased); auto: within (docs/training.md has the measurements)")
+    selection_tolerance: float = Field(1.0, ge=0.0, description="selection: within: how many standard errors of an accuracy measured on the validation split an epoch may trail the best one by and still be taken")
     checkpoint: bool = Field(True, description="save checkpoints (see keep)")
     keep: Literal["both", "last", "best"] = Field("both", description="which checkpoints to keep: last.pt (everything a resume needs), best.pt (weights and what predicting needs), or both")
     freeze_epochs: int = Field(0, ge=0, description="train only the head (backbone weights and batch-norm statistics frozen) for this many first epochs, then the whole network")

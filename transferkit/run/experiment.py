@@ -13,7 +13,7 @@ from typing import Any
 from rich.console import Console
 
 from transferkit.callbacks.bad_images import BadImageReport
-from transferkit.callbacks.best import BestTracker, standard_error
+from transferkit.callbacks.best import BestTracker, resolved_rule, rule_words, standard_error
 from transferkit.callbacks.budget import Budget
 from transferkit.callbacks.checkpoint import checkpoint_sizes, load_checkpoint
 from transferkit.cpu_memory import fallback_reason
@@ -292,8 +292,9 @@ def _print_header(console: Console, name: str, parts: Assembled, groups: list[di
                       f"({parts.selection}), as train.best_metric asks; its test metrics are then optimistic",
                       highlight=False)
     else:
-        console.print(f"  best.pt{' and early stopping' if t.early_stopping else ''}: selected on {parts.selection}",
-                      highlight=False)
+        rule = rule_words(resolved_rule(t.selection), t.selection_tolerance, parts.selection)
+        console.print(f"  best.pt{' and early stopping' if t.early_stopping else ''}: selected on {parts.selection}, "
+                      f"{rule}", highlight=False)
     if s.val:
         console.print(f"  {validation_noise(len(s.val))}", highlight=False)
     if t.eval_test == "end":

@@ -31,7 +31,7 @@ def card_details(parts, tracker, finished) -> dict:
         "input_size": parts.preprocessing.input_size, "train_input_size": parts.preprocessing.train_input_size,
         "validation": {"images": n_val, "standard_error_at_0.9": standard_error(0.9, n_val) if n_val else None,
                        "standard_error_at_0.5": standard_error(0.5, n_val) if n_val else None},
-        "selection": {"metric": parts.selection, "rule": getattr(tracker, "rule", None),
+        "selection": {"metric": parts.selection, "rule": tracker.rule_words() if tracker and parts.selection else None,
                       "described": tracker.describe() if tracker else "", "best_epoch": getattr(tracker, "best_epoch", 0),
                       "weights": finished.weights},
         "temperature": state.get("temperature"), "calibration": state.get("calibration"),
