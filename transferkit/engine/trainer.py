@@ -110,8 +110,6 @@ class Trainer:
         for cb in self.callbacks:
             getattr(cb, event)(self, *args)
 
-    _call = notify
-
     def to_device(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         """uint8 (or ready float) images and labels on the device, in the model's memory format."""
         return batch_to_device(batch, self.device, self.channels_last)
@@ -137,7 +135,7 @@ class Trainer:
         def should_stop() -> bool:  # every process stops at the same step, whichever got the signal
             return place.agree(asked())
 
-        self._call("on_fit_start")
+        self.notify("on_fit_start")
         epoch = self.epoch
         while epoch < self.epochs and not self.stop_reason:  # a callback may shorten self.epochs (a budget)
             epoch += 1
@@ -147,25 +145,25 @@ class Trainer:
                 seed_epoch(self.seed, epoch, place.rank)  # a resumed partial epoch continues from the saved RNG state
             skip = partial["step"] * train_loader.batch_size * place.world_size if partial else 0
             train_loader.sampler.set_epoch(epoch, skip=skip)
-            self._call("on_epoch_start", epoch)
+            self.notify("on_epoch_start", epoch)
             try:
                 train = self.train_epoch(train_loader, epoch, self.epochs, partial, should_stop)
             except Interrupted as stop:
                 self.partial = stop.partial
-                self._call("on_interrupt")
+                self.notify("on_interrupt")
                 raise
             row = {"epoch": epoch, "train_loss": train.loss, **{f"train_{k}": v for k, v in train.metrics.items()}}
             bad = list(train.bad)
             others = self.other_weights()
             self.outputs = {}
             for split in self.per_epoch:
-                self._call("before_evaluate", split)
+                self.notify("before_evaluate", split)
                 results = self.outputs[split] = self.evaluate_weights(eval_loaders[split], split, others,
                                                                       split in self.flip_splits)
                 for prefix, stats in results.items():
                     row.update({f"{prefix}{split}_{name}": value for name, value in stats.metrics.items()})
                 bad += results[""].bad
-                self._call("after_evaluate", split, row)
+                self.notify("after_evaluate", split, row)
             if place.distributed:
                 bad = [item for rank_bad in place.gather(bad) for item in rank_bad]
             epoch_seconds = time.perf_counter() - started
@@ -175,10 +173,10 @@ class Trainer:
                        epoch_seconds=epoch_seconds, elapsed_seconds=self.elapsed)
             self.epoch, self.last_bad = epoch, bad
             self.history.append(row)
-            self._call("on_epoch_end", epoch, row)
+            self.notify("on_epoch_end", epoch, row)
             if should_stop() and epoch < self.epochs and not self.stop_reason:
                 raise Interrupted(epoch + 1, None)
-        self._call("on_fit_end")
+        self.notify("on_fit_end")
         return self.history
 
     def train_epoch(self, loader, epoch: int, epochs: int, partial: dict | None = None,
@@ -250,7 +248,7 @@ class Trainer:
                 update = opt.is_update_boundary(step, total_steps)
                 logits, losses = opt.step(self.forward, images, targets, update, weight)
                 if update:
-                    self._call("after_update", opt.updates)
+                    self.notify("after_update", opt.updates)
                 batch_loss = losses.sum()
                 loss_sum += batch_loss
                 correct += self.task.train_statistic(logits, labels)
