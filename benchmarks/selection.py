@@ -153,17 +153,23 @@ def pick(run: dict, rule: str) -> dict:
                 if best is None or v >= best[0]:
                     best = (v, c)
         return best[1]
-    if rule.startswith("within_"):  # the latest candidate whose accuracy is within k standard errors of the best
-        k = float(rule.split("_")[1].rstrip("se"))
+    if rule.startswith("within_"):  # the latest epoch with a candidate within k standard errors of the best
+        k = float(rule.split("_")[1].removesuffix("se"))
         top = max(c["val_accuracy"] for c in found)
         margin = k * standard_error(top, n_val)
         ok = [c for c in found if c["val_accuracy"] >= top - margin - 1e-12]
-        return max(ok, key=lambda c: (c["epoch"], c["weights"] == "ema"))
+        latest = max(c["epoch"] for c in ok)
+        # at that epoch: EMA when it is within the margin ("_ema"), else the better score (a tie: EMA), as
+        # BestTracker does
+        at = [c for c in ok if c["epoch"] == latest]
+        if rule.endswith("_ema"):
+            return max(at, key=lambda c: c["weights"] == "ema")
+        return max(at, key=lambda c: (c["val_accuracy"], c["weights"] == "ema"))
     raise ValueError(rule)
 
 
-RULES = ("val_accuracy", "val_accuracy_latest", "val_nll", "val_loss", "smoothed_val_accuracy", "within_1se",
-         "within_2se", "last", "last_ema", "last_by_val")
+RULES = ("val_accuracy", "val_accuracy_latest", "val_nll", "val_loss", "smoothed_val_accuracy", "within_0.5se",
+         "within_1se", "within_1se_ema", "within_2se", "last", "last_ema", "last_by_val")
 
 
 def analyse(runs: list[dict]) -> list[dict]:

@@ -134,7 +134,7 @@ def test_the_temperature_changes_what_an_exported_onnx_model_returns(finished, t
     hot_t = float(ranked[-1] - ranked[-2])  # a temperature that brings the top probability near 0.73
     saved = load_checkpoint(run_dir / "best.pt")
     saved["task"] = {"name": "single_label", "state": {**saved["task"]["state"], "temperature": hot_t}}
-    hot = tmp_path / "hot" / "best.pt"
+    hot = tmp_path / "hot-checkpoint" / "best.pt"
     hot.parent.mkdir()
     torch.save(saved, hot)
     (hot.parent / "MODEL_CARD.md").write_text((run_dir / "MODEL_CARD.md").read_text())

@@ -75,7 +75,7 @@ class Callback:
 
     def on_run_end(self, run_dir: Path) -> None:
         """On the primary process, once every variant has trained and this one's best checkpoint is evaluated
-        (evaluation/, curves.png and comparison.json are written): loggers send the run's files here. A callback
+        (evaluation/, MODEL_CARD.md, curves.png and comparison.json are written): loggers send the run's files here. A callback
         that overrides it is kept until then, so it should hold no tensors."""
 
     def state_dict(self) -> dict:
