@@ -13,6 +13,8 @@ from rich.console import Console
 
 from transferkit.callbacks.checkpoint import load_checkpoint
 from transferkit.inference.evaluate import absent_classes, evaluation_line, evaluation_of, write_evaluation
+from transferkit.inference.torch_predictor import TorchPredictor
+from transferkit.model.checkpoint_format import SavedModel
 from transferkit.run.assemble import Assembled
 from transferkit.run.validation_fit import fit_task_to_validation
 from transferkit.rundir import RunDir
@@ -41,6 +43,16 @@ def load_selected(parts: Assembled, run_dir: Path) -> tuple[dict | None, Path | 
     if saved is not None:
         parts.trainer.model.load_state_dict(saved["model"])
     return saved, path
+
+
+def report_predictor(parts: Assembled, path: Path | None) -> TorchPredictor:
+    """A PyTorch predictor of the weights now in the model, as `transferkit evaluate` would load them (the report's
+    top-losses grid shows its view of the images, and its Grad-CAM), on the CPU."""
+    task = {"name": parts.task.name, "state": parts.task.state_dict()}
+    state = {k: v.detach().cpu() for k, v in parts.trainer.model.state_dict().items()}
+    saved = SavedModel(path or Path(parts.spec.output_dir), state, list(parts.splits.classes), parts.preprocessing,
+                       parts.spec.model_dump(mode="json"), task)
+    return TorchPredictor(saved, "cpu")
 
 
 def finish_variant(parts: Assembled, run_dir: Path, console: Console) -> Finished:
@@ -74,7 +86,7 @@ def finish_variant(parts: Assembled, run_dir: Path, console: Console) -> Finishe
                                       split="test", classes=parts.splits.classes, task=task.name,
                                       absent_classes=absent_classes(samples, parts.splits.classes),
                                       weights=weights, tta_flip="test" in trainer.flip_splits)
-            write_evaluation(evaluation, parts.preprocessing, output, f"{run_dir.name}: test")
+            write_evaluation(evaluation, report_predictor(parts, path), output, f"{run_dir.name}: test")
             console.print(f"[bold]{run_dir.name}[/]: {weights} on test: {evaluation_line(evaluation)} -> {output}",
                           highlight=False, soft_wrap=True)
             written = True

@@ -61,6 +61,10 @@ class SingleLabel(Task):
         exp = np.exp(scaled - scaled.max(axis=1, keepdims=True))
         return exp / exp.sum(axis=1, keepdims=True)
 
+    def logits_of(self, answers):
+        # softmax(T log p / T) = p where the p sum to 1, whatever this model's temperature T
+        return self.temperature * np.log(np.clip(answers, 1e-12, None))
+
     def output_counts(self, targets):
         counts = np.bincount(np.asarray(targets, dtype=np.int64), minlength=len(self.outputs))
         return {name: int(n) for name, n in zip(self.outputs, counts)}
