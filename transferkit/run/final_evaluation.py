@@ -45,12 +45,12 @@ def load_selected(parts: Assembled, run_dir: Path) -> tuple[dict | None, Path | 
     return saved, path
 
 
-def report_predictor(parts: Assembled, path: Path | None) -> TorchPredictor:
+def report_predictor(parts: Assembled, path: Path) -> TorchPredictor:
     """A PyTorch predictor of the weights now in the model, as `transferkit evaluate` would load them (the report's
     top-losses grid shows its view of the images, and its Grad-CAM), on the CPU."""
     task = {"name": parts.task.name, "state": parts.task.state_dict()}
     state = {k: v.detach().cpu() for k, v in parts.trainer.model.state_dict().items()}
-    saved = SavedModel(path or Path(parts.spec.output_dir), state, list(parts.splits.classes), parts.preprocessing,
+    saved = SavedModel(path, state, list(parts.splits.classes), parts.preprocessing,
                        parts.spec.model_dump(mode="json"), task)
     return TorchPredictor(saved, "cpu")
 
@@ -86,7 +86,8 @@ def finish_variant(parts: Assembled, run_dir: Path, console: Console) -> Finishe
                                       split="test", classes=parts.splits.classes, task=task.name,
                                       absent_classes=absent_classes(samples, parts.splits.classes),
                                       weights=weights, tta_flip="test" in trainer.flip_splits)
-            write_evaluation(evaluation, report_predictor(parts, path), output, f"{run_dir.name}: test")
+            write_evaluation(evaluation, report_predictor(parts, path or RunDir(run_dir).best), output,
+                             f"{run_dir.name}: test")
             console.print(f"[bold]{run_dir.name}[/]: {weights} on test: {evaluation_line(evaluation)} -> {output}",
                           highlight=False, soft_wrap=True)
             written = True

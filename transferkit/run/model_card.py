@@ -165,10 +165,21 @@ def _limitations(details: dict, summary: dict) -> list[str]:
     return lines
 
 
+def cross_validation_of(run_dir: Path) -> dict | None:
+    """{metric: (mean, std)} over the folds of the `transferkit cv` run this variant is a fold of (its cv.json),
+    or None."""
+    cv = RunRoot(Path(run_dir).parent).cv
+    if not cv.is_file():
+        return None
+    metrics = json.loads(cv.read_text()).get("metrics", {})
+    return {name: (m["mean"], m["std"]) for name, m in metrics.items() if name.startswith(("val_", "test_"))}
+
+
 def model_card(run_dir: str | Path, cross_validation: dict | None = None) -> str:
     """The card of a finished variant (summary.json written), as Markdown with its YAML header. `cross_validation`:
-    {metric: (mean, std)} over folds, when the run has them."""
+    {metric: (mean, std)} over folds (default: the cv.json of the cv run it is a fold of, when there is one)."""
     files = RunDir(run_dir)
+    cross_validation = cross_validation if cross_validation is not None else cross_validation_of(files.path)
     summary = json.loads(files.summary.read_text())
     details = summary.get("details") or {}
     spec_text = files.spec.read_text() if files.spec.is_file() else ""
