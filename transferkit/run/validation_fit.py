@@ -12,15 +12,30 @@ from transferkit.files import atomic_torch_save
 from transferkit.run.assemble import Assembled
 
 
+def last_validation_outputs(parts: Assembled, saved: dict | None):
+    """The validation logits and targets the last epoch's evaluation already computed for the weights `saved`
+    holds, when it holds that epoch's (raw or EMA) and they were evaluated without test-time flip; else None."""
+    trainer = parts.trainer
+    stats = trainer.outputs.get("val", {}).get("ema_" if (saved or {}).get("weights") == "ema" else "")
+    epoch = saved.get("epoch") if saved is not None else trainer.epoch
+    if stats is None or stats.logits is None or epoch != trainer.epoch or "val" in trainer.flip_splits:
+        return None
+    return stats.logits, stats.targets
+
+
 def fit_task_to_validation(parts: Assembled, saved: dict | None, path: Path | None, console: Console) -> str | None:
-    """Hand the validation outputs of the weights now in the model to the task; when it changed something, write
-    its state into `saved` (the checkpoint read from `path`; None: nothing to write). Every process runs it (each
+    """Hand the validation outputs of the weights now in the model to the task (those the last epoch's evaluation
+    computed, when they are of these weights; else a pass over the split); when it changed something, write its
+    state into `saved` (the checkpoint read from `path`; None: nothing to write). Every process runs it (each
     holds a share of the split); the primary writes. Returns the task's line, or None."""
     trainer, placement = parts.trainer, parts.placement
     if "val" not in parts.eval_loaders:
         return None
-    logits, targets, _ = trainer.predict(parts.eval_loaders["val"], "val (selected weights)")
-    note = parts.task.fit_to_validation(*trainer.gathered(logits, targets))
+    outputs = last_validation_outputs(parts, saved)
+    if outputs is None:
+        logits, targets, _ = trainer.predict(parts.eval_loaders["val"], "val (selected weights)")
+        outputs = trainer.gathered(logits, targets)
+    note = parts.task.fit_to_validation(*outputs)
     if note is None:
         return None
     if placement.is_primary and saved is not None and path is not None:
