@@ -29,6 +29,7 @@ class VariantResult:
     test: dict = field(default_factory=dict)  # the selected weights' test metrics, from the one pass at the end
     weights: str = ""  # which weights those are ('best.pt (ema weights, epoch 3)')
     details: dict = field(default_factory=dict)  # what the model card needs (run/model_card.py)
+    parent: dict | None = None  # train.init_from: the checkpoint this run started from, its run and epoch
 
     @property
     def final(self) -> dict:
@@ -47,7 +48,7 @@ class VariantResult:
                 f"best_test_{self.metric}": self.best_test, "seconds": self.seconds,
                 "param_groups": self.param_groups, "skipped_images": self.skipped_images,
                 "stop_reason": self.stop_reason, "best_checkpoint": self.best, "best_epoch": self.best_epoch,
-                "time": self.timing, "details": self.details}
+                "time": self.timing, "details": self.details, **({"parent": self.parent} if self.parent else {})}
 
 
 @dataclass
@@ -77,4 +78,4 @@ def read_summary(name: str, run_dir: Path) -> VariantResult:
                          summary.get("best_checkpoint", ""), summary.get("time", {}),
                          summary.get("best_epoch", 0), summary.get("metric", "accuracy"),
                          summary.get("better", "max"), summary.get("test", {}), summary.get("test_weights", ""),
-                         summary.get("details", {}))
+                         summary.get("details", {}), summary.get("parent"))
