@@ -66,6 +66,8 @@ def main(argv: list[str] | None = None) -> dict:
                         "no validation folder (fit carves one)")
     parser.add_argument("--test-extra", type=int, default=0, help="with --train-limit: validation-folder images "
                         "added to the view's test/")
+    parser.add_argument("--set", action="append", default=[], help="an extra --set for every preset side (a "
+                        "shorter run: --set train.epochs=2)")
     args = parser.parse_args(argv)
     data = str(Path(args.data).resolve())
     common = ["--no-progress", "--set", "train.device=cpu"] + (["--set", f"data.limit={args.limit}"] if args.limit else [])
@@ -84,7 +86,7 @@ def main(argv: list[str] | None = None) -> dict:
                                "--set", f"data.root={data}", "--set", f"seed={seed}", "--output", str(out), *common]
                 else:
                     command = [*cli, "fit", data, "--preset", side, "--seed", str(seed), "--device", "cpu",
-                               "--output", str(out), *common]
+                               "--output", str(out), *common, *[f"--set={s}" for s in args.set]]
                 wall, rss, code = run_side(command)
                 accuracy, epochs, spent = (best_test_accuracy(next(out.iterdir())) if code == 0
                                            else (float("nan"), 0, {}))
@@ -103,7 +105,7 @@ def main(argv: list[str] | None = None) -> dict:
         earlier = json.loads(path.read_text())["rows"]
         rows = [row for row in earlier if (row["side"], row["seed"]) not in measured] + rows
     report = {"data": str(Path(args.data).resolve()), "limit": args.limit, "train_limit": args.train_limit,
-              "test_extra": args.test_extra, "seeds": sorted({row["seed"] for row in rows}), "rows": rows,
+              "test_extra": args.test_extra, "set": args.set, "seeds": sorted({row["seed"] for row in rows}), "rows": rows,
               "cpus": os.cpu_count()}
     path.write_text(json.dumps(report, indent=2))
     print(f"written {path}")

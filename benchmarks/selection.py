@@ -169,7 +169,7 @@ def pick(run: dict, rule: str) -> dict:
 
 
 RULES = ("val_accuracy", "val_accuracy_latest", "val_nll", "val_loss", "smoothed_val_accuracy", "within_0.5se",
-         "within_1se", "within_1se_ema", "within_2se", "last", "last_ema", "last_by_val")
+         "within_1se", "within_1se_ema", "within_2se", "within_3se", "last", "last_ema", "last_by_val")
 
 
 def analyse(runs: list[dict]) -> list[dict]:

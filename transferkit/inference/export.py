@@ -168,6 +168,14 @@ def export_model(predictor: TorchPredictor, fmt: str = "onnx", path: str | Path 
     return result
 
 
+def serve_available() -> bool:
+    """True when this installation has `transferkit serve` (the transferkit.serve package), which the model card
+    then names beside predict."""
+    import importlib.util
+
+    return importlib.util.find_spec("transferkit.serve") is not None
+
+
 def carry_card(card: Path, checkpoint: Path, exported: Path, fmt: str) -> Path | None:
     """The run's MODEL_CARD.md beside an export written outside the run's folder, with a line naming the export
     (nothing when the run has no card). A card of another model already there is kept: this one is then
@@ -177,9 +185,10 @@ def carry_card(card: Path, checkpoint: Path, exported: Path, fmt: str) -> Path |
     if exported.parent.resolve() == card.parent.resolve():
         return card
     origin = f"`{checkpoint}`"
+    serve = f" and `transferkit serve {exported}`" if serve_available() else ""
     section = (f"\n## Export: {exported.name}\n\n`{exported.name}` ({fmt}) was exported from {origin}; "
-               f"`transferkit predict {exported} photo.jpg` and `transferkit serve {exported}` use it as they use "
-               f"the run.\n")
+               f"`transferkit predict {exported} photo.jpg`{serve} use{'' if serve else 's'} it as the run's "
+               f"checkpoint is used.\n")
     text = card.read_text()
     target = exported.parent / card.name
     if target.is_file():

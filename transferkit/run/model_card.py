@@ -12,6 +12,7 @@ import yaml
 
 from transferkit.callbacks.best import standard_error
 from transferkit.files import atomic_write_text
+from transferkit.inference.export import serve_available
 from transferkit.rundir import RunDir, RunRoot
 
 def card_details(parts, tracker, finished) -> dict:
@@ -156,8 +157,9 @@ def _limitations(details: dict, summary: dict) -> list[str]:
         lines.append(f"- A closed set: every image is given one of the {len(details['outputs'])} classes, "
                      f"even one that shows none of them.")
     if details.get("tta_flip"):
-        lines.append("- The test accuracy averages each image with its mirror image (train.tta_flip); predict, serve "
-                     "and the exports do not flip, so they may score slightly lower.")
+        lines.append("- The test accuracy averages each image with its mirror image (train.tta_flip); predict"
+                     + (", serve" if serve_available() else "") + " and the exports do not flip, so they may score "
+                     "slightly lower.")
     if details.get("data_limit"):
         lines.append(f"- data.limit {details['data_limit']}: trained and tested on a subset of each split.")
     lines.append("- Images unlike the training photos (other cameras, lighting, framing) may be classified worse "
@@ -209,7 +211,8 @@ def model_card(run_dir: str | Path, cross_validation: dict | None = None) -> str
              "## Calibration", "", *_calibration_lines(details, evaluation), "",
              "## Use it", "", "```bash",
              f"transferkit predict {where} photo.jpg more-photos/   # one row per image, probabilities calibrated",
-             f"transferkit serve {where}                             # an HTTP endpoint",
+             *([f"transferkit serve {where}                             # an HTTP endpoint"]
+               if serve_available() else []),
              f"transferkit evaluate {where} --data labelled-folder/",
              f"transferkit export {where} --format onnx", "```", "", "```python", "import transferkit", "",
              f"model = transferkit.load({where!r})", "print(model.predict(\"photo.jpg\")[0])", "```", "",
