@@ -92,6 +92,8 @@ def _metrics_table(test: dict, evaluation: dict, details: dict, cross_validation
         spread = ""
         if name in ("accuracy", "subset_accuracy") and n_test:
             spread = f"± {standard_error(value, n_test):.3f} (standard error, {n_test} images)"
+        if name == "loss" and details.get("calibration") and "calibration" in evaluation:
+            spread = f"of the raw logits; NLL after the temperature: {evaluation['calibration']['after']['nll']:.4f}"
         rows.append(f"| {name} | {_number(value, 4)} | {spread} |")
     for key, label in (("top5_accuracy", "top-5 accuracy"),):
         if key in evaluation:
@@ -210,7 +212,8 @@ def model_card(run_dir: str | Path, cross_validation: dict | None = None) -> str
              "## How it was selected", "", *_selection_lines(details, summary), "",
              "## Calibration", "", *_calibration_lines(details, evaluation), "",
              "## Use it", "", "```bash",
-             f"transferkit predict {where} photo.jpg more-photos/   # one row per image, probabilities calibrated",
+             f"transferkit predict {where} photo.jpg more-photos/   # one row per image"
+             + (", probabilities calibrated" if details.get("calibration") else ""),
              *([f"transferkit serve {where}                             # an HTTP endpoint"]
                if serve_available() else []),
              f"transferkit evaluate {where} --data labelled-folder/",
