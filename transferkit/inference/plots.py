@@ -120,7 +120,8 @@ def reliability_png(calibration: dict, title: str) -> bytes:
         top.bar(centres, [b["accuracy"] or 0.0 for b in bins], width=width * 0.95, color="tab:blue", alpha=0.8,
                 label="accuracy")
         top.bar(centres, [(b["confidence"] or 0.0) - (b["accuracy"] or 0.0) for b in bins], width=width * 0.95,
-                bottom=[b["accuracy"] or 0.0 for b in bins], color="tab:red", alpha=0.35, label="gap to confidence")
+                bottom=[b["accuracy"] or 0.0 for b in bins], fill=False, hatch="//", edgecolor="tab:red",
+                linewidth=0.8, label="gap to mean confidence")  # hatched, not filled: it reads over the blue too
         top.set_xlim(0, 1)
         top.set_ylim(0, 1)
         top.set_ylabel("accuracy")
