@@ -70,7 +70,8 @@ class Trials:
             with open(folder.log, "w", encoding="utf-8") as log:
                 quiet = Console(file=log, soft_wrap=True, no_color=True, width=160)
                 result = Experiment.from_yaml(folder.recipe).run(
-                    run_root=folder.path, console=quiet, progress=False, callbacks=[pruning], device=self.device)
+                    run_root=folder.path, console=quiet, progress=False, callbacks=[pruning], device=self.device,
+                    report=False)
         except RunInterrupted:
             self._ended(console, folder, trial.number, "FAIL", reason="interrupted (Ctrl-C or SIGTERM)")
             raise TrialInterrupted() from None
