@@ -71,7 +71,7 @@ class Trials:
                 quiet = Console(file=log, soft_wrap=True, no_color=True, width=160)
                 result = Experiment.from_yaml(folder.recipe).run(
                     run_root=folder.path, console=quiet, progress=False, callbacks=[pruning], device=self.device,
-                    report=False)
+                    test_report=False)
         except RunInterrupted:
             self._ended(console, folder, trial.number, "FAIL", reason="interrupted (Ctrl-C or SIGTERM)")
             raise TrialInterrupted() from None
