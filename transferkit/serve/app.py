@@ -28,12 +28,12 @@ def model_format(predictor: Predictor) -> str:
 
 def metadata(predictor: Predictor, limits: Limits, max_batch: int, max_wait_ms: float) -> dict:
     """What a client needs to know about the model and the server."""
-    from transferkit import __version__
+    import transferkit
 
     return {"model": str(predictor.source), "format": model_format(predictor), "task": predictor.task.name,
             "task_state": predictor.task.state_dict(), predictor.task.output_kind: list(predictor.classes),
             "classes": list(predictor.classes), "preprocessing": asdict(predictor.preprocessing),
-            "device": str(predictor.device), "version": __version__,
+            "device": str(predictor.device), "version": transferkit.__version__,
             "limits": {"max_body_bytes": limits.max_body_bytes, "max_images": limits.max_images,
                        "max_image_pixels": pixel_limit()},
             "batching": {"max_batch": max_batch, "max_wait_ms": max_wait_ms}}
