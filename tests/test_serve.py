@@ -1,5 +1,6 @@
 """`transferkit serve` on a tiny trained model: real HTTP clients, the server's own counters, bad input, SIGTERM,
-and the page in headless Chromium. Every server is a subprocess on 127.0.0.1 that its fixture kills."""
+and the page in headless Chromium. Every server is a subprocess on 127.0.0.1 (transferkit.testing.ServeProcess) that
+its `with` block kills."""
 
 from __future__ import annotations
 
@@ -8,11 +9,8 @@ import io
 import os
 import shutil
 import signal
-import subprocess
-import sys
 import threading
 import time
-from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -21,6 +19,7 @@ import pytest
 from PIL import Image
 
 from conftest import make_image_folder, tiny_recipe
+from transferkit.testing import ServeProcess
 
 CLASSES = ("a", "b", "c")
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -45,47 +44,12 @@ def trained(tmp_path_factory) -> dict:
     return {"run": run, "images": images, "expected": {Path(p.source).name: p.record() for p in predictions}}
 
 
-@contextmanager
-def running_server(model: Path, *args: str, env: dict | None = None, startup_s: float = 60):
-    """`transferkit serve MODEL --port 0 ARGS` in a subprocess: yields (process, base URL, stderr lines so far);
-    the process is killed on the way out whatever happened."""
-    full_env = {**os.environ, "TRANSFERKIT_DISABLE_PLUGIN_AUTOLOAD": "1", **(env or {})}
-    process = subprocess.Popen([sys.executable, "-m", "transferkit.cli", "serve", str(model), "--host", "127.0.0.1",
-                                "--port", "0", *args], env=full_env, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.PIPE, text=True)
-    lines: list[str] = []
-    reader = threading.Thread(target=lambda: lines.extend(iter(process.stderr.readline, "")), daemon=True)
-    reader.start()
-    try:
-        deadline = time.monotonic() + startup_s
-        url = None
-        while url is None:
-            assert time.monotonic() < deadline and process.poll() is None, f"server did not start: {lines}"
-            url = next((word.rstrip("/") for line in lines for word in line.split() if word.startswith("http://")),
-                       None)
-            time.sleep(0.05)
-        while True:
-            try:
-                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline and process.poll() is None, f"server never healthy: {lines}"
-            time.sleep(0.05)
-        yield process, url, lines
-    finally:
-        if process.poll() is None:
-            process.kill()
-        process.wait(timeout=30)
-        reader.join(timeout=5)
-
-
 @pytest.fixture(scope="module")
 def server(trained):
     """The run served with a 100 ms batching window, a 1 MiB body limit and a 1-megapixel image limit."""
-    with running_server(trained["run"], "--max-wait-ms", "100", "--max-batch", "8", "--max-body-mb", "1",
-                        env={"TRANSFERKIT_MAX_IMAGE_PIXELS": str(PIXEL_LIMIT)}) as (process, url, lines):
-        yield {"url": url, "process": process, "lines": lines}
+    with ServeProcess(trained["run"], "--max-wait-ms", "100", "--max-batch", "8", "--max-body-mb", "1",
+                      env={"TRANSFERKIT_MAX_IMAGE_PIXELS": str(PIXEL_LIMIT)}) as server:
+        yield server
 
 
 def assert_same(got: dict, expected: dict) -> None:
@@ -102,7 +66,7 @@ def png_bytes(size: tuple[int, int], colour=(200, 40, 40)) -> bytes:
 
 
 def test_serve_answers_as_predict_does_and_batches_concurrent_requests(trained, server):
-    url, expected = server["url"], trained["expected"]
+    url, expected = server.url, trained["expected"]
     assert len({e["label"] for e in expected.values()}) > 1  # a model that tells images apart
     meta = httpx.get(f"{url}/metadata").json()
     assert meta["classes"] == list(CLASSES) and meta["task"] == "single_label" and meta["format"] == "torch"
@@ -145,7 +109,7 @@ def test_serve_answers_as_predict_does_and_batches_concurrent_requests(trained, 
 
 
 def test_each_kind_of_bad_input_is_a_4xx_and_the_next_request_is_served(trained, server):
-    url, good = server["url"], trained["images"][3]
+    url, good = server.url, trained["images"][3]
     expected = trained["expected"][good.name]
     jpeg = good.read_bytes()
     bad = {
@@ -180,7 +144,7 @@ def test_each_kind_of_bad_input_is_a_4xx_and_the_next_request_is_served(trained,
     stats = httpx.get(f"{url}/stats").json()
     refused = sum(stats["refused"].values()) - sum(before["refused"].values())
     assert refused == len(bad) and stats["requests"] - before["requests"] == len(bad)
-    assert server["process"].poll() is None
+    assert server.process.poll() is None
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (apt-get install -y chromium; "
@@ -196,7 +160,7 @@ def test_the_page_shows_the_top_classes_in_headless_chromium(trained, server, tm
         browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True)
         try:
             page = browser.new_page()
-            page.goto(server["url"] + "/")
+            page.goto(server.url + "/")
             page.wait_for_function("document.getElementById('model').textContent.includes('single_label')")
             page.set_input_files("#files", [str(photo)])
             page.wait_for_selector(".result.done", timeout=30_000)
@@ -216,7 +180,8 @@ def test_the_page_shows_the_top_classes_in_headless_chromium(trained, server, tm
 def test_sigterm_lets_the_request_in_flight_finish_then_exits_0(trained):
     photo = trained["images"][0]
     # a 1.5 s batching window keeps a lone request in flight long enough to signal the server meanwhile
-    with running_server(trained["run"], "--max-wait-ms", "1500") as (process, url, lines):
+    with ServeProcess(trained["run"], "--max-wait-ms", "1500") as server:
+        url, process, lines = server.url, server.process, server.lines
         answers = []
         request = threading.Thread(target=lambda: answers.append(httpx.post(
             f"{url}/predict", content=photo.read_bytes(), headers={"content-type": "image/jpeg"}, timeout=60)))
