@@ -78,7 +78,7 @@ def create_app(predictor: Predictor, limits: Limits = Limits(), max_batch: int =
             await batcher.close()
 
     app = FastAPI(title="transferkit serve", version=info["version"], lifespan=lifespan,
-                  docs_url="/docs", redoc_url=None)
+                  docs_url=None, redoc_url=None)  # FastAPI's docs pages load from a CDN
     app.state.stats = stats
 
     @app.exception_handler(RequestError)
