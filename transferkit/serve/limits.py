@@ -86,10 +86,13 @@ async def read_uploads(request: Request, limits: Limits) -> list[Upload]:
 
 async def _form_files(request: Request, limits: Limits) -> list[Upload]:
     parser = MultiPartParser(request.headers, bounded(request, limits.max_body_bytes),
-                             max_files=limits.max_images + 1, max_fields=100)
+                             max_files=limits.max_images, max_fields=100)
     try:
         form = await parser.parse()
     except MultiPartException as exc:
+        if exc.message.startswith("Too many files"):
+            raise RequestError(413, f"over the limit of {limits.max_images} images in one request; split them "
+                                    f"over several requests") from None
         raise RequestError(400, f"malformed multipart form ({exc.message}); send file fields") from None
     uploads = []
     try:
