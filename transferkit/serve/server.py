@@ -40,7 +40,9 @@ def _stopped(signum, frame):
 def bind(host: str, port: int) -> socket.socket:
     """A listening-ready TCP socket on host:port (port 0: a free one), or a one-line error."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    # proto named: asyncio sets TCP_NODELAY only on sockets whose proto says TCP (without it a keep-alive request
+    # waits ~40 ms for the client's delayed ACK)
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((host, port))
