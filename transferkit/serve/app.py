@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from contextlib import asynccontextmanager
 from dataclasses import asdict
 
@@ -30,8 +31,9 @@ def metadata(predictor: Predictor, limits: Limits, max_batch: int, max_wait_ms: 
     """What a client needs to know about the model and the server."""
     import transferkit
 
+    task_state = json.loads(json.dumps(predictor.task.state_dict(), default=float))  # numpy scalars as floats
     return {"model": str(predictor.source), "format": model_format(predictor), "task": predictor.task.name,
-            "task_state": predictor.task.state_dict(), predictor.task.output_kind: list(predictor.classes),
+            "task_state": task_state, predictor.task.output_kind: list(predictor.classes),
             "classes": list(predictor.classes), "preprocessing": asdict(predictor.preprocessing),
             "device": str(predictor.device), "version": transferkit.__version__,
             "limits": {"max_body_bytes": limits.max_body_bytes, "max_images": limits.max_images,
