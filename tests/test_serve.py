@@ -148,6 +148,33 @@ def test_each_kind_of_bad_input_is_a_4xx_and_the_next_request_is_served(trained,
     assert server.process.poll() is None
 
 
+def test_other_tasks_are_served_as_predict_answers_them(trained):
+    """The app in-process (FastAPI's TestClient) over the trained network read as multi_label, then regression:
+    the same fields and numbers as `predict` gives for that task."""
+    from fastapi.testclient import TestClient
+
+    import transferkit
+    from transferkit.recipe.spec import ExperimentSpec
+    from transferkit.serve.app import create_app
+    from transferkit.tasks import build_task
+
+    model = transferkit.load(trained["run"], device="cpu")
+    photo = trained["images"][5]
+    for task, state in (("multi_label", {"thresholds": [0.3, 0.5, 0.7], "tuned": True}),
+                        ("regression", {"mean": [1.0, 2.0, 3.0], "std": [0.5, 1.0, 2.0]})):
+        recipe = {**model.recipe, "task": {"name": task}, "data": {**model.recipe["data"], "labels": "labels.csv"}}
+        model.predictor.task = build_task(ExperimentSpec.model_validate(recipe), model.classes, state)
+        expected = model.predict([photo], top_k=3)[0].record()
+        with TestClient(create_app(model.predictor)) as client:
+            got = client.post("/predict", content=photo.read_bytes(), headers={"content-type": "image/jpeg"}).json()
+            assert client.get("/metadata").json()["task_state"] == state
+        got = got["predictions"][0]
+        assert got.pop("file") == "body" and set(got) == set(expected), task
+        key = "scores" if task == "multi_label" else "values"
+        assert got["label"] == expected["label"] and got.get("labels") == expected.get("labels"), task
+        np.testing.assert_allclose(list(got[key].values()), list(expected[key].values()), rtol=1e-5)
+
+
 @pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (apt-get install -y chromium; "
                                              ".ci/run installs it)")
 def test_the_page_shows_the_top_classes_in_headless_chromium(trained, server, tmp_path):
