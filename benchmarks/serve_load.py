@@ -1,6 +1,6 @@
 """Load held by `transferkit serve` on loopback: requests/s and p50/p99 latency with and without dynamic batching,
 the batch sizes the server formed (its own /stats), errors, its resident memory sampled over the run, and a mixed
-load where every tenth request is bad (every good one must still succeed).
+load where every tenth request is bad (every good one must still succeed), and one client alone (the latency floor).
 
     flock /tmp/transferkit-bench.lock python benchmarks/serve_load.py MODEL.onnx --data ../shared/data/clothing-small \\
         [--requests 2000] [--concurrency 32] [--rounds 2] [--json benchmarks/results/serve_load_2026-12-07.json]
@@ -9,7 +9,8 @@ MODEL is anything `transferkit serve` takes (the docs use an EfficientNet-Lite0 
 clothing-small, exported to ONNX). Each scenario gets a fresh server process (`transferkit serve --port 0`), 64
 warm-up requests, then `--requests` POSTs of one JPEG each (the data folder's test images, cycled, as raw
 image/jpeg bodies) from `--concurrency` clients of one httpx AsyncClient; the scenarios alternate round by round.
-The server is stopped with SIGTERM and must exit 0. Client and server share this machine's cores.
+The server is stopped with SIGTERM and must exit 0. Client and server share this machine's cores. The labels
+of each run are compared with the first run's, image by image.
 """
 
 from __future__ import annotations
@@ -38,10 +39,12 @@ from transferkit.data.folder import is_image_file  # noqa: E402
 from transferkit.testing import ServeProcess  # noqa: E402
 
 MAX_BODY_MB = 1  # every scenario's --max-body-mb: the photos are under 60 KB, a "too large body" is 1 MiB + 1
-SCENARIOS = {  # name -> (serve options, share of bad requests)
-    "unbatched": (["--max-batch", "1"], 0.0),
-    "batched": (["--max-batch", "32", "--max-wait-ms", "5"], 0.0),
-    "batched, 10% bad": (["--max-batch", "32", "--max-wait-ms", "5"], 0.1),
+BATCHED = ["--max-batch", "32", "--max-wait-ms", "5"]
+SCENARIOS = {  # name -> (serve options, share of bad requests, one client with a tenth of the requests)
+    "unbatched": (["--max-batch", "1"], 0.0, False),
+    "batched": (BATCHED, 0.0, False),
+    "batched, 10% bad": (BATCHED, 0.1, False),
+    "batched, 1 client": (BATCHED, 0.0, True),
 }
 
 
@@ -152,12 +155,13 @@ async def load(url: str, photos: list[Path], bodies: list[bytes], count: int, co
 
 def scenario(model: str, name: str, photos: list[Path], bodies: list[bytes], args, bad: list) -> dict:
     """One fresh server, a warm-up, the measured load, then SIGTERM (it must exit 0)."""
-    options, bad_share = SCENARIOS[name]
+    options, bad_share, alone = SCENARIOS[name]
+    requests, clients = (args.requests // 10, 1) if alone else (args.requests, args.concurrency)
     with ServeProcess(model, *options, "--max-body-mb", str(MAX_BODY_MB)) as server:
         asyncio.run(load(server.url, photos, bodies, 64, min(8, args.concurrency), 0.0, bad))
         before = httpx.get(f"{server.url}/stats").json()
         with MemorySampler(server.pid) as memory:
-            result = asyncio.run(load(server.url, photos, bodies, args.requests, args.concurrency, bad_share, bad))
+            result = asyncio.run(load(server.url, photos, bodies, requests, clients, bad_share, bad))
         after = httpx.get(f"{server.url}/stats").json()
         server.process.send_signal(signal.SIGTERM)
         exit_code = server.process.wait(timeout=60)
@@ -165,7 +169,7 @@ def scenario(model: str, name: str, photos: list[Path], bodies: list[bytes], arg
     sizes = {k: v for k, v in sorted(sizes.items()) if v}
     passes = after["batches"] - before["batches"]
     images = after["images"] - before["images"]
-    return {"scenario": name, "serve_options": options, "bad_share": bad_share, **result,
+    return {"scenario": name, "serve_options": options, "clients": clients, "bad_share": bad_share, **result,
             "server": {"forward_passes": passes, "images": images, "mean_batch_size": round(images / passes, 2),
                        "batch_sizes": sizes, "refused": {k: v - before["refused"].get(k, 0)
                                                          for k, v in after["refused"].items()},
@@ -193,7 +197,7 @@ def main() -> None:
             result = scenario(args.model, name, photos, bodies, args, bad)
             runs.append({"round": round_number + 1, **result})
             good = result["latency_good"]
-            print(f"round {round_number + 1} {name:17s} {result['requests_per_s']:7.1f} req/s  p50 {good['p50_ms']:6.1f} ms"
+            print(f"round {round_number + 1} {name:18s} {result['requests_per_s']:7.1f} req/s  p50 {good['p50_ms']:6.1f} ms"
                   f"  p99 {good['p99_ms']:6.1f} ms  errors {result['errors']}  mean batch "
                   f"{result['server']['mean_batch_size']:5.2f}  rss {result['memory']['first_mb']:.0f}->"
                   f"{result['memory']['last_mb']:.0f} MiB (peak {result['memory']['peak_mb']:.0f})  "

@@ -17,7 +17,7 @@ from transferkit.data.images import pixel_limit
 from transferkit.data.loading import available_cores
 from transferkit.inference.batches import ImagePreparer
 from transferkit.inference.predictor import Prediction, Predictor
-from transferkit.serve.batching import Batcher, BatchStats
+from transferkit.serve.batching import Batcher, BatchStats, batch_sizes
 from transferkit.serve.limits import Limits, RequestError, decode, read_uploads
 from transferkit.serve.page import page_html
 
@@ -38,7 +38,7 @@ def metadata(predictor: Predictor, limits: Limits, max_batch: int, max_wait_ms: 
             "device": str(predictor.device), "version": transferkit.__version__,
             "limits": {"max_body_bytes": limits.max_body_bytes, "max_images": limits.max_images,
                        "max_image_pixels": pixel_limit()},
-            "batching": {"max_batch": max_batch, "max_wait_ms": max_wait_ms}}
+            "batching": {"max_batch": max_batch, "max_wait_ms": max_wait_ms, "batch_sizes": batch_sizes(max_batch)}}
 
 
 def batch_runner(predictor: Predictor):
@@ -60,8 +60,8 @@ def one_line(status: int, message: str) -> JSONResponse:
 
 def create_app(predictor: Predictor, limits: Limits = Limits(), max_batch: int = 32,
                max_wait_ms: float = 5.0) -> FastAPI:
-    """The FastAPI application serving `predictor`; its batching worker runs for the app's lifespan and drains
-    every accepted image before shutdown ends."""
+    """The FastAPI application serving `predictor`; at startup it runs each batch size once (Batcher.warm_up),
+    its batching worker runs for the app's lifespan and drains every accepted image before shutdown ends."""
     stats = BatchStats()
     preparer = ImagePreparer(predictor.preprocessing)
     decoders = anyio.CapacityLimiter(max(1, available_cores()))
@@ -72,6 +72,9 @@ def create_app(predictor: Predictor, limits: Limits = Limits(), max_batch: int =
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         batcher = Batcher(batch_runner(predictor), max_batch, max_wait_ms / 1000, stats)
+        size = predictor.preprocessing.input_size
+        blank = torch.zeros(3, size, size, dtype=torch.uint8)
+        await batcher.warm_up(lambda count: [(blank, 1)] * count)
         batcher.start()
         state["batcher"] = batcher
         try:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections import Counter
+from collections import Counter, deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -40,24 +40,41 @@ class BatchStats:
 class _Job:
     item: Any
     future: asyncio.Future
+    arrived: float  # the event loop's clock when submitted
+
+
+def batch_sizes(max_batch: int) -> list[int]:
+    """The batch sizes a forward pass may have: powers of two below `max_batch`, and `max_batch`. Few shapes keep
+    a runtime's per-shape memory (ONNX Runtime plans and caches one per input shape) bounded, as Triton's
+    `preferred_batch_size` does."""
+    return sorted({1 << i for i in range(max(1, max_batch).bit_length()) if 1 << i < max_batch} | {max(1, max_batch)})
 
 
 class Batcher:
     """Collects items into batches for `run` (a list of items -> a list of results, one each, in order).
 
-    A batch starts with the first waiting item and takes whatever else arrives within `max_wait_s` of it, up to
-    `max_batch` items; while a batch computes (in one worker thread) the next one fills. `close()` answers every
-    item already submitted before the worker stops.
+    A batch goes when `max_batch` items wait or when its oldest item has waited `max_wait_s`; it takes the largest
+    size of `batch_sizes(max_batch)` that the waiting items fill, and the rest go first in the next one. While a
+    batch computes (in one worker thread) the next one fills. `close()` answers every item already submitted
+    before the worker stops.
     """
 
     def __init__(self, run: Callable[[list], list], max_batch: int, max_wait_s: float,
                  stats: BatchStats | None = None):
         self.run, self.max_batch, self.max_wait_s = run, max(1, max_batch), max(0.0, max_wait_s)
+        self.sizes = batch_sizes(self.max_batch)
         self.stats = stats or BatchStats()
         self.queue: asyncio.Queue = asyncio.Queue()
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="transferkit-batch")
         self.worker: asyncio.Task | None = None
         self.closing = False
+
+    async def warm_up(self, make_item: Callable[[int], list]) -> None:
+        """Run one batch of each allowed size (`make_item(size)` gives its items) before serving: the runtime
+        allocates for every shape now, so memory stays flat under load and no request pays for a first call."""
+        loop = asyncio.get_running_loop()
+        for size in self.sizes:
+            await loop.run_in_executor(self.executor, self.run, make_item(size))
 
     def start(self) -> None:
         """Start the worker on the running event loop."""
@@ -68,7 +85,7 @@ class Batcher:
         if self.closing or self.worker is None:
             raise RuntimeError("the batcher is not running")
         loop = asyncio.get_running_loop()
-        jobs = [_Job(item, loop.create_future()) for item in items]
+        jobs = [_Job(item, loop.create_future(), loop.time()) for item in items]
         for job in jobs:
             self.queue.put_nowait(job)
         self.stats.queued += len(jobs)
@@ -82,34 +99,37 @@ class Batcher:
             await self.worker
         self.executor.shutdown(wait=True)
 
-    async def _collect(self, first: _Job) -> tuple[list[_Job], bool]:
-        """`first` and what else arrives in time; True when the stop mark was reached."""
-        batch = [first]
-        deadline = asyncio.get_running_loop().time() + self.max_wait_s
-        while len(batch) < self.max_batch:
+    async def _fill(self, pending: deque) -> bool:
+        """Move arrivals into `pending` until it holds max_batch items or its oldest has waited max_wait_s;
+        True when the stop mark was reached (nothing more will come)."""
+        loop = asyncio.get_running_loop()
+        while len(pending) < self.max_batch:
             try:
                 job = self.queue.get_nowait()
             except asyncio.QueueEmpty:
-                remaining = deadline - asyncio.get_running_loop().time()
-                if remaining <= 0:
+                remaining = pending[0].arrived + self.max_wait_s - loop.time() if pending else None
+                if remaining is not None and remaining <= 0:
                     break
                 try:
                     job = await asyncio.wait_for(self.queue.get(), remaining)
                 except TimeoutError:
                     break
             if job is _STOP:
-                return batch, True
-            batch.append(job)
-        return batch, False
+                return True
+            pending.append(job)
+        return False
 
     async def _work(self) -> None:
         loop = asyncio.get_running_loop()
-        stop = False
-        while not stop:
-            first = await self.queue.get()
-            if first is _STOP:
-                break
-            batch, stop = await self._collect(first)
+        pending: deque[_Job] = deque()
+        stopping = False
+        while pending or not stopping:
+            if not stopping:
+                stopping = await self._fill(pending)
+            if not pending:
+                continue
+            size = max(s for s in self.sizes if s <= len(pending))
+            batch = [pending.popleft() for _ in range(size)]
             self.stats.queued -= len(batch)
             try:
                 results = await loop.run_in_executor(self.executor, self.run, [job.item for job in batch])
