@@ -1,4 +1,4 @@
-"""Decoded-image cache: each file decoded and resized once, kept as uint8 in memory or in a memory-mapped file.
+"""Decoded-image cache: each file decoded and resized once, kept as uint8 in memory or in a file on disk.
 
 Images are stored as (H, W, 3) uint8 and handed out as (3, H, W) tensor views, so epochs after the
 first skip JPEG decoding and run their augmentations on uint8 tensors. Evaluation images are stored
@@ -7,13 +7,18 @@ exactly the uncached ones). Training images keep their detail: their shorter sid
 `train_cache_size` (the side at which even RandomResizedCrop's smallest crop still has at least the
 output's pixels), never enlarged. Caching them at the eval resize instead made every small crop an
 upsampled, blurred patch and cost EfficientNet-Lite0 about 5 points of test accuracy (docs/performance.md).
-The disk cache is keyed by path, size and mtime: a changed file is decoded again. Unreadable files are
+
+Where: `auto` keeps them in memory while they fit MEMORY_BUDGET, else in a file on disk read back with
+`pread` (the kernel's page cache holds it, not the process), so the memory a run holds does not grow
+with the number of images. When: each image is decoded at its first use, during the first epoch, unless
+DataLoader worker processes would each fill a copy of their own in memory (the data plan decides). The
+disk cache is keyed by path, size and mtime: a changed file is decoded again. Unreadable files are
 remembered with their message and raise it on every look-up.
 """
 
 from __future__ import annotations
 
-import fcntl
+import functools
 import hashlib
 import json
 import math
@@ -21,6 +26,7 @@ import os
 import random
 import shutil
 import stat
+import zlib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable
@@ -38,15 +44,18 @@ from transferkit.errors import DataError
 from transferkit.model.preprocess import Preprocessing
 
 CACHE_FOLDER = ".transferkit-cache"
-MEMORY_SHARE = 0.25  # auto keeps the cache in memory while its estimate stays under this share of RAM
+MEMORY_BUDGET = 256 * 2**20  # auto keeps decoded images in memory up to this (both sides); beyond, on disk
+MEMORY_SHARE = 0.25  # and never above this share of RAM
 
 
 def decode_resized(path: str | Path, size: int, interpolation: str, shrink_only: bool = False) -> np.ndarray:
     """The file as (H, W, 3) uint8 with its shorter side resized to `size`, exactly as the eval Resize does.
 
-    With `shrink_only`, an image whose shorter side is `size` or less is kept at its own size.
+    With `shrink_only` (training images), an image whose shorter side is `size` or less is kept at its own
+    size, and a JPEG is decoded at the smallest of 1/2, 1/4 or 1/8 scale that leaves its shorter side at least
+    `size` (libjpeg's DCT scaling, about a third less work for a 500 x 375 photo at 114 px) before the shrink.
     """
-    image = open_rgb(path)
+    image = open_rgb(path, min_side=size if shrink_only else None)
     if not (shrink_only and min(image.size) <= size):
         image = F.resize(image, size, interpolation=InterpolationMode(interpolation), antialias=True)
     return np.array(image, dtype=np.uint8)  # a writable copy, as torch.from_numpy wants
@@ -126,7 +135,7 @@ def is_writable_dir(path: Path) -> bool:
 
 def disk_cache_dir(data_root: Path | None, size: int, interpolation: str, shrink_only: bool = False) -> Path:
     """Where the disk cache lives: `.transferkit-cache/` in the data folder, or the TRANSFERKIT cache dir if read-only."""
-    name = f"decoded-{'max' if shrink_only else ''}{size}-{interpolation}"
+    name = f"decoded2-{'max' if shrink_only else ''}{size}-{interpolation}"  # 2: the journal format, JPEG drafts
     if data_root is not None and is_writable_dir(data_root):
         return data_root / CACHE_FOLDER / name
     from transferkit.download import data_cache_dir
@@ -135,114 +144,194 @@ def disk_cache_dir(data_root: Path | None, size: int, interpolation: str, shrink
     return data_cache_dir() / "decoded" / f"{hashlib.sha1(origin.encode()).hexdigest()[:16]}-{name}"
 
 
-class DecodedImages:
-    """path -> cached (3, H, W) uint8 tensor; use `decode` as ImageFileDataset's decode function."""
+class MemoryStore:
+    """Decoded images as (H, W, 3) uint8 tensors in this process's memory, by absolute path."""
 
-    def __init__(self, entries: dict[str, tuple | str], pixels: list[torch.Tensor] | None = None,
-                 file: Path | None = None):
-        self.entries = entries  # memory: path -> index in pixels; disk: path -> (offset, h, w); or an error
-        self.pixels = pixels
-        self.file = file
-        self._map = None
+    def __init__(self):
+        self.entries: dict[str, torch.Tensor | str] = {}
 
     def __len__(self) -> int:
         return len(self.entries)
 
-    def errors(self) -> list[str]:
-        """The messages of the images that could not be decoded."""
-        return [entry for entry in self.entries.values() if isinstance(entry, str)]
+    def has(self, path: str) -> bool:
+        """True when `path` was decoded already (or found unreadable)."""
+        return path in self.entries
+
+    def get(self, path: str) -> torch.Tensor | str | None:
+        """The image (or the message saying why it is unreadable); None when not decoded yet."""
+        return self.entries.get(path)
+
+    def put(self, path: str, result: np.ndarray | str) -> torch.Tensor | str:
+        """Keep a decode's result; return it as `get` will."""
+        self.entries[path] = result if isinstance(result, str) else torch.from_numpy(result)
+        return self.entries[path]
+
+
+class DiskStore:
+    """Decoded images appended to `pixels.u8` in `folder`, each recorded by a line of `journal.jsonl` (path, size
+    and mtime of the file, offset, height, width, CRC-32; or the message of an unreadable file).
+
+    Reads are `pread`s into a fresh buffer, so the images stay in the kernel's page cache, shared by every
+    process and reclaimable, instead of in this process's memory (a memory map would count them in its
+    RSS). Appends are atomic per write (O_APPEND), so DataLoader workers and concurrent runs share one
+    folder: a process that misses an image reads the journal lines written since it last looked before
+    decoding it. The last line for a path wins; a line whose file changed since (size or mtime), or whose
+    bytes fail their CRC (a run killed mid-write), is ignored and the image decoded again.
+    """
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+        self.pixels, self.journal = folder / "pixels.u8", folder / "journal.jsonl"
+        self.index: dict[str, list] = {}
+        self._read_to = 0
+        self._fds: tuple[int, int] | None = None
+        self.write_error: str | None = None  # why appending stopped (a full disk): decodes are then not kept
 
     def __getstate__(self) -> dict:
-        return {**self.__dict__, "_map": None}  # a spawned worker maps the file again instead of copying it
+        return {**self.__dict__, "_fds": None}  # a spawned worker opens the files itself
 
-    def _mapped(self) -> np.ndarray:
-        if self._map is None:
-            # copy-on-write mapping: torch wants writable arrays; nothing writes, so the file never changes
-            self._map = np.memmap(self.file, dtype=np.uint8, mode="c") if self.file.stat().st_size else np.empty(0, np.uint8)
-        return self._map
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def _files(self) -> tuple[int, int]:
+        if self._fds is None:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            flags = os.O_RDWR | os.O_APPEND | os.O_CREAT
+            self._fds = (os.open(self.pixels, flags, 0o644), os.open(self.journal, flags, 0o644))
+        return self._fds
+
+    def _refresh(self) -> None:
+        """Read the journal lines appended since the last look, by this process or any other."""
+        fd = self._files()[1]
+        size = os.fstat(fd).st_size
+        if size <= self._read_to:
+            return
+        data = os.pread(fd, size - self._read_to, self._read_to)
+        complete = data.rfind(b"\n") + 1  # a line still being written is read next time
+        for line in data[:complete].splitlines():
+            try:
+                record = json.loads(line)
+                self.index[record[0]] = record[1:]
+            except (ValueError, IndexError, TypeError):
+                continue  # a line torn by a killed run
+        self._read_to += complete
+
+    def _entry(self, path: str) -> list | None:
+        entry = self.index.get(path)
+        if entry is None:
+            self._refresh()
+            entry = self.index.get(path)
+        return entry if entry is not None and entry[:2] == file_key(path) else None
+
+    def has(self, path: str) -> bool:
+        """True when the journal holds `path` as the file is now."""
+        return self._entry(path) is not None
+
+    def get(self, path: str) -> torch.Tensor | str | None:
+        """The image read back (or its message); None when not cached, changed since, or its bytes are damaged."""
+        entry = self._entry(path)
+        if entry is None or isinstance(entry[2], str):
+            return None if entry is None else entry[2]
+        offset, h, w, crc = entry[2:]
+        buffer = bytearray(h * w * 3)
+        if os.preadv(self._files()[0], [buffer], offset) != len(buffer) or zlib.crc32(buffer) != crc:
+            return None
+        return torch.from_numpy(np.frombuffer(buffer, dtype=np.uint8).reshape(h, w, 3))
+
+    def put(self, path: str, result: np.ndarray | str) -> torch.Tensor | str:
+        """Append a decode's result and its journal line; return it as `get` will."""
+        record = [path, *file_key(path)]
+        if isinstance(result, str):
+            record.append(result)
+        else:
+            data = memoryview(np.ascontiguousarray(result)).cast("B")
+            record += [None, result.shape[0], result.shape[1], zlib.crc32(data)]
+        if self.write_error is None:
+            try:
+                pixels, journal = self._files()
+                if len(record) > 4:
+                    if os.write(pixels, data) != len(data):
+                        raise OSError("short write (disk full?)")
+                    record[3] = os.lseek(pixels, 0, os.SEEK_CUR) - len(data)  # where O_APPEND put this write
+                os.write(journal, (json.dumps(record) + "\n").encode())
+                self.index[path] = record[1:]
+            except OSError as exc:
+                self.write_error = f"{self.folder}: {exc}"
+        return result if isinstance(result, str) else torch.from_numpy(result)
+
+
+class DecodedImages:
+    """path -> its decoded (3, H, W) uint8 tensor, decoded once and kept (`MemoryStore` or `DiskStore`); use
+    `decode` as ImageFileDataset's decode function. A file is decoded at its first look-up, or by `fill`."""
+
+    def __init__(self, store: MemoryStore | DiskStore, size: int, interpolation: str, shrink_only: bool = False):
+        self.store, self.size, self.interpolation, self.shrink_only = store, size, interpolation, shrink_only
+        self.decoded = 0  # files this process decoded (not read back)
+
+    def __len__(self) -> int:
+        return len(self.store)
+
+    @property
+    def kind(self) -> str:
+        """'memory' or 'disk'."""
+        return "memory" if isinstance(self.store, MemoryStore) else "disk"
+
+    def fill(self, paths: list[str], threads: int | None = None) -> list[str]:
+        """Decode the files not kept yet, now, on `threads` threads; the messages of the unreadable ones."""
+        names = [os.path.abspath(p) for p in paths]
+        missing = [p for p in names if not self.store.has(p)]
+        for path, result in zip(missing, decode_all(missing, self.size, self.interpolation, threads or
+                                                    available_cores(), self.shrink_only)):
+            self.store.put(path, result)
+        self.decoded += len(missing)
+        return [entry for entry in map(self.store.get, names) if isinstance(entry, str)]
 
     def decode(self, path: str | Path) -> torch.Tensor:
-        """The cached image of `path` as a (3, H, W) uint8 tensor; DataError with the original message if unreadable."""
-        entry = self.entries.get(os.path.abspath(path))
+        """The kept image of `path` as a (3, H, W) uint8 tensor, decoding it first if needed; DataError with the
+        original message if unreadable."""
+        name = os.path.abspath(path)
+        entry = self.store.get(name)
         if entry is None:
-            raise DataError(f"{path}: not in the decoded-image cache; set data.cache: none to read files directly")
+            entry = self.store.put(name, _decode_or_error(name, self.size, self.interpolation, self.shrink_only))
+            self.decoded += 1
         if isinstance(entry, str):
             raise DataError(entry)
-        if self.pixels is not None:
-            hwc = self.pixels[entry]
-        else:
-            offset, h, w = entry
-            hwc = torch.from_numpy(self._mapped()[offset: offset + h * w * 3].reshape(h, w, 3))
-        return hwc.permute(2, 0, 1)  # a channels-last view: uint8 resizes run fastest on this layout
-
-
-def memory_cache(paths: list[str], size: int, interpolation: str, threads: int, shrink_only: bool = False) -> DecodedImages:
-    """Decode every file once into memory."""
-    entries: dict[str, tuple | str | int] = {}
-    pixels: list[torch.Tensor] = []
-    for path, result in zip(paths, decode_all(paths, size, interpolation, threads, shrink_only)):
-        if isinstance(result, str):
-            entries[path] = result
-        else:
-            entries[path] = len(pixels)
-            pixels.append(torch.from_numpy(result))
-    return DecodedImages(entries, pixels=pixels)
-
-
-def disk_cache(paths: list[str], size: int, interpolation: str, folder: Path, threads: int,
-               shrink_only: bool = False) -> DecodedImages:
-    """Decode the files not cached yet (or changed since) and append them to the memory-mapped file in `folder`."""
-    folder.mkdir(parents=True, exist_ok=True)
-    index_path, pixel_path = folder / "index.json", folder / "pixels.u8"
-    with open(folder / "lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # two runs sharing a cache take turns updating it
-        index = json.loads(index_path.read_text()) if index_path.is_file() else {}
-        keys = {p: file_key(p) for p in paths}
-        stale = [p for p in paths if p not in index or index[p]["key"] != keys[p]]
-        if stale:
-            with open(pixel_path, "ab") as out:
-                for path, result in zip(stale, decode_all(stale, size, interpolation, threads, shrink_only)):
-                    if isinstance(result, str):
-                        index[path] = {"key": keys[path], "error": result}
-                    else:
-                        h, w, _ = result.shape
-                        index[path] = {"key": keys[path], "offset": out.tell(), "h": h, "w": w}
-                        out.write(np.ascontiguousarray(result).tobytes())
-            tmp = index_path.with_suffix(".tmp")
-            tmp.write_text(json.dumps(index))
-            os.replace(tmp, index_path)
-        pixel_path.touch()
-    entries = {p: index[p]["error"] if "error" in index[p] else (index[p]["offset"], index[p]["h"], index[p]["w"])
-               for p in paths}
-    return DecodedImages(entries, file=pixel_path)
+        return entry.permute(2, 0, 1)  # a channels-last view: uint8 resizes run fastest on this layout
 
 
 def build_cache(paths: list[str | Path], size: int, interpolation: str, mode: str = "auto",
                 data_root: Path | None = None, threads: int | None = None, shrink_only: bool = False,
-                extra_bytes: int = 0) -> DecodedImages | None:
-    """The decoded-image cache data.cache asks for; auto: memory when it fits, else disk when that fits, else none.
+                extra_bytes: int = 0, fill_now: bool = True) -> DecodedImages | None:
+    """The decoded-image cache data.cache asks for; auto: memory when it fits the budget, else disk when that
+    fits, else none. With `fill_now` every file is decoded here (on `threads` threads), else at its first use.
 
-    `extra_bytes`: memory another cache of the same run takes, counted against auto's memory share.
+    `extra_bytes`: memory another cache of the same run takes, counted against auto's memory budget.
     """
     if mode == "none" or not paths:
         return None
-    names = list(dict.fromkeys(os.path.abspath(p) for p in paths))
-    threads = threads or available_cores()
     folder = disk_cache_dir(data_root, size, interpolation, shrink_only)
     if mode == "auto":
-        mode = auto_cache_mode(names, size, folder, shrink_only, extra_bytes)
+        mode = auto_cache_mode([os.path.abspath(p) for p in paths], size, folder, shrink_only, extra_bytes)
         if mode == "none":
             return None
-    if mode == "memory":
-        return memory_cache(names, size, interpolation, threads, shrink_only)
-    return disk_cache(names, size, interpolation, folder, threads, shrink_only)
+    store = MemoryStore() if mode == "memory" else DiskStore(folder)
+    cache = DecodedImages(store, size, interpolation, shrink_only)
+    if fill_now:
+        cache.fill([str(p) for p in paths], threads)
+    return cache
+
+
+def memory_budget() -> int:
+    """Bytes of decoded images data.cache auto keeps in memory: MEMORY_BUDGET, or MEMORY_SHARE of RAM if less."""
+    ram = physical_memory()
+    return min(MEMORY_BUDGET, int(MEMORY_SHARE * ram)) if ram else MEMORY_BUDGET
 
 
 def auto_cache_mode(paths: list[str], size: int, folder: Path, shrink_only: bool = False, extra_bytes: int = 0) -> str:
-    """data.cache auto resolved for these files: memory when they fit in MEMORY_SHARE of RAM (beside
-    `extra_bytes` already held), else disk when they fit in half the free disk, else none."""
+    """data.cache auto resolved for these files: memory when they fit in `memory_budget()` (beside `extra_bytes`
+    already held), else disk when they fit in half the free disk, else none."""
     need = estimated_bytes(paths, size, shrink_only=shrink_only)
-    if need + extra_bytes <= MEMORY_SHARE * physical_memory():
+    if need + extra_bytes <= memory_budget():
         return "memory"
     return "disk" if need <= free_disk(folder) // 2 else "none"
 
@@ -281,24 +370,32 @@ def cache_modes(splits: FolderSplits, prep: Preprocessing, mode: str, train_size
 
 
 def image_decoders(splits: FolderSplits, prep: Preprocessing, mode: str, on_bad_image: str = "skip",
-                   train_size: int | None = None, modes: tuple[str, str] | None = None) -> tuple[Callable, Callable]:
+                   train_size: int | None = None, modes: tuple[str, str] | None = None,
+                   fill_now: bool = True) -> tuple[Callable, Callable]:
     """(decode for training images, decode for evaluation images): open_rgb, or look-ups in the decoded-image cache.
 
     Evaluation images are cached at the eval resize; training images with their shorter side shrunk to at
     most `train_size` (None: exactly at the eval resize, as evaluation images, e.g. for features of their
-    eval view). `modes` (from `cache_modes`, e.g. through the data plan) overrides `mode`. Building the caches
-    reads every image, so with on_bad_image 'fail' an unreadable one stops the run here, before training starts.
+    eval view), and uncached ones decoded at the reduced JPEG scale that keeps `train_size`. `modes` (from
+    `cache_modes`, e.g. through the data plan) overrides `mode`. With `fill_now` the caches decode every image
+    here, so with on_bad_image 'fail' an unreadable one stops the run before training starts; otherwise each
+    image is decoded at its first look-up (in the first epoch), and an unreadable one is met there, as without
+    a cache.
     """
     train, evaluation = _cached_sides(splits, train_size)
     train_mode, eval_mode = modes or cache_modes(splits, prep, mode, train_size)
-    eval_cache = build_cache(evaluation, prep.resize_size, prep.interpolation, eval_mode, splits.root)
-    train_cache = build_cache(train, train_size, prep.interpolation, train_mode, splits.root, shrink_only=True)
-    stop_if_unreadable([e for cache in (eval_cache, train_cache) if cache is not None for e in cache.errors()],
-                       on_bad_image)
+    eval_cache = build_cache(evaluation, prep.resize_size, prep.interpolation, eval_mode, splits.root, fill_now=False)
+    train_cache = build_cache(train, train_size, prep.interpolation, train_mode, splits.root, shrink_only=True,
+                              fill_now=False)
+    if fill_now:
+        stop_if_unreadable([message for cache, paths in ((eval_cache, evaluation), (train_cache, train))
+                            if cache is not None for message in cache.fill(paths)], on_bad_image)
     eval_decode = eval_cache.decode if eval_cache is not None else open_rgb
     if not train:
         return eval_decode, eval_decode
-    return (train_cache.decode if train_cache is not None else open_rgb), eval_decode
+    if train_cache is not None:
+        return train_cache.decode, eval_decode
+    return functools.partial(open_rgb, min_side=train_size), eval_decode
 
 
 def stop_if_unreadable(errors: list[str], on_bad_image: str) -> None:

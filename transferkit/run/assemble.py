@@ -117,7 +117,8 @@ def build_loaders(spec: ExperimentSpec, plan: DataPlan, splits: FolderSplits, pr
     host_splits = FolderSplits(splits.classes, [], splits.test, splits.val, splits.root) \
         if plan.train_source == "device_bank" else splits
     train_decode, eval_decode = image_decoders(host_splits, prep, "auto", d.on_bad_image, train_size,
-                                               modes=(host_train, plan.eval_cache))
+                                               modes=(host_train, plan.eval_cache),
+                                               fill_now=plan.cache_fill == "setup")
     eval_sets = {"test": ImageFileDataset(splits.test, eval_transform(prep), eval_decode)}
     if splits.val:
         eval_sets["val"] = ImageFileDataset(splits.val, eval_transform(prep), eval_decode)
