@@ -16,6 +16,7 @@ The sides, each a fresh process started from here, one after the other (`--round
                measured), the head at 10x the LR, SGD; a test pass after each epoch.
   transferkit  `transferkit run` (the CLI, allocator preload included) on the equivalent recipe
                (throughput.py's: same network, batch, size, optimizer, LR policy and epochs), all images.
+  baseline     the same with another version of transferkit (`--baseline DIR`), e.g. before a change.
 Before each transferkit run its decoded-image disk cache under the data folder (if any) is deleted unless
 `--warm-cache`, so every run pays what a first run pays.
 
@@ -251,8 +252,9 @@ def run_plain(settings: dict, scratch: Path) -> dict:
     return {"side": "plain", **row, **json.loads(out.read_text())}
 
 
-def run_transferkit(raw: dict, scratch: Path, warm_cache: bool) -> dict:
-    """`transferkit run` on the recipe in a fresh process; its time split and data plan from the run folder."""
+def run_transferkit(raw: dict, scratch: Path, warm_cache: bool, code: Path | None = None) -> dict:
+    """`transferkit run` on the recipe in a fresh process; its time split and data plan from the run folder.
+    With `code`, transferkit is imported from that folder (another version: the side is then "baseline")."""
     import yaml
 
     cache = Path(raw["data"]["root"]) / ".transferkit-cache"
@@ -261,29 +263,31 @@ def run_transferkit(raw: dict, scratch: Path, warm_cache: bool) -> dict:
     recipe_file, out = scratch / "recipe.yaml", scratch / "runs"
     recipe_file.write_text(yaml.safe_dump(raw))
     shutil.rmtree(out, ignore_errors=True)
+    env = dict(os.environ, **({"PYTHONPATH": str(code)} if code else {}))
     row = measured([sys.executable, "-m", "transferkit.cli", "run", str(recipe_file), "--output", str(out),
-                    "--no-progress"], dict(os.environ), scratch / "transferkit.log")
+                    "--no-progress"], env, scratch / "transferkit.log")
     variant = next(p.parent for p in out.rglob("summary.json"))
     summary = json.loads((variant / "summary.json").read_text())
     history = json.loads((variant / "metrics.json").read_text())
-    return {"side": "transferkit", **row, "time": summary.get("time", {}),
+    return {"side": "baseline" if code else "transferkit", **row, "time": summary.get("time", {}),
             "test_accuracy": history[-1].get("test_accuracy"),
             "data_plan": json.loads((variant / "data_plan.json").read_text()),
             "log_tail": (scratch / "transferkit.log").read_text().splitlines()[-12:]}
 
 
 def summarise(rows: list[dict]) -> dict:
-    """Ratios of the sides' best (lowest) wall time and peak memory over the rounds: plain / transferkit for time,
-    transferkit / plain for memory."""
+    """Per transferkit side, ratios of the best (lowest) wall time and peak memory over the rounds: plain / side for
+    time, side / plain for memory."""
     def best(side: str, key: str) -> float:
         return min(r[key] for r in rows if r["side"] == side)
     sides = {r["side"] for r in rows}
-    if sides != {"plain", "transferkit"}:
+    if "plain" not in sides:
         return {}
-    return {"speedup": round(best("plain", "wall_seconds") / best("transferkit", "wall_seconds"), 3),
-            **{f"memory_ratio_{key.removeprefix('peak_').removesuffix('_mib')}":
-               round(best("transferkit", key) / best("plain", key), 3)
-               for key in ("peak_tree_pss_mib", "peak_tree_rss_mib", "max_rss_mib")}}
+    return {side: {"speedup": round(best("plain", "wall_seconds") / best(side, "wall_seconds"), 3),
+                   **{f"memory_ratio_{key.removeprefix('peak_').removesuffix('_mib')}":
+                      round(best(side, key) / best("plain", key), 3)
+                      for key in ("peak_tree_pss_mib", "peak_tree_rss_mib", "max_rss_mib")}}
+            for side in sorted(sides - {"plain"})}
 
 
 def print_row(row: dict) -> None:
@@ -310,7 +314,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--image-size", type=int, default=32)
     parser.add_argument("--workers", type=int, default=2, help="the plain loop's DataLoader workers")
-    parser.add_argument("--sides", nargs="+", default=["plain", "transferkit"], choices=["plain", "transferkit"])
+    parser.add_argument("--sides", nargs="+", default=["plain", "transferkit"], choices=["plain", "transferkit", "baseline"])
+    parser.add_argument("--baseline", type=Path, help="a folder holding another version's transferkit/ package, for "
+                        "the side 'baseline' (e.g. `git archive COMMIT transferkit | tar -x -C DIR`)")
     parser.add_argument("--rounds", type=int, default=1, help="run the sides this many times, alternating the order")
     parser.add_argument("--warm-cache", action="store_true", help="keep transferkit's disk cache between runs")
     parser.add_argument("--generate-only", action="store_true", help="write the photos and stop")
@@ -338,11 +344,11 @@ def main(argv: list[str] | None = None) -> dict:
         for round_ in range(args.rounds):
             for side in (args.sides if round_ % 2 == 0 else args.sides[::-1]):
                 row = (run_plain(settings, Path(tmp)) if side == "plain"
-                       else run_transferkit(raw, Path(tmp), args.warm_cache))
+                       else run_transferkit(raw, Path(tmp), args.warm_cache, args.baseline if side == "baseline" else None))
                 report["rows"].append({"round": round_, **row})
                 print_row(row)
     report["summary"] = summarise(report["rows"])
-    print(f"plain / transferkit wall time, transferkit / plain memory: {report['summary']}")
+    print(f"plain / side wall time, side / plain memory: {report['summary']}")
     path = args.json or HERE / "results" / f"folder_scale_{args.train // 1000}k_{time.strftime('%Y-%m-%d')}.json"
     path.write_text(json.dumps(report, indent=1))
     print(f"written {path}")

@@ -159,6 +159,6 @@ def _cache_bytes(splits: FolderSplits, prep: Preprocessing, train_side: int, tra
 def _cache_reasons(train_cache: str, eval_cache: str, sizes: tuple[int, int]) -> list[str]:
     """Why a side's decoded images went to disk: they take more than data.cache auto's memory budget."""
     budget = memory_budget()
-    return [f"{side} images on disk: {size / 2**20:,.0f} MiB decoded, over the {budget / 2**20:,.0f} MiB kept in memory"
+    return [f"{side} images on disk: {size / 2**20:,.1f} MiB decoded, over the {budget / 2**20:,.1f} MiB kept in memory"
             for side, mode, size in (("training", train_cache, sizes[0]), ("evaluation", eval_cache, sizes[1]))
             if mode == "disk" and size > budget]

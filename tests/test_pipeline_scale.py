@@ -1,0 +1,58 @@
+"""The folder pipeline at scale (#19): set-up decodes no image, each image is decoded once, and decoded images
+beyond the memory budget are kept on disk, read back by later epochs and later runs, not held by the process."""
+
+from __future__ import annotations
+
+import io
+import json
+
+from rich.console import Console
+
+from conftest import make_image_folder, tiny_recipe
+from transferkit.data import cache
+from transferkit.recipe.load import validate
+from transferkit.run.assemble import assemble
+
+
+def _counting_decodes(monkeypatch) -> list[str]:
+    """The file names the decoded-image cache (and the uncached training path) decodes, in order."""
+    names: list[str] = []
+    real = cache.open_rgb
+
+    def counting(path, *args, **kwargs):
+        names.append(str(path).rsplit("/", 1)[-1])
+        return real(path, *args, **kwargs)
+    monkeypatch.setattr(cache, "open_rgb", counting)
+    return names
+
+
+def test_setup_decodes_nothing_and_training_images_over_the_budget_are_kept_on_disk(tmp_path, monkeypatch):
+    root = make_image_folder(tmp_path / "data", per_class=(12, 4), size=(160, 120))  # 24 train, 8 test
+    train_files = sorted(p.name for p in (root / "train").rglob("*.jpg"))
+    test_files = sorted(p.name for p in (root / "test").rglob("*.jpg"))
+    # 24 training images at 114 x 152 take 1.2 MB decoded, the 8 test images at 37 x 49 43 kB: between the two
+    monkeypatch.setattr(cache, "MEMORY_BUDGET", 200_000)
+    decodes = _counting_decodes(monkeypatch)
+    spec = validate(tiny_recipe(root, train={"epochs": 2}))
+
+    parts = assemble(spec, Console(file=io.StringIO()), progress=False)
+    assert decodes == []  # set-up reads headers only; before, it decoded all 32 images here
+    plan = parts.plan.to_dict()
+    assert (plan["train_cache"], plan["eval_cache"], plan["cache_fill"]) == ("disk", "memory", "first use")
+    assert 1_000_000 < plan["train_cache_bytes"] < 1_400_000 and plan["eval_cache_bytes"] < 200_000
+    assert any(reason.startswith("training images on disk: 1.2 MiB decoded, over the 0.2 MiB kept in memory")
+               for reason in plan["reasons"]), plan["reasons"]
+
+    parts.trainer.fit(parts.train_loader, parts.eval_loaders, 2)
+    assert sorted(decodes) == sorted(train_files + test_files)  # each image once in two epochs and two evaluations
+    journal = root / ".transferkit-cache" / "decoded2-max114-bilinear" / "journal.jsonl"
+    records = [json.loads(line) for line in journal.read_text().splitlines()]
+    assert sorted(r[0].rsplit("/", 1)[-1] for r in records) == train_files
+    pixels = journal.with_name("pixels.u8").stat().st_size
+    assert pixels == sum(r[4] * r[5] * 3 for r in records) == plan["train_cache_bytes"]
+    assert {(r[4], r[5]) for r in records} == {(114, 152)}  # shorter side shrunk to the training cache side
+
+    decodes.clear()  # a second run reads the training images back from the disk cache
+    again = assemble(validate(tiny_recipe(root)), Console(file=io.StringIO()), progress=False)
+    again.trainer.fit(again.train_loader, again.eval_loaders, 1)
+    assert sorted(decodes) == test_files  # the evaluation images were held in the first run's memory only
