@@ -1,7 +1,8 @@
 """transferkit against the plain loop on a folder of N synthetic photos: whole-process wall time and peak memory.
 
     python benchmarks/folder_scale.py --train 20000 [--test 2000] [--classes 10] [--epochs 2] [--batch-size 128]
-        [--image-size 32] [--workers 2] [--sides plain transferkit] [--rounds 1] [--data-root /work/scale-data]
+        [--image-size 32] [--workers 2] [--sides plain transferkit baseline] [--baseline DIR] [--set KEY=VALUE]...
+        [--rounds 1] [--data-root /work/scale-data] [--json OUT] [--warm-cache]
     python benchmarks/folder_scale.py --train 100000 --test 10000 --generate-only
 
 The photos: `--train` and `--test` JPEGs of 500 x 375 (quality 85) in `--classes` class folders, written
@@ -252,7 +253,8 @@ def run_plain(settings: dict, scratch: Path) -> dict:
     return {"side": "plain", **row, **json.loads(out.read_text())}
 
 
-def run_transferkit(raw: dict, scratch: Path, warm_cache: bool, code: Path | None = None) -> dict:
+def run_transferkit(raw: dict, scratch: Path, warm_cache: bool, code: Path | None = None,
+                    overrides: list[str] = ()) -> dict:
     """`transferkit run` on the recipe in a fresh process; its time split and data plan from the run folder.
     With `code`, transferkit is imported from that folder (another version: the side is then "baseline")."""
     import yaml
@@ -265,7 +267,8 @@ def run_transferkit(raw: dict, scratch: Path, warm_cache: bool, code: Path | Non
     shutil.rmtree(out, ignore_errors=True)
     env = dict(os.environ, **({"PYTHONPATH": str(code)} if code else {}))
     row = measured([sys.executable, "-m", "transferkit.cli", "run", str(recipe_file), "--output", str(out),
-                    "--no-progress"], env, scratch / "transferkit.log")
+                    "--no-progress", *(arg for item in overrides for arg in ("--set", item))], env,
+                   scratch / "transferkit.log")
     variant = next(p.parent for p in out.rglob("summary.json"))
     summary = json.loads((variant / "summary.json").read_text())
     history = json.loads((variant / "metrics.json").read_text())
@@ -318,6 +321,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--baseline", type=Path, help="a folder holding another version's transferkit/ package, for "
                         "the side 'baseline' (e.g. `git archive COMMIT transferkit | tar -x -C DIR`)")
     parser.add_argument("--rounds", type=int, default=1, help="run the sides this many times, alternating the order")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="a recipe override for the transferkit sides (repeatable), e.g. data.num_workers=1")
     parser.add_argument("--warm-cache", action="store_true", help="keep transferkit's disk cache between runs")
     parser.add_argument("--generate-only", action="store_true", help="write the photos and stop")
     parser.add_argument("--json", type=Path, help="where the results go (default benchmarks/results/...)")
@@ -344,7 +349,8 @@ def main(argv: list[str] | None = None) -> dict:
         for round_ in range(args.rounds):
             for side in (args.sides if round_ % 2 == 0 else args.sides[::-1]):
                 row = (run_plain(settings, Path(tmp)) if side == "plain"
-                       else run_transferkit(raw, Path(tmp), args.warm_cache, args.baseline if side == "baseline" else None))
+                       else run_transferkit(raw, Path(tmp), args.warm_cache, args.baseline if side == "baseline" else None,
+                                            args.overrides))
                 report["rows"].append({"round": round_, **row})
                 print_row(row)
     report["summary"] = summarise(report["rows"])

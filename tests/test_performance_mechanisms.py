@@ -47,6 +47,18 @@ def test_cache_returns_the_pixels_of_a_fresh_decode(image_root, mode):
     assert torch.equal(transform(cached.decode(paths[0])), transform(open_rgb(paths[0])))
 
 
+@pytest.mark.parametrize("mode", ["memory", "disk", "none"])
+def test_evaluation_images_are_the_pixels_predict_sees_with_or_without_cache(tmp_path, mode):
+    from conftest import make_image_folder
+    from transferkit.inference.batches import ImagePreparer
+
+    root = make_image_folder(tmp_path / "data", per_class=(1, 2), size=(320, 240))  # JPEGs decoded at 1/4 scale
+    built = build_variant(validate(tiny_recipe(root)))
+    eval_decode = image_decoders(built.splits, built.preprocessing, mode, train_size=114)[1]
+    for path, _ in built.splits.test:
+        assert torch.equal(eval_transform(built.preprocessing)(eval_decode(path)), ImagePreparer(built.preprocessing)(path))
+
+
 def test_disk_cache_decodes_a_changed_file_again_and_keeps_the_others(image_root):
     paths = images_of(image_root)
     first = build_cache(paths, 36, "bilinear", "disk", image_root)
@@ -91,7 +103,8 @@ def test_a_bad_file_is_reported_with_the_same_message_as_without_cache(image_roo
 def test_cache_none_decodes_files_directly(image_root):
     built = build_variant(validate(tiny_recipe(image_root)))
     train, evaluation = image_decoders(built.splits, built.preprocessing, "none", train_size=99)
-    assert evaluation is open_rgb and train.func is open_rgb and train.keywords == {"min_side": 99}
+    assert (train.func, train.keywords) == (evaluation.func, {"min_side": 99}) and evaluation.func is open_rgb
+    assert evaluation.keywords == {"min_side": built.preprocessing.resize_size}
     assert open_rgb not in image_decoders(built.splits, built.preprocessing, "auto", train_size=99)
 
 
@@ -111,7 +124,8 @@ def test_training_images_keep_their_detail_and_evaluation_images_their_eval_resi
     large = image_decoders(built.splits, prep, mode, train_size=500)[0]
     assert large(built.splits.train[0][0]).shape == (3, 120, 90)  # a small image is kept at its own size
     for path, _ in built.splits.test:
-        assert torch.equal(eval_transform(prep)(eval_decode(path)), eval_transform(prep)(open_rgb(path)))
+        assert torch.equal(eval_transform(prep)(eval_decode(path)),
+                           eval_transform(prep)(open_rgb(path, min_side=prep.resize_size)))
     together = image_decoders(built.splits, prep, mode, train_size=None)[0]  # e.g. features of the eval view
     assert together(built.splits.train[0][0]).shape[1:] == (49, 37)
 

@@ -1,9 +1,10 @@
 """Decoded-image cache: each file decoded and resized once, kept as uint8 in memory or in a file on disk.
 
 Images are stored as (H, W, 3) uint8 and handed out as (3, H, W) tensor views, so epochs after the
-first skip JPEG decoding and run their augmentations on uint8 tensors. Evaluation images are stored
-with their shorter side at the eval resize (so the eval transform's Resize is a no-op and the pixels are
-exactly the uncached ones). Training images keep their detail: their shorter side is only shrunk, to
+first skip JPEG decoding and run their augmentations on uint8 tensors. A JPEG is decoded at the smallest
+DCT scale (1/2, 1/4, 1/8) that keeps the side it is stored at, as predict and evaluate decode it.
+Evaluation images are stored with their shorter side at the eval resize (so the eval transform's Resize
+is a no-op and the pixels are exactly the uncached ones). Training images keep their detail: their shorter side is only shrunk, to
 `train_cache_size` (the side at which even RandomResizedCrop's smallest crop still has at least the
 output's pixels), never enlarged. Caching them at the eval resize instead made every small crop an
 upsampled, blurred patch and cost EfficientNet-Lite0 about 5 points of test accuracy (docs/performance.md).
@@ -49,13 +50,13 @@ MEMORY_SHARE = 0.25  # and never above this share of RAM
 
 
 def decode_resized(path: str | Path, size: int, interpolation: str, shrink_only: bool = False) -> np.ndarray:
-    """The file as (H, W, 3) uint8 with its shorter side resized to `size`, exactly as the eval Resize does.
+    """The file as (H, W, 3) uint8 with its shorter side resized to `size`, exactly as evaluation and predict do:
+    a JPEG is decoded at the smallest of 1/2, 1/4 or 1/8 scale whose shorter side stays at least `size`
+    (libjpeg's DCT scaling: `open_rgb`'s min_side), then resized.
 
-    With `shrink_only` (training images), an image whose shorter side is `size` or less is kept at its own
-    size, and a JPEG is decoded at the smallest of 1/2, 1/4 or 1/8 scale that leaves its shorter side at least
-    `size` (libjpeg's DCT scaling, about a third less work for a 500 x 375 photo at 114 px) before the shrink.
+    With `shrink_only` (training images), an image whose shorter side is `size` or less is kept at its own size.
     """
-    image = open_rgb(path, min_side=size if shrink_only else None)
+    image = open_rgb(path, min_side=size)
     if not (shrink_only and min(image.size) <= size):
         image = F.resize(image, size, interpolation=InterpolationMode(interpolation), antialias=True)
     return np.array(image, dtype=np.uint8)  # a writable copy, as torch.from_numpy wants
@@ -376,7 +377,8 @@ def image_decoders(splits: FolderSplits, prep: Preprocessing, mode: str, on_bad_
 
     Evaluation images are cached at the eval resize; training images with their shorter side shrunk to at
     most `train_size` (None: exactly at the eval resize, as evaluation images, e.g. for features of their
-    eval view), and uncached ones decoded at the reduced JPEG scale that keeps `train_size`. `modes` (from
+    eval view). Cached or not, a JPEG is decoded at the reduced scale that keeps the side it is needed at
+    (`open_rgb`'s min_side), as `predict` and `evaluate` decode it. `modes` (from
     `cache_modes`, e.g. through the data plan) overrides `mode`. With `fill_now` the caches decode every image
     here, so with on_bad_image 'fail' an unreadable one stops the run before training starts; otherwise each
     image is decoded at its first look-up (in the first epoch), and an unreadable one is met there, as without
@@ -390,7 +392,7 @@ def image_decoders(splits: FolderSplits, prep: Preprocessing, mode: str, on_bad_
     if fill_now:
         stop_if_unreadable([message for cache, paths in ((eval_cache, evaluation), (train_cache, train))
                             if cache is not None for message in cache.fill(paths)], on_bad_image)
-    eval_decode = eval_cache.decode if eval_cache is not None else open_rgb
+    eval_decode = eval_cache.decode if eval_cache is not None else functools.partial(open_rgb, min_side=prep.resize_size)
     if not train:
         return eval_decode, eval_decode
     if train_cache is not None:
