@@ -194,14 +194,18 @@ def default_num_workers(device: torch.device, processes: int = 1) -> int:
     return min(4, cores // 4)
 
 
-def default_eval_batch_size(device: torch.device, batch_size: int) -> int:
-    """Batch for evaluation and feature extraction: on CPU at most max(8, threads), where inference runs fastest.
+def default_eval_batch_size(device: torch.device, batch_size: int, input_size: int = 224) -> int:
+    """Batch for evaluation and feature extraction: on CPU max(8, threads) at 224 px, larger in proportion to the
+    pixels saved at smaller inputs, at most batch_size. Elsewhere: batch_size.
 
-    Small batches keep a CPU's activations in cache (measured on 2 cores: 2.7x the images/s of batch 32 for
-    EfficientNet-Lite0, 1.3x for ResNet-18); eval-mode results do not depend on the batch. Elsewhere: batch_size.
+    Small batches keep a CPU's activations in cache (measured on 2 cores at 224 px: 2.7x the images/s of batch 32
+    for EfficientNet-Lite0, 1.3x for ResNet-18); at 32 px the activations of 128 images are those of 2.6 at 224 px,
+    and batch 8 ran ResNet-18 at a sixth of batch 128's images/s (docs/performance.md). Eval-mode results do not
+    depend on the batch.
     """
     if device.type == "cpu":
-        return min(batch_size, max(8, torch.get_num_threads()))
+        same_pixels = max(1, round((224 / max(1, input_size)) ** 2))
+        return min(batch_size, max(8, torch.get_num_threads()) * same_pixels)
     return batch_size
 
 

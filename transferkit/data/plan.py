@@ -90,7 +90,7 @@ class DataPlan:
         if source == "device_bank":
             workers_note = "no loader workers for training (images on the device)"
             reasons.append(workers_note)
-        eval_batch = d.eval_batch_size or default_eval_batch_size(device, d.batch_size)
+        eval_batch = d.eval_batch_size or default_eval_batch_size(device, d.batch_size, prep.input_size)
         return cls(source, train_cache, eval_cache, train_side, side if resident else 0, d.batch_size, eval_batch,
                    workers, d.sampler, reasons, fill, *sizes)
 
