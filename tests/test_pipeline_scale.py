@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import threading
 
 from rich.console import Console
 
@@ -14,13 +15,16 @@ from transferkit.recipe.load import validate
 from transferkit.run.assemble import assemble
 
 
-def _counting_decodes(monkeypatch) -> list[str]:
-    """The file names the decoded-image cache (and the uncached training path) decodes, in order."""
+def _counting_decodes(monkeypatch, threads: list[str] | None = None) -> list[str]:
+    """The file names the decoded-image cache (and the uncached training path) decodes, in order; the names of
+    the threads that decoded them go to `threads`."""
     names: list[str] = []
     real = cache.open_rgb
 
     def counting(path, *args, **kwargs):
         names.append(str(path).rsplit("/", 1)[-1])
+        if threads is not None:
+            threads.append(threading.current_thread().name)
         return real(path, *args, **kwargs)
     monkeypatch.setattr(cache, "open_rgb", counting)
     return names
@@ -56,3 +60,27 @@ def test_setup_decodes_nothing_and_training_images_over_the_budget_are_kept_on_d
     again = assemble(validate(tiny_recipe(root)), Console(file=io.StringIO()), progress=False)
     again.trainer.fit(again.train_loader, again.eval_loaders, 1)
     assert sorted(decodes) == test_files  # the evaluation images were held in the first run's memory only
+
+
+def test_read_ahead_decodes_on_a_thread_and_gives_the_batches_of_the_plain_loader(tmp_path, monkeypatch):
+    import torch
+
+    from transferkit.data.loading import ImageFileDataset, ReadAhead, make_loader
+    from transferkit.data.transforms import train_transform
+    from transferkit.model.preprocess import Preprocessing
+
+    root = make_image_folder(tmp_path / "data", per_class=(10, 1), size=(160, 120))
+    samples = [(path, 0) for path in sorted((root / "train").rglob("*.jpg"))]
+    transform = train_transform(Preprocessing(input_size=32, resize_size=37), validate(tiny_recipe(root)).data)
+    epochs, threads = [], []
+    decodes = _counting_decodes(monkeypatch, threads)
+    for ahead in (False, True):
+        images = cache.DecodedImages(cache.MemoryStore(), 114, "bilinear", shrink_only=True)
+        loader = make_loader(ImageFileDataset(samples, transform, images), 4, True, 0, 0, torch.device("cpu"))
+        if ahead:
+            loader = ReadAhead(loader, images.read_ahead)
+        loader.sampler.set_epoch(2)
+        epochs.append([batch.images for batch in loader])
+        assert images.decoded == len(images) == 20
+    assert all(torch.equal(a, b) for a, b in zip(*epochs)) and len(epochs[0]) == len(epochs[1]) == 5
+    assert len(decodes) == 40 and "transferkit-read-ahead" in threads[20:]  # each image once per loader

@@ -27,10 +27,11 @@ import os
 import random
 import shutil
 import stat
+import threading
 import zlib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterable
 
 import numpy as np
 import torch
@@ -40,7 +41,7 @@ from torchvision.transforms.v2 import functional as F
 
 from transferkit.data.folder import FolderSplits
 from transferkit.data.images import open_rgb
-from transferkit.data.loading import available_cores
+from transferkit.data.loading import ReadAhead, available_cores
 from transferkit.errors import DataError
 from transferkit.model.preprocess import Preprocessing
 
@@ -262,12 +263,26 @@ class DiskStore:
 
 
 class DecodedImages:
-    """path -> its decoded (3, H, W) uint8 tensor, decoded once and kept (`MemoryStore` or `DiskStore`); use
-    `decode` as ImageFileDataset's decode function. A file is decoded at its first look-up, or by `fill`."""
+    """path -> its decoded (3, H, W) uint8 tensor, decoded once and kept (`MemoryStore` or `DiskStore`); call it
+    as ImageFileDataset's decode function. A file is decoded at its first look-up, by `fill`, or ahead of use by
+    `read_ahead` on another thread; a file is never decoded twice at once (the second asker waits for the first).
+    """
 
     def __init__(self, store: MemoryStore | DiskStore, size: int, interpolation: str, shrink_only: bool = False):
         self.store, self.size, self.interpolation, self.shrink_only = store, size, interpolation, shrink_only
         self.decoded = 0  # files this process decoded (not read back)
+        self._init_threading()
+
+    def _init_threading(self) -> None:
+        self._lock = threading.Condition()
+        self._claimed: set[str] = set()  # files a thread is decoding now
+
+    def __getstate__(self) -> dict:
+        return {k: v for k, v in self.__dict__.items() if k not in ("_lock", "_claimed")}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._init_threading()
 
     def __len__(self) -> int:
         return len(self.store)
@@ -287,17 +302,59 @@ class DecodedImages:
         self.decoded += len(missing)
         return [entry for entry in map(self.store.get, names) if isinstance(entry, str)]
 
-    def decode(self, path: str | Path) -> torch.Tensor:
+    def __call__(self, path: str | Path) -> torch.Tensor:
         """The kept image of `path` as a (3, H, W) uint8 tensor, decoding it first if needed; DataError with the
         original message if unreadable."""
         name = os.path.abspath(path)
-        entry = self.store.get(name)
+        with self._lock:
+            while name in self._claimed:  # the read-ahead thread is decoding it: wait rather than decode it twice
+                self._lock.wait()
+            entry = self.store.get(name)
+            if entry is None:
+                self._claimed.add(name)
         if entry is None:
-            entry = self.store.put(name, _decode_or_error(name, self.size, self.interpolation, self.shrink_only))
-            self.decoded += 1
+            entry = self._decode_claimed(name)
         if isinstance(entry, str):
             raise DataError(entry)
         return entry.permute(2, 0, 1)  # a channels-last view: uint8 resizes run fastest on this layout
+
+    decode = __call__
+
+    def read_ahead(self, paths: Iterable[str | Path], stop: threading.Event) -> None:
+        """Decode and keep the files not kept yet, in the order given, until done or `stop` is set (a thread's
+        work: `with_read_ahead`)."""
+        for path in paths:
+            if stop.is_set():
+                return
+            name = os.path.abspath(path)
+            with self._lock:
+                if name in self._claimed or self.store.has(name):
+                    continue
+                self._claimed.add(name)
+            self._decode_claimed(name)
+
+    def _decode_claimed(self, name: str) -> torch.Tensor | str:
+        """Decode a file this thread claimed and keep it; release the claim and wake the threads waiting for it
+        (who decode it themselves if this failed)."""
+        entry = None
+        try:
+            result = _decode_or_error(name, self.size, self.interpolation, self.shrink_only)
+            with self._lock:
+                entry = self.store.put(name, result)
+            return entry
+        finally:
+            with self._lock:
+                self._claimed.discard(name)
+                self.decoded += entry is not None
+                self._lock.notify_all()
+
+
+def with_read_ahead(loader, decode):
+    """`loader` with a thread decoding its images ahead into the cache (`ReadAhead`) when `decode` is a
+    DecodedImages and the loader has no worker processes; else `loader` as it is."""
+    if isinstance(decode, DecodedImages) and getattr(loader, "num_workers", 1) == 0:
+        return ReadAhead(loader, decode.read_ahead)
+    return loader
 
 
 def build_cache(paths: list[str | Path], size: int, interpolation: str, mode: str = "auto",
@@ -392,11 +449,11 @@ def image_decoders(splits: FolderSplits, prep: Preprocessing, mode: str, on_bad_
     if fill_now:
         stop_if_unreadable([message for cache, paths in ((eval_cache, evaluation), (train_cache, train))
                             if cache is not None for message in cache.fill(paths)], on_bad_image)
-    eval_decode = eval_cache.decode if eval_cache is not None else functools.partial(open_rgb, min_side=prep.resize_size)
+    eval_decode = eval_cache if eval_cache is not None else functools.partial(open_rgb, min_side=prep.resize_size)
     if not train:
         return eval_decode, eval_decode
     if train_cache is not None:
-        return train_cache.decode, eval_decode
+        return train_cache, eval_decode
     return functools.partial(open_rgb, min_side=train_size), eval_decode
 
 

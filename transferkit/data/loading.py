@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, NamedTuple
@@ -148,6 +149,34 @@ class EpochSampler(Sampler):
 
     def __iter__(self):
         return iter(self.shard.take(self.global_order(), self.batch))
+
+
+class ReadAhead:
+    """A DataLoader without worker processes, with a thread that decodes its images ahead, in the order the
+    loader will ask for them (`fill(paths, stop)`: the decoded-image cache's `read_ahead`). JPEG decoding then
+    overlaps the training step; cropping, which draws random numbers, stays in the loop, so the batches are
+    the same. Everything else (len, sampler, dataset) is the loader's."""
+
+    def __init__(self, loader: DataLoader, fill: Callable):
+        self.loader, self.fill = loader, fill
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __getattr__(self, name: str):
+        return getattr(self.__dict__["loader"], name)
+
+    def __iter__(self):
+        samples = self.loader.dataset.samples
+        paths = [samples[index][0] for index, _ in self.loader.sampler]  # this epoch's order (after a resume's skip)
+        stop = threading.Event()
+        thread = threading.Thread(target=self.fill, args=(paths, stop), daemon=True, name="transferkit-read-ahead")
+        thread.start()
+        try:
+            yield from self.loader
+        finally:
+            stop.set()
+            thread.join()
 
 
 def batch_to_device(batch: Batch, device: torch.device, channels_last: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
