@@ -87,6 +87,8 @@ class DataPlan:
         fill = "setup" if workers > 1 and "memory" in (train_cache, eval_cache) else "first use"
         if fill == "setup":
             reasons.append(f"decoded-image cache filled at set-up: {workers} loader workers would each fill a copy")
+        elif workers == 0 and source != "feature_cache" and {train_cache, eval_cache} & {"memory", "disk"}:
+            reasons.append("no loader workers: a thread decodes the images ahead of the loop into the cache")
         if source == "device_bank":
             workers_note = "no loader workers for training (images on the device)"
             reasons.append(workers_note)
