@@ -22,13 +22,18 @@ Before each transferkit run its decoded-image disk cache under the data folder (
 `--warm-cache`, so every run pays what a first run pays.
 
 What is measured, for the process and all its descendants (the allocator re-exec, DataLoader workers):
-  wall_seconds         from start to exit, as the parent sees it (imports and start-up included);
-  peak_tree_pss_mib    the highest sum of PSS over the process tree, sampled every 0.25 s from
-                       /proc/PID/smaps_rollup: pages a forked worker shares with its parent count once;
-  peak_tree_rss_mib    the highest sum of VmRSS over the tree, same samples (shared pages count in each);
-  max_rss_mib          ru_maxrss from wait4: the largest single process of the tree, as the kernel counts it
-                       (what /usr/bin/time -v prints); not sampled, so no peak between samples is missed;
-  cpu_seconds          user + system CPU of the whole tree (wait4's rusage).
+  wall_seconds             from start to exit, as the parent sees it (imports and start-up included);
+  peak_tree_footprint_mib  the highest footprint of the tree, sampled every 0.25 s from /proc/PID/smaps_rollup:
+                           every process's private pages plus the root process's shared ones, so a page a
+                           forked worker shares with its parent counts once and no page is split with
+                           unrelated processes (the goal's measure);
+  max_rss_mib              ru_maxrss from wait4: the largest single process of the tree, as the kernel counts
+                           it (what /usr/bin/time -v prints, and what the issue measured); not sampled, so no
+                           peak between samples is missed;
+  peak_tree_pss_mib        the highest summed PSS, same samples: shared pages divided among every process
+                           mapping them, other users' included, so it moves with what else runs;
+  peak_tree_rss_mib        the highest summed VmRSS, same samples: shared pages counted in each process;
+  cpu_seconds              user + system CPU of the whole tree (wait4's rusage).
 The load average before and after each side is recorded beside it (the machine is shared). transferkit's
 own split of its time (setup, data wait, steps, evaluation) and its data plan come from its run folder.
 The JSON goes to benchmarks/results/folder_scale_<N>k_<date>.json (`--json` to choose).
@@ -51,8 +56,9 @@ from multiprocessing import Pool
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
 sys.path.insert(0, str(HERE))
-from memory import tree_pss_mib, tree_rss_mib  # noqa: E402
+from memory import _children  # noqa: E402
 
 WIDTH, HEIGHT = 500, 375
 NOISE_SIDE = 1024  # one noise field, cut at a different offset for every photo
@@ -145,13 +151,44 @@ def _write_sample(label: int, classes: int) -> int:
 
 # --- measuring a process tree -------------------------------------------------------------------------
 
+def _rollup_kib(pid: int) -> dict[str, int]:
+    """Rss, Pss, Private and Shared (clean + dirty) of one process in KiB, from /proc/PID/smaps_rollup."""
+    fields: dict[str, int] = {}
+    try:
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()[1:]:
+            name, value = line.split(":", 1)
+            fields[name] = int(value.split()[0])
+    except (OSError, ValueError, IndexError):
+        return {}
+    return {"rss": fields.get("Rss", 0), "pss": fields.get("Pss", 0),
+            "private": fields.get("Private_Clean", 0) + fields.get("Private_Dirty", 0),
+            "shared": fields.get("Shared_Clean", 0) + fields.get("Shared_Dirty", 0)}
+
+
+def tree_memory_mib(root: int) -> dict[str, float]:
+    """Of a process and all its descendants, in MiB: summed RSS, summed PSS, and the footprint (every process's
+    private pages plus the root's shared ones: a forked worker's pages shared with its parent count once, and
+    unlike PSS no page is divided with unrelated processes that map the same libraries)."""
+    totals = {"rss": 0, "pss": 0, "footprint": 0}
+    todo = [root]
+    while todo:
+        pid = todo.pop()
+        fields = _rollup_kib(pid)
+        if fields:
+            totals["rss"] += fields["rss"]
+            totals["pss"] += fields["pss"]
+            totals["footprint"] += fields["private"] + (fields["shared"] if pid == root else 0)
+        todo += _children(pid)
+    return {key: value / 1024 for key, value in totals.items()}
+
+
 class TreeSampler:
-    """Peak summed PSS and RSS of a process and its descendants, sampled every `every` s on a thread."""
+    """Peaks of `tree_memory_mib` of a process, sampled every `every` s on a thread, and a timeline."""
 
     def __init__(self, pid: int, every: float = 0.25, keep_every: int = 8):
         self.pid, self.every, self.keep_every = pid, every, keep_every
-        self.peak_pss = self.peak_rss = 0.0
-        self.timeline: list[tuple[float, float, float]] = []  # (seconds, tree PSS MiB, tree RSS MiB), every 2 s
+        self.peak = {"rss": 0.0, "pss": 0.0, "footprint": 0.0}
+        self.timeline: list[tuple[float, int, int, int]] = []  # (seconds, footprint, PSS, RSS) in MiB, every 2 s
         self._stop = threading.Event()
         self._start = time.perf_counter()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -160,10 +197,11 @@ class TreeSampler:
     def _run(self) -> None:
         count = 0
         while not self._stop.is_set():
-            pss, rss = tree_pss_mib(self.pid), tree_rss_mib(self.pid)
-            self.peak_pss, self.peak_rss = max(self.peak_pss, pss), max(self.peak_rss, rss)
-            if count % self.keep_every == 0 and pss:
-                self.timeline.append((round(time.perf_counter() - self._start, 1), round(pss), round(rss)))
+            now = tree_memory_mib(self.pid)
+            self.peak = {key: max(value, now[key]) for key, value in self.peak.items()}
+            if count % self.keep_every == 0 and now["rss"]:
+                self.timeline.append((round(time.perf_counter() - self._start, 1), round(now["footprint"]),
+                                      round(now["pss"]), round(now["rss"])))
             count += 1
             self._stop.wait(self.every)
 
@@ -179,11 +217,12 @@ def load_average() -> list[float]:
 
 
 def measured(command: list[str], env: dict, log: Path) -> dict:
-    """Run `command` to its end; its wall time, peak memory (see the module's doc), CPU and load averages."""
+    """Run `command` to its end in the log's folder (so `python -m` imports nothing from the working directory);
+    its wall time, peak memory (see the module's doc), CPU and load averages."""
     before = load_average()
     start = time.perf_counter()
     with open(log, "w") as out:
-        process = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT, cwd=log.parent)
         sampler = TreeSampler(process.pid)
         _, status, usage = os.wait4(process.pid, 0)
     wall = time.perf_counter() - start
@@ -192,8 +231,9 @@ def measured(command: list[str], env: dict, log: Path) -> dict:
     if process.returncode:
         sys.stderr.write(log.read_text()[-4000:])
         raise SystemExit(f"{command[:4]}... exited with {process.returncode}; its output is above")
-    return {"wall_seconds": round(wall, 1), "peak_tree_pss_mib": round(sampler.peak_pss),
-            "peak_tree_rss_mib": round(sampler.peak_rss), "max_rss_mib": round(usage.ru_maxrss / 1024),
+    return {"wall_seconds": round(wall, 1), "peak_tree_footprint_mib": round(sampler.peak["footprint"]),
+            "peak_tree_pss_mib": round(sampler.peak["pss"]), "peak_tree_rss_mib": round(sampler.peak["rss"]),
+            "max_rss_mib": round(usage.ru_maxrss / 1024),
             "cpu_seconds": round(usage.ru_utime + usage.ru_stime, 1), "load_before": before,
             "load_after": load_average(), "memory_timeline": sampler.timeline}
 
@@ -265,7 +305,7 @@ def run_transferkit(raw: dict, scratch: Path, warm_cache: bool, code: Path | Non
     recipe_file, out = scratch / "recipe.yaml", scratch / "runs"
     recipe_file.write_text(yaml.safe_dump(raw))
     shutil.rmtree(out, ignore_errors=True)
-    env = dict(os.environ, **({"PYTHONPATH": str(code)} if code else {}))
+    env = dict(os.environ, PYTHONPATH=str(code or REPO))
     row = measured([sys.executable, "-m", "transferkit.cli", "run", str(recipe_file), "--output", str(out),
                     "--no-progress", *(arg for item in overrides for arg in ("--set", item))], env,
                    scratch / "transferkit.log")
@@ -289,14 +329,15 @@ def summarise(rows: list[dict]) -> dict:
     return {side: {"speedup": round(best("plain", "wall_seconds") / best(side, "wall_seconds"), 3),
                    **{f"memory_ratio_{key.removeprefix('peak_').removesuffix('_mib')}":
                       round(best(side, key) / best("plain", key), 3)
-                      for key in ("peak_tree_pss_mib", "peak_tree_rss_mib", "max_rss_mib")}}
+                      for key in ("peak_tree_footprint_mib", "max_rss_mib", "peak_tree_pss_mib", "peak_tree_rss_mib")}}
             for side in sorted(sides - {"plain"})}
 
 
 def print_row(row: dict) -> None:
     """One side's figures on a line, transferkit's time split on the next."""
-    print(f"  {row['side']:<12} {row['wall_seconds']:7.0f} s  tree PSS {row['peak_tree_pss_mib'] / 1024:5.2f} GiB  "
-          f"tree RSS {row['peak_tree_rss_mib'] / 1024:5.2f} GiB  largest process {row['max_rss_mib'] / 1024:5.2f} GiB  "
+    print(f"  {row['side']:<12} {row['wall_seconds']:7.0f} s  footprint {row['peak_tree_footprint_mib'] / 1024:5.2f} GiB  "
+          f"largest process {row['max_rss_mib'] / 1024:5.2f} GiB  tree PSS {row['peak_tree_pss_mib'] / 1024:5.2f} GiB  "
+          f"tree RSS {row['peak_tree_rss_mib'] / 1024:5.2f} GiB  "
           f"CPU {row['cpu_seconds']:.0f} s  test acc {row.get('test_accuracy') or 0:.3f}  "
           f"load {row['load_before'][0]:.1f} -> {row['load_after'][0]:.1f}", flush=True)
     t = row.get("time")
