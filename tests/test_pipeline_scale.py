@@ -84,3 +84,24 @@ def test_read_ahead_decodes_on_a_thread_and_gives_the_batches_of_the_plain_loade
         assert images.decoded == len(images) == 20
     assert all(torch.equal(a, b) for a, b in zip(*epochs)) and len(epochs[0]) == len(epochs[1]) == 5
     assert len(decodes) == 40 and "transferkit-read-ahead" in threads[20:]  # each image once per loader
+
+
+def test_disk_store_is_shared_through_its_journal_and_ignores_damaged_records(tmp_path):
+    import numpy as np
+
+    first, second = (tmp_path / name for name in ("first.jpg", "second.jpg"))
+    first.write_bytes(b"a"), second.write_bytes(b"bb")  # the store keys on each file's size and mtime
+    one, other = cache.DiskStore(tmp_path / "c"), cache.DiskStore(tmp_path / "c")  # two processes, in effect
+    pixels = np.arange(2 * 3 * 3, dtype=np.uint8).reshape(2, 3, 3)
+    one.put(str(first), pixels)
+    other.put(str(second), f"{second}: broken")
+    assert other.get(str(first)).numpy().tolist() == pixels.tolist() and one.get(str(second)) == f"{second}: broken"
+    with open(tmp_path / "c" / "journal.jsonl", "ab") as journal:
+        journal.write(b'["torn by a killed run", 1')
+    data = bytearray((tmp_path / "c" / "pixels.u8").read_bytes())
+    data[0] ^= 0xFF
+    (tmp_path / "c" / "pixels.u8").write_bytes(data)
+    fresh = cache.DiskStore(tmp_path / "c")
+    assert fresh.get(str(first)) is None and fresh.get(str(second)) == f"{second}: broken"  # CRC fails: decode again
+    second.write_bytes(b"changed")
+    assert not fresh.has(str(second))  # a file changed since it was decoded

@@ -255,8 +255,12 @@ class DiskStore:
                     if os.write(pixels, data) != len(data):
                         raise OSError("short write (disk full?)")
                     record[3] = os.lseek(pixels, 0, os.SEEK_CUR) - len(data)  # where O_APPEND put this write
-                os.write(journal, (json.dumps(record) + "\n").encode())
+                line = (json.dumps(record) + "\n").encode()
+                os.write(journal, line)
                 self.index[path] = record[1:]
+                end = os.lseek(journal, 0, os.SEEK_CUR)
+                if end - len(line) == self._read_to:  # nobody else wrote since the last look: skip our own line
+                    self._read_to = end
             except OSError as exc:
                 self.write_error = f"{self.folder}: {exc}"
         return result if isinstance(result, str) else torch.from_numpy(result)
