@@ -137,13 +137,18 @@ def is_writable_dir(path: Path) -> bool:
 
 def disk_cache_dir(data_root: Path | None, size: int, interpolation: str, shrink_only: bool = False) -> Path:
     """Where the disk cache lives: `.transferkit-cache/` in the data folder, or the TRANSFERKIT cache dir if read-only."""
-    name = f"decoded2-{'max' if shrink_only else ''}{size}-{interpolation}"  # 2: the journal format, JPEG drafts
+    name = cache_key(size, interpolation, shrink_only)
     if data_root is not None and is_writable_dir(data_root):
         return data_root / CACHE_FOLDER / name
     from transferkit.download import data_cache_dir
 
     origin = str(data_root.resolve()) if data_root is not None else "no-root"
     return data_cache_dir() / "decoded" / f"{hashlib.sha1(origin.encode()).hexdigest()[:16]}-{name}"
+
+
+def cache_key(size: int, interpolation: str, shrink_only: bool = False) -> str:
+    """'decoded2-[max]<size>-<interpolation>': the name of a cache's decoding (and of its disk folder)."""
+    return f"decoded2-{'max' if shrink_only else ''}{size}-{interpolation}"  # 2: the journal format, JPEG drafts
 
 
 class MemoryStore:
@@ -274,6 +279,7 @@ class DecodedImages:
 
     def __init__(self, store: MemoryStore | DiskStore, size: int, interpolation: str, shrink_only: bool = False):
         self.store, self.size, self.interpolation, self.shrink_only = store, size, interpolation, shrink_only
+        self.key = cache_key(size, interpolation, shrink_only)  # how the images are decoded: equal keys, equal pixels
         self.decoded = 0  # files this process decoded (not read back)
         self._init_threading()
 
@@ -361,13 +367,29 @@ def with_read_ahead(loader, decode):
     return loader
 
 
+class DecodedMemo:
+    """Memory caches kept across the runs of one process (the folds of `transferkit cv`): each image is decoded
+    once per size, however many runs read it. (Disk caches are shared through their files already.)"""
+
+    def __init__(self):
+        self._caches: dict[str, DecodedImages] = {}
+
+    def memory_cache(self, size: int, interpolation: str, shrink_only: bool = False) -> DecodedImages:
+        """The shared memory cache of this decoding (made empty the first time)."""
+        key = cache_key(size, interpolation, shrink_only)
+        if key not in self._caches:
+            self._caches[key] = DecodedImages(MemoryStore(), size, interpolation, shrink_only)
+        return self._caches[key]
+
+
 def build_cache(paths: list[str | Path], size: int, interpolation: str, mode: str = "auto",
                 data_root: Path | None = None, threads: int | None = None, shrink_only: bool = False,
-                extra_bytes: int = 0, fill_now: bool = True) -> DecodedImages | None:
+                extra_bytes: int = 0, fill_now: bool = True, memo: DecodedMemo | None = None) -> DecodedImages | None:
     """The decoded-image cache data.cache asks for; auto: memory when it fits the budget, else disk when that
     fits, else none. With `fill_now` every file is decoded here (on `threads` threads), else at its first use.
 
-    `extra_bytes`: memory another cache of the same run takes, counted against auto's memory budget.
+    `extra_bytes`: memory another cache of the same run takes, counted against auto's memory budget. `memo`: a
+    memory cache is shared with the other runs of this process.
     """
     if mode == "none" or not paths:
         return None
@@ -376,8 +398,11 @@ def build_cache(paths: list[str | Path], size: int, interpolation: str, mode: st
         mode = auto_cache_mode([os.path.abspath(p) for p in paths], size, folder, shrink_only, extra_bytes)
         if mode == "none":
             return None
-    store = MemoryStore() if mode == "memory" else DiskStore(folder)
-    cache = DecodedImages(store, size, interpolation, shrink_only)
+    if mode == "memory" and memo is not None:
+        cache = memo.memory_cache(size, interpolation, shrink_only)
+    else:
+        store = MemoryStore() if mode == "memory" else DiskStore(folder)
+        cache = DecodedImages(store, size, interpolation, shrink_only)
     if fill_now:
         cache.fill([str(p) for p in paths], threads)
     return cache
@@ -433,7 +458,7 @@ def cache_modes(splits: FolderSplits, prep: Preprocessing, mode: str, train_size
 
 def image_decoders(splits: FolderSplits, prep: Preprocessing, mode: str, on_bad_image: str = "skip",
                    train_size: int | None = None, modes: tuple[str, str] | None = None,
-                   fill_now: bool = True) -> tuple[Callable, Callable]:
+                   fill_now: bool = True, memo: DecodedMemo | None = None) -> tuple[Callable, Callable]:
     """(decode for training images, decode for evaluation images): open_rgb, or look-ups in the decoded-image cache.
 
     Evaluation images are cached at the eval resize; training images with their shorter side shrunk to at
@@ -443,13 +468,14 @@ def image_decoders(splits: FolderSplits, prep: Preprocessing, mode: str, on_bad_
     `cache_modes`, e.g. through the data plan) overrides `mode`. With `fill_now` the caches decode every image
     here, so with on_bad_image 'fail' an unreadable one stops the run before training starts; otherwise each
     image is decoded at its first look-up (in the first epoch), and an unreadable one is met there, as without
-    a cache.
+    a cache. `memo`: memory caches shared with the other runs of this process.
     """
     train, evaluation = _cached_sides(splits, train_size)
     train_mode, eval_mode = modes or cache_modes(splits, prep, mode, train_size)
-    eval_cache = build_cache(evaluation, prep.resize_size, prep.interpolation, eval_mode, splits.root, fill_now=False)
+    eval_cache = build_cache(evaluation, prep.resize_size, prep.interpolation, eval_mode, splits.root,
+                             fill_now=False, memo=memo)
     train_cache = build_cache(train, train_size, prep.interpolation, train_mode, splits.root, shrink_only=True,
-                              fill_now=False)
+                              fill_now=False, memo=memo)
     if fill_now:
         stop_if_unreadable([message for cache, paths in ((eval_cache, evaluation), (train_cache, train))
                             if cache is not None for message in cache.fill(paths)], on_bad_image)
