@@ -105,3 +105,52 @@ def test_disk_store_is_shared_through_its_journal_and_ignores_damaged_records(tm
     assert fresh.get(str(first)) is None and fresh.get(str(second)) == f"{second}: broken"  # CRC fails: decode again
     second.write_bytes(b"changed")
     assert not fresh.has(str(second))  # a file changed since it was decoded
+
+
+def test_with_two_workers_a_memory_cache_is_filled_at_setup_and_an_unreadable_image_stops_it_there(tmp_path,
+                                                                                                      monkeypatch):
+    import pytest
+
+    from transferkit.errors import DataError
+
+    root = make_image_folder(tmp_path / "data", per_class=(6, 2), size=(80, 60))
+    decodes = _counting_decodes(monkeypatch)
+    raw = tiny_recipe(root, train={"epochs": 2}, data={"num_workers": 2})
+    parts = assemble(validate(raw), Console(file=io.StringIO()), progress=False)
+    plan = parts.plan.to_dict()
+    assert (plan["train_cache"], plan["eval_cache"], plan["cache_fill"]) == ("memory", "memory", "setup")
+    assert len(decodes) == 16  # every image decoded once, in this process, before the workers would start
+    for name in ("cat_0.jpg", "cat_1.jpg"):
+        (root / "train" / "cat" / name).write_bytes(b"not a jpeg")
+    with pytest.raises(DataError, match="2 unreadable images in all"):  # before any training step
+        assemble(validate(raw), Console(file=io.StringIO()), progress=False)
+
+
+def test_runs_sharing_a_memo_decode_each_image_once_and_sgd_uses_the_fused_cpu_kernel(tmp_path, monkeypatch):
+    import torch
+
+    from transferkit.optim.optimizers import build_optimizer
+
+    root = make_image_folder(tmp_path / "data", per_class=(3, 1), size=(80, 60))
+    paths = [str(p) for p in sorted(root.rglob("*.jpg"))]
+    decodes = _counting_decodes(monkeypatch)
+    memo = cache.DecodedMemo()
+    first = cache.build_cache(paths[:4], 36, "bilinear", "memory", fill_now=True, memo=memo)
+    second = cache.build_cache(paths, 36, "bilinear", "memory", fill_now=True, memo=memo)  # a later fold
+    assert second is first and len(decodes) == len(paths)  # the first four were not decoded again
+    assert cache.build_cache(paths, 37, "bilinear", "memory", memo=memo) is not first  # another size
+
+    spec = validate(tiny_recipe(root, optimizer={"momentum": 0.9, "weight_decay": 1e-4})).optimizer
+    torch.manual_seed(0)
+    nets = [torch.nn.Linear(5, 3) for _ in range(2)]
+    nets[1].load_state_dict(nets[0].state_dict())
+    fused = build_optimizer(spec, [{"params": list(nets[0].parameters())}])
+    plain = torch.optim.SGD(nets[1].parameters(), lr=spec.lr, momentum=0.9, weight_decay=1e-4)
+    assert fused.param_groups[0]["fused"] and not plain.param_groups[0]["fused"]
+    for _ in range(3):
+        x = torch.randn(4, 5)
+        for net, step in zip(nets, (fused, plain)):
+            step.zero_grad()
+            net(x).square().sum().backward()
+            step.step()
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(nets[0].parameters(), nets[1].parameters()))
