@@ -39,7 +39,9 @@ from rich.console import Console
 from transferkit.recipe.load import validate
 from transferkit.run.assemble import assemble
 parts = assemble(validate(yaml.safe_load(open(sys.argv[1]))), Console(file=io.StringIO()), progress=False)
-print(len(parts.splits.train), parts.plan.train_cache, parts.plan.eval_cache)
+plan = parts.plan
+print(len(parts.splits.train), "images; train cache", plan.train_cache, plan.train_cache_bytes, "B; eval cache",
+      plan.eval_cache, plan.eval_cache_bytes, "B;", plan.cache_fill)
 """
 
 SETUP_PLAIN = """
