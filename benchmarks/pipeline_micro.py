@@ -137,7 +137,7 @@ def scan(folders: list[Path], rounds: int) -> list[dict]:
     return rows
 
 
-def optimizer(rounds: int, steps: int = 20) -> list[dict]:
+def optimizer(rounds: int, steps: int = 10) -> list[dict]:
     """Milliseconds per SGD step over ResNet-18's parameters, PyTorch's CPU default against fused."""
     import torch
     import torchvision
