@@ -106,7 +106,7 @@ def scan_split_folder(split_dir: Path, role: str = TRAIN, classes: list[str] | N
 def _files_under(folder: str, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
     """The files below `folder` (links to files included, linked folders not entered, as Path.rglob), each as the
     tuple of its path's parts relative to `folder`. os.scandir with strings: a Path per file made while walking
-    cost 5x the time and 3x the memory of the final list (docs/performance.md, "The folder pipeline at scale")."""
+    cost more time and memory (measured in docs/performance.md, "The folder pipeline at scale")."""
     found = []
     with os.scandir(folder) as entries:
         for entry in entries:

@@ -66,7 +66,7 @@ class ImageFileDataset(Dataset):
         # Seeding per sample makes augmentation a function of (seed, epoch, index): identical whatever
         # the worker count, and after a resume. The transforms draw from the CPU generator only; saving and
         # restoring its state keeps the caller's stream untouched (torch.random.fork_rng with torch.manual_seed,
-        # which also visits every device backend, cost 0.17 ms a sample: docs/performance.md).
+        # which also visits every device backend, cost far more a sample: docs/performance.md).
         generator = torch.default_generator
         state = generator.get_state()
         generator.manual_seed(aug_seed)
