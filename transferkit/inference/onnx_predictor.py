@@ -55,7 +55,7 @@ class OnnxPredictor(Predictor):
             raise CheckpointError(f"{self.source}: not a readable ONNX model ({reason}); export it again") from None
         exported = read_export_metadata(self.session.get_modelmeta().custom_metadata_map, self.source, "ONNX")
         self.classes, self.preprocessing = exported.classes, exported.preprocessing
-        self.recipe, self.task = exported.recipe, exported.task
+        self.recipe, self.task, self.format = exported.recipe, exported.task, exported.format
         self.input_name = self.session.get_inputs()[0].name
         self.batch_size = batch_size or (8 if self.device.type == "cpu" else 64)
         self.decode_threads = decode_threads or default_decode_threads(self.device)

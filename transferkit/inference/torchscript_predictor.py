@@ -51,7 +51,7 @@ class TorchScriptPredictor(Predictor):
         meta = json.loads(raw) if raw else {}
         exported = read_export_metadata(meta, self.source, "TorchScript")
         self.classes, self.preprocessing = exported.classes, exported.preprocessing
-        self.recipe, self.task = exported.recipe, exported.task
+        self.recipe, self.task, self.format = exported.recipe, exported.task, exported.format
         self.batch_size = batch_size or (8 if self.device.type == "cpu" else 64)
         self.decode_threads = decode_threads or default_decode_threads(self.device)
 
