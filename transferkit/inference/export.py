@@ -212,7 +212,7 @@ class Exporter:
         path = Path(path).expanduser() if path else RunDir(self.predictor.source.parent).export(fmt)
         suffix = SUFFIXES.get(fmt)
         if suffix and path.suffix.lower() != suffix:
-            raise ExportError(f"--output {path}: a {fmt} export is a {suffix} file (predict and load know it by "
+            raise ExportError(f"--output {path}: an {fmt} export is a {suffix} file (predict and load know it by "
                               f"that); name it {path.with_suffix(suffix).name}")
         missing = spec.missing()
         if missing:

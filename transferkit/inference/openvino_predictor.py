@@ -9,7 +9,6 @@ import numpy as np
 import torch
 
 from transferkit.errors import TransferkitError
-from transferkit.inference.batches import default_decode_threads
 from transferkit.inference.export_openvino import openvino, read_rt_metadata
 from transferkit.inference.onnx_metadata import read_export_metadata
 from transferkit.inference.predictor import Predictor
@@ -35,14 +34,11 @@ class OpenVinoPredictor(Predictor):
             reason = " ".join(str(exc).split())[:200]
             raise CheckpointError(f"{self.source}: not a readable OpenVINO IR ({reason}); export it again") from None
         exported = read_export_metadata(read_rt_metadata(model), self.source, "OpenVINO")
-        self.classes, self.preprocessing = exported.classes, exported.preprocessing
-        self.recipe, self.task, self.format = exported.recipe, exported.task, exported.format
         # fp32 arithmetic: on CPUs with bf16 units OpenVINO would otherwise compute in bf16, off the checked answers
         self.compiled = core.compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
         self.request = self.compiled.create_infer_request()
         self.device = torch.device("cpu")
-        self.batch_size = batch_size or 8
-        self.decode_threads = decode_threads or default_decode_threads(self.device)
+        self.adopt_export(exported, batch_size, decode_threads)
 
     def logits(self, images: torch.Tensor) -> np.ndarray:
         """Class logits (N, C) of uint8 (N, 3, S, S) images, from the OpenVINO runtime."""
