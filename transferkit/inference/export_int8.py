@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import shutil
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -56,19 +58,43 @@ def head_nodes(proto) -> list[str]:
     return names
 
 
-def write_int8(fp32: Path, path: Path, metadata: dict[str, str], images: torch.Tensor) -> None:
-    """Static int8 (QDQ: quantize/dequantize pairs around each quantized operator, weights per output channel)
-    from the fp32 ONNX file; activation ranges from `images` (uint8, N, 3, S, S) by min-max calibration."""
-    q = quantization()
-    input_name = onnx_module().load(str(fp32), load_external_data=False).graph.input[0].name
+@dataclass(frozen=True)
+class Int8Options:
+    """How ONNX Runtime quantizes: the defaults are what `export --format onnx-int8` writes (why: docs/performance.md)."""
+
+    quant_format: str = "QDQ"  # QDQ (quantize/dequantize pairs the runtime fuses) or QOperator (QLinearConv, ...)
+    per_channel: bool = True  # a weight scale per output channel, not one per tensor
+    activation_type: str = "QUInt8"
+    weight_type: str = "QInt8"
+    calibrate_method: str = "MinMax"  # MinMax, Entropy or Percentile
+    reduce_range: bool = False  # 7-bit weights, for CPUs without VNNI
+    pre_process: bool = True  # quant_pre_process: shape inference and ORT's graph fusions before quantizing
+    head_in_fp32: bool = True  # leave the classifier head unquantized (see head_nodes)
+    extra_options: tuple[tuple[str, object], ...] = ()
+
+    def arguments(self, q, prepared) -> dict:
+        """quantize_static's keyword arguments for these options."""
+        return {"quant_format": getattr(q.QuantFormat, self.quant_format), "per_channel": self.per_channel,
+                "activation_type": getattr(q.QuantType, self.activation_type),
+                "weight_type": getattr(q.QuantType, self.weight_type), "reduce_range": self.reduce_range,
+                "calibrate_method": getattr(q.CalibrationMethod, self.calibrate_method),
+                "nodes_to_exclude": head_nodes(prepared) if self.head_in_fp32 else [],
+                "extra_options": {"CalibMaxIntermediateOutputs": CALIBRATION_FLUSH, **dict(self.extra_options)}}
+
+
+def write_int8(fp32: Path, path: Path, metadata: dict[str, str], images: torch.Tensor,
+               options: Int8Options | None = None) -> None:
+    """Static int8 from the fp32 ONNX file, activation ranges calibrated on `images` (uint8, N, 3, S, S); by
+    default QDQ, weights per output channel, min-max ranges, the head in fp32."""
+    q, onnx, options = quantization(), onnx_module(), options or Int8Options()
+    input_name = onnx.load(str(fp32), load_external_data=False).graph.input[0].name
     with tempfile.TemporaryDirectory(prefix="transferkit-int8-") as work:
         prepared = Path(work) / "prepared.onnx"
-        # shape inference and ORT's graph fusions first, so calibration and quantization see the final operators
-        q.shape_inference.quant_pre_process(str(fp32), str(prepared), skip_symbolic_shape=True)
+        if options.pre_process:
+            q.shape_inference.quant_pre_process(str(fp32), str(prepared), skip_symbolic_shape=True)
+        else:
+            shutil.copyfile(fp32, prepared)
         quantized = Path(work) / "int8.onnx"
         q.quantize_static(str(prepared), str(quantized), calibration_reader(images, input_name),
-                          quant_format=q.QuantFormat.QDQ, per_channel=True, activation_type=q.QuantType.QUInt8,
-                          weight_type=q.QuantType.QInt8, calibrate_method=q.CalibrationMethod.MinMax,
-                          nodes_to_exclude=head_nodes(onnx_module().load(str(prepared))),
-                          extra_options={"CalibMaxIntermediateOutputs": CALIBRATION_FLUSH})
-        save_with_metadata(onnx_module().load(str(quantized)), path, metadata)
+                          **options.arguments(q, onnx.load(str(prepared))))
+        save_with_metadata(onnx.load(str(quantized)), path, metadata)
