@@ -85,6 +85,7 @@ def chart_png(result: BenchmarkResult) -> bytes:
         ax.set_title(title, fontsize=10)
         ax.set_xlim(0, max([v + (w or 0) for v, w in zip(values, whiskers or [0] * len(values))] + [1e-9]) * 1.25)
         ax.grid(axis="x", alpha=0.3)
+    axes[2].set_xlim(0, 1.15)  # room for the label of a perfect score
     fig.suptitle(_title(result), fontsize=9)
     fig.tight_layout()
     buffer = io.BytesIO()
