@@ -75,6 +75,7 @@ def main() -> None:
     parser.add_argument("--calibration", type=int, default=200)
     parser.add_argument("--variants", nargs="*", help="names (default: all)")
     parser.add_argument("--rounds", type=int, default=6)
+    parser.add_argument("--no-speed", action="store_true", help="accuracy and operators only (no lock needed)")
     parser.add_argument("--json", type=Path,
                         default=Path(__file__).parent / "results" / f"deploy-export_int8_options_{date.today()}.json")
     args = parser.parse_args()
@@ -105,17 +106,19 @@ def main() -> None:
                               agreement=float(np.mean(got.argmax(1) == expected.argmax(1))),
                               max_probability_difference=float(reference.task.agreement(got, expected)))
         settings = BenchmarkSettings(rounds=args.rounds)
-        for name, figures in measure_speed(predictors, images, settings, _Bar()).items():
-            rows[name].update(figures)
+        speed = {} if args.no_speed else measure_speed(predictors, images, settings, _Bar())
+        for name in rows:
+            rows[name].update(speed.get(name, {"images_per_s": float("nan"), "latency_p50_ms": float("nan")}))
     fp32_speed = rows["fp32"]["images_per_s"]
-    print(f"{'variant':52} {'img/s':>7} {'x fp32':>6} {'p50 ms':>7} {'acc':>6} {'agree':>6} {'QLinearConv':>11} "
-          f"{'fp32 Conv':>9}")
+    print(f"{'variant':52} {'img/s':>7} {'x fp32':>6} {'p50 ms':>7} {'acc':>6} {'agree':>6} {'max dp':>6} "
+          f"{'QLinearConv':>11} {'fp32 Conv':>9}")
     for name, row in rows.items():
         ops = row["ops"]
         int8_convs = ops.get("QLinearConv", 0)
         fp_convs = ops.get("Conv", 0) + ops.get("FusedConv", 0) + ops.get("NchwcConv", 0)
         print(f"{name:52} {row['images_per_s']:7.1f} {row['images_per_s'] / fp32_speed:6.2f} "
-              f"{row['latency_p50_ms']:7.1f} {row['accuracy']:6.3f} {row['agreement']:6.3f} {int8_convs:11d} "
+              f"{row['latency_p50_ms']:7.1f} {row['accuracy']:6.3f} {row['agreement']:6.3f} "
+              f"{row['max_probability_difference']:6.3f} {int8_convs:11d} "
               f"{fp_convs:9d}")
     report = {"date": str(date.today()), "run": str(args.run), "data": where, "images": len(images),
               "calibration_images": len(calibration), "threads": os.cpu_count(), "batch": settings.batch,

@@ -62,7 +62,8 @@ class ExportResult:
         """The check in one line, with the format's tolerance."""
         if not self.checked:
             return f"{self.format}: not checked (--check 0)"
-        calibrated = f"calibrated on {self.calibrated} training images; " if self.calibrated else ""
+        plural = "s" if self.calibrated > 1 else ""
+        calibrated = f"calibrated on {self.calibrated} training image{plural}; " if self.calibrated else ""
         return (f"{self.format}: {calibrated}checked on {self.checked} {self.check_images}: max probability "
                 f"difference {self.max_probability_difference:.1e}, max logit difference "
                 f"{self.max_logit_difference:.1e}, same label on {self.same_labels}/{self.checked} "

@@ -53,7 +53,7 @@ FORMATS = {f.name: f for f in (
     ExportFormat("onnx", "ONNX fp32, run with ONNX Runtime", 1e-4, 1.0, ONNX_MODULES, EXPORT_EXTRA),
     ExportFormat("onnx-fp16", "ONNX with fp16 weights and arithmetic (fp32 inputs and outputs)", 1e-2, 0.95,
                  ONNX_MODULES + ("onnxconverter_common",), EXPORT_EXTRA),
-    ExportFormat("onnx-int8", "ONNX statically quantized to int8 (QDQ, calibrated on training images)", 0.25, 0.9,
+    ExportFormat("onnx-int8", "ONNX statically quantized to int8 (QDQ, calibrated on training images)", 0.35, 0.9,
                  ONNX_MODULES, EXPORT_EXTRA),
     ExportFormat("openvino", "OpenVINO IR (model.openvino.xml + .bin), fp32", 1e-4, 1.0, ONNX_MODULES + ("openvino",),
                  "pip install 'transferkit[export,openvino]'"),
