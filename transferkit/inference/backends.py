@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from transferkit.inference.checkpoint_io import read_checkpoint
+from transferkit.inference.ensemble import EnsemblePredictor, is_cv_folder
 from transferkit.inference.onnx_predictor import OnnxPredictor
 from transferkit.inference.openvino_predictor import OpenVinoPredictor
 from transferkit.inference.predictor import Predictor
@@ -19,9 +20,12 @@ def is_export(path: str | Path) -> bool:
 
 
 def load_predictor(path: str | Path, device: str = "auto", batch_size: int | None = None) -> Predictor:
-    """The backend for a run directory or checkpoint (.pt: PyTorch), or a file `export` wrote: ONNX (ONNX
-    Runtime, fp32, fp16 or int8), OpenVINO IR (.xml) or TorchScript (torch.jit)."""
+    """The backend for a run directory or checkpoint (.pt: PyTorch), a file `export` wrote: ONNX (ONNX Runtime,
+    fp32, fp16 or int8), OpenVINO IR (.xml) or TorchScript (torch.jit), or a `transferkit cv` folder (its folds'
+    models averaged)."""
     path = Path(path).expanduser()
+    if is_cv_folder(path):
+        return EnsemblePredictor(path, device, batch_size)
     suffix = path.suffix.lower()
     if suffix == ".onnx":
         return OnnxPredictor(path, device, batch_size)

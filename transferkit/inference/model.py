@@ -10,6 +10,8 @@ import torch
 from transferkit.errors import TransferkitError
 from transferkit.inference.backends import load_predictor
 from transferkit.inference.evaluate import Evaluation, evaluate_folder
+from transferkit.inference.batches import expand_items
+from transferkit.inference.explain import Explanation, explain
 from transferkit.inference.export import ExportResult, export_model
 from transferkit.inference.predictor import Prediction, Predictor
 from transferkit.inference.torch_predictor import TorchPredictor
@@ -54,6 +56,16 @@ class Model:
         own split; files are written when `output` is given (see inference.evaluate)."""
         return evaluate_folder(self.predictor, folder, split, output, progress=progress)
 
+    def explain(self, inputs, layer: str | None = None, target: str | None = None) -> list[Explanation]:
+        """Grad-CAM of paths, PIL images or 0-255 tensors, one Explanation each (its `heatmap`, `overlay`, what was
+        explained); `layer` overrides the backbone's last spatial layer, `target` the predicted class (see
+        inference.explain). PyTorch checkpoints only."""
+        if not isinstance(self.predictor, TorchPredictor):
+            raise TransferkitError(f"{self.source}: only a PyTorch checkpoint can be explained (Grad-CAM needs its "
+                                   f"gradients); load the run directory it was exported from")
+        items = expand_items(inputs if isinstance(inputs, (list, tuple)) else [inputs])
+        return explain(self.predictor, items, layer, target)[1]
+
     def export(self, path: str | Path | None = None, format: str = "onnx", check: int | None = None,
                calibration: int | None = None, data: str | Path | None = None) -> ExportResult:
         """Write the model as onnx, onnx-fp16, onnx-int8, openvino or torchscript beside the checkpoint (or at
@@ -65,6 +77,6 @@ class Model:
 
 
 def load(path: str | Path, device: str = "auto", batch_size: int | None = None) -> Model:
-    """A model from a run directory, a checkpoint (.pt) or a file `export` wrote (ONNX fp32/fp16/int8, OpenVINO IR,
-    TorchScript); weights land on `device`."""
+    """A model from a run directory, a checkpoint (.pt), a file `export` wrote (ONNX fp32/fp16/int8, OpenVINO IR,
+    TorchScript), or a `transferkit cv` folder (the folds' ensemble); weights land on `device`."""
     return Model(load_predictor(path, device, batch_size))

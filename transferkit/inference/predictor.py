@@ -54,7 +54,7 @@ class Predictor:
     """Shared by every backend: batching, overlapped decoding, top-k; a backend supplies `logits`."""
 
     classes: list[str]  # the head's outputs: classes, labels or target names
-    format: str  # pytorch, or the export format: onnx, onnx-fp16, onnx-int8, openvino, torchscript
+    format: str = "pytorch"  # or the export format: onnx, onnx-fp16, onnx-int8, openvino, torchscript
     task: Task
     preprocessing: Preprocessing
     recipe: dict

@@ -30,7 +30,6 @@ class TorchPredictor(Predictor):
 
         load_plugins()  # a plugin may register the backbone
         self.checkpoint = checkpoint
-        self.format = "pytorch"
         self.source = checkpoint.path
         self.classes = checkpoint.classes
         self.preprocessing = checkpoint.preprocessing
