@@ -43,6 +43,7 @@ VARIANTS = {
     "QOperator": replace(BASE, quant_format="QOperator"),
     "s8s8": replace(BASE, activation_type="QInt8"),
     "reduce_range": replace(BASE, reduce_range=True),
+    "MinMax moving average": replace(BASE, extra_options=(("CalibMovingAverage", True),)),
     "Entropy calibration": replace(BASE, calibrate_method="Entropy"),
     "Percentile calibration": replace(BASE, calibrate_method="Percentile"),
     "head quantized too": replace(BASE, head_in_fp32=False),
