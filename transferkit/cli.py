@@ -626,6 +626,8 @@ def benchmark(model: str = typer.Argument(..., help="run directory or checkpoint
                                                                          "<run>/benchmark/"),
               batch: int = typer.Option(32, "--batch", min=1, help="batch of the images/s measurement"),
               limit: Optional[int] = typer.Option(None, "--limit", min=1, help="at most N labelled images"),
+              rounds: int = typer.Option(6, "--rounds", min=1, help="alternating speed rounds (each: 10 batch-1 "
+                                                                     "calls and one full batch per format)"),
               calibration: Optional[int] = typer.Option(None, "--calibration", min=1, help="onnx-int8 calibration "
                                                         "images from the run's training split (default 200)"),
               progress: bool = typer.Option(True, "--progress/--no-progress", help="show progress")) -> None:
@@ -634,7 +636,8 @@ def benchmark(model: str = typer.Argument(..., help="run directory or checkpoint
     from transferkit.run.benchmark_report import print_benchmark, write_benchmark
 
     _api()
-    settings = BenchmarkSettings(formats=formats, data=data, limit=limit, batch=batch, calibration=calibration)
+    settings = BenchmarkSettings(formats=formats, data=data, limit=limit, batch=batch, rounds=rounds,
+                                 calibration=calibration)
     result = run_benchmark(model, output, settings, err, progress)
     written = write_benchmark(result, result.output)
     print_benchmark(result, out)

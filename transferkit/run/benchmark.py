@@ -38,8 +38,8 @@ class BenchmarkSettings:
     data: str | None = None  # labelled images (class folders, or a folder with test/); default the run's test split
     limit: int | None = None  # at most this many of them, evenly spread
     batch: int = 32  # the throughput batch
-    latency_calls: int = 60  # batch-1 calls per format
-    rounds: int = 6  # alternating rounds the calls are spread over
+    rounds: int = 6  # alternating rounds: each format's batch-1 calls, then one full batch, format after format
+    calls_per_round: int = 10  # batch-1 calls per format and round
     check: int | None = None  # export check images (default: export's)
     calibration: int | None = None  # int8 calibration images (default: export's)
 
@@ -133,10 +133,9 @@ def measure_speed(predictors: dict[str, Predictor], images: torch.Tensor, settin
         predictor.logits(one)
     latencies = {name: [] for name in predictors}
     batch_times = {name: [] for name in predictors}
-    per_round = max(1, settings.latency_calls // settings.rounds)
     for _ in range(settings.rounds):
         for name, predictor in predictors.items():
-            latencies[name] += [_timed(predictor, one) for _ in range(per_round)]
+            latencies[name] += [_timed(predictor, one) for _ in range(settings.calls_per_round)]
             batch_times[name].append(_timed(predictor, full))
             bar.advance(1)
     return {name: {"latency_p50_ms": float(np.percentile(latencies[name], 50) * 1e3),
