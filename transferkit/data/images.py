@@ -29,11 +29,14 @@ FIXES = {
 }
 
 
+SKIP_HINT = ", or set data.on_bad_image: skip"  # the way on when a run stops at the image (not once it skips it)
+
+
 class ImageReadError(DataError):
     """An image that cannot be decoded; `kind` names the problem and `reason` explains it."""
 
     def __init__(self, path: Path, kind: str, reason: str) -> None:
-        super().__init__(f"{path}: {reason}; {FIXES[kind]}, or set data.on_bad_image: skip")
+        super().__init__(f"{path}: {reason}; {FIXES[kind]}{SKIP_HINT}")
         self.path, self.kind, self.reason = path, kind, reason
 
 

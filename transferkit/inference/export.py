@@ -207,8 +207,9 @@ class Exporter:
                               f"(tolerance: {fmt.tolerance()}); not written; {hint}")
         return result
 
-    def export(self, fmt: str, path: str | Path | None = None) -> ExportResult:
-        """Write `fmt` at `path` (default: beside the checkpoint), check it, and move it into place if it agrees."""
+    def export(self, fmt: str, path: str | Path | None = None, overwrite: bool = False) -> ExportResult:
+        """Write `fmt` at `path` (default: beside the checkpoint), check it, and move it into place if it agrees;
+        an existing file is replaced only with `overwrite`."""
         spec = export_format(fmt)
         path = Path(path).expanduser() if path else RunDir(self.predictor.source.parent).export(fmt)
         suffix = SUFFIXES.get(fmt)
@@ -218,6 +219,8 @@ class Exporter:
         missing = spec.missing()
         if missing:
             raise ExportError(f"--format {fmt}: {missing}")
+        if not overwrite and any(p.exists() for p in _companions(path)):
+            raise ExportError(f"{path}: file exists; give another --output, or add --overwrite to replace it")
         tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -253,12 +256,12 @@ class Exporter:
 
 def export_model(predictor: TorchPredictor, fmt: str = "onnx", path: str | Path | None = None,
                  check: int | None = None, calibration: int | None = None,
-                 data: str | Path | None = None) -> ExportResult:
+                 data: str | Path | None = None, overwrite: bool = False) -> ExportResult:
     """Write the model in `fmt`, check it on `check` images (default 64; 0 skips) and move it into place only if it
     is within the format's tolerance; onnx-int8 calibrates on `calibration` training images (default 200);
-    `data` replaces the run's data folder for both."""
+    `data` replaces the run's data folder for both; an existing file is replaced only with `overwrite`."""
     export_format(fmt)
     if calibration is not None and fmt != "onnx-int8":
         raise ExportError(f"--calibration: only onnx-int8 is calibrated; drop it for --format {fmt}")
     with Exporter(predictor, check, calibration, data) as exporter:
-        return exporter.export(fmt, path)
+        return exporter.export(fmt, path, overwrite)

@@ -67,13 +67,14 @@ class Model:
         return explain(self.predictor, items, layer, target)[1]
 
     def export(self, path: str | Path | None = None, format: str = "onnx", check: int | None = None,
-               calibration: int | None = None, data: str | Path | None = None) -> ExportResult:
+               calibration: int | None = None, data: str | Path | None = None, overwrite: bool = False) -> ExportResult:
         """Write the model as onnx, onnx-fp16, onnx-int8, openvino or torchscript beside the checkpoint (or at
-        `path`), checked against this one; int8 calibrates on `calibration` training images (see inference.export)."""
+        `path`), checked against this one; int8 calibrates on `calibration` training images; an existing file is
+        replaced only with `overwrite` (see inference.export)."""
         if not isinstance(self.predictor, TorchPredictor):
             raise TransferkitError(f"{self.source}: only a PyTorch checkpoint can be exported; "
                                    f"this is {self.source.suffix}")
-        return export_model(self.predictor, format, path, check, calibration, data)
+        return export_model(self.predictor, format, path, check, calibration, data, overwrite)
 
 
 def load(path: str | Path, device: str = "auto", batch_size: int | None = None) -> Model:

@@ -158,7 +158,7 @@ def export_all(exporter: Exporter, formats: list[str], output: Path, console: Co
             continue
         console.print(f"exporting {name} ...", highlight=False)
         try:
-            result = exporter.export(name, output / spec.file)
+            result = exporter.export(name, output / spec.file, overwrite=True)  # the benchmark's own folder
         except TransferkitError as exc:
             rows[name] = FormatRow(name, "refused", " ".join(str(exc).split()))
             continue
