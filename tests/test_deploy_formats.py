@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import sys
 from dataclasses import replace
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -103,7 +102,7 @@ def test_every_format_loads_in_its_own_runtime_and_agrees_with_pytorch(trained, 
     assert json.loads(ir.get_rt_info(["transferkit", "classes"]).astype(str)) == list(CLASSES)
 
 
-def test_export_cli_writes_int8_beside_the_run_and_predict_and_evaluate_read_the_exports(trained, benchmarked):
+def test_export_cli_writes_int8_beside_the_run_and_the_exports_predict_and_evaluate(trained, benchmarked):
     import transferkit
 
     variant = trained["variant"]
@@ -113,24 +112,16 @@ def test_export_cli_writes_int8_beside_the_run_and_predict_and_evaluate_read_the
     assert "onnx-int8: calibrated on 8 training images; checked on 12 test images" in result.stderr
     assert "same top answer on at least 90% of the check images" in result.stderr
 
-    test_images = trained["data"] / "test"
-    files = sorted(test_images.rglob("*.jpg"))
+    files = sorted((trained["data"] / "test").rglob("*.jpg"))
     wanted = [p.label for p in transferkit.load(variant, device="cpu").predict(files)]
-    int8 = [p.label for p in transferkit.load(variant / "model.int8.onnx", device="cpu").predict(files)]
-    assert len(wanted) == 12 and np.mean([a == b for a, b in zip(int8, wanted)]) >= 0.9
-
-    output = trained["base"] / "preds-openvino.jsonl"
-    result = run_cli("predict", str(benchmarked["out"] / "model.openvino.xml"), str(test_images), "--output",
-                     str(output), "--no-progress")
-    assert result.returncode == 0, result.stderr
-    assert [json.loads(line)["label"] for line in output.read_text().splitlines()] == wanted
-
-    result = run_cli("evaluate", str(variant / "model.int8.onnx"), "--data", str(trained["data"]),
-                     "--output", str(trained["base"] / "eval-int8"), "--no-progress")
-    assert result.returncode == 0, result.stderr
-    metrics = json.loads((trained["base"] / "eval-int8" / "metrics.json").read_text())
+    openvino = transferkit.load(benchmarked["out"] / "model.openvino.xml", device="cpu")
+    assert [p.label for p in openvino.predict(files)] == wanted
+    int8 = transferkit.load(variant / "model.int8.onnx", device="cpu")
+    labels = [p.label for p in int8.predict(files)]
+    assert len(wanted) == 12 and np.mean([a == b for a, b in zip(labels, wanted)]) >= 0.9
+    metrics = int8.evaluate(trained["data"]).metrics
     assert metrics["images"] == 12
-    assert metrics["top1_accuracy"] == pytest.approx(np.mean([a == Path(f).parent.name for a, f in zip(int8, files)]))
+    assert metrics["top1_accuracy"] == pytest.approx(np.mean([a == f.parent.name for a, f in zip(labels, files)]))
 
 
 def test_an_export_outside_its_tolerance_is_refused_and_nothing_is_written(trained, monkeypatch):
