@@ -1,6 +1,7 @@
 """Issue 21's int8 goal: int8 ONNX at least 1.5x the fp32 ONNX images/s on this CPU, within 1 point of fp32's top-1.
 
-    flock /tmp/transferkit-bench.lock python benchmarks/deploy_formats.py RUN_DIR [--batch 32] [--json OUT]
+    flock /tmp/transferkit-bench.lock python benchmarks/deploy_formats.py RUN_DIR [--batch 32] [--rounds 6]
+        [--limit N] [--json OUT]
 
 RUN_DIR is a trained run (EfficientNet-Lite0 on clothing-small: `transferkit fit ../shared/data/clothing-small
 --preset fast`). This is `transferkit benchmark RUN_DIR` (every format exported, checked and measured in one process,
@@ -54,6 +55,8 @@ def main() -> None:
     parser.add_argument("run", type=Path)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--calibration", type=int, default=None)
+    parser.add_argument("--rounds", type=int, default=6, help="alternating speed rounds")
+    parser.add_argument("--limit", type=int, default=None, help="at most N test images (default: all)")
     parser.add_argument("--output", type=Path, help="folder for the exports and benchmark.* (default: a temporary one)")
     parser.add_argument("--json", type=Path,
                         default=REPO / "benchmarks" / "results" / f"deploy-export_formats_{date.today()}.json")
@@ -63,7 +66,8 @@ def main() -> None:
     console = Console(stderr=True, soft_wrap=True)
     with tempfile.TemporaryDirectory() as work:
         output = args.output or Path(work)
-        settings = BenchmarkSettings(batch=args.batch, calibration=args.calibration)
+        settings = BenchmarkSettings(batch=args.batch, calibration=args.calibration, rounds=args.rounds,
+                                     limit=args.limit)
         result = run_benchmark(args.run, output, settings, console)
         write_benchmark(result, output)
         print_benchmark(result, Console(soft_wrap=True))
