@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from transferkit.errors import TransferkitError
-from transferkit.files import check_room, refused, write_error
+from transferkit.files import atomic_write_text, check_room, refused, write_error
 from transferkit.inference.backends import load_predictor
 from transferkit.inference.batches import ImagePreparer, read_batches
 from transferkit.inference.evaluate import recipe_samples
@@ -52,6 +52,7 @@ class ExportResult:
     max_logit_difference: float
     same_labels: int
     calibrated: int = 0  # training images int8's activation ranges were measured on
+    card: Path | None = None  # the run's MODEL_CARD.md beside the export (None: the run has none)
 
     @property
     def agreement(self) -> float:
@@ -264,4 +265,41 @@ def export_model(predictor: TorchPredictor, fmt: str = "onnx", path: str | Path 
     if calibration is not None and fmt != "onnx-int8":
         raise ExportError(f"--calibration: only onnx-int8 is calibrated; drop it for --format {fmt}")
     with Exporter(predictor, check, calibration, data) as exporter:
-        return exporter.export(fmt, path, overwrite)
+        result = exporter.export(fmt, path, overwrite)
+    result.card = carry_card(RunDir(predictor.source.parent).card, predictor.source, result.path, fmt)
+    return result
+
+
+def serve_available() -> bool:
+    """True when this installation has `transferkit serve` (the transferkit.serve package), which the model card
+    then names beside predict."""
+    import importlib.util
+
+    return importlib.util.find_spec("transferkit.serve") is not None
+
+
+def carry_card(card: Path, checkpoint: Path, exported: Path, fmt: str) -> Path | None:
+    """The run's MODEL_CARD.md beside an export written outside the run's folder, with a line naming the export
+    (nothing when the run has no card). A card of another model already there is kept: this one is then
+    `<export file>.MODEL_CARD.md`."""
+    if not card.is_file():
+        return None
+    if exported.parent.resolve() == card.parent.resolve():
+        return card
+    origin = f"`{checkpoint}`"
+    serve = f" and `transferkit serve {exported}`" if serve_available() else ""
+    section = (f"\n## Export: {exported.name}\n\n`{exported.name}` ({fmt}) was exported from {origin}; "
+               f"`transferkit predict {exported} photo.jpg`{serve} use{'' if serve else 's'} it as the run's "
+               f"checkpoint is used.\n")
+    text = card.read_text()
+    target = exported.parent / card.name
+    if target.is_file():
+        there = target.read_text()
+        if origin not in there:  # another model's card: keep it
+            target = exported.parent / f"{exported.name}.{card.name}"
+        elif there.startswith(text):  # this model's, from an export in another format: add this one
+            text = there
+    if section not in text:
+        text += section
+    atomic_write_text(target, text)
+    return target
