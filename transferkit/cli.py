@@ -719,10 +719,10 @@ def benchmark(model: str = typer.Argument(..., help="run directory or checkpoint
 
 
 @app.command()
-def serve(model: str = typer.Argument(..., help="run directory, checkpoint (.pt), or exported .onnx or TorchScript file"),
+def serve(model: str = typer.Argument(..., help="run directory, checkpoint (.pt), or exported .onnx, OpenVINO .xml or TorchScript file"),
           host: str = typer.Option("127.0.0.1", "--host", help="address to listen on (0.0.0.0: every interface)"),
           port: int = typer.Option(8000, "--port", min=0, max=65535, help="TCP port (0: a free one, printed)"),
-          backend: Optional[str] = typer.Option(None, "--backend", help="torch or onnx; default: the file decides "
+          backend: Optional[str] = typer.Option(None, "--backend", help="torch, onnx or openvino; default: the file decides "
                                                 "(a check that it runs the file given)"),
           device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps"),
           max_batch: int = typer.Option(32, "--max-batch", min=1, help="most images in one forward pass (1: no batching)"),
