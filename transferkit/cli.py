@@ -241,6 +241,46 @@ def cv(target: Optional[str] = typer.Argument(None, metavar="RECIPE|FOLDER", aut
     err.print(f"wrote {started.root.cv}", highlight=False, soft_wrap=True)
 
 
+@app.command()
+def tune(recipe: str = typer.Argument(..., metavar="RECIPE", autocompletion=_complete_recipe, help="recipe YAML file with a tune: section (docs/tuning.md)"),
+         trials: int = typer.Option(..., "--trials", min=1, metavar="N", help="trials the study should hold (complete, pruned or running); a re-run continues up to N"),
+         timeout: Optional[str] = typer.Option(None, "--timeout", metavar="DURATION", help="start no new trial after this long, e.g. 30m or 2h"),
+         storage: Optional[str] = typer.Option(None, "--storage", metavar="URL|FILE", help="a database URL (sqlite:///study.db, postgresql://...) that processes on several machines share; default: a journal file in the study folder"),
+         study: Optional[str] = typer.Option(None, "--study", metavar="NAME", help="study name (default: the recipe's name)"),
+         jobs: int = typer.Option(1, "--jobs", min=1, metavar="J", help="worker processes on this machine, running trials of the one study"),
+         keep_best: int = typer.Option(3, "--keep-best", min=0, metavar="K", help="only the best K trials keep their checkpoints (every trial keeps its metrics and recipe)"),
+         set_: list[str] = typer.Option([], "--set", metavar="KEY=VALUE", help="override a recipe value (repeatable)"),
+         output: Optional[Path] = typer.Option(None, "--output", metavar="DIR", help="study folder (default: <output_dir>/<study>-tune)"),
+         cache: Optional[Path] = typer.Option(None, "--cache", metavar="DIR", help="where trials share decoded images and features (default: the study folder's cache/)"),
+         device: Optional[str] = typer.Option(None, "--device", metavar="DEVICE", help="auto, cpu, cuda, cuda:N or mps"),
+         progress: bool = typer.Option(True, "--progress/--no-progress", help="show a progress bar of the trials")) -> None:
+    """Search the recipe's tune.space with Optuna (TPE, pruning each epoch); best-recipe.yaml, trials.csv and plots."""
+    _api()
+    from transferkit.tune.report import print_report, write_report
+    from transferkit.tune.study import TuneSettings
+    from transferkit.tune.study import tune as run_study
+    from transferkit.tune.trial import TrialInterrupted
+
+    settings = TuneSettings(recipe, trials, list(set_), timeout, storage, study, jobs, keep_best, output, cache, device)
+    try:
+        done = run_study(settings, err, progress)
+    except TrialInterrupted:
+        err.print("interrupted: the trial that was running is marked failed; run the same command to continue the "
+                  "study", highlight=False, soft_wrap=True)
+        raise typer.Exit(130)
+    prepared = done.prepared
+    print_report(write_report(prepared.study, prepared.trials), prepared.trials, out)
+    err.print(f"tune: {done.outcome.ran} trial(s) run by this process in {done.seconds:.0f}s; stopped: "
+              f"{done.outcome.stopped}", highlight=False, soft_wrap=True)
+    failed = [code for code in done.worker_codes if code]
+    if failed:
+        raise TransferkitError(f"{len(failed)} of the {jobs - 1} worker process(es) --jobs started failed (exit "
+                               f"codes {', '.join(map(str, failed))}); their messages are above")
+    if (prepared.trials.folder.best_recipe).is_file():
+        err.print(f"repeat the best trial with: transferkit run {shlex.quote(str(prepared.trials.folder.best_recipe))}",
+                  highlight=False, soft_wrap=True)
+
+
 @app.command("lr-find")
 def lr_find(recipe: str = typer.Argument(..., help="recipe YAML file, or a plugin's recipe name"),
             set_: list[str] = typer.Option([], "--set", help="override a recipe value, e.g. --set data.batch_size=32"),

@@ -42,6 +42,7 @@ from torchvision.transforms.v2 import functional as F
 from transferkit.data.folder import FolderSplits
 from transferkit.data.images import open_rgb
 from transferkit.data.loading import ReadAhead, available_cores
+from transferkit.data.shared_cache import shared_folder
 from transferkit.errors import DataError
 from transferkit.model.preprocess import Preprocessing
 
@@ -136,14 +137,16 @@ def is_writable_dir(path: Path) -> bool:
 
 
 def disk_cache_dir(data_root: Path | None, size: int, interpolation: str, shrink_only: bool = False) -> Path:
-    """Where the disk cache lives: `.transferkit-cache/` in the data folder, or the TRANSFERKIT cache dir if read-only."""
+    """Where the disk cache lives: under an open shared cache folder (data/shared_cache.py), else
+    `.transferkit-cache/` in the data folder, or the TRANSFERKIT cache dir if that is read-only."""
     name = cache_key(size, interpolation, shrink_only)
-    if data_root is not None and is_writable_dir(data_root):
+    shared = shared_folder()
+    if data_root is not None and is_writable_dir(data_root) and shared is None:
         return data_root / CACHE_FOLDER / name
     from transferkit.download import data_cache_dir
 
     origin = str(data_root.resolve()) if data_root is not None else "no-root"
-    return data_cache_dir() / "decoded" / f"{hashlib.sha1(origin.encode()).hexdigest()[:16]}-{name}"
+    return (shared or data_cache_dir()) / "decoded" / f"{hashlib.sha1(origin.encode()).hexdigest()[:16]}-{name}"
 
 
 def cache_key(size: int, interpolation: str, shrink_only: bool = False) -> str:
@@ -416,8 +419,11 @@ def memory_budget() -> int:
 
 def auto_cache_mode(paths: list[str], size: int, folder: Path, shrink_only: bool = False, extra_bytes: int = 0) -> str:
     """data.cache auto resolved for these files: memory when they fit in `memory_budget()` (beside `extra_bytes`
-    already held), else disk when they fit in half the free disk, else none."""
+    already held), else disk when they fit in half the free disk, else none. Inside a shared cache folder
+    (data/shared_cache.py), disk first: the runs that share it then decode each file once."""
     need = estimated_bytes(paths, size, shrink_only=shrink_only)
+    if shared_folder() is not None and need <= free_disk(folder) // 2:
+        return "disk"
     if need + extra_bytes <= memory_budget():
         return "memory"
     return "disk" if need <= free_disk(folder) // 2 else "none"

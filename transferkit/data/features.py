@@ -19,9 +19,12 @@ import torch
 from rich.console import Console
 from torch.utils.data import DataLoader, Dataset
 
+from transferkit.data.cache import file_key
 from transferkit.data.loading import (BadImage, EpochSampler, ImageFileDataset, Shard, batch_to_device, collate,
                                       make_loader)
+from transferkit.data.shared_cache import digest, shared_folder, stored
 from transferkit.device import autocast
+from transferkit.files import atomic_torch_save
 from transferkit.model.transfer import TransferModel
 from transferkit.recipe.spec import ExperimentSpec
 
@@ -47,7 +50,7 @@ class FeatureSet(Dataset):
     def __init__(self, views: torch.Tensor, labels: list[int], bad: dict[int, BadImage], seconds: float = 0.0):
         self.views, self.labels, self.bad = views, labels, bad
         self.seconds = seconds  # how long extracting these features took
-        self.reused = 0  # rows an earlier run of this process had computed (FeatureMemo)
+        self.reused = 0  # rows an earlier run computed (FeatureMemo, or a shared cache: data/shared_cache.py)
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -171,16 +174,63 @@ def cached_split(extractor: Extractor, dataset: Dataset, views: int, batch_size:
     """A FeatureSet of one split with `views` seeded views of the dataset's transform (1 for the eval transform).
 
     `memo` (for the eval transform's single view only: an augmented view depends on the image's place in its
-    split) reuses features an earlier run of this process computed.
+    split) reuses features an earlier run of this process computed; inside `shared_caches(folder)`, they are
+    stored there and reused by every run whose features would be the same.
     """
     if memo is not None and views == 1:
         return _memo_split(extractor, dataset, memo, batch_size, seed, num_workers)
-    started = time.perf_counter()
-    extracted = [extract_features(extractor, dataset, batch_size, seed, num_workers, view) for view in range(views)]
-    seconds = time.perf_counter() - started
-    bad = {index: item for _, view_bad in extracted for index, item in view_bad.items()}
-    labels = [label for _, label in dataset.samples]
-    return FeatureSet(torch.stack([features for features, _ in extracted]), labels, bad, seconds)
+
+    def compute() -> FeatureSet:
+        started = time.perf_counter()
+        extracted = [extract_features(extractor, dataset, batch_size, seed, num_workers, view)
+                     for view in range(views)]
+        bad = {index: item for _, view_bad in extracted for index, item in view_bad.items()}
+        labels = [label for _, label in dataset.samples]
+        return FeatureSet(torch.stack([features for features, _ in extracted]), labels, bad,
+                          time.perf_counter() - started)
+
+    place = extractor.placement
+    if shared_folder() is None or (place is not None and place.shard.world > 1):
+        return compute()
+    return stored("features", features_key(extractor, dataset, views, seed), compute, _save_features, _load_features)
+
+
+def features_key(extractor: Extractor, dataset: Dataset, views: int, seed: int) -> str:
+    """What a split's cached features depend on: the backbone's weights and input normalisation, the transform
+    (crop, resize, augmentation), each file (path, size, mtime) and label, the views and their seed, and the
+    numerics (precision, memory format, device type). Not the batch: eval-mode features do not depend on it."""
+    files = [(str(path), label, file_key(str(path))) for path, label in dataset.samples]
+    return digest([type(extractor.model.backbone).__name__, weights_digest(extractor.model),
+                   repr(dataset.transform), files, views, seed, extractor.precision, extractor.channels_last,
+                   extractor.device.type])
+
+
+_WEIGHTS_DIGESTS: dict[tuple, str] = {}  # the last model's, by its tensors and their versions: splits share it
+
+
+def weights_digest(model: TransferModel) -> str:
+    """A digest of everything but the head in `model`'s state (backbone weights, statistics, normalisation); the
+    tensors' identities and in-place versions tell when the last one computed still holds."""
+    state = {name: tensor for name, tensor in model.state_dict(keep_vars=True).items() if not name.startswith("head.")}
+    identity = tuple((name, id(tensor), tensor._version) for name, tensor in state.items())
+    if identity not in _WEIGHTS_DIGESTS:
+        _WEIGHTS_DIGESTS.clear()
+        _WEIGHTS_DIGESTS[identity] = digest([(name, tensor.detach().cpu().contiguous().reshape(-1)
+                                              .view(torch.uint8).numpy().tobytes()) for name, tensor in state.items()])
+    return _WEIGHTS_DIGESTS[identity]
+
+
+def _save_features(path, features: FeatureSet) -> None:
+    bad = [[index, item.path, item.message] for index, item in features.bad.items()]
+    atomic_torch_save(path, {"views": features.views, "labels": features.labels, "bad": bad})
+
+
+def _load_features(path) -> FeatureSet:
+    saved = torch.load(path, map_location="cpu", weights_only=True)
+    bad = {index: BadImage(file, message) for index, file, message in saved["bad"]}
+    features = FeatureSet(saved["views"], saved["labels"], bad, 0.0)  # nothing was extracted this time
+    features.reused = features.views.shape[0] * features.views.shape[1]
+    return features
 
 
 def extraction_rate(loaders: list[DataLoader]) -> tuple[int, float]:
@@ -216,7 +266,7 @@ def cache_features(extractor: Extractor, spec: ExperimentSpec, train_ds: ImageFi
              for split, features in eval_features.items()}
     reused = train.reused + sum(f.reused for f in eval_features.values())
     total = len(train) * max(1, views) + sum(len(f) for f in eval_features.values())
-    note = f" ({reused} of {total} reused from an earlier run)" if memo is not None else ""
+    note = f" ({reused} of {total} reused from an earlier run)" if memo is not None or reused else ""
     console.print(f"  feature cache: {len(train)} train images x {max(1, views)} "
                   f"{'augmented view(s)' if views else 'eval view'}, {train.views.shape[-1]} features, "
                   f"computed in {time.perf_counter() - started:.1f}s{note}")

@@ -17,6 +17,7 @@ from transferkit.data.device_augment import augments_on_device
 from transferkit.data.device_bank import canvas_side_for, fits_on_device
 from transferkit.data.folder import FolderSplits
 from transferkit.data.loading import default_eval_batch_size, default_num_workers
+from transferkit.data.shared_cache import shared_folder
 from transferkit.errors import SpecError
 from transferkit.model.preprocess import Preprocessing
 from transferkit.recipe.check import device_contradictions, uses_feature_cache
@@ -79,6 +80,8 @@ class DataPlan:
         train_cache, eval_cache, read_once = _skip_memory_caches_read_once(spec, source, train_cache, eval_cache)
         if read_once:
             reasons.append(f"{read_once} read once in {spec.train.epochs} epoch: not held in memory")
+        if shared_folder() is not None and spec.data.cache == "auto" and "disk" in (train_cache, eval_cache):
+            reasons.append(f"decoded images on disk in {shared_folder()}, shared with the runs beside this one")
         workers = d.num_workers if d.num_workers is not None else default_num_workers(device, processes)
         sizes = _cache_bytes(splits, prep, train_side, train_cache, eval_cache)
         reasons += _cache_reasons(train_cache, eval_cache, sizes)

@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING
 
 from transferkit.errors import SpecError
 from transferkit.recipe.messages import override_for, where_in_recipe, yaml_line_of
+from transferkit.recipe.search_space import check_search_space
 
 if TYPE_CHECKING:
     from transferkit.recipe.load import Recipe
@@ -127,12 +128,13 @@ def check_pretrained_weights(spec, source: str = "recipe", text: str | None = No
 
 def check_recipe_contradictions(recipe: Recipe) -> None:
     """Phase 'contradictions': settings that contradict each other, in the recipe as written (weights that would
-    never load), then in each variant's full spec; SpecError on the first."""
+    never load), then in each variant's full spec, then the search space of `tune:`; SpecError on the first."""
     spec = recipe.spec
     check_pretrained_weights(spec, recipe.source, recipe.text, recipe.overrides)
     for name, variant in recipe.variants().items():
         check_contradictions(variant, lambda field, n=name: where_in_recipe(recipe.source, field, n,
                                                                                spec.base_variant))
+    check_search_space(recipe)
 
 
 def device_contradictions(spec: ExperimentSpec, device_type, processes: int = 1) -> list[tuple[str, str]]:

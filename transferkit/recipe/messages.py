@@ -59,17 +59,22 @@ def where_in_recipe(source: str, field: str, variant: str = "", base_variant: st
 def model_at(model: type[BaseModel], loc: tuple) -> type[BaseModel] | None:
     """The pydantic model class that holds the last element of `loc`, walking nested fields."""
     current: Any = model
+    keyed = False  # the previous field was a mapping of models: this part of `loc` is one of its keys
     for part in loc[:-1]:
+        if keyed:
+            keyed = False
+            continue
         if not (isinstance(current, type) and issubclass(current, BaseModel)):
             return None
         field = current.model_fields.get(str(part))
         if field is None:
             return None
         current = field.annotation
+        keyed = typing.get_origin(current) is dict
         for arg in typing.get_args(current) or ():
             if isinstance(arg, type) and issubclass(arg, BaseModel):
                 current = arg
-    return current if isinstance(current, type) and issubclass(current, BaseModel) else None
+    return current if isinstance(current, type) and issubclass(current, BaseModel) and not keyed else None
 
 
 def _tuple_length(model: type[BaseModel], loc: tuple) -> int | None:

@@ -48,7 +48,8 @@ def _type_name(annotation: Any, inline: bool = False) -> str:
         return "list of " + _type_name(args[0], inline=True) if args else "list"
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
         return "`{" + ", ".join(annotation.model_fields) + "}`" if inline else "section"
-    return {int: "integer", float: "number", str: "string", bool: "boolean"}.get(annotation, str(annotation))
+    return {int: "integer", float: "number", str: "string", bool: "boolean", Any: "any value"}.get(
+        annotation, str(annotation))
 
 
 def _default(field) -> str:
@@ -100,6 +101,20 @@ def markdown() -> str:
              ""]
     lines += _section("Top level", "", ExperimentSpec)
     for name, field in ExperimentSpec.model_fields.items():
-        if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel):
-            lines += _section(name, f"{name}.", field.annotation)
+        model = _section_model(field.annotation)
+        if model is None:
+            continue
+        lines += _section(name, f"{name}.", model)
+        for key, sub in model.model_fields.items():  # a mapping of models (tune.space): one section for its items
+            origin, args = typing.get_origin(sub.annotation), typing.get_args(sub.annotation)
+            if origin is dict and isinstance(args[1], type) and issubclass(args[1], BaseModel):
+                lines += _section(f"{name}.{key}.<key>", f"{name}.{key}.<key>.", args[1])
     return "\n".join(lines).rstrip() + "\n"
+
+
+def _section_model(annotation: Any) -> type[BaseModel] | None:
+    """The model of a top-level section: `Model`, or `Model | None` for a section that is off unless given."""
+    for candidate in (annotation, *typing.get_args(annotation)):
+        if isinstance(candidate, type) and issubclass(candidate, BaseModel):
+            return candidate
+    return None

@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_serializer, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_serializer, field_validator, model_serializer, model_validator
 
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
 
@@ -326,6 +326,76 @@ class TrainSpec(_Spec):
         return value
 
 
+class SearchParam(_Spec):
+    """One key of the search space: a range of numbers `{low, high, log, step}`, or a list of choices."""
+
+    low: float | None = Field(None, description="smallest value tried (a key that takes a number; integers for an integer key)")
+    high: float | None = Field(None, description="largest value tried")
+    log: bool = Field(False, description="sample on a log scale (needs low > 0): for learning rates and weight decay")
+    step: float | None = Field(None, gt=0.0, description="try only low, low + step, ... (default: any value; 1 for an integer key)")
+    choices: list[Any] | None = Field(None, min_length=1, description="the values tried, written as a plain list: `train.label_smoothing: [0.0, 0.1]`")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _list_is_choices(cls, value):
+        """`key: [a, b]` is short for `key: {choices: [a, b]}`."""
+        return {"choices": value} if isinstance(value, list) else value
+
+    @model_validator(mode="after")
+    def _range_or_choices(self) -> "SearchParam":
+        """A range needs low <= high (and low > 0 on a log scale); choices take no range settings."""
+        if self.choices is not None:
+            if self.low is not None or self.high is not None or self.log or self.step is not None:
+                raise ValueError("give a list of choices or a range {low, high}, not both")
+            return self
+        if self.low is None or self.high is None:
+            raise ValueError("give a range {low: ..., high: ...} or a list of choices [a, b]")
+        if self.low > self.high:
+            raise ValueError(f"low {self.low:g} is above high {self.high:g}; swap them")
+        if self.log and self.low <= 0:
+            raise ValueError(f"a log scale needs low > 0 (got {self.low:g}); raise low or set log: false")
+        if self.log and self.step is not None:
+            raise ValueError("Optuna samples a log range without a step; remove step or log")
+        return self
+
+    @model_serializer
+    def _short(self):
+        """Written back as the recipe writes it: a list of choices, or the range's keys that are set."""
+        if self.choices is not None:
+            return list(self.choices)
+        return {"low": self.low, "high": self.high, **({"log": True} if self.log else {}),
+                **({"step": self.step} if self.step is not None else {})}
+
+
+def _choices_too(schema: dict) -> None:
+    """JSON Schema of tune.space: each key a range, or the plain list of choices the recipe may write instead."""
+    choices = {"type": "array", "minItems": 1, "items": {"type": ["string", "number", "boolean", "null"]}}
+    schema["additionalProperties"] = {"anyOf": [schema["additionalProperties"], choices]}
+
+
+class TuneSpec(_Spec):
+    """The hyperparameter search of `transferkit tune` (docs/tuning.md): the space, the objective and the pruner."""
+
+    metric: str = Field("auto", description="the validation metric the search optimises (val_accuracy, val_loss, val_map, ...; never a test metric); auto: train.best_metric when it is a val_ metric, else the task's own on the validation split")
+    space: dict[str, SearchParam] = Field(default_factory=dict, description="dotted recipe key -> {low, high, log, step} or a list of choices, e.g. `optimizer.lr: {low: 1.0e-4, high: 1.0e-1, log: true}`, `train.label_smoothing: [0.0, 0.1]`", json_schema_extra=_choices_too)
+    pruner: Literal["median", "successive_halving", "hyperband", "none"] = Field("median", description="Optuna's pruner, judging each trial after every epoch on the metric")
+    pruner_startup_trials: int = Field(5, ge=0, description="median: trials that run to the end before the pruner compares others with them")
+    pruner_warmup_epochs: int = Field(0, ge=0, description="median: epochs every trial trains before it may be pruned")
+    sampler_startup_trials: int = Field(10, ge=0, description="random trials before Optuna's TPE sampler models the results")
+
+    @field_validator("metric")
+    @classmethod
+    def _validation_metric(cls, value: str) -> str:
+        """The search selects on it: a test metric would make the test split's numbers optimistic."""
+        if value.startswith("test_"):
+            raise ValueError(f"the search must not select on the test split (its metrics would then be optimistic); "
+                             f"use val_{value.removeprefix('test_')} (or auto)")
+        if not re.fullmatch(r"auto|val_[a-z0-9_]+", value):
+            raise ValueError("use auto or a validation metric: val_ and one of the task's metrics (val_accuracy, "
+                             "val_loss, ...)")
+        return value
+
+
 class ExperimentSpec(_Spec):
     """One experiment: a base run and optional variants, compared in one table."""
 
@@ -344,6 +414,7 @@ class ExperimentSpec(_Spec):
     schedule: ScheduleSpec = Field(default_factory=ScheduleSpec, description="learning rate over time")
     train: TrainSpec = Field(default_factory=TrainSpec, description="training loop")
     variants: dict[str, dict[str, Any]] = Field(default_factory=dict, description="name -> partial recipe overriding the base, run after it")
+    tune: TuneSpec | None = Field(None, description="the search space of `transferkit tune` (docs/tuning.md); `transferkit run` ignores it")
 
     @field_validator("task", mode="before")
     @classmethod
@@ -371,4 +442,5 @@ def __getattr__(name: str):
 
 
 __all__ = ["ExperimentSpec", "TaskSpec", "LabelTableSpec", "KFoldSpec", "BackboneSpec", "HeadSpec", "DataSpec", "AugmentSpec", "OptimizerSpec", "LRPolicySpec",
-           "ScheduleSpec", "EarlyStoppingSpec", "EMASpec", "TrainSpec", "PluggedSpec", "parse_duration"]
+           "ScheduleSpec", "EarlyStoppingSpec", "EMASpec", "TrainSpec", "PluggedSpec", "SearchParam", "TuneSpec",
+           "parse_duration"]

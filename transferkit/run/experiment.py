@@ -79,7 +79,8 @@ class Experiment:
     def run(self, variants: list[str] | None = None, output_dir: str | Path | None = None,
             device: str | None = None, console: Console | None = None, progress: bool = True,
             resume: str | Path | None = None, resume_command=None, run_root: Path | None = None,
-            callbacks: list[Callback] | None = None, caches: SharedCaches | None = None) -> ExperimentResult:
+            callbacks: list[Callback] | None = None, caches: SharedCaches | None = None,
+            test_report: bool = True) -> ExperimentResult:
         """Train the chosen variants (default: all) one after another; print and save a comparison.
 
         `resume` is a run folder, one of its variant folders, or "auto" (the latest unfinished run of this
@@ -89,7 +90,9 @@ class Experiment:
         `resume_command(run_root)`, when given, is printed with the first Ctrl-C, so the way back is on screen
         even if a second Ctrl-C ends the process at once. `run_root` names the run folder instead of the next
         free `<output_dir>/<name>[-N]`. `caches` (data.shared.SharedCaches) hands decoded images and frozen-backbone
-        features from variant to variant (the folds of `transferkit cv` read the same images).
+        features from variant to variant (the folds of `transferkit cv` read the same images). `test_report=False`
+        writes no test report (evaluation/test/: tables and plots), as a search's trials do: the test pass's
+        metrics are still in summary.json, and the study reads only the validation split.
         """
         console = console or Console(stderr=True, soft_wrap=True)
         names = variants or self.variant_names
@@ -123,7 +126,7 @@ class Experiment:
             for name, spec in zip(names, specs):
                 results[name] = run_variant(spec, name, run_root / name, console, progress,
                                             resume=bool(resume), should_stop=stop.is_requested, placement=placement,
-                                            connector=connector, caches=caches)
+                                            connector=connector, caches=caches, test_report=test_report)
         result = ExperimentResult(self.spec.name, results, run_root)
         if placement.is_primary:
             report.write_comparison(result)
@@ -131,7 +134,7 @@ class Experiment:
         placement.close()
         if placement.is_primary:
             for name, variant in results.items():
-                if not (RunDir(variant.run_dir).evaluation("test") / "metrics.json").is_file():
+                if test_report and not (RunDir(variant.run_dir).evaluation("test") / "metrics.json").is_file():
                     evaluate_run_dir(variant.run_dir, "test", console, progress)  # the report, when the run's own
                     # test pass could not write it (several processes)
                 if variant.details:  # a variant finished by an older version has none
@@ -144,7 +147,8 @@ class Experiment:
 
 def run_variant(spec: ExperimentSpec, name: str, run_dir: Path, console: Console, progress: bool = True,
                 resume: bool = False, should_stop=lambda: False, placement: Placement | None = None,
-                connector: CallbackConnector | None = None, caches: SharedCaches | None = None) -> VariantResult:
+                connector: CallbackConnector | None = None, caches: SharedCaches | None = None,
+                test_report: bool = True) -> VariantResult:
     """Build, train and evaluate one variant, writing its run directory as it goes (the primary process only:
     what the others read of it, the primary hands them); `caches`: shared with the other variants."""
     placement = placement or Placement()
@@ -199,7 +203,7 @@ def run_variant(spec: ExperimentSpec, name: str, run_dir: Path, console: Console
         raise WriteError(f"{exc}; {kept}") from exc
     if trainer.stop_reason:
         console.print(f"[bold]{name}[/]: {trainer.stop_reason}", highlight=False)
-    finished = finish_variant(parts, run_dir, console)
+    finished = finish_variant(parts, run_dir, console, test_report)
     tracker = trainer.callback(BestTracker)
     bad = trainer.callback(BadImageReport)
     spent = clock.totals()  # a resumed run's earlier processes included

@@ -55,10 +55,11 @@ def report_predictor(parts: Assembled, path: Path) -> TorchPredictor:
     return TorchPredictor(saved, "cpu")
 
 
-def finish_variant(parts: Assembled, run_dir: Path, console: Console) -> Finished:
+def finish_variant(parts: Assembled, run_dir: Path, console: Console, report: bool = True) -> Finished:
     """Validation fit, then the one test pass of the selected weights (with test-time flip under train.tta_flip);
     every process runs it, the primary writes the report (under several processes the logits come back out of
-    sample order, so `report_written` is False and the experiment evaluates the checkpoint instead)."""
+    sample order, so `report_written` is False and the experiment evaluates the checkpoint instead); `report=False`:
+    no report."""
     started = time.perf_counter()
     trainer, placement, task = parts.trainer, parts.placement, parts.task
     saved, path = load_selected(parts, run_dir)
@@ -73,7 +74,7 @@ def finish_variant(parts: Assembled, run_dir: Path, console: Console) -> Finishe
     weights = f"{path.name} ({saved.get('weights', 'raw')} weights, epoch {saved.get('epoch')})" if saved else \
         "the last epoch's weights (no checkpoint saved)"
     written = False
-    if placement.is_primary and not placement.distributed:
+    if report and placement.is_primary and not placement.distributed:
         skipped = {item.path for item in bad}
         samples = [(str(p), target) for p, target in parts.splits.test if str(p) not in skipped]
         expected = np.asarray([target for _, target in samples], dtype=np.float64)
