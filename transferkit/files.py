@@ -106,6 +106,30 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         raise
 
 
+@contextlib.contextmanager
+def atomic_file(path: Path):
+    """A binary file to write `path` through, streamed to a temp file beside it and renamed over `path` once the
+    block ends without error (for files too large to hold in memory); on failure the temp file is removed."""
+    path = Path(path)
+    tmp = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        with os.fdopen(fd, "wb") as handle:
+            yield handle
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException as exc:
+        if tmp is not None:
+            with contextlib.suppress(OSError):
+                Path(tmp).unlink(missing_ok=True)
+        if refused(exc):
+            raise write_error(path, None, exc) from exc
+        raise
+
+
 def atomic_write_text(path: Path, text: str) -> None:
     """Atomic write of UTF-8 text."""
     atomic_write_bytes(path, text.encode("utf-8"))

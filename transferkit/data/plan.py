@@ -37,6 +37,7 @@ class DataPlan:
     workers: int
     sampler: str
     reasons: list[str] = field(default_factory=list)
+    stream: dict | None = None  # data.source webdataset: shards, readers, steps per epoch, shuffle buffer, resume
 
     @staticmethod
     def refuse_contradictions(spec: ExperimentSpec, device: torch.device, processes: int = 1) -> None:
@@ -86,7 +87,7 @@ class DataPlan:
 
     def describe(self) -> str:
         """One line for the run header."""
-        where = {"loader": "DataLoader", "device_bank": "resident on the device",
+        where = {"loader": "DataLoader", "device_bank": "resident on the device", "stream": "streamed shards",
                  "feature_cache": "cached backbone features"}[self.train_source]
         canvas = f", canvases {self.canvas_side}px" if self.canvas_side else ""
         why = f" ({'; '.join(self.reasons)})" if self.reasons else ""

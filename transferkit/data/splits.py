@@ -7,6 +7,7 @@ import random
 import torch
 
 from transferkit.data.folder import FolderSplits
+from transferkit.data.shard_index import shard_splits
 from transferkit.data.table import table_splits
 from transferkit.errors import DataError
 from transferkit.registry import DATASETS
@@ -53,10 +54,12 @@ def limit_splits(splits: FolderSplits, limit: int, seed: int) -> FolderSplits:
 
 def recipe_splits(spec) -> FolderSplits:
     """The dataset a recipe names (or its label table), resolved to labelled files: limited to data.limit, val
-    carved out if asked.
+    carved out if asked; or, for data.source webdataset, the streamed splits (ShardSplits) its index counts.
 
     Training and evaluation both call this, so an evaluation reads the very files the run was tested on.
     """
+    if spec.data.source == "webdataset":  # streamed: counted through the index, never listed
+        return shard_splits(spec.data, task_class(spec.task.name).labels_as)
     if spec.data.labels:
         splits = table_splits(spec.data, task_class(spec.task.name).labels_as, spec.seed)
     else:

@@ -163,6 +163,8 @@ def run_variant(spec: ExperimentSpec, name: str, run_dir: Path, console: Console
         where = (f"epoch {trainer.epoch + 1} at step {partial['step'] + 1} of {partial['steps']}" if partial
                  else f"at epoch {trainer.epoch + 1}")
         console.print(f"[bold]{name}[/]: resuming {where} from {files.last}")
+        if partial and hasattr(parts.train_loader, "describe_resume"):
+            console.print(f"  streamed shards: {parts.train_loader.describe_resume(partial['step'])}", highlight=False)
     probe_seconds = 0.0
     if spec.train.probe_epochs and trainer.epoch == 0 and trainer.partial is None:
         probe_seconds = probe_head(parts, console)
