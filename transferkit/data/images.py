@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import os
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +28,22 @@ FIXES = {
     "unreadable-mode": "save it again as 8-bit RGB or grayscale (PNG or JPEG)",
     "unreadable": "check that the file exists and can be read",
 }
+
+
+@dataclass(frozen=True)
+class EncodedImage:
+    """An image file's bytes with the name that identifies it (a streamed sample: shard, key and source file)."""
+
+    name: str
+    data: bytes
+    suffix: str = ".jpg"
+
+    def __str__(self) -> str:
+        return self.name
+
+    def decode(self, min_side: int | None = None) -> Image.Image:
+        """Upright 8-bit RGB, as open_rgb decodes a file; ImageReadError when the bytes are no readable image."""
+        return open_rgb(Path(f"image{self.suffix}"), self.data, min_side)
 
 
 class ImageReadError(DataError):

@@ -215,3 +215,23 @@ def training_targets(splits) -> list:
         return np.arange(len(train))[:, None] < positives[None, :]
     mean, std = train.targets["mean"], train.targets["std"]  # two values m - s and m + s: mean m, spread s
     return [tuple(m - s for m, s in zip(mean, std)), tuple(m + s for m, s in zip(mean, std))]
+
+
+def is_shard_folder(path) -> bool:
+    """True for a folder holding the index.json `transferkit shard` writes."""
+    from pathlib import Path
+
+    return Path(path).is_dir() and (Path(path) / INDEX_NAME).is_file()
+
+
+def folder_recipe(folder) -> tuple[dict, ShardIndex]:
+    """The recipe keys that stream the shards in `folder` (task and data sections), and its index."""
+    from pathlib import Path
+
+    folder = Path(folder).expanduser().absolute()
+    index = read_index(str(folder / INDEX_NAME), str(folder / INDEX_NAME))
+    urls = {role: str(folder / split.pattern) for role, split in index.splits.items()}
+    if "train" not in urls or "test" not in urls:
+        raise DataError(f"{folder / INDEX_NAME}: shards of a train and a test split are needed (found "
+                        f"{', '.join(urls)}); write them with transferkit shard from a folder with train/ and test/")
+    return {"task": {"name": index.labels}, "data": {"source": "webdataset", "urls": urls}}, index

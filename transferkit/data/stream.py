@@ -24,7 +24,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from transferkit.data.folder import IMAGE_EXTENSIONS
-from transferkit.data.images import FIXES, ImageReadError, open_rgb
+from transferkit.data.images import FIXES, EncodedImage, ImageReadError, open_rgb
 from transferkit.data.loading import BadImage, Batch, collate, transformed
 from transferkit.data.shard_urls import open_url, webdataset_module
 
@@ -264,3 +264,43 @@ class StreamLoader:
         return (f"exact: each reader streams its shards again from the epoch's start and passes over the samples of "
                 f"the first {step} step(s) without decoding them, so the shard position and shuffle buffer are as "
                 f"they were")
+
+
+class StreamedSamples:
+    """(EncodedImage, target) of every sample of some shards, read in order one shard at a time, for a single
+    process (evaluate, preview, check-data); len() from the index. Unreachable shards and samples without an
+    image or labels are left out and listed in `problems`."""
+
+    def __init__(self, urls: list[str], counts: list[int], labels: str, outputs: list[str],
+                 per_class: dict[str, int] | None = None):
+        self.urls, self.counts, self.labels, self.outputs = urls, counts, labels, outputs
+        self.per_class = per_class or {}
+        self.problems: list[BadImage] = []
+
+    def __len__(self) -> int:
+        return sum(self.counts)
+
+    def absent_classes(self, classes: list[str]) -> list[str]:
+        """The classes no sample is labelled with, from the index (single-label shards; [] otherwise)."""
+        if self.labels != "single_label":
+            return []
+        return [name for name in classes if not self.per_class.get(name)]
+
+    def samples_of(self, url: str) -> Iterator[tuple[EncodedImage, object]]:
+        """One shard's samples."""
+        for sample in shard_samples(url, self.problems):
+            name, member = sample_name(sample), image_member(sample)
+            if member is None:
+                self.problems.append(BadImage(name, f"{name}: no image in the sample; {SHARD_FIX}"))
+                continue
+            try:
+                target = sample_target(sample, self.labels, self.outputs)
+            except (KeyError, ValueError, TypeError) as exc:
+                self.problems.append(BadImage(name, f"{name}: its labels cannot be read ({exc}); {SHARD_FIX}"))
+                continue
+            yield EncodedImage(name, member[1], "." + member[0]), target
+
+    def __iter__(self) -> Iterator[tuple[EncodedImage, object]]:
+        self.problems = []
+        for url in self.urls:
+            yield from self.samples_of(url)

@@ -52,7 +52,8 @@ def stream_plan(spec: ExperimentSpec, device: torch.device, splits: ShardSplits,
     if features:
         views = max(1, spec.lr_policy.cache_views)
         stream["feature_cache"] = f"{len(splits.train) * views} training feature vectors held in memory"
-        reasons.append(f"feature cache: {views} view(s) of each training image streamed once, its features kept")
+        reasons = [f"feature cache: {views} view(s) of the {len(splits.train)} training images streamed once from "
+                   f"{len(splits.train.urls)} shards, their features held in memory (the images are not)"]
     eval_batch = d.eval_batch_size or default_eval_batch_size(device, d.batch_size)
     return DataPlan("feature_cache" if features else "stream", "none", "none", 0, 0, d.batch_size, eval_batch, workers,
                     f"shuffle buffer {d.shuffle_buffer}", reasons, stream)

@@ -3,19 +3,24 @@
 from __future__ import annotations
 
 import csv
+import heapq
 import io
+import itertools
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterable, Iterator
 
 import numpy as np
 from rich.console import Console
 from rich.table import Table
 
 from transferkit.data.folder import Samples, class_folders, scan_split, val_folder
+from transferkit.data.shard_index import ShardSplits
+from transferkit.data.stream import StreamedSamples
 from transferkit.errors import DataError, TransferkitError
 from transferkit.files import atomic_write_bytes, atomic_write_text
-from transferkit.inference.batches import ImagePreparer
+from transferkit.inference.batches import ImageBatch, ImagePreparer
 from transferkit.inference.feedback import feedback
 from transferkit.inference.metrics import classification_metrics, log_softmax
 from transferkit.inference.plots import confusion_png, top_losses_png
@@ -38,6 +43,7 @@ class Evaluation:
     rows: list[dict]
     unreadable: list[dict] = field(default_factory=list)
     task: object = None  # the predictor's Task (its report prints the evaluation)
+    images: dict = field(default_factory=dict)  # the most confidently wrong rows' items by name (top_losses.png)
 
     @property
     def confusion(self) -> np.ndarray:
@@ -65,6 +71,8 @@ def check_classes(model_classes: list[str], folder: Path, folder_classes: list[s
 
 def absent_classes(samples: Samples, classes: list[str]) -> list[str]:
     """The model's classes no sample is labelled with (single-label samples; [] for label vectors)."""
+    if isinstance(samples, StreamedSamples):
+        return samples.absent_classes(classes)
     if not samples or not isinstance(samples[0][1], int):
         return []
     present = {label for _, label in samples}
@@ -109,6 +117,18 @@ def _in_model_order(samples: Samples, outputs: list[str], classes: list[str], wh
     return [(path, index[outputs[label]]) for path, label in samples]
 
 
+def streamed_samples(splits: ShardSplits, split: str, classes: list[str]) -> tuple[StreamedSamples, str]:
+    """A split of streamed shards as samples read in order (never held whole), and the index that counts them."""
+    chosen = splits.split(split)
+    if chosen is None:
+        raise DataError(f"{splits.index_url}: the run's shards have no {split} split; use --split test")
+    if splits.classes != list(classes):
+        raise DataError(f"{splits.index_url}: the shards' {splits.labels} outputs ({', '.join(splits.classes)}) are "
+                        f"not the model's ({', '.join(classes)}); evaluate on shards written for this model")
+    return StreamedSamples(chosen.urls, chosen.counts, splits.labels, splits.classes, chosen.per_class), \
+        splits.index_url
+
+
 def folder_samples(folder: str | Path, split: str, classes: list[str], recipe: dict | None = None
                    ) -> tuple[Samples, Path]:
     """Labelled files of a class-per-folder set (or a label table, .csv), labels indexing the model's `classes`."""
@@ -131,6 +151,8 @@ def recipe_samples(recipe: dict, split: str, classes: list[str]) -> tuple[Sample
         splits = recipe_splits(spec)  # the same files, trim and validation split as training's
     except TransferkitError as exc:
         raise DataError(f"the run's data cannot be read ({exc}); pass --data FOLDER (in Python: a folder)") from None
+    if isinstance(splits, ShardSplits):
+        return streamed_samples(splits, split, classes)
     samples = splits.test if split == "test" else splits.val
     where = Path(splits.root or spec.data.root or spec.data.dataset)
     if not samples:
@@ -138,55 +160,98 @@ def recipe_samples(recipe: dict, split: str, classes: list[str]) -> tuple[Sample
     return _in_model_order(samples, splits.classes, classes, where), where
 
 
-def evaluate_samples(predictor: Predictor, samples: Samples, console: Console | None = None,
+CHUNK = 1024  # samples read ahead of the model at a time: a streamed split is never held whole
+
+
+def scored_chunks(predictor: Predictor, samples: Iterable) -> Iterator[tuple[list, list, ImageBatch, np.ndarray]]:
+    """(items, targets, batch, logits) for each batch of `samples` ((item, target) pairs: paths, or streamed
+    images), read CHUNK at a time; batch positions index the chunk's items."""
+    iterator = iter(samples)
+    while chunk := list(itertools.islice(iterator, CHUNK)):
+        items, targets = [item for item, _ in chunk], [target for _, target in chunk]
+        for batch, logits in predictor.scored_batches(items):
+            yield items, targets, batch, logits
+
+
+def _unreadable(items: list, batch: ImageBatch) -> list[dict]:
+    return [{"path": str(items[position]), "error": error} for position, error in batch.errors.items()]
+
+
+def _shard_problems(samples) -> list[dict]:
+    """Streamed shards or samples that could not be read at all (no image to score), as unreadable rows."""
+    return [{"path": bad.path, "error": bad.message} for bad in getattr(samples, "problems", [])]
+
+
+class _TopLosses:
+    """The items of the TOP_LOSSES most confidently wrong rows (ties: the earlier first), kept as they stream by so
+    their pictures can be drawn without reading the data again."""
+
+    def __init__(self):
+        self.heap: list = []
+        self.seen = 0
+
+    def offer(self, loss: float, name: str, item) -> None:
+        self.seen += 1
+        entry = (loss, -self.seen, name, item)
+        if len(self.heap) < TOP_LOSSES:
+            heapq.heappush(self.heap, entry)
+        elif entry[:2] > self.heap[0][:2]:
+            heapq.heapreplace(self.heap, entry)
+
+    def items(self) -> dict:
+        return {name: item for _, _, name, item in self.heap}
+
+
+def evaluate_samples(predictor: Predictor, samples: Iterable, console: Console | None = None,
                      progress: bool = False) -> Evaluation:
-    """Predict every sample and compute the metrics; unreadable files are left out and listed."""
+    """Predict every sample ((item, class index) pairs, a list or a stream with len()) and compute the metrics;
+    unreadable ones are left out and listed."""
     console = console or Console(stderr=True, soft_wrap=True)
     if predictor.task.name != "single_label":  # single_label's report is this module's; the others' task_reports'
         return evaluate_task_samples(predictor, samples, console, progress)
-    paths = [path for path, _ in samples]
-    logits_parts, targets, rows, unreadable = [], [], [], []
-    with feedback(console, "evaluate", len(paths), progress) as bar:
-        for batch, logits in predictor.scored_batches(paths):
-            for position, error in batch.errors.items():
-                unreadable.append({"path": str(paths[position]), "error": error})
-            labels = np.array([samples[p][1] for p in batch.positions], dtype=np.int64)
+    logits_parts, targets, rows, unreadable, worst = [], [], [], [], _TopLosses()
+    with feedback(console, "evaluate", len(samples), progress) as bar:
+        for items, chunk_targets, batch, logits in scored_chunks(predictor, samples):
+            unreadable += _unreadable(items, batch)
+            labels = np.array([chunk_targets[p] for p in batch.positions], dtype=np.int64)
             if len(labels):
                 logits_parts.append(logits)
                 targets.append(labels)
                 probabilities, log_p = softmax(logits), log_softmax(logits)
                 for row, position in enumerate(batch.positions):
                     best = int(probabilities[row].argmax())
-                    rows.append({"path": str(paths[position]), "true_label": predictor.classes[labels[row]],
+                    rows.append({"path": str(items[position]), "true_label": predictor.classes[labels[row]],
                                  "predicted_label": predictor.classes[best],
                                  "probability": float(probabilities[row, best]),
                                  "true_probability": float(probabilities[row, labels[row]]),
                                  "loss": float(-log_p[row, labels[row]])})
+                    if best != labels[row]:
+                        worst.offer(rows[-1]["loss"], rows[-1]["path"], items[position])
             bar.advance(batch.count)
+    unreadable += _shard_problems(samples)
     if not rows:
-        raise DataError(f"no readable images among the {len(paths)} to evaluate; check the files with "
+        raise DataError(f"no readable images among the {len(samples)} to evaluate; check the files with "
                         f"`transferkit check-data`")
     all_logits = np.concatenate(logits_parts)
     metrics = classification_metrics(all_logits, np.concatenate(targets), predictor.classes)
     metrics["unreadable"] = unreadable
-    return Evaluation(metrics, list(predictor.classes), rows, unreadable)
+    return Evaluation(metrics, list(predictor.classes), rows, unreadable, images=worst.items())
 
 
-def evaluate_task_samples(predictor: Predictor, samples: Samples, console: Console, progress: bool) -> Evaluation:
+def evaluate_task_samples(predictor: Predictor, samples: Iterable, console: Console, progress: bool) -> Evaluation:
     """evaluate_samples for a task with a report of its own (multi_label, regression, plugin tasks)."""
-    paths = [path for path, _ in samples]
     logits_parts, targets, kept, unreadable = [], [], [], []
-    with feedback(console, "evaluate", len(paths), progress) as bar:
-        for batch, logits in predictor.scored_batches(paths):
-            for position, error in batch.errors.items():
-                unreadable.append({"path": str(paths[position]), "error": error})
+    with feedback(console, "evaluate", len(samples), progress) as bar:
+        for items, chunk_targets, batch, logits in scored_chunks(predictor, samples):
+            unreadable += _unreadable(items, batch)
             if batch.positions:
                 logits_parts.append(logits)
-                targets += [samples[p][1] for p in batch.positions]
-                kept += [str(paths[p]) for p in batch.positions]
+                targets += [chunk_targets[p] for p in batch.positions]
+                kept += [str(items[p]) for p in batch.positions]
             bar.advance(batch.count)
+    unreadable += _shard_problems(samples)
     if not kept:
-        raise DataError(f"no readable images among the {len(paths)} to evaluate; check the files with "
+        raise DataError(f"no readable images among the {len(samples)} to evaluate; check the files with "
                         f"`transferkit check-data`")
     report = report_for(predictor.task)
     all_logits, all_targets = np.concatenate(logits_parts), np.asarray(targets, dtype=np.float32)
@@ -208,12 +273,15 @@ def _csv(rows: list[dict] | list[list], header: list[str] | None = None) -> str:
     return out.getvalue()
 
 
-def top_loss_images(predictor: Predictor, wrong: list[dict]) -> tuple[list[np.ndarray], list[str]]:
-    """The model's view (resized, centre-cropped) of the most confidently wrong files, with captions."""
+def top_loss_images(predictor: Predictor, wrong: list[dict], kept: dict | None = None
+                    ) -> tuple[list[np.ndarray], list[str]]:
+    """The model's view (resized, centre-cropped) of the most confidently wrong files, with captions; `kept`: the
+    items evaluation kept for them by name (streamed images), else each row's path is read."""
+    kept = kept or {}
     prepare = ImagePreparer(predictor.preprocessing)
     images, captions = [], []
     for row in wrong[:TOP_LOSSES]:
-        images.append(prepare(row["path"]).permute(1, 2, 0).numpy())
+        images.append(prepare(kept.get(row["path"], row["path"])).permute(1, 2, 0).numpy())
         captions.append(f"{Path(row['path']).name[:28]}\ntrue {row['true_label']}, predicted "
                         f"{row['predicted_label']}\np={row['probability']:.2f} (true {row['true_probability']:.2f})")
     return images, captions
@@ -233,7 +301,7 @@ def write_evaluation(result: Evaluation, predictor: Predictor, output: Path, tit
     atomic_write_text(output / "confusion_matrix.csv", _csv(matrix))
     atomic_write_bytes(output / "confusion_matrix.png", confusion_png(result.confusion, classes, title))
     wrong = result.misclassified
-    images, captions = top_loss_images(predictor, wrong)
+    images, captions = top_loss_images(predictor, wrong, result.images)
     atomic_write_bytes(output / "top_losses.png", top_losses_png(images, captions, f"{title}: top losses"))
     columns = ["path", "true_label", "predicted_label", "probability", "true_probability", "loss"]
     atomic_write_text(output / "misclassified.csv", _csv(wrong, columns))
