@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from transferkit.data.shard_urls import base_name, beside, expand, first_unreachable, read_bytes
+from transferkit.data.shard_urls import base_name, beside, expand, first_unreachable, read_bytes, reason_of
 from transferkit.errors import DataError
 
 INDEX_NAME = "index.json"
@@ -84,13 +84,11 @@ def read_index(url: str, field_name: str = "data.urls.index") -> ShardIndex:
     """The index at `url`; a one-line DataError when it cannot be read (a dead URL at start)."""
     try:
         text = read_bytes(url)
-    except FileNotFoundError:
-        raise DataError(f"{field_name}: {url} not found; point it at the {INDEX_NAME} `transferkit shard` wrote "
-                        f"beside the shards") from None
     except Exception as exc:  # refused connections, timeouts and HTTP errors read the same to the user
-        reason = " ".join(str(exc).split())[:200] or type(exc).__name__
-        raise DataError(f"{field_name}: cannot read {url} ({reason}); check the address and that the server is up")\
-            from None
+        reason = reason_of(exc)
+        fix = (f"point it at the {INDEX_NAME} `transferkit shard` wrote beside the shards" if reason == "not found"
+               or reason.startswith("HTTP 404") else "check the address and that the server is up")
+        raise DataError(f"{field_name}: cannot read {url} ({reason}); {fix}") from None
     return ShardIndex.from_json(text, url)
 
 

@@ -68,13 +68,31 @@ def open_url(url: str):
         return open(local_path(url), "rb")
     import fsspec
 
-    return fsspec.open(url, "rb").open()
+    # http(s): one streaming GET (block_size 0), read front to back, so servers without range requests work too
+    options = {"block_size": 0} if protocol(url) in ("http", "https") else {}
+    return fsspec.open(url, "rb", **options).open()
 
 
 def read_bytes(url: str) -> bytes:
     """The whole content of `url` (a small file: an index)."""
     with open_url(url) as handle:
         return handle.read()
+
+
+def reason_of(exc: BaseException) -> str:
+    """A short reason for a failed read: the HTTP status or the socket's error under fsspec's FileNotFoundError,
+    else the exception's own text."""
+    seen = exc
+    while seen is not None:
+        status = getattr(seen, "status", None)
+        if isinstance(status, int):
+            return f"HTTP {status} {getattr(seen, 'message', '') or ''}".strip()
+        if isinstance(seen, OSError) and seen.strerror:
+            return seen.strerror if not isinstance(seen, FileNotFoundError) else "not found"
+        seen = seen.__cause__ or seen.__context__
+    if isinstance(exc, FileNotFoundError):
+        return "not found"
+    return " ".join(str(exc).split())[:200] or type(exc).__name__
 
 
 def unreachable(url: str) -> str | None:
@@ -92,10 +110,8 @@ def unreachable(url: str) -> str | None:
 
         fs, path = fsspec.core.url_to_fs(url)
         fs.info(path)
-    except FileNotFoundError:
-        return "not found"
     except Exception as exc:  # any transport error (refused connection, timeout, 403) is the same fault to the user
-        return " ".join(str(exc).split())[:200] or type(exc).__name__
+        return reason_of(exc)
     return None
 
 

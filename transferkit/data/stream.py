@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from transferkit.data.folder import IMAGE_EXTENSIONS
 from transferkit.data.images import FIXES, EncodedImage, ImageReadError, open_rgb
 from transferkit.data.loading import BadImage, Batch, collate, transformed
-from transferkit.data.shard_urls import open_url, webdataset_module
+from transferkit.data.shard_urls import open_url, reason_of, webdataset_module
 
 IMAGE_SUFFIXES = tuple(ext.lstrip(".") for ext in IMAGE_EXTENSIONS)
 SHARD_FIX = "write the shards again from a good copy (transferkit shard), or set data.on_bad_image: skip"
@@ -81,7 +81,7 @@ def shard_samples(url: str, problems: list[BadImage]) -> Iterator[dict]:
     tariterators = webdataset_module().tariterators
 
     def stop(exc: Exception) -> bool:
-        reason = " ".join(str(exc.args[0] if exc.args else exc).split())[:200] or type(exc).__name__
+        reason = reason_of(exc)
         problems.append(BadImage(url, f"{url}: shard cannot be read to its end ({reason}); {SHARD_FIX}"))
         return False
 

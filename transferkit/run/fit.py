@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 import yaml
 
 from transferkit.data.folder import is_image_file, val_folder
+from transferkit.data.shard_index import folder_recipe, is_shard_folder
 from transferkit.errors import DataError, SpecError, TransferkitError
 from transferkit.files import atomic_write_text
 from transferkit.model.offline_weights import availability
@@ -60,10 +61,13 @@ def table_settings(table: Path, task: str) -> tuple[dict, int]:
 
 def data_settings(root: Path, seed: int, task: str = "single_label") -> tuple[dict, int]:
     """The recipe's data keys for the folder's layout (train/ and test/ [and val/]; train/ and val/, val/ then
-    the test split; train/ alone, or one folder of classes, split 80/20 with the seed), or for a label table
-    (.csv), and the number of training images."""
+    the test split; train/ alone, or one folder of classes, split 80/20 with the seed), for a label table
+    (.csv), or for the shards `transferkit shard` wrote (streamed), and the number of training images."""
     if root.suffix.lower() in (".csv", ".tsv") and root.is_file():
         return table_settings(root, task)
+    if is_shard_folder(root):  # `transferkit shard` output: streamed, its splits as written
+        section, index = folder_recipe(root)
+        return section["data"], index.splits["train"].images
     if not root.is_dir():
         raise DataError(f"{root.resolve()}: folder not found; give a folder with train/ and test/ class folders, "
                         f"or one class folder per class")
@@ -131,8 +135,11 @@ def fit_recipe(folder: str | Path, preset: str = "balanced", backbone: str | Non
         raise SpecError(f"--preset {preset}: use one of {', '.join(PRESETS)}")
     root = Path(folder).expanduser()
     given = overridden(overrides)
-    task = str(given.get("task.name", given.get("task", "single_label")))
+    shards = is_shard_folder(root)
+    written = folder_recipe(root)[0]["task"]["name"] if shards else "single_label"  # what the shards' labels are
+    task = str(given.get("task.name", given.get("task", written)))
     data, n_train = data_settings(root, seed, task)
+    has_val = not shards or "val" in data["urls"]
     if backbone:  # the weights already on this machine when there are some (a packaged source, a cached file)
         found = availability(backbone)
         name, weights = backbone, found.weights if found.available else None
@@ -149,7 +156,7 @@ def fit_recipe(folder: str | Path, preset: str = "balanced", backbone: str | Non
         "data": data,
         "task": {"name": task},
         "train": {"epochs": epochs_for(preset, n_train), "device": device,
-                  "best_metric": f"val_{task_class(task).default_metric}"},
+                  "best_metric": f"val_{task_class(task).default_metric}" if has_val else "auto"},
     }
     merged = with_preset(recipe)  # the preset's rules (for this task) written out, so the recipe shows them
     order = ["name", "description", "preset", "seed", "base_variant", "task", "backbone", "head", "data", "optimizer",
