@@ -14,6 +14,7 @@ position and the shuffle buffer end up as they were; the skipped samples are rea
 
 from __future__ import annotations
 
+import itertools
 import json
 import random
 from dataclasses import dataclass, field
@@ -172,7 +173,8 @@ class ShardStream(IterableDataset):
         my_steps = len(range(role, s.steps, W))
         skip = len(range(role, self.done, W))
         problems: list[BadImage] = []
-        samples = self._cycled([s.urls[i] for i in mine], reader, problems)
+        # exactly this reader's share of the epoch enters the buffer: it never reads ahead into a next pass
+        samples = itertools.islice(self._cycled([s.urls[i] for i in mine], reader, problems), my_steps * s.batch)
         shuffled = webdataset_module().shuffle(s.buffer, initial=s.buffer,
                                                rng=random.Random(f"buffer/{s.seed}/{self.epoch}/{reader}"))(samples)
         seeds = random.Random(f"augment/{s.seed}/{self.epoch}/{reader}")

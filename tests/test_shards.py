@@ -1,0 +1,245 @@
+"""WebDataset shards (issue 23): `transferkit shard`, and training, evaluation and resume streamed from the shards.
+
+The comparisons use full-batch training of a frozen backbone's head without augmentation (crops of the whole
+square image, no flip): one step per epoch over every training image, so the folder pipeline, local shards,
+shards over HTTP and two processes all take the mean gradient of the same 40 images, and differ only in the
+order floats are added (tolerance 1e-5, as tests/test_distributed.py). Smaller batches see another, equally
+valid order when streamed; there the resume tests compare a run with itself.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.server
+import json
+import signal
+import threading
+from functools import partial
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from conftest import make_image_folder, run_cli, tiny_recipe
+from test_resume import _run_with_fault
+from transferkit.callbacks.checkpoint import load_checkpoint
+from transferkit.data.shard_index import read_index, readers_problem
+from transferkit.data.stream import (BadImage, ShardStream, StreamLoader, StreamSettings, eval_batches,
+                                     eval_shards)
+from transferkit.errors import DataError, SpecError
+from transferkit.recipe.merge import deep_merge
+
+CLASSES = ("a", "b", "c", "d")
+METRICS = ("epoch", "train_loss", "train_accuracy", "test_loss", "test_accuracy")
+# Full batch, no augmentation, the backbone frozen (and streamed through: no feature cache).
+SAME_STEPS = {"data": {"batch_size": 40, "crop_scale": [1.0, 1.0], "crop_ratio": [1.0, 1.0], "hflip": False,
+                       "cache": "none"},
+              "lr_policy": {"name": "frozen_backbone", "feature_cache": False},
+              "optimizer": {"lr": 0.05, "momentum": 0.9}, "train": {"epochs": 2, "deterministic": True}}
+
+
+def shard_recipe(urls: dict, **overrides) -> dict:
+    """tiny_recipe streaming `urls` instead of reading a folder."""
+    recipe = tiny_recipe(Path("unused"), **overrides)
+    recipe["data"] = {k: v for k, v in recipe["data"].items() if k not in ("dataset", "root")}
+    return deep_merge(recipe, {"data": {"source": "webdataset", "urls": urls}})
+
+
+def write_recipe(path: Path, recipe: dict) -> Path:
+    path.write_text(yaml.safe_dump(recipe))
+    return path
+
+
+def size_for(folder: Path, shards: int) -> str:
+    """A --shard-size that spreads the folder's training images over `shards` shards."""
+    total = sum(p.stat().st_size + 2048 for p in folder.rglob("*.jpg"))
+    return str(total // shards + 1)
+
+
+@pytest.fixture(scope="module")
+def made(tmp_path_factory):
+    """A 4-class folder (10 train, 4 test images each, 32 px) and `transferkit shard` of it: (tmp, folder, shards,
+    the command's result)."""
+    tmp = tmp_path_factory.mktemp("shards")
+    folder = make_image_folder(tmp / "photos", classes=CLASSES, per_class=(10, 4), size=(32, 32))
+    result = run_cli("shard", str(folder), str(tmp / "shards"), "--shard-size", size_for(folder / "train", 4))
+    assert result.returncode == 0, result.stderr
+    return tmp, folder, tmp / "shards", result
+
+
+def urls_of(shards: Path, base: str | None = None) -> dict:
+    index = read_index(str(shards / "index.json"))
+    where = base or str(shards)
+    return {role: f"{where}/{split.pattern}" for role, split in index.splits.items()}
+
+
+def test_shard_writes_the_same_bytes_again_and_the_webdataset_library_reads_them_back(made):
+    import webdataset
+
+    from transferkit.run.shard import shard_target
+
+    tmp, folder, shards, result = made
+    index = json.loads((shards / "index.json").read_text())
+    assert index["labels"] == "single_label" and index["outputs"] == list(CLASSES)
+    train = index["splits"]["train"]
+    assert [s["images"] for s in train["shards"]] == [10, 10, 10, 10] and train["images"] == 40
+    assert train["per_class"] == {name: 10 for name in CLASSES} and index["splits"]["test"]["images"] == 16
+    assert "source: webdataset" in result.stdout and train["pattern"] in result.stdout
+
+    samples = list(webdataset.WebDataset(str(shards / train["pattern"]), shardshuffle=False))
+    assert len(samples) == 40 and len({s["__key__"] for s in samples}) == 40
+    for sample in samples:  # the image bytes untouched, the label as the class index and in the json
+        record = json.loads(sample["json"])
+        assert sample["jpg"] == (folder / record["path"]).read_bytes()
+        assert CLASSES[int(sample["cls"])] == record["class"] == Path(record["path"]).parent.name
+    decoded = next(iter(webdataset.WebDataset(str(shards / "test-000000.tar"), shardshuffle=False).decode("pil")))
+    assert decoded["jpg"].size == (32, 32) and decoded["cls"] == 0
+
+    again = shard_target(str(folder), tmp / "again", size_for(folder / "train", 4))
+    written = sorted(p.name for p in shards.iterdir())
+    assert written == sorted(p.name for p in again.out.iterdir())
+    for name in written:
+        assert hashlib.sha1((shards / name).read_bytes()).digest() == \
+            hashlib.sha1((again.out / name).read_bytes()).digest(), name
+    with pytest.raises(DataError, match="not empty"):
+        shard_target(str(folder), shards)
+
+
+class _Quiet(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+
+def _run(tmp: Path, recipe: dict, name: str, *args: str) -> Path:
+    result = run_cli("run", str(write_recipe(tmp / f"{name}.yaml", recipe)), "--output", str(tmp / name),
+                     "--no-progress", *args)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return tmp / name / "tiny" / "base"
+
+
+def _final(run_dir: Path):
+    rows = json.loads((run_dir / "metrics.json").read_text())
+    return [{k: row[k] for k in METRICS} for row in rows], load_checkpoint(run_dir / "last.pt")["model"]
+
+
+def _assert_close(a: Path, b: Path, exact: bool = False) -> None:
+    rows_a, model_a = _final(a)
+    rows_b, model_b = _final(b)
+    for x, y in zip(rows_a, rows_b, strict=True):
+        assert x["train_accuracy"] == y["train_accuracy"] and x["test_accuracy"] == y["test_accuracy"]
+        for key in ("train_loss", "test_loss"):
+            assert y[key] == (x[key] if exact else pytest.approx(x[key], rel=1e-5)), key
+    for key in model_a:
+        assert torch.allclose(model_a[key].float(), model_b[key].float(), atol=0 if exact else 1e-5), key
+
+
+@pytest.fixture(scope="module")
+def local_run(made):
+    tmp, _, shards, _ = made
+    return _run(tmp, shard_recipe(urls_of(shards), **SAME_STEPS), "local")
+
+
+def test_training_on_local_and_http_shards_matches_the_folder_it_was_written_from(made, local_run):
+    tmp, folder, shards, _ = made
+    from_folder = _run(tmp, tiny_recipe(folder, **SAME_STEPS), "folder")
+    _assert_close(from_folder, local_run)
+    plan = json.loads((local_run / "data_plan.json").read_text())
+    assert plan["train_source"] == "stream" and plan["train_cache"] == plan["eval_cache"] == "none"
+    assert plan["stream"]["steps_per_epoch"] == 1 and plan["stream"]["shards"] == {"train": 4, "test": 2}
+    evaluation = json.loads((local_run / "evaluation" / "test" / "metrics.json").read_text())
+    assert evaluation["images"] == 16 and "sample" in (local_run / "evaluation" / "test" / "predictions.csv").read_text()
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), partial(_Quiet, directory=str(shards)))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        base = f"http://127.0.0.1:{server.server_address[1]}"
+        over_http = _run(tmp, shard_recipe(urls_of(shards, base), **SAME_STEPS), "http")
+    finally:
+        server.shutdown()
+        server.server_close()
+    _assert_close(local_run, over_http, exact=True)  # the same bytes in the same order
+
+
+def test_two_gloo_processes_train_alike_and_count_each_evaluation_image_once(made, local_run):
+    tmp, _, shards, _ = made
+    two = _run(tmp, shard_recipe(urls_of(shards), **SAME_STEPS), "two", "--nproc", "2")
+    _assert_close(local_run, two)  # each process streamed two shards (20 images): together the one-process batch
+    for world in (1, 2, 3):
+        for workers in (0, 1, 2):
+            read = [i for rank in range(world) for worker in range(max(1, workers))
+                    for i in eval_shards(5, rank, world, worker, workers)]
+            assert sorted(read) == list(range(5))
+
+
+def test_too_few_shards_for_the_processes_and_workers_is_refused_when_the_recipe_is_read(made):
+    from transferkit import load_recipe
+
+    tmp, _, shards, _ = made
+    recipe = write_recipe(tmp / "refused.yaml", shard_recipe(urls_of(shards)))
+    with pytest.raises(SpecError, match=r"data.urls.train: 4 training shard\(s\) for 1 process\(es\) x 5 loader "
+                                        r"worker\(s\) = 5 readers: 1 would get no shard"):
+        load_recipe(recipe, ["data.num_workers=5"])
+    refused = run_cli("run", str(recipe), "--set", "data.num_workers=3", "--nproc", "2")
+    assert refused.returncode == 2 and "2 process(es) x 3 loader worker(s) = 6 readers" in refused.stderr
+    assert len(refused.stderr.strip().splitlines()) == 1
+    assert readers_problem(4, 2, 2) is None and "set data.num_workers: 2" in readers_problem(4, 2, 3)
+    with pytest.raises(DataError, match="data.urls.index: cannot read .*nowhere.json"):
+        load_recipe(recipe, [f"data.urls.index={tmp / 'nowhere.json'}"])
+
+
+def _stream(urls: list[str], counts: list[int], train: bool, workers: int = 0) -> StreamLoader:
+    from torchvision.transforms import v2
+
+    settings = StreamSettings(urls, counts, "single_label", list(CLASSES), 4, train, seed=1, buffer=8,
+                              steps=sum(counts) // 4, workers=workers)
+    return StreamLoader(ShardStream(settings, v2.PILToTensor(), keys=True), torch.device("cpu"))
+
+
+def test_a_resumed_stream_continues_with_the_very_samples_of_the_uninterrupted_one(made):
+    _, _, shards, _ = made
+    index = read_index(str(shards / "index.json"))
+    urls = [str(shards / s.name) for s in index.splits["train"].shards]
+    loader = _stream(urls, [10, 10, 10, 10], True, workers=2)
+    loader.set_epoch(3)
+    whole = [batch.keys for batch in loader]
+    assert len(whole) == 10 and sorted(k for keys in whole for k in keys) == sorted(f"{i:08d}" for i in range(40))
+    for step in (1, 4, 7):  # replayed from the epoch's start without decoding, in each worker
+        loader.set_epoch(3, skip=step * 4)
+        assert len(loader) == 10 - step and [batch.keys for batch in loader] == whole[step:]
+    loader.set_epoch(4)
+    assert [batch.keys for batch in loader] != whole  # another epoch, another order
+    assert "exact" in loader.describe_resume(4)
+
+    missing = str(shards / "test-000009.tar")  # a shard gone since the run started: named, the rest still read
+    evaluation = _stream([str(shards / "test-000000.tar"), missing], [8, 8], False)
+    batches = list(evaluation)
+    assert len(batches) == 3  # two of the first shard, one naming the second
+    bad = [item for batch in batches for item in batch.bad]
+    assert [b.path for b in bad] == [missing] and isinstance(bad[0], BadImage) and "cannot be read" in bad[0].message
+    assert sum(len(batch.keys) for batch in batches) == 8
+
+
+def test_sigkill_mid_epoch_then_resume_matches_and_a_corrupt_sample_is_skipped_and_named(tmp_path):
+    from transferkit.run.shard import shard_target
+
+    folder = make_image_folder(tmp_path / "photos", classes=CLASSES[:2], per_class=(12, 3), size=(32, 32))
+    (folder / "train" / "a" / "broken.jpg").write_bytes((folder / "train" / "a" / "a_0.jpg").read_bytes()[:300])
+    written = shard_target(str(folder), tmp_path / "shards", size_for(folder / "train", 4))
+    recipe = write_recipe(tmp_path / "resume.yaml", shard_recipe(
+        urls_of(written.out), data={"batch_size": 4, "num_workers": 2, "on_bad_image": "skip", "shuffle_buffer": 6},
+        lr_policy={"name": "frozen_backbone", "feature_cache": False}, train={"epochs": 2, "deterministic": True}))
+    whole = run_cli("run", str(recipe), "--output", str(tmp_path / "whole"), "--no-progress")
+    assert whole.returncode == 0, whole.stderr[-3000:]
+    assert "skipped unreadable image" in whole.stderr and "(train/a/broken.jpg): truncated" in whole.stderr
+
+    out = tmp_path / "killed"
+    killed = _run_with_fault(tmp_path, "SIGKILL", 6 + 3, "run", str(recipe), "--output", str(out), "--no-progress")
+    assert killed.returncode == -signal.SIGKILL  # 25 images, batch 4: 6 steps an epoch; killed in the second
+    run_dir = out / "tiny" / "base"
+    assert load_checkpoint(run_dir / "last.pt")["epoch"] == 1
+    resumed = run_cli("run", str(recipe), "--output", str(out), "--resume", "auto", "--no-progress")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resuming at epoch 2" in resumed.stderr
+    _assert_close(tmp_path / "whole" / "tiny" / "base", run_dir, exact=True)
