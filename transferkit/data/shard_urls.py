@@ -6,6 +6,7 @@ protocol's package (aiohttp for http, s3fs for s3, gcsfs for gs). Nothing here i
 
 from __future__ import annotations
 
+import io
 import posixpath
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -14,6 +15,7 @@ from urllib.parse import urlsplit
 from transferkit.errors import DataError
 
 SHARDS_EXTRA = "pip install 'transferkit[shards]'"
+REMOTE_BUFFER = 1 << 20  # bytes read from a remote shard at a time
 
 
 def webdataset_module():
@@ -70,7 +72,8 @@ def open_url(url: str):
 
     # http(s): one streaming GET (block_size 0), read front to back, so servers without range requests work too
     options = {"block_size": 0} if protocol(url) in ("http", "https") else {}
-    return fsspec.open(url, "rb", **options).open()
+    # a large buffer: tar reads 10 kB at a time, and each fsspec read is a round trip to its event loop thread
+    return io.BufferedReader(fsspec.open(url, "rb", **options).open(), buffer_size=REMOTE_BUFFER)
 
 
 def read_bytes(url: str) -> bytes:
