@@ -1,7 +1,7 @@
 """WebDataset shards (issue 23): memory, throughput, HTTP and two processes, on synthetic 64 px JPEGs it makes.
 
     flock /tmp/transferkit-bench.lock python benchmarks/shards.py [--sizes 10000 100000] [--rounds 3]
-                                                                  [--work DIR] [--json OUT]
+                                                                  [--work DIR] [--json OUT] [--photos DIR]
 
 1. Throughput of the training data pipeline alone (decode, random crop to 56 px, flip, batch of 64; no model),
    on the first size's images, each round: the folder pipeline (data.cache none: every epoch decodes, as
@@ -189,10 +189,9 @@ def throughput(photos: Path, shards: Path, rounds: int, workers: int) -> dict:
     return rates
 
 
-def photo_rates(work: Path, rounds: int) -> dict | None:
+def photo_rates(photos: Path, work: Path, rounds: int) -> dict | None:
     """images/s of the folder and streamed pipelines (0 workers: one core) on the real clothing photos (400 x 534
     JPEGs, about ImageNet's), cropped to 224 px: what one core decodes, for the plan in docs/distributed.md."""
-    photos = HERE.parents[1] / "shared" / "data" / "clothing-small"
     if not photos.is_dir():
         return None
     shards = make_shards(photos, work / "shards-clothing", "16MB")
@@ -211,6 +210,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--work", type=Path, default=Path("/tmp/transferkit-bench-shards"))
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--photos", type=Path, default=HERE.parents[1] / "shared" / "data" / "clothing-small",
+                        help="real photos for the 224 px decode rate (skipped when absent)")
     parser.add_argument("--skip", nargs="*", default=[], choices=["throughput", "memory", "ddp"])
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--output", help=argparse.SUPPRESS)
@@ -238,7 +239,7 @@ def main() -> None:
         photos, shards = sets[args.sizes[0]]
         report["throughput_images_per_s"] = {f"workers_{w}": throughput(photos, shards, args.rounds, w)
                                              for w in (0, 2)}
-        report["photos_224px_images_per_s"] = photo_rates(args.work, args.rounds)
+        report["photos_224px_images_per_s"] = photo_rates(args.photos, args.work, args.rounds)
     if "memory" not in args.skip:
         report["memory"] = {}
         for n in args.sizes:
