@@ -119,3 +119,14 @@ def _refuse_too_many_features(vectors: int, extractor: Extractor) -> None:
         raise DataError(f"lr_policy.feature_cache: {vectors} feature vectors of {width} floats need "
                         f"{need / 1e9:.1f} GB, over a quarter of this machine's memory; set "
                         f"lr_policy.feature_cache: false (the head then trains on streamed images)")
+
+
+def readers_changed(saved_plan: dict, plan: DataPlan) -> str | None:
+    """Why a mid-epoch resume cannot continue the streams exactly: the run stopped with another number of readers
+    (each reader's stream depends on it); None when the same, or when either side is not streamed."""
+    before = (saved_plan.get("stream") or {}).get("readers")
+    now = plan.stream["readers"] if plan.stream else None
+    if before is None or now is None or before == now:
+        return None
+    return (f"last.pt stopped mid-epoch with {before} shard readers (processes x loader workers) and this run has "
+            f"{now}; resume with the same data.num_workers and process count (or from an epoch boundary)")

@@ -81,7 +81,7 @@ class DataSpec(_Spec):
     """Where the images come from and how they are turned into tensors."""
 
     source: Literal["files", "webdataset"] = Field("files", description="files: image files (data.dataset, data.root, data.labels); webdataset: tar shards streamed from data.urls (docs/shards.md)")
-    urls: "ShardUrlsSpec | None" = Field(None, description="data.source webdataset: the shards of each split and their index")
+    urls: "ShardUrlsSpec | None" = Field(None, description="data.source webdataset: {train, test, val (optional), index (optional)}: each split's shards as a brace pattern (train-{000000..000099}.tar), a list, local paths (relative to the recipe file's folder), http(s):// or fsspec URLs; index: the index.json `transferkit shard` wrote (default: beside the first training shard)")
     shuffle_buffer: int = Field(1000, ge=1, description="data.source webdataset: training samples (still encoded) held in each loader worker's shuffle buffer; memory is about this x the mean image file size per worker")
     dataset: str = Field("folder", description="a registered dataset: folder, or one a plugin adds (see `transferkit list-datasets`)")
     root: str | None = Field(None, description="data folder (relative to the recipe file's folder; with --set, to the working directory); for downloadable datasets, an existing copy (no download)")
