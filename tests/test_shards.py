@@ -174,16 +174,17 @@ def test_two_gloo_processes_train_alike_and_count_each_evaluation_image_once(mad
 
 
 def test_too_few_shards_for_the_processes_and_workers_is_refused_when_the_recipe_is_read(made):
-    from transferkit import load_recipe
+    from transferkit import Experiment, load_recipe
+    from transferkit.run.launch import check_processes
 
     tmp, _, shards, _ = made
     recipe = write_recipe(tmp / "refused.yaml", shard_recipe(urls_of(shards)))
     with pytest.raises(SpecError, match=r"data.urls.train: 4 training shard\(s\) for 1 process\(es\) x 5 loader "
                                         r"worker\(s\) = 5 readers: 1 would get no shard"):
         load_recipe(recipe, ["data.num_workers=5"])
-    refused = run_cli("run", str(recipe), "--set", "data.num_workers=3", "--nproc", "2")
-    assert refused.returncode == 2 and "2 process(es) x 3 loader worker(s) = 6 readers" in refused.stderr
-    assert len(refused.stderr.strip().splitlines()) == 1
+    with pytest.raises(SpecError, match=r"2 process\(es\) x 3 loader worker\(s\) = 6 readers: 2 would get no "
+                                        r"shard .*, or set data.num_workers: 2, or run fewer processes"):
+        check_processes(Experiment.from_yaml(recipe, ["data.num_workers=3"]), 2)  # `run --nproc 2`, before launching
     assert readers_problem(4, 2, 2) is None and "set data.num_workers: 2" in readers_problem(4, 2, 3)
     with pytest.raises(DataError, match="data.urls.index: cannot read .*nowhere.json"):
         load_recipe(recipe, [f"data.urls.index={tmp / 'nowhere.json'}"])
