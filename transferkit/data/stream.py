@@ -18,14 +18,13 @@ import itertools
 import json
 import random
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Callable, Iterator
 
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from transferkit.data.folder import IMAGE_EXTENSIONS
-from transferkit.data.images import FIXES, EncodedImage, ImageReadError, open_rgb
+from transferkit.data.images import FIXES, EncodedImage, ImageReadError
 from transferkit.data.loading import BadImage, Batch, collate, transformed
 from transferkit.data.shard_urls import open_url, reason_of, webdataset_module
 
@@ -66,7 +65,7 @@ def decode_sample(sample: dict, transform: Callable, labels: str, outputs: list[
         return BadImage(name, f"{name}: no image in the sample; {SHARD_FIX}")
     ext, data = member
     try:
-        image = open_rgb(Path(f"image.{ext}"), data)
+        image = EncodedImage(name, data, f".{ext}").decode()
         target = sample_target(sample, labels, outputs)
     except ImageReadError as exc:
         return BadImage(name, f"{name}: {exc.reason}; {SHARD_FIX}" if exc.kind != "too-large"
