@@ -25,8 +25,7 @@ from conftest import make_image_folder, run_cli, tiny_recipe
 from test_resume import _run_with_fault
 from transferkit.callbacks.checkpoint import load_checkpoint
 from transferkit.data.shard_index import read_index, readers_problem
-from transferkit.data.stream import (BadImage, ShardStream, StreamLoader, StreamSettings, eval_batches,
-                                     eval_shards)
+from transferkit.data.stream import BadImage, ShardStream, StreamLoader, StreamSettings, eval_shards
 from transferkit.errors import DataError, SpecError
 from transferkit.recipe.merge import deep_merge
 
@@ -51,19 +50,13 @@ def write_recipe(path: Path, recipe: dict) -> Path:
     return path
 
 
-def size_for(folder: Path, shards: int) -> str:
-    """A --shard-size that spreads the folder's training images over `shards` shards."""
-    total = sum(p.stat().st_size + 2048 for p in folder.rglob("*.jpg"))
-    return str(total // shards + 1)
-
-
 @pytest.fixture(scope="module")
 def made(tmp_path_factory):
     """A 4-class folder (10 train, 4 test images each, 32 px) and `transferkit shard` of it: (tmp, folder, shards,
     the command's result)."""
     tmp = tmp_path_factory.mktemp("shards")
     folder = make_image_folder(tmp / "photos", classes=CLASSES, per_class=(10, 4), size=(32, 32))
-    result = run_cli("shard", str(folder), str(tmp / "shards"), "--shard-size", size_for(folder / "train", 4))
+    result = run_cli("shard", str(folder), str(tmp / "shards"), "--shards", "4", "--shard-size", "20kB")
     assert result.returncode == 0, result.stderr
     return tmp, folder, tmp / "shards", result
 
@@ -85,6 +78,7 @@ def test_shard_writes_the_same_bytes_again_and_the_webdataset_library_reads_them
     train = index["splits"]["train"]
     assert [s["images"] for s in train["shards"]] == [10, 10, 10, 10] and train["images"] == 40
     assert train["per_class"] == {name: 10 for name in CLASSES} and index["splits"]["test"]["images"] == 16
+    assert len(index["splits"]["test"]["shards"]) >= 2  # by --shard-size: evaluation is spread over processes too
     assert "source: webdataset" in result.stdout and train["pattern"] in result.stdout
 
     samples = list(webdataset.WebDataset(str(shards / train["pattern"]), shardshuffle=False))
@@ -96,7 +90,7 @@ def test_shard_writes_the_same_bytes_again_and_the_webdataset_library_reads_them
     decoded = next(iter(webdataset.WebDataset(str(shards / "test-000000.tar"), shardshuffle=False).decode("pil")))
     assert decoded["jpg"].size == (32, 32) and decoded["cls"] == 0
 
-    again = shard_target(str(folder), tmp / "again", size_for(folder / "train", 4))
+    again = shard_target(str(folder), tmp / "again", "20kB", train_shards=4)
     written = sorted(p.name for p in shards.iterdir())
     assert written == sorted(p.name for p in again.out.iterdir())
     for name in written:
@@ -146,7 +140,7 @@ def test_training_on_local_and_http_shards_matches_the_folder_it_was_written_fro
     _assert_close(from_folder, local_run)
     plan = json.loads((local_run / "data_plan.json").read_text())
     assert plan["train_source"] == "stream" and plan["train_cache"] == plan["eval_cache"] == "none"
-    assert plan["stream"]["steps_per_epoch"] == 1 and plan["stream"]["shards"] == {"train": 4, "test": 2}
+    assert plan["stream"]["steps_per_epoch"] == 1 and plan["stream"]["shards"]["train"] == 4
     evaluation = json.loads((local_run / "evaluation" / "test" / "metrics.json").read_text())
     assert evaluation["images"] == 16 and "sample" in (local_run / "evaluation" / "test" / "predictions.csv").read_text()
 
@@ -214,12 +208,12 @@ def test_a_resumed_stream_continues_with_the_very_samples_of_the_uninterrupted_o
     assert "exact" in loader.describe_resume(4)
 
     missing = str(shards / "test-000009.tar")  # a shard gone since the run started: named, the rest still read
-    evaluation = _stream([str(shards / "test-000000.tar"), missing], [8, 8], False)
+    first = index.splits["test"].shards[0]
+    evaluation = _stream([str(shards / first.name), missing], [first.images, 8], False)
     batches = list(evaluation)
-    assert len(batches) == 3  # two of the first shard, one naming the second
     bad = [item for batch in batches for item in batch.bad]
     assert [b.path for b in bad] == [missing] and isinstance(bad[0], BadImage) and "cannot be read" in bad[0].message
-    assert sum(len(batch.keys) for batch in batches) == 8
+    assert sum(len(batch.keys) for batch in batches) == first.images
 
 
 def test_sigkill_mid_epoch_then_resume_matches_and_a_corrupt_sample_is_skipped_and_named(tmp_path):
@@ -227,7 +221,7 @@ def test_sigkill_mid_epoch_then_resume_matches_and_a_corrupt_sample_is_skipped_a
 
     folder = make_image_folder(tmp_path / "photos", classes=CLASSES[:2], per_class=(12, 3), size=(32, 32))
     (folder / "train" / "a" / "broken.jpg").write_bytes((folder / "train" / "a" / "a_0.jpg").read_bytes()[:300])
-    written = shard_target(str(folder), tmp_path / "shards", size_for(folder / "train", 4))
+    written = shard_target(str(folder), tmp_path / "shards", train_shards=4)
     recipe = write_recipe(tmp_path / "resume.yaml", shard_recipe(
         urls_of(written.out), data={"batch_size": 4, "num_workers": 2, "on_bad_image": "skip", "shuffle_buffer": 6},
         lr_policy={"name": "frozen_backbone", "feature_cache": False}, train={"epochs": 2, "deterministic": True}))

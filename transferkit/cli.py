@@ -453,13 +453,16 @@ def shard(target: str = typer.Argument(..., metavar="FOLDER|TABLE.csv", help="fo
           folder: Path = typer.Argument(..., metavar="OUT", help="new or empty folder for the shards and index.json"),
           shard_size: str = typer.Option("256MB", "--shard-size", metavar="SIZE", help="about how large each shard "
                                          "is, e.g. 256MB, 1GB (a split's images are spread evenly)"),
+          shards: Optional[int] = typer.Option(None, "--shards", metavar="N", help="the training split in exactly N "
+                                               "shards (a multiple of processes x loader workers reads each image "
+                                               "once an epoch); the other splits by --shard-size"),
           set_: list[str] = typer.Option([], "--set", metavar="KEY=VALUE", help="how to read the data, e.g. --set "
                                          "data.split_ratio=0.2, --set task=multi_label, --set seed=1 (repeatable)")) -> None:
     """Write a data set's splits as WebDataset tar shards with an index (images per shard and class); identical bytes on a rerun."""
     from transferkit.run.shard import shard_target
 
     result = shard_target(target, folder, shard_size, set_, lambda path, images: err.print(
-        f"wrote {path.name}: {images} images, {path.stat().st_size / 1e6:.1f} MB", highlight=False))
+        f"wrote {path.name}: {images} images, {path.stat().st_size / 1e6:.1f} MB", highlight=False), shards)
     shards = sum(len(split.shards) for split in result.index.splits.values())
     images = sum(split.images for split in result.index.splits.values())
     err.print(f"{shards} shards, {images} images and {result.out / 'index.json'} in {result.out}; train on them with:",

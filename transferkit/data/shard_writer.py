@@ -32,10 +32,12 @@ MTIME = 0  # every member's time: 1970-01-01, so a rerun writes the same bytes
 
 @dataclass(frozen=True)
 class ShardSettings:
-    """How shards are written: the size each aims at (bytes) and the seed of the training split's order."""
+    """How shards are written: the size each aims at (bytes), the seed of the training split's order, and
+    optionally how many shards the training split gets (a multiple of the readers reads each image once an epoch)."""
 
     shard_size: int = 256 * 1000**2
     seed: int = 0
+    train_shards: int | None = None
 
 
 def parse_size(text: str) -> int:
@@ -91,10 +93,12 @@ def shard_names(split: str, count: int) -> tuple[list[str], str]:
     return names, pattern
 
 
-def plan_shards(samples: list, shard_size: int) -> list[list]:
-    """The samples spread evenly (counts differing by at most one) over ceil(bytes / shard_size) shards."""
-    total = sum(Path(path).stat().st_size + TAR_OVERHEAD for path, _ in samples)
-    count = max(1, min(len(samples), math.ceil(total / shard_size)))
+def plan_shards(samples: list, shard_size: int, count: int | None = None) -> list[list]:
+    """The samples spread evenly (counts differing by at most one) over `count` shards, or ceil(bytes / shard_size)."""
+    if count is None:
+        total = sum(Path(path).stat().st_size + TAR_OVERHEAD for path, _ in samples)
+        count = math.ceil(total / shard_size)
+    count = max(1, min(len(samples), count))
     return [samples[len(samples) * i // count: len(samples) * (i + 1) // count] for i in range(count)]
 
 
@@ -106,7 +110,7 @@ def write_split(split: str, samples: list, out: Path, outputs: list[str], labels
     if split == "train":
         samples = list(samples)
         random.Random(settings.seed).shuffle(samples)
-    groups = plan_shards(samples, settings.shard_size)
+    groups = plan_shards(samples, settings.shard_size, settings.train_shards if split == "train" else None)
     names, pattern = shard_names(split, len(groups))
     entries, key = [], start_key
     for name, group in zip(names, groups):

@@ -58,14 +58,19 @@ def shard_spec(target: str, overrides: list[str]) -> ExperimentSpec:
 
 
 def shard_target(target: str, out: str | Path, shard_size: str = "256MB", overrides: list[str] | None = None,
-                 on_shard: Callable[[Path, int], None] = lambda path, images: None) -> ShardResult:
-    """Write TARGET's splits as shards of about `shard_size` in OUT (a new or empty folder), then OUT/index.json."""
+                 on_shard: Callable[[Path, int], None] = lambda path, images: None,
+                 train_shards: int | None = None) -> ShardResult:
+    """Write TARGET's splits as shards of about `shard_size` in OUT (a new or empty folder), then OUT/index.json;
+    `train_shards`: the training split in exactly that many shards instead."""
     spec = shard_spec(target, overrides or [])
     size = parse_size(shard_size)
+    if train_shards is not None and train_shards < 1:
+        raise TransferkitError(f"--shards {train_shards}: give 1 or more")
     splits = recipe_splits(spec)
     labels = task_class(spec.task.name).labels_as
     out = Path(out).expanduser().absolute()
-    index = write_shards(splits, labels, out, ShardSettings(size, spec.seed), str(Path(target).absolute()), on_shard)
+    settings = ShardSettings(size, spec.seed, train_shards)
+    index = write_shards(splits, labels, out, settings, str(Path(target).absolute()), on_shard)
     return ShardResult(index, out)
 
 
