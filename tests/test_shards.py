@@ -217,11 +217,18 @@ def test_a_resumed_stream_continues_with_the_very_samples_of_the_uninterrupted_o
 
 
 def test_sigkill_mid_epoch_then_resume_matches_and_a_corrupt_sample_is_skipped_and_named(tmp_path):
+    from transferkit.data.preview import write_preview
     from transferkit.run.shard import shard_target
+    from transferkit.run.targets import check_target, splits_for
 
     folder = make_image_folder(tmp_path / "photos", classes=CLASSES[:2], per_class=(12, 3), size=(32, 32))
     (folder / "train" / "a" / "broken.jpg").write_bytes((folder / "train" / "a" / "a_0.jpg").read_bytes()[:300])
     written = shard_target(str(folder), tmp_path / "shards", train_shards=4)
+    report = check_target(str(written.out), [])  # check-data and preview of the shard folder, streamed
+    assert report.images_checked == 31 and [p.kind for p in report.problems] == ["truncated"]
+    assert "(train/a/broken.jpg)" in str(report.problems[0].path)
+    grid = write_preview(splits_for(str(written.out), None, []), tmp_path / "preview.png", cell=32)
+    assert grid.size == (8 * 32, 2 * (32 + 18))
     recipe = write_recipe(tmp_path / "resume.yaml", shard_recipe(
         urls_of(written.out), data={"batch_size": 4, "num_workers": 2, "on_bad_image": "skip", "shuffle_buffer": 6},
         lr_policy={"name": "frozen_backbone", "feature_cache": False}, train={"epochs": 2, "deterministic": True}))

@@ -42,8 +42,11 @@ class EncodedImage:
         return self.name
 
     def decode(self, min_side: int | None = None) -> Image.Image:
-        """Upright 8-bit RGB, as open_rgb decodes a file; ImageReadError when the bytes are no readable image."""
-        return open_rgb(Path(f"image{self.suffix}"), self.data, min_side)
+        """Upright 8-bit RGB, as open_rgb decodes a file; ImageReadError naming this image when it is unreadable."""
+        try:
+            return open_rgb(Path(f"image{self.suffix}"), self.data, min_side)
+        except ImageReadError as exc:
+            raise ImageReadError(self.name, exc.kind, exc.reason) from exc
 
 
 class ImageReadError(DataError):

@@ -10,6 +10,7 @@ from transferkit.data.folder import FolderSplits
 from transferkit.data.images import EncodedImage, open_rgb
 from transferkit.data.shard_index import ShardSplits
 from transferkit.data.stream import StreamedSamples
+from transferkit.errors import DataError
 from transferkit.files import atomic_write_bytes
 
 LABEL_HEIGHT = 18
@@ -38,9 +39,13 @@ def preview_grid(rows: list[list[tuple[Path, str]]], per_row: int = 8, cell: int
     for r, row in enumerate(rows):
         for i, (path, label) in enumerate(row[:per_row]):
             x, y = i * cell, r * (cell + LABEL_HEIGHT)
-            picture = path.decode() if isinstance(path, EncodedImage) else open_rgb(path)
-            image = ImageOps.pad(picture, (cell, cell), color="white")
-            grid.paste(image, (x, y))
+            try:
+                picture = path.decode() if isinstance(path, EncodedImage) else open_rgb(path)
+            except DataError:  # check-data names it; the grid shows where it is
+                draw.rectangle([x, y, x + cell - 1, y + cell - 1], fill="lightgrey")
+                draw.text((x + 4, y + 4), "unreadable", fill="black")
+            else:
+                grid.paste(ImageOps.pad(picture, (cell, cell), color="white"), (x, y))
             draw.text((x + 4, y + cell + 3), label, fill="black")
     return grid
 
