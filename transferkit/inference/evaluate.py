@@ -16,7 +16,7 @@ from rich.console import Console
 from rich.table import Table
 
 from transferkit.data.folder import Samples, class_folders, scan_split, val_folder
-from transferkit.data.shard_index import ShardSplits
+from transferkit.data.shard_index import ShardSplits, folder_recipe, is_shard_folder, shard_splits
 from transferkit.data.stream import StreamedSamples
 from transferkit.errors import DataError, TransferkitError
 from transferkit.files import atomic_write_bytes, atomic_write_text
@@ -28,6 +28,7 @@ from transferkit.inference.checkpoint_io import read_checkpoint
 from transferkit.inference.predictor import Predictor, softmax
 from transferkit.inference.task_reports import report_for
 from transferkit.inference.torch_predictor import TorchPredictor
+from transferkit.recipe.spec import DataSpec
 from transferkit.rundir import RunDir
 
 SPLITS = ("test", "val")
@@ -131,9 +132,14 @@ def streamed_samples(splits: ShardSplits, split: str, classes: list[str]) -> tup
 
 def folder_samples(folder: str | Path, split: str, classes: list[str], recipe: dict | None = None
                    ) -> tuple[Samples, Path]:
-    """Labelled files of a class-per-folder set (or a label table, .csv), labels indexing the model's `classes`."""
+    """Labelled files of a class-per-folder set (or a label table, .csv, or the shards `transferkit shard` wrote,
+    streamed), labels indexing the model's `classes`."""
     if Path(folder).suffix.lower() in (".csv", ".tsv"):
         return table_samples(Path(folder).expanduser(), recipe or {}, split, classes)
+    if is_shard_folder(folder):
+        section, index = folder_recipe(folder)
+        data = DataSpec.model_validate(section["data"])
+        return streamed_samples(shard_splits(data, index.labels), split, classes)
     split_dir = folder_split(folder, split)
     present = class_folders(split_dir)
     return _in_model_order(scan_split(split_dir, present), present, classes, split_dir), split_dir
