@@ -473,8 +473,9 @@ def shard(target: str = typer.Argument(..., metavar="FOLDER|TABLE.csv", help="fo
 
 @app.command()
 def evaluate(model: str = typer.Argument(..., help="run directory (runs/<name>/<variant>), checkpoint, or exported .onnx or TorchScript file"),
-             data: Optional[Path] = typer.Option(None, "--data", help="folder of class sub-folders (or one with test/, val/); "
-                                                                     "default: the split the run trained with"),
+             data: Optional[Path] = typer.Option(None, "--data", help="folder of class sub-folders (or one with test/, val/), "
+                                                                     "label table, or shard folder; default: the "
+                                                                     "split the run trained with"),
              split: str = typer.Option("test", "--split", help="test or val"),
              device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps"),
              output: Optional[Path] = typer.Option(None, "--output", help="folder for the results; default "
