@@ -169,6 +169,54 @@ def fit(folder: str = typer.Argument(..., help="folder of photos: train/ and tes
     err.print(f"repeat with: transferkit run {shlex.quote(str(started.root.recipe))}", highlight=False, soft_wrap=True)
 
 
+@app.command()
+def cv(target: Optional[str] = typer.Argument(None, metavar="RECIPE|FOLDER", autocompletion=_complete_recipe,
+                                              help="recipe (its base run, or --variant), or a data folder or label "
+                                                   "table run with a preset's rules as `fit` does"),
+       folds: int = typer.Option(5, "--folds", min=2, max=100, help="K: parts of the training data, one run each"),
+       group_regex: Optional[str] = typer.Option(None, "--group-regex", metavar="REGEX", help="file names with the "
+                                                 "same match (its first group) stay in one part, e.g. '^(.+)_\\d+'"),
+       group_column: Optional[str] = typer.Option(None, "--group-column", metavar="COLUMN",
+                                                  help="label-table column naming each image's group"),
+       preset: Optional[str] = typer.Option(None, "--preset", help="FOLDER: fast, balanced (default) or best"),
+       backbone: Optional[str] = typer.Option(None, "--backbone", help="FOLDER: backbone name (default: "
+                                                                       "EfficientNet-Lite0, offline weights)"),
+       variant: Optional[str] = typer.Option(None, "--variant", metavar="NAME", help="RECIPE: which run to "
+                                                                                    "cross-validate (default: the base)"),
+       set_: list[str] = typer.Option([], "--set", metavar="KEY=VALUE", help="override a recipe value (repeatable)"),
+       device: Optional[str] = typer.Option(None, "--device", help="auto, cpu, cuda, cuda:N or mps"),
+       seed: Optional[int] = typer.Option(None, "--seed", help="random seed (the parts and the training)"),
+       output: Path = typer.Option(Path("runs"), "--output", help="root folder for run directories"),
+       resume: Optional[Path] = typer.Option(None, "--resume", metavar="DIR", help="continue an interrupted cv"),
+       progress: bool = typer.Option(True, "--progress/--no-progress", help="show progress bars")) -> None:
+    """K-fold cross-validation: one run per fold under one folder; every metric as mean ± std (table and cv.json)."""
+    _api()
+    from transferkit.run.cv import resume_cv, start_cv, table_rows
+    from transferkit.run.display import print_table
+
+    if (target is None) == (resume is None):
+        raise TransferkitError("cv: give a RECIPE or FOLDER to cross-validate, or --resume DIR to continue one")
+    if resume is not None:
+        started = resume_cv(resume)
+    else:
+        started = start_cv(target, folds, preset, backbone, device, seed, set_, output, variant, group_regex,
+                           group_column)
+    assignment = started.assignment
+    err.print(f"cv: {assignment.folds} folds of {len(assignment.samples)} training images in "
+              f"{len(set(assignment.groups))} groups -> {started.root.path} (recipe.yaml, folds.csv)",
+              highlight=False, soft_wrap=True)
+    try:
+        result = started.run(console=err, progress=progress)
+    except RunInterrupted as stop:
+        err.print(f"interrupted: {stop.what_resume_does()}; resume with:\n  {started.resume_command}",
+                  markup=False, highlight=False, soft_wrap=True)
+        raise typer.Exit(130)
+    headers, rows = table_rows(result)
+    print_table(out, headers, rows, title=f"{assignment.folds}-fold cross-validation ({started.root.path})",
+                right=set(range(1, len(headers))))
+    err.print(f"wrote {started.root.cv}", highlight=False, soft_wrap=True)
+
+
 @app.command("lr-find")
 def lr_find(recipe: str = typer.Argument(..., help="recipe YAML file, or a plugin's recipe name"),
             set_: list[str] = typer.Option([], "--set", help="override a recipe value, e.g. --set data.batch_size=32"),
@@ -520,6 +568,50 @@ def predict(model: str = typer.Argument(..., help="run directory, checkpoint (.p
     where = f" -> {output}" if output else ""
     err.print(f"{summary.predicted} predicted, {summary.failed} unreadable{where}", highlight=False, soft_wrap=True)
     raise typer.Exit(1 if summary.failed else 0)
+
+
+@app.command()
+def explain(model: str = typer.Argument(..., help="run directory or checkpoint (.pt); exported models carry no gradients"),
+            inputs: list[str] = typer.Argument(..., metavar="IMAGE...", help="image files, folders, .txt files of "
+                                                                             "paths, or - for stdin"),
+            output: Path = typer.Option(Path("gradcam.png"), "--output", "-o", help="PNG grid of the overlays"),
+            layer: Optional[str] = typer.Option(None, "--layer", metavar="NAME", help="backbone layer to read "
+                                                "(default: its last spatial map, e.g. layer4 of a ResNet)"),
+            target: Optional[str] = typer.Option(None, "--target", metavar="NAME", help="class, label or target to "
+                                                 "explain (default: the predicted class; multi_label: the most "
+                                                 "probable label; regression: the first target)"),
+            limit: int = typer.Option(32, "--limit", min=1, help="explain at most this many images"),
+            overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing output file"),
+            device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps")) -> None:
+    """Grad-CAM: where in each image the model's answer comes from, as heatmap overlays in one PNG grid."""
+    if output.suffix.lower() != ".png":
+        raise TransferkitError(f"--output {output}: the grid is a PNG; give a name ending in .png")
+    if output.exists() and not overwrite:
+        raise TransferkitError(f"--output {output}: file exists; choose another name or add --overwrite")
+    from transferkit.files import atomic_write_bytes
+    from transferkit.inference.explain import explain as grad_cam, explainable
+    from transferkit.inference.inputs import collect_inputs
+    from transferkit.inference.plots import explanations_png
+    from transferkit.run.display import print_table
+
+    paths = collect_inputs(inputs)
+    if len(paths) > limit:
+        err.print(f"explaining the first {limit} of {len(paths)} images (--limit N for more)", highlight=False)
+    predictor = explainable(model, device)
+    layer_name, found = grad_cam(predictor, paths[:limit], layer, target)
+    good = [e for e in found if e.error is None]
+    print_table(out, ["image", "answer", "heat for"],
+                [[e.source, e.error or e.answer, "" if e.error else f"{e.explained} ({e.score:.3g})"] for e in found])
+    if not good:
+        raise TransferkitError(f"none of the {len(found)} images could be read; check them with "
+                               f"`transferkit check-data`")
+    captions = [f"{Path(e.source).name[:28]}\n{e.answer}\nheat for {e.explained}" for e in good]
+    title = f"Grad-CAM of {predictor.spec.backbone.name} at layer {layer_name} ({predictor.source})"
+    atomic_write_bytes(output, explanations_png([e.overlay for e in good], captions, title))
+    err.print(f"wrote {output}: {len(good)} overlay(s), Grad-CAM at layer {layer_name}"
+              f"{f'; {len(found) - len(good)} unreadable' if len(good) < len(found) else ''}",
+              highlight=False, soft_wrap=True)
+    raise typer.Exit(1 if len(good) < len(found) else 0)
 
 
 @app.command()

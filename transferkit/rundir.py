@@ -104,7 +104,9 @@ class RunRoot:
 
     comparison = property(lambda self: self.path / "comparison.json", doc="the variants compared: the run's end")
     curves = property(lambda self: self.path / "curves.png", doc="the variants' curves")
-    recipe = property(lambda self: self.path / "recipe.yaml", doc="the recipe `transferkit fit` wrote and ran")
+    recipe = property(lambda self: self.path / "recipe.yaml", doc="the recipe `transferkit fit` (or `cv`) wrote and ran")
+    folds = property(lambda self: self.path / "folds.csv", doc="`transferkit cv`: each image's group and fold")
+    cv = property(lambda self: self.path / "cv.json", doc="`transferkit cv`: every metric's mean and std over the folds")
 
     def variant(self, name: str) -> RunDir:
         """The folder variant `name` trains in."""

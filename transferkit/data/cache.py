@@ -126,7 +126,7 @@ def is_writable_dir(path: Path) -> bool:
 
 def disk_cache_dir(data_root: Path | None, size: int, interpolation: str, shrink_only: bool = False) -> Path:
     """Where the disk cache lives: `.transferkit-cache/` in the data folder, or the TRANSFERKIT cache dir if read-only."""
-    name = f"decoded-{'max' if shrink_only else ''}{size}-{interpolation}"
+    name = cache_key(size, interpolation, shrink_only)
     if data_root is not None and is_writable_dir(data_root):
         return data_root / CACHE_FOLDER / name
     from transferkit.download import data_cache_dir
@@ -139,18 +139,15 @@ class DecodedImages:
     """path -> cached (3, H, W) uint8 tensor; use `decode` as ImageFileDataset's decode function."""
 
     def __init__(self, entries: dict[str, tuple | str], pixels: list[torch.Tensor] | None = None,
-                 file: Path | None = None):
+                 file: Path | None = None, key: str = ""):
         self.entries = entries  # memory: path -> index in pixels; disk: path -> (offset, h, w); or an error
         self.pixels = pixels
         self.file = file
+        self.key = key  # how the images were decoded (cache_key): equal keys give equal pixels
         self._map = None
 
     def __len__(self) -> int:
         return len(self.entries)
-
-    def errors(self) -> list[str]:
-        """The messages of the images that could not be decoded."""
-        return [entry for entry in self.entries.values() if isinstance(entry, str)]
 
     def __getstate__(self) -> dict:
         return {**self.__dict__, "_map": None}  # a spawned worker maps the file again instead of copying it
@@ -176,17 +173,39 @@ class DecodedImages:
         return hwc.permute(2, 0, 1)  # a channels-last view: uint8 resizes run fastest on this layout
 
 
-def memory_cache(paths: list[str], size: int, interpolation: str, threads: int, shrink_only: bool = False) -> DecodedImages:
-    """Decode every file once into memory."""
-    entries: dict[str, tuple | str | int] = {}
-    pixels: list[torch.Tensor] = []
+def cache_key(size: int, interpolation: str, shrink_only: bool = False) -> str:
+    """'decoded-[max]<size>-<interpolation>': the name of a cache's decoding (and of its disk folder)."""
+    return f"decoded-{'max' if shrink_only else ''}{size}-{interpolation}"
+
+
+def memory_cache(paths: list[str], size: int, interpolation: str, threads: int, shrink_only: bool = False,
+                 into: DecodedImages | None = None) -> DecodedImages:
+    """Decode every file once into memory (`into`: add them to that memory cache)."""
+    cache = into if into is not None else DecodedImages({}, pixels=[], key=cache_key(size, interpolation, shrink_only))
     for path, result in zip(paths, decode_all(paths, size, interpolation, threads, shrink_only)):
         if isinstance(result, str):
-            entries[path] = result
+            cache.entries[path] = result
         else:
-            entries[path] = len(pixels)
-            pixels.append(torch.from_numpy(result))
-    return DecodedImages(entries, pixels=pixels)
+            cache.entries[path] = len(cache.pixels)
+            cache.pixels.append(torch.from_numpy(result))
+    return cache
+
+
+class DecodedMemo:
+    """Memory caches kept across the runs of one process (the folds of `transferkit cv`): each image is decoded
+    once per size, however many runs read it. (Disk caches are shared through their files already.)"""
+
+    def __init__(self):
+        self._caches: dict[str, DecodedImages] = {}
+
+    def memory_cache(self, paths: list[str], size: int, interpolation: str, threads: int,
+                     shrink_only: bool = False) -> DecodedImages:
+        """The shared memory cache of this decoding, with the files it lacked decoded into it."""
+        key = cache_key(size, interpolation, shrink_only)
+        cache = self._caches.get(key)
+        missing = [p for p in paths if cache is None or p not in cache.entries]
+        self._caches[key] = cache = memory_cache(missing, size, interpolation, threads, shrink_only, into=cache)
+        return cache
 
 
 def disk_cache(paths: list[str], size: int, interpolation: str, folder: Path, threads: int,
@@ -214,15 +233,16 @@ def disk_cache(paths: list[str], size: int, interpolation: str, folder: Path, th
         pixel_path.touch()
     entries = {p: index[p]["error"] if "error" in index[p] else (index[p]["offset"], index[p]["h"], index[p]["w"])
                for p in paths}
-    return DecodedImages(entries, file=pixel_path)
+    return DecodedImages(entries, file=pixel_path, key=cache_key(size, interpolation, shrink_only))
 
 
 def build_cache(paths: list[str | Path], size: int, interpolation: str, mode: str = "auto",
                 data_root: Path | None = None, threads: int | None = None, shrink_only: bool = False,
-                extra_bytes: int = 0) -> DecodedImages | None:
+                extra_bytes: int = 0, memo: DecodedMemo | None = None) -> DecodedImages | None:
     """The decoded-image cache data.cache asks for; auto: memory when it fits, else disk when that fits, else none.
 
-    `extra_bytes`: memory another cache of the same run takes, counted against auto's memory share.
+    `extra_bytes`: memory another cache of the same run takes, counted against auto's memory share. `memo`: a
+    memory cache is shared with the other runs of this process.
     """
     if mode == "none" or not paths:
         return None
@@ -234,6 +254,8 @@ def build_cache(paths: list[str | Path], size: int, interpolation: str, mode: st
         if mode == "none":
             return None
     if mode == "memory":
+        if memo is not None:
+            return memo.memory_cache(names, size, interpolation, threads, shrink_only)
         return memory_cache(names, size, interpolation, threads, shrink_only)
     return disk_cache(names, size, interpolation, folder, threads, shrink_only)
 
@@ -281,7 +303,8 @@ def cache_modes(splits: FolderSplits, prep: Preprocessing, mode: str, train_size
 
 
 def image_decoders(splits: FolderSplits, prep: Preprocessing, mode: str, on_bad_image: str = "skip",
-                   train_size: int | None = None, modes: tuple[str, str] | None = None) -> tuple[Callable, Callable]:
+                   train_size: int | None = None, modes: tuple[str, str] | None = None,
+                   memo: DecodedMemo | None = None) -> tuple[Callable, Callable]:
     """(decode for training images, decode for evaluation images): open_rgb, or look-ups in the decoded-image cache.
 
     Evaluation images are cached at the eval resize; training images with their shorter side shrunk to at
@@ -291,9 +314,12 @@ def image_decoders(splits: FolderSplits, prep: Preprocessing, mode: str, on_bad_
     """
     train, evaluation = _cached_sides(splits, train_size)
     train_mode, eval_mode = modes or cache_modes(splits, prep, mode, train_size)
-    eval_cache = build_cache(evaluation, prep.resize_size, prep.interpolation, eval_mode, splits.root)
-    train_cache = build_cache(train, train_size, prep.interpolation, train_mode, splits.root, shrink_only=True)
-    stop_if_unreadable([e for cache in (eval_cache, train_cache) if cache is not None for e in cache.errors()],
+    eval_cache = build_cache(evaluation, prep.resize_size, prep.interpolation, eval_mode, splits.root, memo=memo)
+    train_cache = build_cache(train, train_size, prep.interpolation, train_mode, splits.root, shrink_only=True,
+                              memo=memo)
+    wanted = {os.path.abspath(p) for samples in (splits.train, splits.test, splits.val or []) for p, _ in samples}
+    stop_if_unreadable([entry for cache in (eval_cache, train_cache) if cache is not None
+                        for path, entry in cache.entries.items() if isinstance(entry, str) and path in wanted],
                        on_bad_image)
     eval_decode = eval_cache.decode if eval_cache is not None else open_rgb
     if not train:

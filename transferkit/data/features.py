@@ -10,6 +10,7 @@ same optimizer, scheduler, metrics and checkpoints as the uncached path (a Train
 
 from __future__ import annotations
 
+import hashlib
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -46,6 +47,7 @@ class FeatureSet(Dataset):
     def __init__(self, views: torch.Tensor, labels: list[int], bad: dict[int, BadImage], seconds: float = 0.0):
         self.views, self.labels, self.bad = views, labels, bad
         self.seconds = seconds  # how long extracting these features took
+        self.reused = 0  # rows an earlier run of this process had computed (FeatureMemo)
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -112,9 +114,67 @@ def _index_of(dataset: Dataset, path: str) -> int:
     return next(i for i, (p, _) in enumerate(dataset.samples) if str(p) == path)
 
 
+def fingerprint(module: torch.nn.Module) -> str:
+    """A hash of every parameter and buffer: two modules with the same fingerprint compute the same features."""
+    digest = hashlib.sha1()
+    for name, tensor in module.state_dict().items():
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def decoder_key(decode) -> str:
+    """What tells two decode functions apart: a decoded-image cache's size and resampling, else the function."""
+    owner = getattr(decode, "__self__", None)
+    return getattr(owner, "key", None) or f"{getattr(decode, '__module__', '')}.{getattr(decode, '__qualname__', decode)}"
+
+
+class FeatureMemo:
+    """Eval-view backbone features kept across the runs of one process (the folds of `transferkit cv`): an image
+    seen through the same frozen backbone, transform, decoder and precision is passed through it once."""
+
+    def __init__(self):
+        self._rows: dict[tuple, dict[str, torch.Tensor | BadImage]] = {}
+
+    def rows(self, extractor: Extractor, dataset: ImageFileDataset) -> dict[str, torch.Tensor | BadImage]:
+        """The remembered features (or BadImage) by path, for what `extractor` makes of `dataset`'s images."""
+        key = (fingerprint(extractor.model.backbone), repr(dataset.transform), decoder_key(dataset.decode),
+               extractor.precision, extractor.channels_last, extractor.device.type)
+        return self._rows.setdefault(key, {})
+
+
+def _memo_split(extractor: Extractor, dataset: ImageFileDataset, memo: FeatureMemo, batch_size: int, seed: int,
+                num_workers: int) -> FeatureSet:
+    """cached_split's eval view through `memo`: only the images it has not seen go through the backbone."""
+    started = time.perf_counter()
+    rows = memo.rows(extractor, dataset)
+    missing = [sample for sample in dataset.samples if str(sample[0]) not in rows]
+    if missing:
+        fresh = ImageFileDataset(missing, dataset.transform, dataset.decode)
+        features, bad = extract_features(extractor, fresh, batch_size, seed, num_workers)
+        for index, (path, _) in enumerate(missing):
+            rows[str(path)] = bad[index] if index in bad else features[index]
+    found = [rows[str(path)] for path, _ in dataset.samples]
+    bad = {index: row for index, row in enumerate(found) if isinstance(row, BadImage)}
+    good = [row for row in found if not isinstance(row, BadImage)]
+    width = good[0].shape[0] if good else 0
+    views = torch.stack([row if not isinstance(row, BadImage) else torch.zeros(width) for row in found]) \
+        if found else torch.zeros(0, 0)
+    labels = [label for _, label in dataset.samples]
+    result = FeatureSet(views.unsqueeze(0), labels, bad, time.perf_counter() - started)
+    result.reused = len(dataset) - len(missing)
+    return result
+
+
 def cached_split(extractor: Extractor, dataset: Dataset, views: int, batch_size: int, seed: int,
-                 num_workers: int) -> FeatureSet:
-    """A FeatureSet of one split with `views` seeded views of the dataset's transform (1 for the eval transform)."""
+                 num_workers: int, memo: FeatureMemo | None = None) -> FeatureSet:
+    """A FeatureSet of one split with `views` seeded views of the dataset's transform (1 for the eval transform).
+
+    `memo` (for the eval transform's single view only: an augmented view depends on the image's place in its
+    split) reuses features an earlier run of this process computed.
+    """
+    if memo is not None and views == 1:
+        return _memo_split(extractor, dataset, memo, batch_size, seed, num_workers)
     started = time.perf_counter()
     extracted = [extract_features(extractor, dataset, batch_size, seed, num_workers, view) for view in range(views)]
     seconds = time.perf_counter() - started
@@ -140,16 +200,24 @@ def feature_loader(features: FeatureSet, batch_size: int, shuffle: bool, seed: i
 
 def cache_features(extractor: Extractor, spec: ExperimentSpec, train_ds: ImageFileDataset, eval_sets: dict,
                    eval_batch: int, num_workers: int, console: Console,
-                   weights: torch.Tensor | None = None, shard: Shard = Shard()) -> tuple[DataLoader, dict[str, DataLoader]]:
-    """Extract the frozen backbone's features once: a training loader and one loader per evaluation split."""
+                   weights: torch.Tensor | None = None, shard: Shard = Shard(),
+                   memo: FeatureMemo | None = None) -> tuple[DataLoader, dict[str, DataLoader]]:
+    """Extract the frozen backbone's features once: a training loader and one loader per evaluation split
+    (eval views through `memo` when given: features an earlier run of this process computed are reused)."""
     started = time.perf_counter()
     views = spec.lr_policy.cache_views
     source = train_ds if views else ImageFileDataset(train_ds.samples, next(iter(eval_sets.values())).transform,
                                                      train_ds.decode)
-    train = cached_split(extractor, source, max(1, views), eval_batch, spec.seed, num_workers)
-    evals = {split: feature_loader(cached_split(extractor, ds, 1, eval_batch, spec.seed, num_workers), eval_batch,
-                                   False, spec.seed, shard=shard) for split, ds in eval_sets.items()}
+    train = cached_split(extractor, source, max(1, views), eval_batch, spec.seed, num_workers,
+                         memo if not views else None)
+    eval_features = {split: cached_split(extractor, ds, 1, eval_batch, spec.seed, num_workers, memo)
+                     for split, ds in eval_sets.items()}
+    evals = {split: feature_loader(features, eval_batch, False, spec.seed, shard=shard)
+             for split, features in eval_features.items()}
+    reused = train.reused + sum(f.reused for f in eval_features.values())
+    total = len(train) * max(1, views) + sum(len(f) for f in eval_features.values())
+    note = f" ({reused} of {total} reused from an earlier run)" if memo is not None else ""
     console.print(f"  feature cache: {len(train)} train images x {max(1, views)} "
                   f"{'augmented view(s)' if views else 'eval view'}, {train.views.shape[-1]} features, "
-                  f"computed in {time.perf_counter() - started:.1f}s")
+                  f"computed in {time.perf_counter() - started:.1f}s{note}")
     return feature_loader(train, spec.data.batch_size, True, spec.seed, weights, shard), evals

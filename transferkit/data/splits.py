@@ -7,6 +7,7 @@ import random
 import torch
 
 from transferkit.data.folder import FolderSplits
+from transferkit.data.folds import apply_fold
 from transferkit.data.shard_index import shard_splits
 from transferkit.data.table import table_splits
 from transferkit.errors import DataError
@@ -54,7 +55,8 @@ def limit_splits(splits: FolderSplits, limit: int, seed: int) -> FolderSplits:
 
 def recipe_splits(spec) -> FolderSplits:
     """The dataset a recipe names (or its label table), resolved to labelled files: limited to data.limit, val
-    carved out if asked; or, for data.source webdataset, the streamed splits (ShardSplits) its index counts.
+    carved out if asked, or one fold's part held out as val (data.kfold); or, for data.source webdataset, the
+    streamed splits (ShardSplits) its index counts.
 
     Training and evaluation both call this, so an evaluation reads the very files the run was tested on.
     """
@@ -68,4 +70,6 @@ def recipe_splits(spec) -> FolderSplits:
         splits = limit_splits(splits, spec.data.limit, spec.seed)
     if spec.data.val_split:
         splits = carve_validation(splits, spec.data.val_split, spec.seed)
+    if spec.data.kfold:
+        splits = apply_fold(splits, spec.data.kfold, spec.seed, spec.data.labels)
     return splits

@@ -89,6 +89,24 @@ def _number(text: str) -> float | None:
     return value if math.isfinite(value) else None
 
 
+def image_path(base: Path, text: str) -> Path:
+    """A table cell's image path: absolute as written, else relative to the table's folder `base`."""
+    given = Path(text).expanduser()
+    return given if given.is_absolute() else base / text
+
+
+def column_by_path(table, column: str, setting: str) -> dict[Path, str]:
+    """Each row's image path (resolved as training resolves it) -> its cell in `column`; DataError naming
+    `setting` when the table has no such column."""
+    file = Path(table.file).expanduser()
+    frame = _read_csv(file)
+    if column not in frame.columns:
+        raise DataError(f"{setting}: {file} has no column '{column}' (columns: {', '.join(frame.columns)}); name "
+                        f"one of its columns")
+    return {image_path(file.parent, str(row[table.path_column]).strip()): str(row[column]).strip()
+            for row in frame.to_dict("records") if str(row.get(table.path_column, "")).strip()}
+
+
 def scan_table(table, task: str) -> TableScan:
     """Read data.labels for `task` (single_label, multi_label, regression); unusable rows become problems."""
     file = Path(table.file).expanduser()
@@ -106,7 +124,7 @@ def scan_table(table, task: str) -> TableScan:
         if not text:
             problems.append((line, f"empty {table.path_column}; give the image's path or remove the row"))
             continue
-        path = (base / text) if not Path(text).expanduser().is_absolute() else Path(text).expanduser()
+        path = image_path(base, text)
         if text in seen:
             problems.append((line, f"{text} is listed already on line {seen[text]}; keep one row per image"))
             continue

@@ -21,6 +21,7 @@ from transferkit.data.stream import StreamedSamples
 from transferkit.errors import DataError, TransferkitError
 from transferkit.files import atomic_write_bytes, atomic_write_text
 from transferkit.inference.batches import ImageBatch, ImagePreparer
+from transferkit.inference.explain import Explanation, top_loss_heatmaps
 from transferkit.inference.feedback import feedback
 from transferkit.inference.metrics import classification_metrics, log_softmax
 from transferkit.inference.plots import confusion_png, top_losses_png
@@ -280,17 +281,19 @@ def _csv(rows: list[dict] | list[list], header: list[str] | None = None) -> str:
 
 
 def top_loss_images(predictor: Predictor, wrong: list[dict], kept: dict | None = None
-                    ) -> tuple[list[np.ndarray], list[str]]:
-    """The model's view (resized, centre-cropped) of the most confidently wrong files, with captions; `kept`: the
-    items evaluation kept for them by name (streamed images), else each row's path is read."""
+                    ) -> tuple[list[np.ndarray], list[str], list[Explanation] | None]:
+    """The model's view (resized, centre-cropped) of the most confidently wrong files, with captions, and the
+    Grad-CAM of each one's predicted class (None for an exported model, or without the grad-cam package); `kept`:
+    the items evaluation kept for them by name (streamed images), else each row's path is read."""
     kept = kept or {}
     prepare = ImagePreparer(predictor.preprocessing)
+    items = [kept.get(row["path"], row["path"]) for row in wrong[:TOP_LOSSES]]
     images, captions = [], []
-    for row in wrong[:TOP_LOSSES]:
-        images.append(prepare(kept.get(row["path"], row["path"])).permute(1, 2, 0).numpy())
+    for item, row in zip(items, wrong):
+        images.append(prepare(item).permute(1, 2, 0).numpy())
         captions.append(f"{Path(row['path']).name[:28]}\ntrue {row['true_label']}, predicted "
                         f"{row['predicted_label']}\np={row['probability']:.2f} (true {row['true_probability']:.2f})")
-    return images, captions
+    return images, captions, top_loss_heatmaps(predictor, items)
 
 
 def write_evaluation(result: Evaluation, predictor: Predictor, output: Path, title: str) -> None:
@@ -307,8 +310,10 @@ def write_evaluation(result: Evaluation, predictor: Predictor, output: Path, tit
     atomic_write_text(output / "confusion_matrix.csv", _csv(matrix))
     atomic_write_bytes(output / "confusion_matrix.png", confusion_png(result.confusion, classes, title))
     wrong = result.misclassified
-    images, captions = top_loss_images(predictor, wrong, result.images)
-    atomic_write_bytes(output / "top_losses.png", top_losses_png(images, captions, f"{title}: top losses"))
+    images, captions, explained = top_loss_images(predictor, wrong, result.images)
+    heatmaps = [e.overlay if e.error is None else None for e in explained] if explained else None
+    atomic_write_bytes(output / "top_losses.png", top_losses_png(images, captions, f"{title}: top losses",
+                                                                 heatmaps=heatmaps))
     columns = ["path", "true_label", "predicted_label", "probability", "true_probability", "loss"]
     atomic_write_text(output / "misclassified.csv", _csv(wrong, columns))
     atomic_write_text(output / "predictions.csv", _csv(result.rows, columns))

@@ -9,7 +9,10 @@ import torch
 
 from transferkit.errors import TransferkitError
 from transferkit.inference.checkpoint_io import read_checkpoint
+from transferkit.inference.ensemble import EnsemblePredictor, is_cv_folder
 from transferkit.inference.evaluate import Evaluation, evaluate_folder
+from transferkit.inference.batches import expand_items
+from transferkit.inference.explain import Explanation, explain
 from transferkit.inference.export import ExportResult, export_model
 from transferkit.inference.onnx_predictor import OnnxPredictor
 from transferkit.inference.predictor import Prediction, Predictor
@@ -56,6 +59,16 @@ class Model:
         own split; files are written when `output` is given (see inference.evaluate)."""
         return evaluate_folder(self.predictor, folder, split, output, progress=progress)
 
+    def explain(self, inputs, layer: str | None = None, target: str | None = None) -> list[Explanation]:
+        """Grad-CAM of paths, PIL images or 0-255 tensors, one Explanation each (its `heatmap`, `overlay`, what was
+        explained); `layer` overrides the backbone's last spatial layer, `target` the predicted class (see
+        inference.explain). PyTorch checkpoints only."""
+        if not isinstance(self.predictor, TorchPredictor):
+            raise TransferkitError(f"{self.source}: only a PyTorch checkpoint can be explained (Grad-CAM needs its "
+                                   f"gradients); load the run directory it was exported from")
+        items = expand_items(inputs if isinstance(inputs, (list, tuple)) else [inputs])
+        return explain(self.predictor, items, layer, target)[1]
+
     def export(self, path: str | Path | None = None, format: str = "onnx", check: int | None = None) -> ExportResult:
         """Write the model as ONNX or TorchScript beside the checkpoint (or at `path`), checked against this one."""
         if not isinstance(self.predictor, TorchPredictor):
@@ -65,9 +78,11 @@ class Model:
 
 
 def load_predictor(path: str | Path, device: str = "auto", batch_size: int | None = None) -> Predictor:
-    """The backend for a run directory or checkpoint (.pt: PyTorch), or a file `export` wrote: ONNX (ONNX
-    Runtime) or TorchScript (torch.jit)."""
+    """The backend for a run directory or checkpoint (.pt: PyTorch), a file `export` wrote: ONNX (ONNX Runtime)
+    or TorchScript (torch.jit), or a `transferkit cv` folder (its folds' models averaged)."""
     path = Path(path).expanduser()
+    if is_cv_folder(path):
+        return EnsemblePredictor(path, device, batch_size)
     if path.suffix.lower() == ".onnx":
         return OnnxPredictor(path, device, batch_size)
     if path.is_file() and is_torchscript(path):
@@ -76,6 +91,6 @@ def load_predictor(path: str | Path, device: str = "auto", batch_size: int | Non
 
 
 def load(path: str | Path, device: str = "auto", batch_size: int | None = None) -> Model:
-    """A model from a run directory, a checkpoint (.pt) or an exported ONNX or TorchScript file; weights land on
-    `device`."""
+    """A model from a run directory, a checkpoint (.pt), an exported ONNX or TorchScript file, or a `transferkit
+    cv` folder (the folds' ensemble); weights land on `device`."""
     return Model(load_predictor(path, device, batch_size))

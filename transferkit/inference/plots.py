@@ -1,4 +1,5 @@
-"""PNG pictures of an evaluation: the confusion matrix (counts and row-normalised) and the top-losses grid."""
+"""PNG pictures of an evaluation: the confusion matrix (counts and row-normalised), the top-losses grid (with its
+Grad-CAM row), and a grid of Grad-CAM overlays."""
 
 from __future__ import annotations
 
@@ -50,8 +51,10 @@ def confusion_png(counts: np.ndarray, classes: list[str], title: str) -> bytes:
     return _png(fig)
 
 
-def top_losses_png(images: list[np.ndarray], captions: list[str], title: str, columns: int = 4) -> bytes:
-    """A grid of (H, W, 3) uint8 images, each with its caption; a note instead when there are none."""
+def top_losses_png(images: list[np.ndarray], captions: list[str], title: str, columns: int = 4,
+                   heatmaps: list[np.ndarray | None] | None = None) -> bytes:
+    """A grid of (H, W, 3) uint8 images, each with its caption; with `heatmaps` (Grad-CAM overlays, one per image),
+    each row of images is followed by a row of their heatmaps; a note instead when there are none."""
     plt = _pyplot()
     if not images:
         fig, ax = plt.subplots(figsize=(5, 1.5))
@@ -59,14 +62,30 @@ def top_losses_png(images: list[np.ndarray], captions: list[str], title: str, co
         ax.text(0.5, 0.5, "no misclassified images", ha="center", va="center", fontsize=12)
         fig.suptitle(title)
         return _png(fig)
+    return _grid(images, captions, title, columns, heatmaps)
+
+
+def _grid(images: list[np.ndarray], captions: list[str], title: str, columns: int,
+          heatmaps: list[np.ndarray | None] | None = None) -> bytes:
+    plt = _pyplot()
     columns = min(columns, len(images))
     rows = (len(images) + columns - 1) // columns
-    fig, axes = plt.subplots(rows, columns, figsize=(2.5 * columns, 2.9 * rows), squeeze=False)
+    per_row = 2 if heatmaps else 1
+    fig, axes = plt.subplots(rows * per_row, columns, figsize=(2.5 * columns, 3.3 * rows * per_row), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
-    for ax, image, caption in zip(axes.flat, images, captions):
-        ax.imshow(image)
-        ax.set_title(caption, fontsize=8)
+    for index, (image, caption) in enumerate(zip(images, captions)):
+        row, column = divmod(index, columns)
+        axes[row * per_row, column].imshow(image)
+        axes[row * per_row, column].set_title(caption, fontsize=8)
+        if heatmaps and heatmaps[index] is not None:
+            axes[row * per_row + 1, column].imshow(heatmaps[index])
+            axes[row * per_row + 1, column].set_title("Grad-CAM: where it saw\nthe predicted class", fontsize=8)
     fig.suptitle(title)
     fig.tight_layout(rect=(0, 0, 1, 1 - 0.35 / fig.get_figheight()))  # keep the title clear of the first captions
     return _png(fig)
+
+
+def explanations_png(overlays: list[np.ndarray], captions: list[str], title: str, columns: int = 4) -> bytes:
+    """A grid of Grad-CAM overlays ((H, W, 3) uint8), each with its caption."""
+    return _grid(overlays, captions, title, columns)

@@ -40,6 +40,11 @@ def contradictions(spec: ExperimentSpec) -> list[tuple[str, str]]:
     if t.freeze_bn_stats and spec.lr_policy.name == "frozen_backbone":
         found.append(("train.freeze_bn_stats", "the frozen_backbone policy keeps all backbone statistics already; "
                                                "remove train.freeze_bn_stats"))
+    if d.kfold and d.val_split:
+        found.append(("data.val_split", "data.kfold validates on the held-out fold; remove data.val_split"))
+    if d.kfold and d.kfold.group_column and not d.labels:
+        found.append(("data.kfold.group_column", "groups come from a column of the label table (data.labels); "
+                                                 "with class folders use data.kfold.group_regex on the file names"))
     if uses_feature_cache(spec):
         if d.train_image_size and spec.lr_policy.cache_views == 0:
             found.append(("data.train_image_size", "a frozen-backbone feature cache trains on the evaluation view; "
@@ -77,6 +82,9 @@ def streaming_contradictions(spec: ExperimentSpec) -> list[tuple[str, str]]:
             found.append((f"data.{name}", f"carving {what} out of streamed shards needs random access to every "
                                           f"image; write the splits into the shards (transferkit shard ... --set "
                                           f"data.{name}=...) and remove data.{name}"))
+    if d.kfold is not None:
+        found.append(("data.kfold", "dealing the training images into folds needs random access to every image; "
+                                    "write each fold's shards with transferkit shard, or cross-validate image files"))
     if d.sampler == "balanced":
         found.append(("data.sampler", "balanced draws images by class with replacement, which needs random access; "
                                       "streamed shards are read in order through a shuffle buffer: set data.sampler: "

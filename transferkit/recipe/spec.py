@@ -77,6 +77,35 @@ class ShardUrlsSpec(_Spec):
         return getattr(self, split)
 
 
+class KFoldSpec(_Spec):
+    """One fold of a K-fold split of the training data (`transferkit cv` writes one per fold run)."""
+
+    folds: int = Field(ge=2, le=100, description="K: the training images (and any validation folder's) are dealt into K parts, stratified by class for single_label")
+    index: int = Field(ge=1, description="which part (1..K) is this run's validation split; the other K-1 parts train")
+    group_regex: str | None = Field(None, description="images whose file names give the same group (the regex's first capture group, else its whole match) stay in one part: near-duplicates never straddle train and validation; a name it does not match is a group of its own")
+    group_column: str | None = Field(None, description="with data.labels: the table column naming each image's group (kept in one part)")
+
+    @field_validator("group_regex")
+    @classmethod
+    def _compiles(cls, value: str | None) -> str | None:
+        """A regex that does not compile is refused when the recipe is read."""
+        if value is not None:
+            try:
+                re.compile(value)
+            except re.error as exc:
+                raise ValueError(f"not a regular expression ({exc}); e.g. '^(.+)_\\d+' groups photo_1.jpg with photo_2.jpg") from None
+        return value
+
+    @model_validator(mode="after")
+    def _index_in_range(self) -> "KFoldSpec":
+        """index names one of the K parts; one way of grouping at a time."""
+        if self.index > self.folds:
+            raise ValueError(f"index {self.index} is past the {self.folds} folds; use 1..{self.folds}")
+        if self.group_regex and self.group_column:
+            raise ValueError("group_regex and group_column both set; keep one")
+        return self
+
+
 class DataSpec(_Spec):
     """Where the images come from and how they are turned into tensors."""
 
@@ -116,6 +145,7 @@ class DataSpec(_Spec):
     val_split: float | None = Field(None, gt=0.0, lt=1.0, description="carve this share of train out as a seeded, stratified validation split (when the data has none)")
     sampler: Literal["random", "balanced"] = Field("random", description="training order: random (each image once per epoch) or balanced (classes drawn evenly, with replacement)")
     augment: "AugmentSpec" = Field(default_factory=lambda: AugmentSpec(), description="augmentation policy and batch mixing on top of the crop and flip")
+    kfold: KFoldSpec | None = Field(None, description="train on K-1 of K stratified parts of the training data and validate on the other (`transferkit cv` runs every fold): {folds, index, group_regex, group_column}")
 
     @field_validator("labels", mode="before")
     @classmethod
@@ -360,5 +390,5 @@ def __getattr__(name: str):
     return getattr(importlib.import_module(f"transferkit.recipe.{module}"), attr)
 
 
-__all__ = ["ExperimentSpec", "TaskSpec", "LabelTableSpec", "ShardUrlsSpec", "BackboneSpec", "HeadSpec", "DataSpec", "AugmentSpec", "OptimizerSpec", "LRPolicySpec",
+__all__ = ["ExperimentSpec", "TaskSpec", "LabelTableSpec", "ShardUrlsSpec", "KFoldSpec", "BackboneSpec", "HeadSpec", "DataSpec", "AugmentSpec", "OptimizerSpec", "LRPolicySpec",
            "ScheduleSpec", "EarlyStoppingSpec", "EMASpec", "TrainSpec", "PluggedSpec", "parse_duration"]

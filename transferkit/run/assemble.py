@@ -19,6 +19,7 @@ from transferkit.data.folder import FolderSplits
 from transferkit.data.loading import ImageFileDataset, available_cores, make_loader
 from transferkit.data.plan import DataPlan
 from transferkit.data.shard_index import ShardSplits, training_targets
+from transferkit.data.shared import SharedCaches
 from transferkit.data.splits import recipe_splits
 from transferkit.data.stream_loaders import stream_loaders, stream_plan
 from transferkit.data.transforms import batch_mixer, eval_transform, train_transform
@@ -103,13 +104,16 @@ class Assembled:
     selection: str | None
     placement: Placement
     task: Task
+    caches: SharedCaches | None = None
 
 
 def build_loaders(spec: ExperimentSpec, plan: DataPlan, splits: FolderSplits, prep: Preprocessing,
                   device: torch.device, channels_last: bool, model: TransferModel, precision: str,
-                  console: Console, placement: Placement | None = None) -> tuple[object, dict]:
+                  console: Console, placement: Placement | None = None,
+                  caches: SharedCaches | None = None) -> tuple[object, dict]:
     """The training loader (DataLoader, device-resident batches, streamed shards or cached features) and one loader
-    per eval split, each holding this process's share (`placement`)."""
+    per eval split, each holding this process's share (`placement`); `caches`: decoded images and features shared
+    with the other runs of this process."""
     d = spec.data
     placement = placement or Placement()
     shard = placement.shard
@@ -122,7 +126,8 @@ def build_loaders(spec: ExperimentSpec, plan: DataPlan, splits: FolderSplits, pr
     host_splits = FolderSplits(splits.classes, [], splits.test, splits.val, splits.root) \
         if plan.train_source == "device_bank" else splits
     train_decode, eval_decode = image_decoders(host_splits, prep, "auto", d.on_bad_image, train_size,
-                                               modes=(host_train, plan.eval_cache))
+                                               modes=(host_train, plan.eval_cache),
+                                               memo=caches.decoded if caches else None)
     eval_sets = {"test": ImageFileDataset(splits.test, eval_transform(prep), eval_decode)}
     if splits.val:
         eval_sets["val"] = ImageFileDataset(splits.val, eval_transform(prep), eval_decode)
@@ -130,7 +135,7 @@ def build_loaders(spec: ExperimentSpec, plan: DataPlan, splits: FolderSplits, pr
         train_ds = ImageFileDataset(splits.train, train_transform(prep, d), train_decode)
         extractor = Extractor(model, device, precision, channels_last, placement)
         return cache_features(extractor, spec, train_ds, eval_sets, plan.eval_batch_size, plan.workers, console,
-                              weights, shard)
+                              weights, shard, caches.features if caches else None)
     if plan.train_source == "device_bank":
         threads = max(1, available_cores() // placement.local_world_size)  # this machine's processes share its cores
         bank = DeviceImageBank.build(splits.train, plan.train_cache_side, prep.interpolation, device, d.on_bad_image,
@@ -163,10 +168,11 @@ def with_batch_size(spec: ExperimentSpec, model: TransferModel, input_size: int,
 
 def assemble(spec: ExperimentSpec, console: Console, progress: bool = True,
              callbacks: list[Callback] | None = None, placement: Placement | None = None,
-             before_data=None) -> Assembled:
+             before_data=None, caches: SharedCaches | None = None) -> Assembled:
     """Everything one variant trains with, built from its spec (weights loaded, caches filled), for this
     process of `placement` (default: the only one). `before_data(model, optimizer)` runs once both exist,
-    before the data is read and cached (the check that the checkpoints will fit on the disk)."""
+    before the data is read and cached (the check that the checkpoints will fit on the disk). `caches`: memory
+    caches shared with the other runs of this process (the folds of `cv`)."""
     placement = placement or Placement()
     placement.check_batch(spec.data.batch_size)
     device = placement.device(resolve_device(spec.train.device))
@@ -190,7 +196,7 @@ def assemble(spec: ExperimentSpec, console: Console, progress: bool = True,
     else:
         plan = DataPlan.resolve(spec, device, splits, built.preprocessing, placement.local_world_size)
     train_loader, eval_loaders = build_loaders(spec, plan, splits, built.preprocessing, device, channels_last, model,
-                                               precision, console, placement)
+                                               precision, console, placement, caches)
     updates = Optimization.updates_per_epoch(len(train_loader), spec.train.accumulate_steps)
     scheduler = build_scheduler(spec.schedule, optimizer, updates, spec.train.epochs)
     optimization = Optimization(optimizer, scheduler, device=device, precision=precision,
@@ -215,4 +221,4 @@ def assemble(spec: ExperimentSpec, console: Console, progress: bool = True,
                       tta_flip=spec.train.tta_flip, task=task)
     return Assembled(spec, trainer, train_loader, eval_loaders, plan, splits, built.preprocessing, groups,
                      built.weights_origin, device, precision, channels_last,
-                     selection_metric(spec, bool(splits.val), task.default_metric), placement, task)
+                     selection_metric(spec, bool(splits.val), task.default_metric), placement, task, caches)

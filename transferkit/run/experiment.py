@@ -17,6 +17,7 @@ from transferkit.callbacks.best import BestTracker
 from transferkit.callbacks.budget import Budget
 from transferkit.callbacks.checkpoint import checkpoint_sizes, load_checkpoint
 from transferkit.cpu_memory import fallback_reason
+from transferkit.data.shared import SharedCaches
 from transferkit.data.stream_loaders import readers_changed
 from transferkit.device import describe_device, resolve_device
 from transferkit.engine.callbacks import Callback, RunContext
@@ -77,7 +78,7 @@ class Experiment:
     def run(self, variants: list[str] | None = None, output_dir: str | Path | None = None,
             device: str | None = None, console: Console | None = None, progress: bool = True,
             resume: str | Path | None = None, resume_command=None, run_root: Path | None = None,
-            callbacks: list[Callback] | None = None) -> ExperimentResult:
+            callbacks: list[Callback] | None = None, caches: SharedCaches | None = None) -> ExperimentResult:
         """Train the chosen variants (default: all) one after another; print and save a comparison.
 
         `resume` is a run folder, one of its variant folders, or "auto" (the latest unfinished run of this
@@ -86,7 +87,8 @@ class Experiment:
 
         `resume_command(run_root)`, when given, is printed with the first Ctrl-C, so the way back is on screen
         even if a second Ctrl-C ends the process at once. `run_root` names the run folder instead of the next
-        free `<output_dir>/<name>[-N]`.
+        free `<output_dir>/<name>[-N]`. `caches` (data.shared.SharedCaches) hands decoded images and frozen-backbone
+        features from variant to variant (the folds of `transferkit cv` read the same images).
         """
         console = console or Console(stderr=True, soft_wrap=True)
         names = variants or self.variant_names
@@ -120,7 +122,7 @@ class Experiment:
             for name, spec in zip(names, specs):
                 results[name] = run_variant(spec, name, run_root / name, console, progress,
                                             resume=bool(resume), should_stop=stop.is_requested, placement=placement,
-                                            connector=connector)
+                                            connector=connector, caches=caches)
         result = ExperimentResult(self.spec.name, results, run_root)
         if placement.is_primary:
             report.write_comparison(result)
@@ -137,9 +139,9 @@ class Experiment:
 
 def run_variant(spec: ExperimentSpec, name: str, run_dir: Path, console: Console, progress: bool = True,
                 resume: bool = False, should_stop=lambda: False, placement: Placement | None = None,
-                connector: CallbackConnector | None = None) -> VariantResult:
+                connector: CallbackConnector | None = None, caches: SharedCaches | None = None) -> VariantResult:
     """Build, train and evaluate one variant, writing its run directory as it goes (the primary process only:
-    what the others read of it, the primary hands them)."""
+    what the others read of it, the primary hands them); `caches`: shared with the other variants."""
     placement = placement or Placement()
     primary = placement.is_primary
     files = RunDir(run_dir)
@@ -151,7 +153,8 @@ def run_variant(spec: ExperimentSpec, name: str, run_dir: Path, console: Console
     if resolve_device(spec.train.device).type == "cpu" and primary and fallback_reason():
         console.print(f"[dim]CPU allocator: glibc's malloc ({fallback_reason()}); CPU training runs slower with it "
                       f"(docs/performance.md, \"The CPU allocator\")[/]", markup=True, highlight=False)
-    parts = assemble(spec, console, progress, placement=placement, before_data=room_check(spec, files, placement))
+    parts = assemble(spec, console, progress, placement=placement, before_data=room_check(spec, files, placement),
+                     caches=caches)
     run = RunContext(spec, name, run_dir, parts.splits.classes, parts.preprocessing, parts.selection, console,
                      placement, started, parts.task)
     trainer = parts.trainer

@@ -32,7 +32,8 @@ def probe_head(parts: Assembled, console: Console) -> float:
     else:
         decode = getattr(getattr(parts.train_loader, "dataset", None), "decode", open_rgb)
         source = ImageFileDataset(parts.splits.train, eval_transform(parts.preprocessing), decode)
-        features = cached_split(extractor, source, 1, parts.plan.eval_batch_size, spec.seed, parts.plan.workers)
+        features = cached_split(extractor, source, 1, parts.plan.eval_batch_size, spec.seed, parts.plan.workers,
+                                parts.caches.features if parts.caches else None)
     loader = feature_loader(features, spec.data.batch_size, True, spec.seed)
     epochs = spec.train.probe_epochs
     optimizer = torch.optim.AdamW(model.head.parameters(), lr=spec.train.probe_lr, weight_decay=1e-4)
@@ -50,7 +51,8 @@ def probe_head(parts: Assembled, console: Console) -> float:
     finally:
         model.set_backbone_frozen(frozen)
     seconds = time.perf_counter() - started
-    console.print(f"  linear probe: head fitted on {len(features)} cached feature vectors for {epochs} epochs "
+    reused = f" ({features.reused} reused from an earlier run)" if features.reused else ""
+    console.print(f"  linear probe: head fitted on {len(features)} cached feature vectors{reused} for {epochs} epochs "
                   f"(train {parts.task.train_metric.replace('_', ' ')} {stats.metrics[parts.task.train_metric]:.3f}) "
                   f"in {seconds:.1f}s; now fine-tuning the whole network",
                   highlight=False)

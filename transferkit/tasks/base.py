@@ -103,6 +103,15 @@ class Task:
         """The cells of `prediction_columns` for one prediction (empty for an unreadable file)."""
         raise NotImplementedError
 
+    def logits_of(self, answers: np.ndarray) -> np.ndarray:
+        """Head outputs whose answers are `answers` (the inverse of `answers`): the fold models' averaged answers
+        read as one model's."""
+        raise NotImplementedError
+
+    def explained_output(self, logits: np.ndarray) -> int:
+        """The output Grad-CAM explains in an image when none is named: the highest-scoring one (class, label)."""
+        return int(np.argmax(logits))
+
     def agreement(self, got: np.ndarray, expected: np.ndarray) -> float:
         """Largest difference between two models' answers to the same images (an export against its checkpoint)."""
         return float(np.abs(self.answers(got) - self.answers(expected)).max())

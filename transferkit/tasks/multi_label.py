@@ -116,6 +116,10 @@ class MultiLabel(Task):
     def answers(self, logits: np.ndarray) -> np.ndarray:
         return 1.0 / (1.0 + np.exp(-logits.astype(np.float64)))
 
+    def logits_of(self, answers):
+        p = np.clip(answers, 1e-12, 1 - 1e-12)
+        return np.log(p / (1 - p))
+
     def answer(self, answers, k):
         labels = [name for name, p, t in zip(self.outputs, answers, self.thresholds) if p >= t]
         order = np.argsort(-answers, kind="stable")[:k]

@@ -65,6 +65,13 @@ class Regression(Task):
     def answers(self, logits: np.ndarray) -> np.ndarray:
         return logits.astype(np.float64) * np.asarray(self.std)[None, :] + np.asarray(self.mean)[None, :]
 
+    def logits_of(self, answers):
+        return (answers - np.asarray(self.mean)[None, :]) / np.asarray(self.std)[None, :]
+
+    def explained_output(self, logits):
+        """The first target: heat where the image raises its value."""
+        return 0
+
     def answer(self, answers, k):
         return {"label": None, "probability": None, "top_k": [],
                 "values": {name: float(v) for name, v in zip(self.outputs, answers)}}

@@ -58,6 +58,9 @@ class SingleLabel(Task):
         exp = np.exp(shifted)
         return exp / exp.sum(axis=1, keepdims=True)
 
+    def logits_of(self, answers):
+        return np.log(np.clip(answers, 1e-12, None))  # softmax(log p) = p where the p sum to 1
+
 
 def default_task() -> SingleLabel:
     """Single-label classification with the recipe defaults (what a bare Trainer computes)."""
