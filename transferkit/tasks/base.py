@@ -44,7 +44,8 @@ class Task:
             if value != "auto" and metric not in cls.metrics:
                 found.append((field_name, f"{cls.name} reports {', '.join(sorted(cls.metrics))}; use val_ or "
                                           f"test_ and one of them (e.g. val_{cls.default_metric})"))
-        if not cls.discrete and not spec.data.labels and spec.data.dataset == "folder":
+        files = spec.data.source == "files"  # shards carry each sample's labels themselves
+        if not cls.discrete and files and not spec.data.labels and spec.data.dataset == "folder":
             found.append(("data.labels", f"{cls.name} reads its labels from a table, not class folders; set "
                                          f"data.labels: labels.csv (docs/tasks.md)"))
         if not cls.discrete:
