@@ -121,8 +121,8 @@ def test_python_callbacks_join_the_run_between_the_features_and_the_checkpoint(i
     recorder = Recorder()
     result = Experiment.from_dict(raw).run(progress=False, console=QUIET, callbacks=[recorder])["base"]
     assert recorder.epochs == [1, 2]
-    assert recorder.order == ["EMA", "BestTracker", "EarlyStopping", "BadImageReport", "Recorder", "EpochLine",
-                              "MetricsFiles", "Checkpoint"]
+    assert recorder.order == ["EMA", "BestTracker", "EarlyStopping", "BadImageReport", "RunClock", "Recorder",
+                              "EpochLine", "MetricsFiles", "Checkpoint"]
     assert load_checkpoint(result.run_dir / "last.pt")["callbacks"]["Recorder"] == {"epochs": [1, 2]}
 
 

@@ -8,7 +8,8 @@ import yaml
 
 from conftest import make_image_folder, run_cli
 from transferkit.callbacks.checkpoint import load_checkpoint
-from transferkit.run.fit import epochs_for, fit_recipe
+from transferkit.run.fit import fit_recipe
+from transferkit.run.preset_rules import epochs_for
 
 QUICK = ["--set", "data.image_size=32", "--set", "data.batch_size=8", "--set", "data.num_workers=0",
          "--set", "train.deterministic=true", "--no-progress"]
@@ -106,17 +107,15 @@ def test_a_batch_that_cannot_fit_is_refused_before_training_with_one_that_would(
 
 
 def test_on_a_cpu_balanced_and_best_train_on_smaller_crops_unless_a_size_is_set(tmp_path):
-    from transferkit.run.fit import with_fit_overrides
-
     root = make_image_folder(tmp_path / "photos", per_class=(4, 2))
-    balanced = fit_recipe(root, "balanced", cpu=True)
+    balanced = fit_recipe(root, "balanced", device="cpu")
     assert balanced["data"]["train_image_size"] == 160 and "image_size" not in balanced["data"]
-    assert fit_recipe(root, "best", cpu=True)["data"]["train_image_size"] == 192
-    assert "train_image_size" not in fit_recipe(root, "balanced", cpu=False)["data"]
-    assert "train_image_size" not in fit_recipe(root, "fast", cpu=True)["data"]
-    sized = with_fit_overrides(balanced, ["data.image_size=64"])
+    assert fit_recipe(root, "best", device="cpu")["data"]["train_image_size"] == 192
+    assert "train_image_size" not in fit_recipe(root, "balanced", device="cuda")["data"]
+    assert "train_image_size" not in fit_recipe(root, "fast", device="cpu")["data"]
+    sized = fit_recipe(root, "balanced", device="cpu", overrides=["data.image_size=64"])
     assert sized["data"]["image_size"] == 64 and "train_image_size" not in sized["data"]
-    both = with_fit_overrides(balanced, ["data.image_size=64", "data.train_image_size=48"])
+    both = fit_recipe(root, "balanced", device="cpu", overrides=["data.image_size=64", "data.train_image_size=48"])
     assert both["data"]["train_image_size"] == 48
 
 

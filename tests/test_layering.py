@@ -11,7 +11,7 @@ LAYERS = ["recipe", "model", "optim", "tasks", "data", "engine", "callbacks", "i
 RANK = {"recipe": 0, "model": 1, "optim": 1, "tasks": 1, "data": 2, "engine": 3, "callbacks": 4, "inference": 5, "run": 6,
         "serve": 7, "tune": 7, "cli": 8}
 UTILITIES = {"errors", "registry", "files", "progress", "seeding", "download", "plugins", "device", "signals",
-             "cpu_memory", "testing", "rundir", "synthetic", "__init__", "__main__"}
+             "cpu_memory", "testing", "rundir", "synthetic", "tables", "__init__", "__main__"}
 
 
 def _layer(module: str) -> str | None:

@@ -135,16 +135,17 @@ def test_small_things_version_a_misspelt_recipe_and_every_changed_setting_named(
 
 
 def test_fit_splits_a_train_folder_without_test_and_tests_on_val_when_there_is_one(tmp_path):
-    from transferkit.run.fit import data_settings
+    from transferkit.run.preset_rules import folder_layout, training_images
 
     root = make_image_folder(tmp_path / "photos", per_class=(10, 4), size=(16, 16))
     shutil.rmtree(root / "test")
-    data, n_train = data_settings(root, 0)
-    assert data["root"] == str((root / "train").resolve()) and data["split_ratio"] == 0.2 and n_train == 14
+    data = folder_layout(root)
+    assert data["root"] == str((root / "train").resolve()) and data["split_ratio"] == 0.2
+    assert training_images(data) == 14
     (root / "train").rename(root / "train-all")
     make_image_folder(tmp_path / "photos2", per_class=(10, 4), size=(16, 16))
     (tmp_path / "photos2" / "test").rename(tmp_path / "photos2" / "val")
-    data, _ = data_settings(tmp_path / "photos2", 0)
+    data = folder_layout(tmp_path / "photos2")
     assert data["test_dir"] == "val" and data["val_split"] == 0.1 and "split_ratio" not in data
     result = run_cli("fit", str(tmp_path / "photos2"), "--preset", "fast", "--set", "train.epochs=2",
                      "--set", "data.image_size=32", "--set", "train.device=cpu", "--output", str(tmp_path / "runs"),
@@ -156,13 +157,13 @@ def test_fit_sizes_its_schedule_from_the_images_a_limit_leaves(tmp_path):
     from transferkit.run.fit import fit_recipe
 
     root = make_image_folder(tmp_path / "photos", per_class=(600, 2), size=(8, 8))
-    whole = fit_recipe(root, "balanced", cpu=True)
+    whole = fit_recipe(root, "balanced", device="cpu")
     assert whole["train"]["epochs"] == 3 and "1080 training images" in whole["description"]
-    limited = fit_recipe(root, "balanced", cpu=True, overrides=["data.limit=200"])
+    limited = fit_recipe(root, "balanced", device="cpu", overrides=["data.limit=200"])
     assert limited["train"]["epochs"] == 8 and "180 training images" in limited["description"]
-    fast = fit_recipe(root, "best", cpu=True, overrides=["data.limit=200"])
+    fast = fit_recipe(root, "best", device="cpu", overrides=["data.limit=200"])
     assert fast["train"]["ema"]["decay"] == round(min(0.9999, max(0.95, 1 - 3 / (16 * 6))), 4)  # from 180 images
-    kept = fit_recipe(root, "balanced", cpu=True, overrides=["data.limit=200", "train.epochs=2"])
+    kept = fit_recipe(root, "balanced", device="cpu", overrides=["data.limit=200", "train.epochs=2"])
     assert kept["train"]["epochs"] == 2
 
 

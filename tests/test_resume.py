@@ -174,7 +174,7 @@ def test_sigkill_mid_epoch_with_every_training_feature_on_resumes_bit_identicall
     _assert_same_run(reference_dir, run_dir)
     rows = json.loads((run_dir / "metrics.json").read_text())
     reference_rows = json.loads((reference_dir / "metrics.json").read_text())
-    for key in ("val_accuracy", "ema_val_accuracy", "ema_test_loss", "lr"):
+    for key in ("val_accuracy", "ema_val_accuracy", "ema_test_loss", "lr_backbone", "lr_head"):
         assert [r[key] for r in rows] == [r[key] for r in reference_rows], key
     ema_a = load_checkpoint(run_dir / "last.pt")["callbacks"]["EMA"]["shadow"]
     ema_b = load_checkpoint(reference_dir / "last.pt")["callbacks"]["EMA"]["shadow"]

@@ -90,7 +90,7 @@ def test_mlflow_logs_params_metrics_tags_and_artifacts_to_a_real_server(image_ro
     assert run.data.tags["transferkit.run_dir"] == str(run_dir.resolve())
 
     written = json.loads((run_dir / "metrics.json").read_text())
-    for key in ("train_loss", "test_accuracy", "lr"):
+    for key in ("train_loss", "test_accuracy", "lr_backbone", "lr_head"):
         history = client.get_metric_history(run.info.run_id, key)
         assert [(m.step, m.value) for m in history] == [(row["epoch"], row[key]) for row in written]
 

@@ -124,6 +124,17 @@ def test_imagenet_weights_load_through_torchvision_cache(tmp_path, monkeypatch):
     assert (prep.input_size, prep.resize_size, prep.mean) == (224, 256, (0.485, 0.456, 0.406))
 
 
+@pytest.mark.parametrize("name", ["timm/mobilenetv3_small_050", "timm/resnet18"])
+def test_timm_backbones_report_the_width_of_the_features_they_return(name):
+    from transferkit.model.backbones import build_backbone
+    from transferkit.recipe.spec import BackboneSpec
+
+    backbone = build_backbone(BackboneSpec(name=name, pretrained=False))
+    with torch.no_grad():
+        features = backbone.module.eval()(torch.zeros(1, 3, 32, 32))
+    assert features.shape == (1, backbone.num_features)
+
+
 def test_cli_runs_recipe_with_variants_and_prints_the_comparison(image_root, tmp_path):
     recipe = tmp_path / "recipe.yaml"
     import yaml

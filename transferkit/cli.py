@@ -160,6 +160,11 @@ def fit(folder: str = typer.Argument(..., help="folder of photos: train/ and tes
     started = start_fit(folder, preset, backbone, budget, device, seed, set_, output)
     err.print(f"fit: --preset {preset} on {folder}; the resolved recipe ({started.root.recipe}):", highlight=False)
     out.print(started.recipe_text, end="", markup=False, highlight=False, soft_wrap=True)
+    _train_written(started, progress)
+
+
+def _train_written(started, progress: bool) -> None:
+    """Train a run whose recipe transferkit wrote (fit, continue); Ctrl-C prints how to resume it and exits 130."""
     try:
         started.run(console=err, progress=progress)
     except RunInterrupted as stop:
@@ -167,6 +172,25 @@ def fit(folder: str = typer.Argument(..., help="folder of photos: train/ and tes
                   markup=False, highlight=False, soft_wrap=True)
         raise typer.Exit(130)
     err.print(f"repeat with: transferkit run {shlex.quote(str(started.root.recipe))}", highlight=False, soft_wrap=True)
+
+
+@app.command("continue")
+def continue_(run_dir: str = typer.Argument(..., metavar="RUN", help="a finished run's folder (runs/<name>/<variant>, or runs/<name> with one variant)"),
+              epochs: Optional[int] = typer.Option(None, "--epochs", min=1, help="epochs of the new run (default: as many as the parent ran)"),
+              set_: list[str] = typer.Option([], "--set", metavar="KEY=VALUE", help="override a value of the parent's recipe, e.g. --set optimizer.lr=1e-4 (repeatable)"),
+              start: str = typer.Option("best", "--from", metavar="best|last", help="start from best.pt (the selected weights) or last.pt (the last epoch's)"),
+              output: Optional[Path] = typer.Option(None, "--output", metavar="DIR", help="root folder for the new run (default: beside the parent's run folder)"),
+              progress: bool = typer.Option(True, "--progress/--no-progress", help="show progress bars")) -> None:
+    """Train more epochs from a finished run's best.pt or last.pt, with a new schedule, into a new run folder."""
+    _api()
+    from transferkit.run.continue_run import start_continue
+
+    started = start_continue(run_dir, epochs, set_, start, output)
+    spec = started.experiment.spec
+    err.print(f"continue: {spec.train.epochs} more epoch(s) from {spec.train.init_from} into "
+              f"{started.root.path / spec.base_variant} (recipe: {started.root.recipe})", highlight=False,
+              soft_wrap=True)
+    _train_written(started, progress)
 
 
 @app.command()
@@ -192,7 +216,7 @@ def cv(target: Optional[str] = typer.Argument(None, metavar="RECIPE|FOLDER", aut
     """K-fold cross-validation: one run per fold under one folder; every metric as mean ± std (table and cv.json)."""
     _api()
     from transferkit.run.cv import resume_cv, start_cv, table_rows
-    from transferkit.run.display import print_table
+    from transferkit.tables import print_table
 
     if (target is None) == (resume is None):
         raise TransferkitError("cv: give a RECIPE or FOLDER to cross-validate, or --resume DIR to continue one")
@@ -298,16 +322,20 @@ def list_backbones(pattern: Optional[str] = typer.Argument(None, metavar="[PATTE
             entries.append((arch, f"{arch}  weights: {weights}  ({api.WEIGHT_SOURCES.describe(weights)})"))
     lines = [line for _, line in sorted(entries, key=lambda e: (e[0].lower(), e[1]))]
     if not lines:
-        err.print(f"no backbone matches {pattern!r}{f' in {source}' if source else ''}"
-                  f"{' with pretrained weights' if pretrained else ''}; try a wider pattern such as "
-                  f"'*{(pattern or '').strip('*')}*'", markup=False, highlight=False)
+        where = f"{f' in {source}' if source else ''}{' with pretrained weights' if pretrained else ''}"
+        if pattern:
+            err.print(f"no backbone matches {pattern!r}{where}; try a wider pattern such as "
+                      f"'*{pattern.strip('*')}*'", markup=False, highlight=False)
+        else:
+            err.print(f"no backbones{where}" + ("; a plugin registers them (docs/plugins.md)" if source == "registered"
+                                                 else ""), markup=False, highlight=False)
         raise typer.Exit(1)
     for line in lines:
         out.print(line, markup=False, highlight=False)
 
 
 def _print_registry(registry, describe=None) -> None:
-    from transferkit.run.display import print_table
+    from transferkit.tables import print_table
 
     rows = [[name, describe(name) if describe else registry.describe(name), registry.origin(name)]
             for name in registry.list()]
@@ -373,7 +401,7 @@ def list_schedules() -> None:
     import typing
 
     from transferkit.recipe.spec import ScheduleSpec
-    from transferkit.run.display import print_table
+    from transferkit.tables import print_table
 
     names = typing.get_args(ScheduleSpec.model_fields["name"].annotation)
     print_table(out, ["name", "description"], [[n, SCHEDULE_HELP.get(n, "see docs/recipe.md")] for n in names])
@@ -385,7 +413,7 @@ def list_weights(backbone: Optional[str] = typer.Argument(None, metavar="[BACKBO
     """List registered weight sources, or the weights one backbone can load (torchvision names, timm tags, sources)."""
     api = _api()
     from transferkit.model.backbones import weights_for
-    from transferkit.run.display import print_table
+    from transferkit.tables import print_table
 
     if backbone is None:
         rows = []
@@ -423,7 +451,7 @@ def plugins() -> None:
     import os
 
     from transferkit.plugins import DISABLE_ENV
-    from transferkit.run.display import print_table
+    from transferkit.tables import print_table
 
     infos = _api().load_plugins()
     if os.environ.get(DISABLE_ENV, "").strip() not in ("", "0"):
@@ -483,7 +511,7 @@ def check_data(target: str = typer.Argument(..., metavar="TARGET", autocompletio
                workers: int = typer.Option(1, "--workers", min=1, metavar="N", help="processes reading images")) -> None:
     """Read every image and report broken, duplicate, conflicting, hidden or misplaced files, and every bad row of
     a label table (a .csv TARGET, or a recipe's data.labels), with its line (exit 1 if any)."""
-    from transferkit.run.display import print_table
+    from transferkit.tables import print_table
     from transferkit.run.targets import check_target
 
     _api()
@@ -527,7 +555,9 @@ def evaluate(model: str = typer.Argument(..., help="run directory (runs/<name>/<
              split: str = typer.Option("test", "--split", help="test or val"),
              device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps"),
              output: Optional[Path] = typer.Option(None, "--output", help="folder for the results; default "
-                                                                         "<run>/evaluation/<split>/"),
+                                                                         "<run>/evaluation/<split>/ for a run, "
+                                                                         "<name>-evaluation/<split>/ beside an "
+                                                                         "exported file"),
              progress: bool = typer.Option(True, "--progress/--no-progress", help="show progress")) -> None:
     """Loss, top-1/top-5 accuracy, per-class precision/recall/F1, confusion matrix and top losses."""
     from transferkit.inference.evaluate import default_output, evaluate_folder, print_evaluation, print_unreadable
@@ -592,7 +622,7 @@ def explain(model: str = typer.Argument(..., help="run directory or checkpoint (
     from transferkit.inference.explain import explain as grad_cam, explainable
     from transferkit.inference.inputs import collect_inputs
     from transferkit.inference.plots import explanations_png
-    from transferkit.run.display import print_table
+    from transferkit.tables import print_table
 
     paths = collect_inputs(inputs)
     if len(paths) > limit:
@@ -619,7 +649,8 @@ def export(model: str = typer.Argument(..., help="run directory or checkpoint"),
            format: str = typer.Option("onnx", "--format", help="onnx or torchscript"),
            output: Optional[Path] = typer.Option(None, "--output", help="file to write; default beside the checkpoint"),
            check: Optional[int] = typer.Option(None, "--check", min=0, help="images to compare with PyTorch "
-                                               "(default 16: the run's test images, else synthetic; 0: no check)")) -> None:
+                                               "(default 16: the run's test images, else synthetic; 0: no check)"),
+           overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing file")) -> None:
     """Write the model as ONNX or TorchScript (normalisation, classes and preprocessing inside), checked against PyTorch."""
     from transferkit.inference.checkpoint_io import read_checkpoint
     from transferkit.inference.export import TOLERANCE, export_model
@@ -629,7 +660,7 @@ def export(model: str = typer.Argument(..., help="run directory or checkpoint"),
 
     if Path(model).suffix.lower() == ".onnx" or (Path(model).is_file() and is_torchscript(Path(model))):
         raise TransferkitError(f"{model}: already an exported model; export takes a run directory or checkpoint")
-    result = export_model(TorchPredictor(read_checkpoint(model), "cpu"), format, output, check)
+    result = export_model(TorchPredictor(read_checkpoint(model), "cpu"), format, output, check, overwrite)
     if result.checked:
         err.print(f"checked on {result.checked} {result.check_images}: max probability difference "
                   f"{result.max_probability_difference:.1e} (tolerance {TOLERANCE:.0e}), max logit difference "

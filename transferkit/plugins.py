@@ -59,6 +59,9 @@ def load_plugins(force: bool = False) -> list[PluginInfo]:
             info.error = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
         after = _snapshot()
         info.registered = {kind: sorted(after[kind] - before[kind]) for kind in after if after[kind] - before[kind]}
+        for kind, names in info.registered.items():  # the `from` column of list-* names the installed package
+            for name in names:
+                _REGISTRIES[kind].set_origin(name, package or ep.name)
         _loaded.append(info)
     return _loaded
 

@@ -63,7 +63,7 @@ class Registry:
         if options is not None and not (isinstance(options, type) and hasattr(options, "model_validate")):
             raise TypeError(f"{self.kind} '{key}': options must be a pydantic model class, not {options!r}")
         self._items[key] = obj
-        self._origins[key] = origin or getattr(obj, "__module__", "")
+        self._origins[key] = origin or (getattr(obj, "__module__", None) or "").split(".")[0]
         if options is not None:
             self._options[key] = options
         else:
@@ -103,8 +103,14 @@ class Registry:
                 + (f"; see `transferkit {self.list_command}`" if self.list_command else "")) from None
 
     def origin(self, name: str) -> str:
-        """The module or plugin that registered `name`."""
+        """Where `name` comes from: the distribution of the plugin that registered it, else the top-level package
+        of the code that did (`transferkit` for the built-ins)."""
         return self._origins.get(name, "")
+
+    def set_origin(self, name: str, origin: str) -> None:
+        """Credit `name` to `origin` (plugin discovery names the distribution that registered it)."""
+        if name in self._items:
+            self._origins[name] = origin
 
     def list(self, pattern: str | None = None) -> list[str]:
         """Sorted names, filtered by a shell-style wildcard pattern (case-insensitive) if given."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Callable
 
+from transferkit.data.images import SKIP_HINT
 from transferkit.engine.callbacks import Callback, RunContext
 
 
@@ -25,7 +26,7 @@ class BadImageReport(Callback):
         for bad in trainer.last_bad:
             if bad.path not in self.skipped:
                 self.skipped.append(bad.path)
-                self.notify(bad.message)
+                self.notify(bad.message.removesuffix(SKIP_HINT))  # skipping already: the fix, not the hint
 
     def state_dict(self) -> dict:
         return {"skipped": self.skipped}

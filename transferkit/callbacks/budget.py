@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 import time
 
+from typing import Callable
+
 from transferkit.engine.callbacks import Callback, RunContext
 from transferkit.recipe.spec import parse_duration
 
@@ -15,18 +17,22 @@ class Budget(Callback):
     """Measures the first epoch trained in this process, then lowers `trainer.epochs` so the run ends inside
     `seconds` (counted from `started`, the run's start, plus what earlier processes of a resumed run spent),
     and re-sizes the schedule to the new length so it still anneals to its end. Each later epoch re-checks
-    the pace, and stops early if the epochs got slower."""
+    the pace, and stops early if the epochs got slower. Each decision is handed to `say` when it is made."""
 
-    def __init__(self, seconds: float, started: float | None = None):
+    def __init__(self, seconds: float, started: float | None = None, say: Callable[[str], None] = lambda text: None):
         self.seconds, self.started = seconds, started if started is not None else time.monotonic()
         self.decided: int | None = None
         self.spent_before = 0.0  # by earlier processes of a resumed run
         self.note = ""
+        self.say = say
 
     @classmethod
     def from_run(cls, run: RunContext) -> "Budget | None":
-        """On when train.budget is set; counted from the variant's start."""
-        return cls(parse_duration(run.spec.train.budget), run.started) if run.spec.train.budget else None
+        """On when train.budget is set; counted from the variant's start, its decisions printed as they are made."""
+        if not run.spec.train.budget:
+            return None
+        return cls(parse_duration(run.spec.train.budget), run.started,
+                   lambda text: run.console.print(f"{run.variant}: {text}", highlight=False, soft_wrap=True))
 
     def spent(self) -> float:
         """Seconds of the budget used so far."""
@@ -58,9 +64,11 @@ class Budget(Callback):
                 trainer.epochs = self.decided
             else:
                 self.note = f"budget {self.seconds:.0f}s: all {trainer.epochs} epochs fit ({per_epoch:.1f}s each)"
+            self.say(self.note)
         elif epoch < trainer.epochs and per_epoch > left:  # slower than first measured: stop inside the budget
             self.decided = trainer.epochs = epoch
             self.note += f"; stopped after epoch {epoch}, as later epochs ran slower"
+            self.say(f"budget {self.seconds:.0f}s: stopped after epoch {epoch}, as later epochs ran slower")
 
     def state_dict(self) -> dict:
         return {"decided": self.decided, "spent": self.spent(), "note": self.note}

@@ -29,13 +29,14 @@ def write_metrics(run_dir: Path, history: list[dict]) -> None:
 
 
 class EpochLine(Callback):
-    """Hands each epoch's row, with what the callbacks added to it, to `line` (the console line of every run)."""
+    """Hands each epoch's row, with what the callbacks added to it, and the run's number of epochs as it stands
+    now (a budget may have cut it) to `line` (the console line of every run)."""
 
-    def __init__(self, line: Callable[[dict], None]):
+    def __init__(self, line: Callable[[dict, int], None]):
         self.line = line
 
     def on_epoch_end(self, trainer, epoch: int, row: dict) -> None:
-        self.line(row)
+        self.line(row, trainer.epochs)
 
 
 @LOGGERS.register("csv")

@@ -118,7 +118,7 @@ def compare_images(images: list[tuple], results: list[tuple[str, Problem | None]
 
 def scan_problems(scan: FolderScan) -> list[Problem]:
     """What a folder scan found that training leaves out or refuses: class mismatches, empty classes,
-    hidden files and images lying outside any class folder."""
+    hidden files, images lying outside any class folder, and files that are no image (notes.txt)."""
     problems: list[Problem] = []
     reference = scan.splits[0]
     for split in scan.splits:
@@ -130,6 +130,9 @@ def scan_problems(scan: FolderScan) -> list[Problem]:
                                                   "copy); training skips it; delete it") for path in split.hidden]
         problems += [Problem("loose-image", path, f"image outside any class folder of {split.path.name}/; training "
                                                   f"ignores it; move it into its class folder") for path in split.loose]
+        problems += [Problem("non-image-file", path, "no image extension, so training ignores it; move it out of the "
+                                                     "data folder (or, if it is an image, give it its extension)")
+                     for path in split.other]
     return problems
 
 

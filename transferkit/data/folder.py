@@ -29,6 +29,7 @@ class SplitScan:
     empty: list[Path] = field(default_factory=list)   # class folders holding no image
     hidden: list[Path] = field(default_factory=list)  # hidden files (.DS_Store, ._copies, .folders) in class folders
     loose: list[Path] = field(default_factory=list)   # images lying in the split folder itself, in no class
+    other: list[Path] = field(default_factory=list)   # files that are no image by their extension (notes.txt)
 
 
 @dataclass
@@ -89,11 +90,15 @@ def scan_split_folder(split_dir: Path, role: str = TRAIN, classes: list[str] | N
                 scan.hidden.append(path)
             elif path.suffix.lower() in IMAGE_EXTENSIONS:
                 images.append(path)
+            else:
+                scan.other.append(path)
         if not images:
             scan.empty.append(class_dir)
         scan.samples.extend((p, label) for p in images)
-    scan.loose = sorted(p for p in split_dir.iterdir() if p.is_file() and not p.name.startswith(".")
-                        and p.suffix.lower() in IMAGE_EXTENSIONS)
+    beside = sorted(p for p in split_dir.iterdir() if p.is_file() and not p.name.startswith("."))
+    scan.loose = [p for p in beside if p.suffix.lower() in IMAGE_EXTENSIONS]
+    if role != ALL:  # a root read as one folder of classes: its own files (a README, labels.csv) are not data
+        scan.other += [p for p in beside if p.suffix.lower() not in IMAGE_EXTENSIONS]
     return scan
 
 
@@ -152,8 +157,8 @@ def scan_folder(root: str | Path, train_dir: str = "train", test_dir: str = "tes
     train_path, test_path = root / train_dir, root / test_dir
     if train_path.is_dir() != test_path.is_dir():
         missing = test_path if train_path.is_dir() else train_path
-        raise DataError(f"{missing}: split folder not found; put {train_dir}/ and {test_dir}/ under data.root "
-                        f"or set data.split_ratio to split one folder")
+        raise DataError(f"{missing}: split folder not found; put {train_dir}/ and {test_dir}/ in {root}, or split "
+                        f"one folder of classes with data.split_ratio (--set data.split_ratio=0.2)")
     if not train_path.is_dir():
         return FolderScan(root, [scan_split_folder(root, ALL)])
     val_path = val_folder(root, val_dir)
@@ -210,8 +215,8 @@ def split_folder(root: str | Path, train_dir: str = "train", test_dir: str = "te
     train_path, test_path = root / train_dir, root / test_dir
     if not train_path.is_dir() or not test_path.is_dir():
         missing = train_path if not train_path.is_dir() else test_path
-        raise DataError(f"{missing}: split folder not found; put {train_dir}/ and {test_dir}/ under data.root "
-                        f"or set data.split_ratio to split one folder")
+        raise DataError(f"{missing}: split folder not found; put {train_dir}/ and {test_dir}/ in {root}, or split "
+                        f"one folder of classes with data.split_ratio (--set data.split_ratio=0.2)")
     scan = scan_folder(root, train_dir, test_dir, val_dir)
     train_scan = scan.split(TRAIN)
     _refuse_one_class(train_scan)

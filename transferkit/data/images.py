@@ -30,6 +30,9 @@ FIXES = {
 }
 
 
+SKIP_HINT = ", or set data.on_bad_image: skip"  # the way on when a run stops at the image (not once it skips it)
+
+
 @dataclass(frozen=True)
 class EncodedImage:
     """An image file's bytes with the name that identifies it (a streamed sample: shard, key and source file)."""
@@ -53,7 +56,7 @@ class ImageReadError(DataError):
     """An image that cannot be decoded; `kind` names the problem and `reason` explains it."""
 
     def __init__(self, path: Path, kind: str, reason: str) -> None:
-        super().__init__(f"{path}: {reason}; {FIXES[kind]}, or set data.on_bad_image: skip")
+        super().__init__(f"{path}: {reason}; {FIXES[kind]}{SKIP_HINT}")
         self.path, self.kind, self.reason = path, kind, reason
 
 

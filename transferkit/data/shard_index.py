@@ -131,6 +131,17 @@ def index_url(urls) -> str:
     return urls.index or beside(expand(urls.train)[0], INDEX_NAME)
 
 
+def listed_training_images(urls: dict) -> int:
+    """The images in the training shards a raw data.urls mapping lists, counted by the index (no shard is read)."""
+    train = urls.get("train") or []
+    listed = expand(train)
+    index = read_index(urls.get("index") or beside(listed[0], INDEX_NAME)) if listed else None
+    if index is None or "train" not in index.splits:
+        return 0
+    entries = {entry.name: entry.images for entry in index.splits["train"].shards}
+    return sum(entries.get(base_name(url), 0) for url in listed)
+
+
 def shard_splits(data, labels: str) -> ShardSplits:
     """The streamed splits data.urls names, counted through the index; DataError when a URL is not in the index
     or the shards hold another kind of labels than the task reads (`labels`: its labels_as)."""

@@ -131,8 +131,8 @@ class Trainer:
         epoch = self.epoch
         while epoch < self.epochs and not self.stop_reason:  # a callback may shorten self.epochs (a budget)
             epoch += 1
-            started = time.perf_counter()
             partial, self.partial = self.partial, None
+            started = time.perf_counter() - (partial["seconds"] if partial else 0.0)  # a resumed epoch: whole
             if partial is None:
                 seed_epoch(self.seed, epoch, place.rank)  # a resumed partial epoch continues from the saved RNG state
             skip = partial["step"] * train_loader.batch_size * place.world_size if partial else 0
@@ -156,7 +156,7 @@ class Trainer:
                 bad = [item for rank_bad in place.gather(bad) for item in rank_bad]
             epoch_seconds = time.perf_counter() - started
             self.elapsed += epoch_seconds
-            row.update(train_images_per_s=train.images_per_s, lr=self.optimizer.param_groups[0]["lr"],
+            row.update(train_images_per_s=train.images_per_s, **self.learning_rates(),
                        data_wait_seconds=train.data_seconds, step_seconds=train.seconds - train.data_seconds,
                        epoch_seconds=epoch_seconds, elapsed_seconds=self.elapsed)
             self.epoch, self.last_bad = epoch, bad
@@ -166,6 +166,14 @@ class Trainer:
                 raise Interrupted(epoch + 1, None)
         self._call("on_fit_end")
         return self.history
+
+    def learning_rates(self) -> dict[str, float]:
+        """{"lr_<group>": lr} for every parameter group (backbone, head, ...), as the next update will use it."""
+        rates = {}
+        for index, group in enumerate(self.optimizer.param_groups):
+            name = f"lr_{group.get('name') or index}"
+            rates[name if name not in rates else f"{name}_{index}"] = group["lr"]
+        return rates
 
     def train_epoch(self, loader, epoch: int, epochs: int, partial: dict | None = None,
                     should_stop: Callable[[], bool] = lambda: False) -> EpochStats:

@@ -13,7 +13,6 @@ from typing import Iterable, Iterator
 
 import numpy as np
 from rich.console import Console
-from rich.table import Table
 
 from transferkit.data.folder import Samples, class_folders, scan_split, val_folder
 from transferkit.data.shard_index import ShardSplits, folder_recipe, is_shard_folder, shard_splits
@@ -30,7 +29,8 @@ from transferkit.inference.predictor import Predictor, softmax
 from transferkit.inference.task_reports import report_for
 from transferkit.inference.torch_predictor import TorchPredictor
 from transferkit.recipe.spec import DataSpec
-from transferkit.rundir import RunDir
+from transferkit.rundir import CHECKPOINTS, RunDir
+from transferkit.tables import print_table
 
 SPLITS = ("test", "val")
 TOP_LOSSES = 16
@@ -280,6 +280,9 @@ def _csv(rows: list[dict] | list[list], header: list[str] | None = None) -> str:
     return out.getvalue()
 
 
+CAPTION_CHARS = 36  # a caption line that fits its image's width in top_losses.png
+
+
 def top_loss_images(predictor: Predictor, wrong: list[dict], kept: dict | None = None
                     ) -> tuple[list[np.ndarray], list[str], list[Explanation] | None]:
     """The model's view (resized, centre-cropped) of the most confidently wrong files, with captions, and the
@@ -291,9 +294,24 @@ def top_loss_images(predictor: Predictor, wrong: list[dict], kept: dict | None =
     images, captions = [], []
     for item, row in zip(items, wrong):
         images.append(prepare(item).permute(1, 2, 0).numpy())
-        captions.append(f"{Path(row['path']).name[:28]}\ntrue {row['true_label']}, predicted "
-                        f"{row['predicted_label']}\np={row['probability']:.2f} (true {row['true_probability']:.2f})")
+        captions.append(loss_caption(row))
     return images, captions, top_loss_heatmaps(predictor, items)
+
+
+def loss_caption(row: dict) -> str:
+    """A misclassified file's caption in top_losses.png: its name, true and predicted class, probabilities; each
+    line short enough for the image's width."""
+    lines = (Path(row["path"]).name, f"true: {row['true_label']}", f"predicted: {row['predicted_label']}",
+             f"p={row['probability']:.2f} (true {row['true_probability']:.2f})")
+    return "\n".join(shortened(line) for line in lines)
+
+
+def shortened(text: str, width: int = CAPTION_CHARS) -> str:
+    """`text` cut in the middle to `width` characters (a file name keeps its start and its end)."""
+    if len(text) <= width:
+        return text
+    head = (width - 1) // 2
+    return f"{text[:head]}…{text[len(text) - (width - 1 - head):]}"
 
 
 def write_evaluation(result: Evaluation, predictor: Predictor, output: Path, title: str) -> None:
@@ -329,20 +347,16 @@ def print_evaluation(result: Evaluation, console: Console, title: str) -> None:
     if "per_class" not in m:
         report_for(result.task).print(m, console, title)
         return
-    table = Table(title=title)
-    for column in ("class", "precision", "recall", "f1", "support"):
-        table.add_column(column, justify="left" if column == "class" else "right")
-    for row in m["per_class"]:
-        table.add_row(row["class"], f"{row['precision']:.3f}", f"{row['recall']:.3f}", f"{row['f1']:.3f}",
-                      str(row["support"]))
-    table.add_section()
+    rows = [[row["class"], f"{row['precision']:.3f}", f"{row['recall']:.3f}", f"{row['f1']:.3f}", str(row["support"])]
+            for row in m["per_class"]]
+    rows.append(None)  # a section line before the averages
     for name in ("macro", "weighted"):
         avg = m[f"{name}_avg"]
-        table.add_row(f"{name} avg", f"{avg['precision']:.3f}", f"{avg['recall']:.3f}", f"{avg['f1']:.3f}",
-                      str(avg["support"]))
-    console.print(table)
+        rows.append([f"{name} avg", f"{avg['precision']:.3f}", f"{avg['recall']:.3f}", f"{avg['f1']:.3f}",
+                     str(avg["support"])])
+    print_table(console, ["class", "precision", "recall", "f1", "support"], rows, title, right={1, 2, 3, 4})
     top5 = f", top-5 {m['top5_accuracy']:.3f}" if "top5_accuracy" in m else ""
-    console.print(f"{m['images']} images: loss {m['loss']:.4f}, top-1 {m['top1_accuracy']:.3f}{top5}")
+    console.print(f"{m['images']} images: loss {m['loss']:.4f}, top-1 {m['top1_accuracy']:.3f}{top5}", highlight=False)
 
 
 def print_unreadable(result: Evaluation, console: Console) -> None:
@@ -376,8 +390,12 @@ def evaluate_folder(predictor: Predictor, folder: str | Path | None, split: str 
 
 
 def default_output(predictor: Predictor, split: str) -> Path:
-    """`<run>/evaluation/<split>/`, <run> being the folder the checkpoint or ONNX file is in."""
-    return RunDir(predictor.source.parent).evaluation(split)
+    """`<run>/evaluation/<split>/` for a run's checkpoint; `<stem>-evaluation/<split>/` beside any other model file
+    (an export, a copied checkpoint), so two models in one folder never write over each other's results."""
+    source = predictor.source
+    if source.name in CHECKPOINTS and RunDir(source.parent).is_started:
+        return RunDir(source.parent).evaluation(split)
+    return source.parent / f"{source.stem}-evaluation" / split
 
 
 def evaluate_run_dir(variant_dir: str | Path, split: str = "test", console: Console | None = None,

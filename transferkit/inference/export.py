@@ -107,11 +107,14 @@ def exported_logits(path: Path, fmt: str, images: torch.Tensor) -> np.ndarray:
 
 
 def export_model(predictor: TorchPredictor, fmt: str = "onnx", path: str | Path | None = None,
-                 check: int | None = None) -> ExportResult:
-    """Write the model, check it on `check` images (default 16; 0 skips) and move it into place only if it agrees."""
+                 check: int | None = None, overwrite: bool = False) -> ExportResult:
+    """Write the model, check it on `check` images (default 16; 0 skips) and move it into place only if it agrees;
+    an existing file is replaced only with `overwrite`."""
     if fmt not in FORMATS:
         raise ExportError(f"--format {fmt}: use onnx or torchscript")
     path = Path(path).expanduser() if path else RunDir(predictor.source.parent).export(fmt)
+    if path.exists() and not overwrite:
+        raise ExportError(f"{path}: file exists; give another --output, or add --overwrite to replace it")
     count = DEFAULT_CHECK if check is None else check
     size = predictor.preprocessing.input_size
     model = copy.deepcopy(predictor.model).cpu().float().to(memory_format=torch.contiguous_format).eval()

@@ -69,12 +69,13 @@ class Model:
         items = expand_items(inputs if isinstance(inputs, (list, tuple)) else [inputs])
         return explain(self.predictor, items, layer, target)[1]
 
-    def export(self, path: str | Path | None = None, format: str = "onnx", check: int | None = None) -> ExportResult:
+    def export(self, path: str | Path | None = None, format: str = "onnx", check: int | None = None,
+               overwrite: bool = False) -> ExportResult:
         """Write the model as ONNX or TorchScript beside the checkpoint (or at `path`), checked against this one."""
         if not isinstance(self.predictor, TorchPredictor):
             raise TransferkitError(f"{self.source}: only a PyTorch checkpoint can be exported; "
                                    f"this is {self.source.suffix}")
-        return export_model(self.predictor, format, path, check)
+        return export_model(self.predictor, format, path, check, overwrite)
 
 
 def load_predictor(path: str | Path, device: str = "auto", batch_size: int | None = None) -> Predictor:

@@ -55,23 +55,33 @@ def top_losses_png(images: list[np.ndarray], captions: list[str], title: str, co
                    heatmaps: list[np.ndarray | None] | None = None) -> bytes:
     """A grid of (H, W, 3) uint8 images, each with its caption; with `heatmaps` (Grad-CAM overlays, one per image),
     each row of images is followed by a row of their heatmaps; a note instead when there are none."""
+    return _png(top_losses_figure(images, captions, title, columns, heatmaps))
+
+
+def top_losses_figure(images: list[np.ndarray], captions: list[str], title: str, columns: int = 4,
+                      heatmaps: list[np.ndarray | None] | None = None):
+    """The matplotlib figure of top_losses_png."""
     plt = _pyplot()
     if not images:
         fig, ax = plt.subplots(figsize=(5, 1.5))
         ax.axis("off")
         ax.text(0.5, 0.5, "no misclassified images", ha="center", va="center", fontsize=12)
         fig.suptitle(title)
-        return _png(fig)
+        return fig
     return _grid(images, captions, title, columns, heatmaps)
 
 
 def _grid(images: list[np.ndarray], captions: list[str], title: str, columns: int,
-          heatmaps: list[np.ndarray | None] | None = None) -> bytes:
+          heatmaps: list[np.ndarray | None] | None = None):
+    """A figure of captioned images, rows tall enough for the captions' lines (each line short enough for its
+    image's width: inference.evaluate.shortened), so no caption runs into another or into an image."""
     plt = _pyplot()
     columns = min(columns, len(images))
     rows = (len(images) + columns - 1) // columns
     per_row = 2 if heatmaps else 1
-    fig, axes = plt.subplots(rows * per_row, columns, figsize=(2.5 * columns, 3.3 * rows * per_row), squeeze=False)
+    lines = max(caption.count("\n") + 1 for caption in captions)
+    fig, axes = plt.subplots(rows * per_row, columns, figsize=(2.6 * columns, (2.5 + 0.2 * lines) * rows * per_row
+                                                               + 0.4), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
     for index, (image, caption) in enumerate(zip(images, captions)):
@@ -82,10 +92,10 @@ def _grid(images: list[np.ndarray], captions: list[str], title: str, columns: in
             axes[row * per_row + 1, column].imshow(heatmaps[index])
             axes[row * per_row + 1, column].set_title("Grad-CAM: where it saw\nthe predicted class", fontsize=8)
     fig.suptitle(title)
-    fig.tight_layout(rect=(0, 0, 1, 1 - 0.35 / fig.get_figheight()))  # keep the title clear of the first captions
-    return _png(fig)
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.35 / fig.get_figheight()), h_pad=1.0)  # the title clear of the captions
+    return fig
 
 
 def explanations_png(overlays: list[np.ndarray], captions: list[str], title: str, columns: int = 4) -> bytes:
     """A grid of Grad-CAM overlays ((H, W, 3) uint8), each with its caption."""
-    return _grid(overlays, captions, title, columns)
+    return _png(_grid(overlays, captions, title, columns))

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from rich.table import Table
 
 from transferkit.inference.plots import _png, _pyplot
+from transferkit.tables import print_table
 
 
 class TaskReport:
@@ -95,14 +95,11 @@ class MultiLabelReport(TaskReport):
         return {"pr_curves.png": _png(fig)}
 
     def print(self, metrics, console, title):
-        table = Table(title=title)
-        for column in ("label", "AP", "threshold", "precision", "recall", "f1", "support"):
-            table.add_column(column, justify="left" if column == "label" else "right")
-        for row in metrics["per_label"]:
-            ap = "-" if row["ap"] is None else f"{row['ap']:.3f}"
-            table.add_row(row["label"], ap, f"{row['threshold']:.3f}", f"{row['precision']:.3f}",
-                          f"{row['recall']:.3f}", f"{row['f1']:.3f}", str(row["support"]))
-        console.print(table)
+        rows = [[row["label"], "-" if row["ap"] is None else f"{row['ap']:.3f}", f"{row['threshold']:.3f}",
+                 f"{row['precision']:.3f}", f"{row['recall']:.3f}", f"{row['f1']:.3f}", str(row["support"])]
+                for row in metrics["per_label"]]
+        print_table(console, ["label", "AP", "threshold", "precision", "recall", "f1", "support"], rows, title,
+                    right=set(range(1, 7)))
         tuned = "tuned on the validation split" if metrics.get("thresholds_tuned") else "as set"
         console.print(f"{self.line(metrics)} (thresholds {tuned})", highlight=False)
 
@@ -174,13 +171,9 @@ class RegressionReport(TaskReport):
         return {"predicted_vs_true.png": _png(fig)}
 
     def print(self, metrics, console, title):
-        table = Table(title=title)
-        for column in ("target", "MAE", "RMSE", "R²", "mean"):
-            table.add_column(column, justify="left" if column == "target" else "right")
-        for row in metrics["per_target"]:
-            r2 = "-" if row["r2"] is None else f"{row['r2']:.3f}"
-            table.add_row(row["target"], f"{row['mae']:.4g}", f"{row['rmse']:.4g}", r2, f"{row['mean']:.4g}")
-        console.print(table)
+        rows = [[row["target"], f"{row['mae']:.4g}", f"{row['rmse']:.4g}", "-" if row["r2"] is None else
+                 f"{row['r2']:.3f}", f"{row['mean']:.4g}"] for row in metrics["per_target"]]
+        print_table(console, ["target", "MAE", "RMSE", "R²", "mean"], rows, title, right=set(range(1, 5)))
         console.print(self.line(metrics), highlight=False)
 
     def line(self, metrics):

@@ -246,7 +246,10 @@ def _timm_backbone(spec: BackboneSpec) -> Backbone:
     elif weight_file and spec.pretrained:
         _load_local(model, weight_file, allowed)
         described = f"file {weight_file}"
-    return Backbone(model, int(model.num_features), preprocessing, spec.name, described)
+    # with num_classes=0 timm returns pre-logits features: wider than num_features where a head conv sits between
+    # (MobileNetV3: 288 pooled, 1024 after conv_head)
+    width = getattr(model, "head_hidden_size", None) or model.num_features
+    return Backbone(model, int(width), preprocessing, spec.name, described)
 
 
 # --- local files -----------------------------------------------------------------------------------

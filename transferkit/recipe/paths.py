@@ -2,8 +2,8 @@
 with `--set` (or in a recipe passed as a dict) is relative to the working directory.
 
 Only the fields that name local files or folders are touched: `data.root`, `data.labels`, the local paths among
-`data.urls` (not a URL with a scheme) and a `backbone.weights` that names a file (not a weights name, timm tag or
-registered weight source), in the base and in each variant.
+`data.urls` (not a URL with a scheme), `train.init_from` and a `backbone.weights` that names a file (not a weights
+name, timm tag or registered weight source), in the base and in each variant.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 WEIGHT_FILE_SUFFIXES = (".pth", ".pt", ".safetensors", ".bin")
-PATH_FIELDS = (("data", "root"), ("backbone", "weights"), ("data", "labels"))
+PATH_FIELDS = (("data", "root"), ("backbone", "weights"), ("data", "labels"), ("train", "init_from"))
 
 
 def looks_like_weight_file(weights: Any) -> bool:
@@ -48,7 +48,7 @@ def _local_urls(value: Any, base: Path) -> Any:
 
 
 def _is_path_value(keys: tuple[str, ...], value: Any) -> bool:
-    if keys in (("data", "root"), ("data", "labels")):
+    if keys in (("data", "root"), ("data", "labels"), ("train", "init_from")):
         return isinstance(value, str) and bool(value)
     return keys == ("backbone", "weights") and looks_like_weight_file(value)
 

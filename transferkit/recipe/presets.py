@@ -1,8 +1,9 @@
 """Presets: named sets of recipe settings (`preset: fast | balanced | best`), merged under the recipe's own keys.
 
-These are the rules that do not depend on the data; `transferkit fit` adds the ones that do (backbone,
-image size, epochs from the data set's size, device) and writes the resolved recipe out. docs/presets.md
-explains each choice.
+These are the settings that do not depend on the data; run/preset_rules.py adds the rules that do (the
+backbone when none is named, the folder's validation split, the training crop size on a CPU, the epochs from
+the number of training images, the EMA decay), for `transferkit fit` and for a recipe's `preset:` alike.
+docs/presets.md explains each choice.
 """
 
 from __future__ import annotations
@@ -15,14 +16,13 @@ PRESETS: dict[str, dict] = {
         "optimizer": {"name": "adamw", "lr": 1.0e-3, "weight_decay": 1.0e-4},
         "schedule": {"name": "cosine"},
         "data": {"batch_size": 64},
-        "train": {"epochs": 30},
     },
     "balanced": {  # linear probe on cached features, then the whole network fine-tuned from there (LP-FT)
         "lr_policy": {"name": "uniform"},
         "optimizer": {"name": "sgd", "lr": 2.0e-3, "momentum": 0.9, "weight_decay": 1.0e-4},
         "schedule": {"name": "cosine", "warmup_epochs": 0.1},
         "data": {"batch_size": 32, "crop_scale": [0.35, 1.0]},
-        "train": {"epochs": 1, "probe_epochs": 20, "probe_lr": 1.0e-3, "label_smoothing": 0.1,
+        "train": {"probe_epochs": 20, "probe_lr": 1.0e-3, "label_smoothing": 0.1,
                   "freeze_bn_stats": True},
     },
     "best": {  # LP-FT, longer, with stronger augmentation, EMA of the weights and test-time flip
@@ -30,8 +30,8 @@ PRESETS: dict[str, dict] = {
         "optimizer": {"name": "sgd", "lr": 2.0e-3, "momentum": 0.9, "weight_decay": 1.0e-4},
         "schedule": {"name": "cosine", "warmup_epochs": 0.1},
         "data": {"batch_size": 32, "crop_scale": [0.35, 1.0], "augment": {"policy": "trivialaugment"}},
-        "train": {"epochs": 3, "probe_epochs": 20, "probe_lr": 1.0e-3, "label_smoothing": 0.1,
-                  "freeze_bn_stats": True, "ema": {"decay": 0.99}, "tta_flip": True},
+        "train": {"probe_epochs": 20, "probe_lr": 1.0e-3, "label_smoothing": 0.1,
+                  "freeze_bn_stats": True, "ema": {}, "tta_flip": True},
     },
 }
 
@@ -45,5 +45,5 @@ def with_preset(raw: dict) -> dict:
     task = raw.get("task")
     task = task.get("name") if isinstance(task, dict) else task
     if task not in (None, "single_label"):  # label smoothing spreads a class's probability: one class per image only
-        preset = {**preset, "train": {k: v for k, v in preset["train"].items() if k != "label_smoothing"}}
+        preset = {**preset, "train": {k: v for k, v in preset.get("train", {}).items() if k != "label_smoothing"}}
     return deep_merge(preset, raw)

@@ -312,6 +312,7 @@ class TrainSpec(_Spec):
     tta_flip: bool = Field(False, description="evaluate on each image and its mirror image, averaging the logits (test-time augmentation)")
     sync_batchnorm: bool = Field(False, description="under torchrun with several processes: batch norm statistics over the whole global batch (SyncBatchNorm) instead of each process's share")
     budget: str | None = Field(None, description="wall-time budget, e.g. 90s, 10m, 1.5h: after the first epoch the number of epochs (and the LR schedule) is fitted so the run ends inside it")
+    init_from: str | None = Field(None, description="a transferkit checkpoint (best.pt or last.pt of a run with the same backbone, head and classes) whose weights, head included, the model starts from instead of the backbone's pretrained ones; a fresh optimizer and schedule (`transferkit continue` sets it)")
 
     @field_validator("callbacks", "loggers")
     @classmethod

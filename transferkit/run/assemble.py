@@ -29,7 +29,7 @@ from transferkit.engine.optimization import Optimization
 from transferkit.engine.placement import Placement
 from transferkit.engine.trainer import Trainer
 from transferkit.errors import SpecError
-from transferkit.model.build import build_model
+from transferkit.model.build import build_from_checkpoint, build_model
 from transferkit.model.preprocess import Preprocessing
 from transferkit.model.transfer import TransferModel
 from transferkit.optim.lr_policies import build_param_groups
@@ -73,6 +73,7 @@ class Built:
     splits: FolderSplits
     param_groups: list[dict]
     weights_origin: str
+    parent: dict | None = None  # train.init_from: the checkpoint the weights came from
 
 
 def build_variant(spec: ExperimentSpec) -> Built:
@@ -80,9 +81,10 @@ def build_variant(spec: ExperimentSpec) -> Built:
     seed_everything(spec.seed, spec.train.deterministic)
     splits = load_splits(spec)
     check_against_data(spec, splits)
-    built = build_model(spec, len(splits.classes))
+    built = build_from_checkpoint(spec, splits.classes) if spec.train.init_from else \
+        build_model(spec, len(splits.classes))
     groups = build_param_groups(built.model, spec.lr_policy, spec.optimizer.lr)
-    return Built(spec, built.model, built.preprocessing, splits, groups, built.weights_origin)
+    return Built(spec, built.model, built.preprocessing, splits, groups, built.weights_origin, built.parent)
 
 
 @dataclass
@@ -105,6 +107,8 @@ class Assembled:
     placement: Placement
     task: Task
     caches: SharedCaches | None = None
+    parent: dict | None = None  # train.init_from: the checkpoint the weights came from
+    class_weights: list[float] | None = None  # the loss's per-class weights (train.class_weights), as computed
 
 
 def build_loaders(spec: ExperimentSpec, plan: DataPlan, splits: FolderSplits, prep: Preprocessing,
@@ -221,4 +225,5 @@ def assemble(spec: ExperimentSpec, console: Console, progress: bool = True,
                       tta_flip=spec.train.tta_flip, task=task)
     return Assembled(spec, trainer, train_loader, eval_loaders, plan, splits, built.preprocessing, groups,
                      built.weights_origin, device, precision, channels_last,
-                     selection_metric(spec, bool(splits.val), task.default_metric), placement, task, caches)
+                     selection_metric(spec, bool(splits.val), task.default_metric), placement, task, caches,
+                     built.parent, None if class_weights is None else [round(w, 6) for w in class_weights.tolist()])

@@ -19,6 +19,7 @@ from transferkit.callbacks.checkpoint import Checkpoint
 from transferkit.callbacks.early_stopping import EarlyStopping
 from transferkit.callbacks.ema import EMA
 from transferkit.callbacks.freeze_schedule import FreezeSchedule
+from transferkit.callbacks.run_clock import RunClock
 from transferkit.callbacks.metrics_log import EpochLine
 from transferkit.engine.callbacks import Callback, RunContext
 from transferkit.errors import SpecError
@@ -29,7 +30,7 @@ from transferkit.run import report
 # EMA adds its metrics in after_evaluate, the tracker judges them, early stopping reads its verdict.
 FEATURES: tuple[Callable[[RunContext], Callback | None], ...] = (
     FreezeSchedule.from_run, Budget.from_run, EMA.from_run, BestTracker.from_run, EarlyStopping.from_run,
-    BadImageReport.from_run)
+    BadImageReport.from_run, RunClock.from_run)
 
 
 def _registered(registry, items, run: RunContext) -> list[Callback]:
@@ -76,8 +77,8 @@ class CallbackConnector:
         callbacks += _registered(CALLBACKS, t.callbacks, run) + self.extra
         if run.placement.is_primary:
             metric = run.task.default_metric if run.task else "accuracy"
-            callbacks.append(EpochLine(lambda row: run.console.print(
-                report.epoch_line(run.variant, row, t.epochs, metric), highlight=False)))
+            callbacks.append(EpochLine(lambda row, epochs: run.console.print(
+                report.epoch_line(run.variant, row, epochs, metric), highlight=False)))
             callbacks += _registered(LOGGERS, t.loggers, run)
         checkpoint = Checkpoint.from_run(run)
         if checkpoint is not None:

@@ -47,16 +47,13 @@ def base_recipe(target: str, preset: str | None = None, backbone: str | None = N
                 variant: str | None = None) -> dict:
     """The recipe every fold starts from, resolved: for a FOLDER (or label table), what `fit --preset` writes;
     for a RECIPE, its base run (or `variant`) with every key explicit."""
-    from transferkit.device import resolve_device
     from transferkit.run.experiment import Experiment
-    from transferkit.run.fit import fit_recipe, overridden
+    from transferkit.run.fit import fit_recipe
 
     if is_data_target(target):
         if variant:
             raise SpecError(f"--variant {variant}: {target} is a data folder, which has no variants; give a recipe")
-        chosen = device or "auto"
-        cpu = resolve_device(str(overridden(overrides).get("train.device", chosen))).type == "cpu"
-        return fit_recipe(target, preset or "balanced", backbone, None, chosen, 0 if seed is None else seed, cpu,
+        return fit_recipe(target, preset or "balanced", backbone, None, device or "auto", 0 if seed is None else seed,
                           overrides)
     if preset or backbone:
         option = "--preset" if preset else "--backbone"

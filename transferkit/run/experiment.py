@@ -16,6 +16,7 @@ from transferkit.callbacks.bad_images import BadImageReport
 from transferkit.callbacks.best import BestTracker
 from transferkit.callbacks.budget import Budget
 from transferkit.callbacks.checkpoint import checkpoint_sizes, load_checkpoint
+from transferkit.callbacks.run_clock import RunClock
 from transferkit.cpu_memory import fallback_reason
 from transferkit.data.shared import SharedCaches
 from transferkit.data.stream_loaders import readers_changed
@@ -28,7 +29,7 @@ from transferkit.inference.evaluate import evaluate_run_dir
 from transferkit.files import atomic_write_text
 from transferkit.optim.lr_policies import describe_groups
 from transferkit.plugins import load_plugins
-from transferkit.recipe.load import check_schema, read_recipe, recipe_of_dict
+from transferkit.recipe.load import read_recipe, recipe_of_dict
 from transferkit.recipe.spec import ExperimentSpec
 from transferkit.recipe.variants import variant_names, variant_of
 from transferkit.recipe.yaml_io import dump_yaml
@@ -40,7 +41,7 @@ from transferkit.run.validation_fit import fit_task_to_validation
 from transferkit.run.results import ExperimentResult, VariantResult, read_summary, write_summary
 from transferkit.rundir import RunDir, RunRoot
 from transferkit.signals import GracefulStop, RunInterrupted
-from transferkit.run.validation import check_device, validate_spec
+from transferkit.run.validation import check_device, check_schema_and_presets, validate_spec
 
 
 class Experiment:
@@ -56,14 +57,14 @@ class Experiment:
         """Load and validate a recipe file (or registered recipe name), with `--set`-style overrides."""
         load_plugins()  # a plugin may register the recipe name
         recipe = read_recipe(path, overrides)
-        check_schema(recipe)  # with the file's text, so schema errors name their line
+        check_schema_and_presets(recipe)  # with the file's text, so schema errors name their line
         return cls(recipe.spec, source=recipe.source, overrides=overrides)
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any], overrides: list[str] | None = None) -> "Experiment":
         """Validate a recipe given as a plain dict."""
         recipe = recipe_of_dict(raw, overrides)
-        check_schema(recipe)
+        check_schema_and_presets(recipe)
         return cls(recipe.spec, source="recipe", overrides=overrides)
 
     @property
@@ -147,7 +148,9 @@ def run_variant(spec: ExperimentSpec, name: str, run_dir: Path, console: Console
     files = RunDir(run_dir)
     finished = placement.broadcast(resume and primary and files.is_finished)
     if finished:
-        console.print(f"[bold]{name}[/]: finished already in {run_dir}; not re-trained")
+        console.print(f"[bold]{name}[/]: finished already in {run_dir}; --resume finishes what a run started, and "
+                      f"this one is done. For more epochs from its best.pt, in a new run folder: transferkit "
+                      f"continue {run_dir} --epochs N", highlight=False)
         return placement.broadcast(read_summary(name, run_dir) if primary else None)
     started = time.monotonic()
     if resolve_device(spec.train.device).type == "cpu" and primary and fallback_reason():
@@ -176,13 +179,15 @@ def run_variant(spec: ExperimentSpec, name: str, run_dir: Path, console: Console
     probe_seconds = 0.0
     if spec.train.probe_epochs and trainer.epoch == 0 and trainer.partial is None:
         probe_seconds = probe_head(parts, console)
-    setup_seconds = time.monotonic() - started - probe_seconds
+    clock = trainer.callback(RunClock)
+    clock.setup, clock.probe = time.monotonic() - started - probe_seconds, probe_seconds
     groups = describe_groups(parts.param_groups)
     if primary:
         files.prepare()  # only now: a run that failed before training leaves no folder behind
         atomic_write_text(files.spec, dump_yaml(spec))
         atomic_write_text(files.param_groups, json.dumps(groups, indent=2))
-        atomic_write_text(files.data_plan, json.dumps(parts.plan.to_dict(), indent=2))
+        weights = {"class_weights": dict(zip(parts.splits.classes, parts.class_weights))} if parts.class_weights else {}
+        atomic_write_text(files.data_plan, json.dumps({**parts.plan.to_dict(), **weights}, indent=2))
     _print_header(console, name, parts, groups, run_dir)
     try:
         trainer.fit(parts.train_loader, parts.eval_loaders, spec.train.epochs, should_stop)
@@ -199,7 +204,8 @@ def run_variant(spec: ExperimentSpec, name: str, run_dir: Path, console: Console
         fit_task_to_validation(parts, run_dir, console)
     tracker = trainer.callback(BestTracker)
     bad = trainer.callback(BadImageReport)
-    timing = time_spent(trainer.history, setup_seconds, probe_seconds, time.monotonic() - started)
+    spent = clock.totals()  # a resumed run's earlier processes included
+    timing = time_spent(trainer.history, spent["setup"], spent["probe"], spent["wall"])
     budget = trainer.callback(Budget)
     if budget:
         timing["budget_seconds"], timing["budget"] = budget.seconds, budget.note
@@ -207,7 +213,7 @@ def run_variant(spec: ExperimentSpec, name: str, run_dir: Path, console: Console
     result = VariantResult(name, trainer.history, groups, trainer.elapsed, run_dir, bad.skipped if bad else [],
                            trainer.stop_reason, tracker.describe() if tracker else "", timing,
                            tracker.best_epoch if tracker else 0, parts.task.default_metric,
-                           parts.task.metrics.get(parts.task.default_metric, "max"))
+                           parts.task.metrics.get(parts.task.default_metric, "max"), parts.parent)
     if primary:
         write_summary(result)
     return result
@@ -285,5 +291,30 @@ def _print_header(console: Console, name: str, parts: Assembled, groups: list[di
     if t.freeze_epochs:
         frozen = "epoch 1" if t.freeze_epochs == 1 else f"epochs 1-{t.freeze_epochs}"
         console.print(f"  {frozen}: head only (backbone frozen); then the whole network", highlight=False)
+    for line in _feature_lines(parts):
+        console.print(f"  {line}", highlight=False, soft_wrap=True)
     for g in groups:
         console.print(f"  param group {g['name']:<24} {g['params']:>11,} params  lr {g['lr']:.3g}", highlight=False)
+
+
+def _feature_lines(parts: Assembled) -> list[str]:
+    """The header's lines for what changes the weights or the loss beyond the optimizer: a starting checkpoint, the
+    EMA, class weights, batch mixing."""
+    t, augment = parts.spec.train, parts.spec.data.augment
+    lines = []
+    if parts.parent:
+        lines.append(f"starts from {parts.parent['checkpoint']} (epoch {parts.parent['epoch']} of its run), with a "
+                     f"new optimizer and schedule")
+    if t.ema:
+        lines.append(f"EMA of the weights: decay {t.ema.decay:g}, evaluated beside the raw weights; best.pt keeps "
+                     f"whichever scores better")
+    if parts.class_weights:
+        shown = ", ".join(f"{c} {w:.3g}" for c, w in list(zip(parts.splits.classes, parts.class_weights))[:8])
+        more = f", ... ({len(parts.class_weights)} in data_plan.json)" if len(parts.class_weights) > 8 else ""
+        how = f"auto, power {t.class_weight_power:g}" if t.class_weights == "auto" else "given"
+        lines.append(f"class weights in the loss ({how}): {shown}{more}")
+    mixing = [f"{name} alpha {alpha:g}" for name, alpha in (("MixUp", augment.mixup), ("CutMix", augment.cutmix))
+              if alpha]
+    if mixing:
+        lines.append(f"batch mixing: {' or '.join(mixing)}{' (one per batch)' if len(mixing) > 1 else ''}")
+    return lines

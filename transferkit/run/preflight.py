@@ -192,7 +192,8 @@ def check_task(spec: ExperimentSpec, source: str = "recipe", variant: str = "",
 
 def check_weights(spec: ExperimentSpec, source: str = "recipe", variant: str = "",
                   overrides: list[str] | None = None) -> None:
-    """WeightsError / SpecError when backbone.weights names a missing file or weights that do not fit."""
+    """WeightsError / SpecError when backbone.weights names a missing file or weights that do not fit, or
+    train.init_from no file."""
     from transferkit.model.backbones import check_weights_fit, is_weight_file
     from transferkit.registry import WEIGHT_SOURCES
 
@@ -212,6 +213,10 @@ def check_weights(spec: ExperimentSpec, source: str = "recipe", variant: str = "
         check_weights_fit(spec.backbone)
     except (SpecError, WeightsError) as exc:
         raise type(exc)(f"{where('backbone.weights')}{exc}") from None
+    start = spec.train.init_from
+    if start and not Path(start).expanduser().is_file():
+        raise SpecError(f"{where('train.init_from')}train.init_from: {start} is not a file; give the best.pt or last.pt "
+                        f"of a finished run (`transferkit continue RUN` finds it)")
 
 
 __all__ = ["Where", "check_references", "check_options", "check_task", "check_data_root", "check_weights"]

@@ -70,7 +70,7 @@ def shown_epochs(epochs: int, first_epoch: int, width: int | None) -> list[int |
 def comparison_table(result: "ExperimentResult", width: int | None = None) -> tuple[list[str], list[list[str]]]:
     """Headers and cells of the comparison; with `width`, per-epoch columns are dropped (earliest first) until
     the table fits, never a number or a name cut; without (a log), the first and last few epochs."""
-    from transferkit.run.display import table_width
+    from transferkit.tables import table_width
 
     rows = comparison_rows(result)
     m = rows[0]["metric"] if rows else "accuracy"
@@ -100,7 +100,7 @@ def comparison_table(result: "ExperimentResult", width: int | None = None) -> tu
 
 def print_comparison(result: "ExperimentResult", console: Console) -> None:
     """The variants side by side: a table sized to the terminal, plain whole lines in a log or CI."""
-    from transferkit.run.display import print_table
+    from transferkit.tables import print_table
 
     headers, body = comparison_table(result, console.width if console.is_terminal else None)
     print_table(console, headers, body, title=f"{result.name}: variants compared", right=set(range(1, len(headers))))

@@ -26,6 +26,7 @@ class VariantResult:
     best_epoch: int = 0
     metric: str = "accuracy"  # the task's headline metric (accuracy, map, mae, ...) and its better direction
     better: str = "max"
+    parent: dict | None = None  # train.init_from: the checkpoint this run started from, its run and epoch
 
     @property
     def final(self) -> dict:
@@ -44,7 +45,7 @@ class VariantResult:
                 "better": self.better, f"best_test_{self.metric}": self.best_test, "seconds": self.seconds,
                 "param_groups": self.param_groups, "skipped_images": self.skipped_images,
                 "stop_reason": self.stop_reason, "best_checkpoint": self.best, "best_epoch": self.best_epoch,
-                "time": self.timing}
+                "time": self.timing, **({"parent": self.parent} if self.parent else {})}
 
 
 @dataclass
@@ -73,4 +74,4 @@ def read_summary(name: str, run_dir: Path) -> VariantResult:
                          summary.get("skipped_images", []), summary.get("stop_reason"),
                          summary.get("best_checkpoint", ""), summary.get("time", {}),
                          summary.get("best_epoch", 0), summary.get("metric", "accuracy"),
-                         summary.get("better", "max"))
+                         summary.get("better", "max"), summary.get("parent"))

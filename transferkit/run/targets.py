@@ -10,19 +10,24 @@ from transferkit.registry import DATASETS, RECIPES
 
 
 def folder_data_spec(target: str, overrides: list[str]):
-    """The spec whose `data:` section reads folder TARGET (image files, or the shards and index.json `transferkit
-    shard` wrote), with --set overrides (paths relative to the working directory)."""
+    """The spec whose `data:` section reads folder TARGET as `fit` does (train/ alone, train/ and val/ read too;
+    or the shards and index.json `transferkit shard` wrote, streamed), with --set overrides (paths relative to the
+    working directory)."""
+    from transferkit.data.shard_index import folder_recipe, is_shard_folder
     from transferkit.recipe.load import validate
     from transferkit.recipe.overrides import apply_overrides
     from transferkit.recipe.paths import resolve_override_paths
-
-    from transferkit.data.shard_index import folder_recipe, is_shard_folder
+    from transferkit.run.preset_rules import LAYOUT, folder_layout, given_keys
 
     if is_shard_folder(target):  # the shards `transferkit shard` wrote there, streamed
-        raw = folder_recipe(target)[0]
-    else:
-        raw = {"data": {"dataset": "folder", "root": str(Path(target).absolute())}}
-    raw = apply_overrides(raw, resolve_override_paths(overrides, Path.cwd()))
+        raw = apply_overrides(folder_recipe(target)[0], resolve_override_paths(overrides, Path.cwd()))
+        return validate(raw, source="--set", overrides=overrides)
+    raw = apply_overrides({"data": {"dataset": "folder", "root": str(Path(target).absolute())}},
+                          resolve_override_paths(overrides, Path.cwd()))
+    given = given_keys(apply_overrides({}, overrides))
+    if not given & {f"data.{key}" for key in (*LAYOUT, "train_dir")}:  # every image shown: no split carved
+        layout = folder_layout(Path(raw["data"]["root"]))
+        raw["data"].update({k: v for k, v in layout.items() if k in ("root", "test_dir")})
     return validate(raw, source="--set", overrides=overrides)
 
 
@@ -41,7 +46,10 @@ def splits_for(target: str, root: str | None, overrides: list[str]):
     load_plugins()
     if Path(target).is_file() or target in RECIPES:
         return load_splits(Experiment.from_yaml(target, overrides).spec)
-    if target in DATASETS:
+    if target in DATASETS and not Path(target).is_dir():
+        if root is None and getattr(DATASETS.get(target), "requires_root", False):
+            raise TransferkitError(f"{target}: this dataset reads a folder of class folders; give the folder itself "
+                                   f"as TARGET (transferkit preview photos/), or --root DIR with the dataset's name")
         return load_splits(ExperimentSpec(data=DataSpec(dataset=target, root=root)))
     if Path(target).is_dir():
         spec = folder_data_spec(target, overrides)

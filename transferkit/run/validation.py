@@ -1,6 +1,7 @@
 """The recipe-validation pipeline: every check a recipe goes through before anything trains, phase by phase.
 
-    schema           the pydantic models, presets and every variant as a full recipe   (recipe/load.py)
+    schema           the pydantic models, presets and every variant as a full recipe   (recipe/load.py), and a
+                     preset's rules that read the data and the machine                (run/preset_rules.py)
     contradictions   settings that contradict each other                               (recipe/check.py)
     environment      registered names, their options, the task's rules; the weights fit  (run/preflight.py)
     data and device  the data root; the device and the processes the run is on         (below)
@@ -20,8 +21,18 @@ from transferkit.plugins import load_plugins
 from transferkit.recipe.check import check_recipe_contradictions, device_contradictions
 from transferkit.recipe.load import Recipe, check_schema, read_recipe, recipe_of_dict
 from transferkit.recipe.spec import ExperimentSpec
+from transferkit.run.preset_rules import apply_presets, needs_presets
 from transferkit.run.preflight import (Where, check_data_root, check_options, check_references, check_task,
                                        check_weights)
+
+
+def check_schema_and_presets(recipe: Recipe) -> None:
+    """Phase 'schema': the pydantic models; then, for a recipe naming a preset, the preset's rules that read the
+    data and the machine, under the recipe's own keys (the rules `fit --preset` writes out), and the models again."""
+    check_schema(recipe)
+    if recipe.raw is not None and needs_presets(recipe.raw):
+        recipe.raw, recipe.spec = apply_presets(recipe.raw, recipe.source), None
+        check_schema(recipe)
 
 
 def check_environment(recipe: Recipe) -> None:
@@ -96,7 +107,7 @@ def check_data_and_device(recipe: Recipe) -> None:
         check_device(spec, Where(recipe.source, name, recipe.spec.base_variant, recipe.overrides))
 
 
-PHASES = (("schema", check_schema), ("contradictions", check_recipe_contradictions),
+PHASES = (("schema", check_schema_and_presets), ("contradictions", check_recipe_contradictions),
           ("environment", check_environment), ("data and device", check_data_and_device))
 
 
