@@ -1,10 +1,10 @@
 """WebDataset shards (issue 23): `transferkit shard`, and training, evaluation and resume streamed from the shards.
 
-The comparisons use full-batch training of a frozen backbone's head without augmentation (crops of the whole
-square image, no flip): one step per epoch over every training image, so the folder pipeline, local shards,
-shards over HTTP and two processes all take the mean gradient of the same 40 images, and differ only in the
-order floats are added (tolerance 1e-5, as tests/test_distributed.py). Smaller batches see another, equally
-valid order when streamed; there the resume tests compare a run with itself.
+The folder comparison uses full-batch training of a frozen backbone's head without augmentation (crops of the
+whole square image, no flip): one step per epoch over every training image, so the folder pipeline and two
+processes streaming shards take the mean gradient of the same 40 images, and differ only in the order floats are
+added (tolerance 1e-5, as tests/test_distributed.py). Smaller batches see another, equally valid order when
+streamed; there a run over HTTP is the reference a killed and resumed run from local files must equal bit for bit.
 """
 
 from __future__ import annotations
@@ -129,37 +129,36 @@ def _assert_close(a: Path, b: Path, exact: bool = False) -> None:
 
 
 @pytest.fixture(scope="module")
-def local_run(made):
-    tmp, _, shards, _ = made
-    return _run(tmp, shard_recipe(urls_of(shards), **SAME_STEPS), "local")
+def folder_run(made):
+    """The folder pipeline's run on the images the shards were written from (in process: the reference)."""
+    from transferkit import Experiment
+
+    tmp, folder, _, _ = made
+    result = Experiment.from_dict({**tiny_recipe(folder, **SAME_STEPS), "output_dir": str(tmp / "folder")}).run(
+        progress=False)
+    return result["base"].run_dir
 
 
-def test_training_on_local_and_http_shards_matches_the_folder_it_was_written_from(made, local_run):
-    tmp, folder, shards, _ = made
-    from_folder = _run(tmp, tiny_recipe(folder, **SAME_STEPS), "folder")
-    _assert_close(from_folder, local_run)
-    plan = json.loads((local_run / "data_plan.json").read_text())
-    assert plan["train_source"] == "stream" and plan["train_cache"] == plan["eval_cache"] == "none"
-    assert plan["stream"]["steps_per_epoch"] == 1 and plan["stream"]["shards"]["train"] == 4
-    evaluation = json.loads((local_run / "evaluation" / "test" / "metrics.json").read_text())
-    assert evaluation["images"] == 16 and "sample" in (local_run / "evaluation" / "test" / "predictions.csv").read_text()
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), partial(_Quiet, directory=str(shards)))
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        base = f"http://127.0.0.1:{server.server_address[1]}"
-        over_http = _run(tmp, shard_recipe(urls_of(shards, base), **SAME_STEPS), "http")
-    finally:
-        server.shutdown()
-        server.server_close()
-    _assert_close(local_run, over_http, exact=True)  # the same bytes in the same order
-
-
-def test_two_gloo_processes_train_alike_and_count_each_evaluation_image_once(made, local_run):
+def test_two_gloo_processes_on_shards_train_like_the_folder_and_count_each_evaluation_image_once(made, folder_run):
     tmp, _, shards, _ = made
     two = _run(tmp, shard_recipe(urls_of(shards), **SAME_STEPS), "two", "--nproc", "2")
-    _assert_close(local_run, two)  # each process streamed two shards (20 images): together the one-process batch
+    _assert_close(folder_run, two)  # each process streamed two shards (20 images): together the folder's batch
+    plan = json.loads((two / "data_plan.json").read_text())
+    assert plan["train_source"] == "stream" and plan["train_cache"] == plan["eval_cache"] == "none"
+    assert plan["stream"]["steps_per_epoch"] == 1 and plan["stream"]["shards"]["train"] == 4
+    evaluation = json.loads((two / "evaluation" / "test" / "metrics.json").read_text())
+    assert evaluation["images"] == 16 and "sample" in (two / "evaluation" / "test" / "predictions.csv").read_text()
+    from transferkit.inference.evaluate import evaluate_folder
+    from transferkit.inference.model import load_predictor
+    from transferkit.run.fit import fit_recipe
+
+    streamed = evaluate_folder(load_predictor(str(folder_run), "cpu"), shards, "test", tmp / "eval", None, False)
+    files = json.loads((folder_run / "evaluation" / "test" / "metrics.json").read_text())
+    assert streamed.metrics["images"] == files["images"] == 16  # `evaluate RUN --data SHARDS`: the same test images
+    assert streamed.metrics["top1_accuracy"] == files["top1_accuracy"] and streamed.metrics["loss"] == pytest.approx(files["loss"])
+    recipe = fit_recipe(shards, "fast", backbone="resnet18")  # `fit SHARDS`: streamed, sized by the index
+    assert recipe["data"]["source"] == "webdataset" and recipe["data"]["urls"]["train"].endswith("{000000..000003}.tar")
+    assert recipe["train"]["epochs"] == 60 and recipe["train"]["best_metric"] == "auto"  # 40 images, no val split
     for world in (1, 2, 3):
         for workers in (0, 1, 2):
             read = [i for rank in range(world) for worker in range(max(1, workers))
@@ -216,7 +215,7 @@ def test_a_resumed_stream_continues_with_the_very_samples_of_the_uninterrupted_o
     assert sum(len(batch.keys) for batch in batches) == first.images
 
 
-def test_sigkill_mid_epoch_then_resume_matches_and_a_corrupt_sample_is_skipped_and_named(tmp_path):
+def test_http_shards_train_and_a_sigkill_mid_epoch_resumes_exactly_with_a_corrupt_sample_skipped_and_named(tmp_path):
     from transferkit.data.preview import write_preview
     from transferkit.run.shard import shard_target
     from transferkit.run.targets import check_target, splits_for
@@ -229,13 +228,24 @@ def test_sigkill_mid_epoch_then_resume_matches_and_a_corrupt_sample_is_skipped_a
     assert "(train/a/broken.jpg)" in str(report.problems[0].path)
     grid = write_preview(splits_for(str(written.out), None, []), tmp_path / "preview.png", cell=32)
     assert grid.size == (8 * 32, 2 * (32 + 18))
-    recipe = write_recipe(tmp_path / "resume.yaml", shard_recipe(
-        urls_of(written.out), data={"batch_size": 4, "num_workers": 2, "on_bad_image": "skip", "shuffle_buffer": 6},
-        lr_policy={"name": "frozen_backbone", "feature_cache": False}, train={"epochs": 2, "deterministic": True}))
-    whole = run_cli("run", str(recipe), "--output", str(tmp_path / "whole"), "--no-progress")
-    assert whole.returncode == 0, whole.stderr[-3000:]
-    assert "skipped unreadable image" in whole.stderr and "(train/a/broken.jpg): truncated" in whole.stderr
+    settings = dict(data={"batch_size": 4, "num_workers": 2, "on_bad_image": "skip", "shuffle_buffer": 6},
+                    lr_policy={"name": "frozen_backbone", "feature_cache": False},
+                    train={"epochs": 2, "deterministic": True})
 
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), partial(_Quiet, directory=str(written.out)))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        base = f"http://127.0.0.1:{server.server_address[1]}"
+        recipe = write_recipe(tmp_path / "http.yaml", shard_recipe(urls_of(written.out, base), **settings))
+        over_http = run_cli("run", str(recipe), "--output", str(tmp_path / "http"), "--no-progress")
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert over_http.returncode == 0, over_http.stderr[-3000:]
+    assert "skipped unreadable image" in over_http.stderr and "(train/a/broken.jpg): truncated" in over_http.stderr
+
+    recipe = write_recipe(tmp_path / "local.yaml", shard_recipe(urls_of(written.out), **settings))
     out = tmp_path / "killed"
     killed = _run_with_fault(tmp_path, "SIGKILL", 6 + 3, "run", str(recipe), "--output", str(out), "--no-progress")
     assert killed.returncode == -signal.SIGKILL  # 25 images, batch 4: 6 steps an epoch; killed in the second
@@ -244,4 +254,4 @@ def test_sigkill_mid_epoch_then_resume_matches_and_a_corrupt_sample_is_skipped_a
     resumed = run_cli("run", str(recipe), "--output", str(out), "--resume", "auto", "--no-progress")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "resuming at epoch 2" in resumed.stderr
-    _assert_close(tmp_path / "whole" / "tiny" / "base", run_dir, exact=True)
+    _assert_close(tmp_path / "http" / "tiny" / "base", run_dir, exact=True)  # local files and HTTP: the same bytes
