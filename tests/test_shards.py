@@ -159,6 +159,7 @@ def test_two_gloo_processes_on_shards_train_like_the_folder_and_count_each_evalu
     recipe = fit_recipe(shards, "fast", backbone="resnet18")  # `fit SHARDS`: streamed, sized by the index
     assert recipe["data"]["source"] == "webdataset" and recipe["data"]["urls"]["train"].endswith("{000000..000003}.tar")
     assert recipe["train"]["epochs"] == 60 and recipe["train"]["best_metric"] == "auto"  # 40 images, no val split
+    assert recipe["data"]["batch_size"] == 40  # not the preset's 64: a streamed epoch is whole batches
     for world in (1, 2, 3):
         for workers in (0, 1, 2):
             read = [i for rank in range(world) for worker in range(max(1, workers))

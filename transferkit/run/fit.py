@@ -65,6 +65,10 @@ def fit_recipe(folder: str | Path, preset: str = "balanced", backbone: str | Non
                                else f"val_{task_class(task).default_metric}")
     if n_train is None:
         n_train = training_images(merged["data"], task)
+    data = merged["data"]
+    if (data.get("source") == "webdataset" and isinstance(data.get("batch_size"), int) and n_train
+            and data["batch_size"] > n_train and "data.batch_size" not in given):
+        data["batch_size"] = n_train  # a streamed epoch is whole batches: a larger batch would have no step
     merged["description"] = merged["description"] or f"transferkit fit --preset {preset} on {n_train} training images"
     return {key: merged[key] for key in ORDER if key in merged} | {k: v for k, v in merged.items() if k not in ORDER}
 
