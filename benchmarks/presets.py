@@ -6,9 +6,13 @@ the head at 10x) and `transferkit fit --preset fast|balanced|best`, for each see
 
     python benchmarks/presets.py --data ../shared/data/clothing-small --seeds 0 1 2
     python benchmarks/presets.py --data ../shared/data/clothing-small --limit 600 --seeds 0   # quicker
+    python benchmarks/presets.py --data ../shared/data/clothing-small --train-limit 496 --test-extra 127 \
+        --sides best --seeds 0     # a ~500-image set: 496 train/ images (fit carves 50), 499 test images
 
 Accuracy is the test accuracy of the weights best.pt holds: every side selects it on the validation
-split (clothing-small's validation/ folder, which the seed's recipe finds by default too).
+split (clothing-small's validation/ folder, which the seed's recipe finds by default too; with
+--train-limit, a view of the folder without it, so fit carves one). Each row keeps how the run spent
+its time (summary.json's `time`, with the evaluation's share of the wall time).
 Results are merged into benchmarks/results/presets_<date>.json by side and seed, so sides or seeds
 measured in separate calls the same day end up in one file; `--keep-runs DIR` keeps the run folders.
 """
@@ -23,6 +27,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from folder_view import folder_view
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -39,13 +45,12 @@ def run_side(command: list[str]) -> tuple[float, int, int]:
 
 
 def best_test_accuracy(run_root: Path) -> tuple[float, int, dict]:
-    """Test accuracy at the epoch best.pt holds, the number of epochs trained, and how the run's one variant
-    spent its time (summary.json's `time`)."""
+    """Test accuracy of the weights best.pt holds (the run's one test pass at the end), the number of epochs
+    trained, and how the run's one variant spent its time (summary.json's `time`)."""
     variant = next(p for p in run_root.iterdir() if (p / "summary.json").is_file())
     summary = json.loads((variant / "summary.json").read_text())
     history = json.loads((variant / "metrics.json").read_text())
-    epoch = summary.get("best_epoch") or len(history)
-    return history[epoch - 1]["test_accuracy"], len(history), summary.get("time", {})
+    return summary["test"]["test_accuracy"], len(history), summary.get("time", {})
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -57,11 +62,20 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--sides", nargs="+", default=["seed", "fast", "balanced", "best"])
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
     parser.add_argument("--keep-runs", type=Path, default=None, help="keep the run folders here (default: deleted)")
+    parser.add_argument("--train-limit", type=int, default=None, help="a view of --data: this many train/ images, "
+                        "no validation folder (fit carves one)")
+    parser.add_argument("--test-extra", type=int, default=0, help="with --train-limit: validation-folder images "
+                        "added to the view's test/")
+    parser.add_argument("--set", action="append", default=[], help="an extra --set for every preset side (a "
+                        "shorter run: --set train.epochs=2)")
     args = parser.parse_args(argv)
     data = str(Path(args.data).resolve())
     common = ["--no-progress", "--set", "train.device=cpu"] + (["--set", f"data.limit={args.limit}"] if args.limit else [])
     rows = []
     with tempfile.TemporaryDirectory() as temporary:
+        if args.train_limit:
+            data = str(folder_view(Path(data), Path(temporary) / f"view{args.train_limit}", args.test_extra,
+                                   args.train_limit))
         scratch = args.keep_runs or temporary
         for seed in args.seeds:
             for side in args.sides:
@@ -72,22 +86,26 @@ def main(argv: list[str] | None = None) -> dict:
                                "--set", f"data.root={data}", "--set", f"seed={seed}", "--output", str(out), *common]
                 else:
                     command = [*cli, "fit", data, "--preset", side, "--seed", str(seed), "--device", "cpu",
-                               "--output", str(out), *common]
+                               "--output", str(out), *common, *[f"--set={s}" for s in args.set]]
                 wall, rss, code = run_side(command)
                 accuracy, epochs, spent = (best_test_accuracy(next(out.iterdir())) if code == 0
                                            else (float("nan"), 0, {}))
                 rows.append({"side": side, "seed": seed, "wall_seconds": round(wall, 1),
                              "peak_rss_gb": round(rss / 1e9, 2), "test_accuracy": accuracy, "epochs": epochs,
-                             "exit_code": code, "time": spent})
+                             "exit_code": code, "time": spent, "load": os.getloadavg()})
+                share = spent.get("evaluation_seconds", float("nan")) / wall
                 print(f"{side:<9} seed {seed}: {wall:7.0f}s  {rss / 1e9:5.2f} GB peak RSS  "
-                      f"test acc {accuracy:.3f}  ({epochs} epochs)", flush=True)
+                      f"test acc {accuracy:.3f}  ({epochs} epochs)  evaluating {share:.0%} of the wall time  "
+                      f"load {os.getloadavg()[0]:.1f}", flush=True)
     args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / f"presets_{time.strftime('%Y-%m-%d')}{'_limit' + str(args.limit) if args.limit else ''}.json"
+    suffix = (f"_limit{args.limit}" if args.limit else "") + (f"_train{args.train_limit}" if args.train_limit else "")
+    path = args.out / f"presets_{time.strftime('%Y-%m-%d')}{suffix}.json"
     if path.is_file():  # a day's runs of other sides or seeds kept; a side and seed measured again replaced
         measured = {(row["side"], row["seed"]) for row in rows}
         earlier = json.loads(path.read_text())["rows"]
         rows = [row for row in earlier if (row["side"], row["seed"]) not in measured] + rows
-    report = {"data": data, "limit": args.limit, "seeds": sorted({row["seed"] for row in rows}), "rows": rows,
+    report = {"data": str(Path(args.data).resolve()), "limit": args.limit, "train_limit": args.train_limit,
+              "test_extra": args.test_extra, "set": args.set, "seeds": sorted({row["seed"] for row in rows}), "rows": rows,
               "cpus": os.cpu_count()}
     path.write_text(json.dumps(report, indent=2))
     print(f"written {path}")

@@ -27,7 +27,8 @@ def invoke(*args: str, columns: int = 80):
 def fake_result(epochs: int = 6) -> ExperimentResult:
     rows = [{"epoch": e, "test_accuracy": 0.5 + e / 100, "train_loss": 2005826.5 + e, "test_loss": 1234567.25,
              "train_accuracy": 0.5} for e in range(1, epochs + 1)]
-    variants = {name: VariantResult(name, rows, [], 12.0, Path("runs") / name)
+    variants = {name: VariantResult(name, rows, [], 12.0, Path("runs") / name,
+                                    test={"test_accuracy": 0.56, "test_loss": 1234567.25})
                 for name in ("finetune-with-a-long-name", "scratch")}
     return ExperimentResult("demo", variants, Path("runs/demo"))
 
@@ -35,12 +36,12 @@ def fake_result(epochs: int = 6) -> ExperimentResult:
 def test_comparison_fits_a_narrow_terminal_by_dropping_epoch_columns_not_cutting_cells():
     result = fake_result()
     buffer = io.StringIO()
-    console = Console(file=buffer, width=135, force_terminal=True, color_system=None)
+    console = Console(file=buffer, width=140, force_terminal=True, color_system=None)
     print_comparison(result, console)
     text = buffer.getvalue()
     assert "…" not in text and "finetune-with-a-long-name" in text and "2005832.5000" in text
-    assert all(len(line) <= 135 for line in text.splitlines())
-    headers, _ = comparison_table(result, 135)
+    assert all(len(line) <= 140 for line in text.splitlines())
+    headers, _ = comparison_table(result, 140)
     assert headers[1:3] == ["test acc e5", "test acc e6"]  # the earliest epochs went first
     assert "test acc e5" in text and "test acc e4" not in text
     assert comparison_table(result, None)[0][1] == "test acc e1"

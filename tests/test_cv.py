@@ -73,6 +73,8 @@ def test_cv_runs_every_fold_and_reports_mean_and_std(cv_run):
     line = next(line for line in result.stdout.splitlines() if line.startswith("val_top1_accuracy"))
     mean, std = summary["metrics"]["val_top1_accuracy"]["mean"], summary["metrics"]["val_top1_accuracy"]["std"]
     assert f"{mean:.4f} ± {std:.4f}" in line
+    card = (root / "fold-1" / "MODEL_CARD.md").read_text()  # each fold's card, rewritten with the folds' spread
+    assert f"| val_top1_accuracy (cross-validation) | {mean:.4f} | ± {std:.4f} (std over folds) |" in card
 
     # the frozen backbone saw each image once: later folds reuse every feature the first one computed
     reused = [(int(a), int(b)) for a, b in re.findall(r"\((\d+) of (\d+) reused", result.stderr)]

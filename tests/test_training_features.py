@@ -60,7 +60,7 @@ def test_backbone_is_frozen_for_the_first_epochs_then_trains(image_root):
 
 def test_early_stopping_stops_where_the_patience_says_and_says_why(image_root, tmp_path):
     raw = tiny_recipe(image_root, output_dir=str(tmp_path / "runs"), data={"val_split": 0.25},
-                      train={"epochs": 6, "early_stopping": {"patience": 2, "min_delta": 1.0}})
+                      train={"epochs": 6, "early_stopping": {"patience": 2, "min_delta": 1.0}, "selection": "best"})
     result = Experiment.from_dict(raw).run(progress=False, console=QUIET)["base"]
     assert len(result.history) == 3  # epoch 1 sets the best; 2 and 3 cannot improve by more than 1.0
     assert result.stop_reason.startswith("early stop after epoch 3 of 6: val_accuracy")

@@ -570,7 +570,7 @@ def evaluate(model: str = typer.Argument(..., help="run directory (runs/<name>/<
     result = evaluate_folder(predictor, data, split, target, err, progress)
     print_evaluation(result, out, f"{predictor.source}: {split} ({result.metrics['data']})")
     print_unreadable(result, err)
-    err.print(f"wrote {target} (metrics.json, per_class.csv, confusion_matrix.png/.csv, top_losses.png, "
+    err.print(f"wrote {target} (metrics.json, per_class.csv, confusion_matrix.png/.csv, reliability.png, top_losses.png, "
               f"misclassified.csv, predictions.csv)", highlight=False, soft_wrap=True)
 
 
@@ -668,6 +668,8 @@ def export(model: str = typer.Argument(..., help="run directory or checkpoint"),
                   highlight=False, soft_wrap=True)
     else:
         err.print("not checked (--check 0)")
+    if result.card is not None:
+        err.print(f"model card: {result.card}", markup=False, highlight=False, soft_wrap=True)
     out.print(str(result.path), markup=False, highlight=False)
 
 

@@ -44,6 +44,7 @@ class RunDir:
     param_groups = property(lambda self: self.path / "param_groups.json", doc="the optimizer's parameter groups")
     data_plan = property(lambda self: self.path / "data_plan.json", doc="the data decisions with their reasons")
     tensorboard = property(lambda self: self.path / "tensorboard", doc="TensorBoard's event files")
+    card = property(lambda self: self.path / "MODEL_CARD.md", doc="the model card (Hugging Face's format)")
 
     def evaluation(self, split: str) -> Path:
         """`evaluation/<split>/`: what evaluate writes for the split."""

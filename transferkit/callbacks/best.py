@@ -7,41 +7,108 @@ import math
 from transferkit.engine.callbacks import Callback, RunContext
 
 
-class BestTracker(Callback):
-    """After each epoch: did `metric` improve by more than `min_delta`, and did the raw or the EMA weights score it?
+def standard_error(accuracy: float, images: int) -> float:
+    """The standard error of an accuracy (a share of `images` independent right-or-wrong answers)."""
+    return math.sqrt(max(accuracy * (1.0 - accuracy), 0.0) / images) if images else float("nan")
 
-    With `metric` None there is no selection: every epoch counts as the best so far (best.pt = last epoch).
+
+RULES = {
+    "best": "the epoch with the best score",
+    "within": "the latest epoch whose score is within {k:g} standard error(s) of the best",
+    "last": "the last epoch",
+}
+
+
+def resolved_rule(selection: str) -> str:
+    """train.selection resolved: `auto` is `within`."""
+    return "within" if selection == "auto" else selection
+
+
+def rule_words(rule: str, tolerance: float, metric: str | None) -> str:
+    """A selection rule in words, for the run header and the model card."""
+    if rule == "within" and not (metric or "").endswith("accuracy"):
+        return RULES["best"] + f" ({metric} has no standard error to allow for)"
+    return RULES[rule].format(k=tolerance)
+
+
+class BestTracker(Callback):
+    """After each epoch: did `metric` improve (by more than `min_delta`: early stopping's question), and does best.pt
+    take this epoch (the selection `rule`'s), with the raw or the EMA weights, whichever scores better (EMA on a
+    tie)?
+
+    Rules: `best`, the best score (the first of equals); `last`, the last epoch; `within`, the latest epoch whose
+    score is within `tolerance` standard errors of the best score so far: for an accuracy measured on n images,
+    sqrt(p (1 - p) / n) at the best score p, so a small validation split, whose differences between epochs are
+    mostly noise, leans to the later epochs, and a large one picks the best (docs/training.md has the
+    measurements). A metric without a standard error (a loss, mAP, R²) takes the best under `within`.
+    With `metric` None there is no selection: every epoch is taken (best.pt = last epoch).
     """
 
-    def __init__(self, metric: str | None, min_delta: float = 0.0, mode: str | None = None):
-        self.metric, self.min_delta = metric, min_delta
+    def __init__(self, metric: str | None, min_delta: float = 0.0, mode: str | None = None, rule: str = "best",
+                 tolerance: float = 1.0):
+        self.metric, self.min_delta, self.rule, self.tolerance = metric, min_delta, rule, tolerance
         self.mode = mode or ("min" if metric and metric.endswith("loss") else "max")  # the task says (mae: min)
-        self.best, self.best_epoch, self.source, self.improved = None, 0, "raw", False
+        self.top: float | None = None  # the best score so far
+        self.best, self.best_epoch, self.source, self.improved, self.selected = None, 0, "raw", False, False
+        self.images = 0  # examples the metric was measured on (its standard error's n)
 
     @classmethod
     def from_run(cls, run: RunContext) -> "BestTracker":
         """Always on: best.pt and early stopping read its verdict."""
-        stop, task = run.spec.train.early_stopping, run.task
+        t, task = run.spec.train, run.task
+        stop = t.early_stopping
         mode = task.metrics.get(run.selection.partition("_")[2]) if run.selection and task else None  # mae: min
-        return cls(run.selection, stop.min_delta if stop else 0.0, mode)
+        return cls(run.selection, stop.min_delta if stop else 0.0, mode, resolved_rule(t.selection),
+                   t.selection_tolerance)
+
+    @property
+    def has_standard_error(self) -> bool:
+        """True for an accuracy: a share of right answers, whose standard error follows from the count alone."""
+        return bool(self.metric) and self.metric.endswith("accuracy")
+
+    def margin(self) -> float:
+        """How far from the best score an epoch may be and still be taken under `within` (0 for other rules)."""
+        if self.rule != "within" or self.top is None or not self.has_standard_error or not self.images:
+            return 0.0
+        return self.tolerance * standard_error(self.top, self.images)
 
     def _better(self, value: float, than: float | None) -> bool:
         if than is None:
             return math.isfinite(value)
         return value < than - self.min_delta if self.mode == "min" else value > than + self.min_delta
 
+    def _close_enough(self, value: float) -> bool:
+        if not math.isfinite(value):
+            return False
+        margin = self.margin() + 1e-12
+        return value <= self.top + margin if self.mode == "min" else value >= self.top - margin
+
     def on_epoch_end(self, trainer, epoch: int, row: dict) -> None:
         if self.metric is None:
-            self.improved, self.best_epoch = True, epoch
+            self.improved = self.selected = True
+            self.best_epoch = epoch
             return
+        split = self.metric.partition("_")[0]
+        measured = getattr(trainer, "outputs", {}).get(split, {}).get("")
+        if measured is not None:
+            self.images = measured.examples
         candidates = {"raw": row[self.metric]}
         if f"ema_{self.metric}" in row:
             candidates["ema"] = row[f"ema_{self.metric}"]
-        pick = min if self.mode == "min" else max
-        source = pick(candidates, key=candidates.get)
-        self.improved = self._better(candidates[source], self.best)
+        sign = -1 if self.mode == "min" else 1
+        source = max(reversed(list(candidates)), key=lambda name: sign * candidates[name])  # a tie: EMA
+        value = candidates[source]
+        self.improved = self._better(value, self.top)
         if self.improved:
-            self.best, self.best_epoch, self.source = candidates[source], epoch, source
+            self.top = value
+        if self.rule == "last":
+            self.selected = math.isfinite(value)
+        elif self.rule == "within" and self.top is not None:
+            self.selected = self._close_enough(value)
+        else:
+            self.selected = self.improved
+        if self.selected:
+            self.best, self.best_epoch, self.source = value, epoch, source
 
     def describe(self) -> str:
         """'val_accuracy 0.912 at epoch 3 (EMA weights)', or what best.pt holds without selection."""
@@ -49,11 +116,22 @@ class BestTracker(Callback):
             return "last epoch (no selection metric)"
         weights = " (EMA weights)" if self.source == "ema" else ""
         best = "none" if self.best is None else f"{self.best:.4f}"
-        return f"{self.metric} {best} at epoch {self.best_epoch}{weights}"
+        held = f"{self.metric} {best} at epoch {self.best_epoch}{weights}"
+        if self.rule == "within" and self.top is not None and self.best is not None and self.best != self.top:
+            held += (f"; the best was {self.top:.4f}, and {self.metric} on {self.images} images has a standard error "
+                     f"of {standard_error(self.top, self.images):.4f}")
+        return held
+
+    def rule_words(self) -> str:
+        """The selection rule in words ('the latest epoch whose score is within 1 standard error(s) of the best')."""
+        return rule_words(self.rule, self.tolerance, self.metric)
 
     def state_dict(self) -> dict:
-        return {"best": self.best, "best_epoch": self.best_epoch, "source": self.source, "improved": self.improved}
+        return {"best": self.best, "best_epoch": self.best_epoch, "source": self.source, "improved": self.improved,
+                "top": self.top, "selected": self.selected, "images": self.images}
 
     def load_state_dict(self, state: dict) -> None:
         self.best, self.best_epoch = state["best"], state["best_epoch"]
         self.source, self.improved = state["source"], state["improved"]
+        self.top = state.get("top", self.best)
+        self.selected, self.images = state.get("selected", self.improved), state.get("images", 0)

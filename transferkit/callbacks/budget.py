@@ -10,7 +10,22 @@ from typing import Callable
 from transferkit.engine.callbacks import Callback, RunContext
 from transferkit.recipe.spec import parse_duration
 
-FINISH_SHARE = 0.05  # of the budget, kept for writing the final files and the closing evaluation
+FINISH_SHARE = 0.05  # of the budget, kept for writing the final files
+
+
+def final_pass_estimate(trainer, row: dict) -> float:
+    """Seconds the end of the run will spend evaluating (the validation fit, and the splits not evaluated every
+    epoch: the test split under train.eval_test: end), at the pace of this epoch's evaluation."""
+    loaders = trainer.eval_loaders
+    size = lambda split: len(getattr(loaders[split], "dataset", ()))  # noqa: E731
+    evaluated = sum(size(s) * (2 if s in trainer.flip_splits else 1) for s in trainer.per_epoch)
+    evaluated *= 1 + len(trainer.other_weights())
+    if not evaluated:
+        return 0.0
+    held = sum(size(s) * (2 if s in trainer.flip_splits else 1) for s in loaders if s not in trainer.per_epoch)
+    held += size("val") if "val" in loaders else 0
+    seconds = row["epoch_seconds"] - row["step_seconds"] - row["data_wait_seconds"]
+    return seconds / evaluated * held
 
 
 class Budget(Callback):
@@ -50,7 +65,8 @@ class Budget(Callback):
         self.cycle_start = now
         # every process must stop at the same epoch: the primary's pace decides
         per_epoch, left = trainer.placement.broadcast((sum(self.cycles) / len(self.cycles),
-                                                        self.seconds * (1 - FINISH_SHARE) - self.spent()))
+                                                        self.seconds * (1 - FINISH_SHARE) - self.spent()
+                                                        - final_pass_estimate(trainer, row)))
         if self.decided is None:
             fits = epoch + max(0, math.floor(left / max(per_epoch, 1e-9)))
             self.decided = max(epoch, min(trainer.epochs, fits))

@@ -45,7 +45,7 @@ def checkpoint_sizes(spec: ExperimentSpec, model, optimizer) -> tuple[int, int]:
 
 
 class Checkpoint(Callback):
-    """Writes last.pt after every epoch and on interrupt, best.pt when the tracker's metric improves.
+    """Writes last.pt after every epoch and on interrupt, best.pt when the tracker selects the epoch.
 
     train.keep: `last` writes no best.pt; `best` removes last.pt once training has finished. Under several
     processes every one runs it (the trainer's state gathers each one's RNG state) and the primary writes.
@@ -74,7 +74,7 @@ class Checkpoint(Callback):
 
     def on_epoch_end(self, trainer: Trainer, epoch: int, row: dict) -> None:
         tracker = trainer.callback(BestTracker)
-        if self.keep != "last" and (tracker is None or tracker.improved) and trainer.placement.is_primary:
+        if self.keep != "last" and (tracker is None or tracker.selected) and trainer.placement.is_primary:
             source = tracker.source if tracker else "raw"
             ema = trainer.callback(EMA)
             weights = ema.averaged_state(trainer.model) if source == "ema" and ema else trainer.model.state_dict()

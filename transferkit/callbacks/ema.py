@@ -1,4 +1,5 @@
-"""Exponential moving average of the weights, evaluated beside the raw weights after every epoch."""
+"""Exponential moving average of the weights, evaluated beside the raw weights after every epoch (in the same pass
+over each split: one read of the images, two forwards)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from transferkit.engine.callbacks import Callback, RunContext
 
 class EMA(Callback):
     """avg = decay x avg + (1 - decay) x weights after every optimizer update; buffers (batch-norm statistics)
-    are copied. After each split's evaluation the averaged weights are evaluated too, as ema_<split>_*."""
+    are copied. Each split is evaluated with the averaged weights too, as ema_<split>_*."""
 
     def __init__(self, decay: float):
         self.decay = decay
@@ -43,16 +44,8 @@ class EMA(Callback):
         """The averaged weights as a state dict (copies)."""
         return {k: v.clone() for k, v in self.shadow.items()}
 
-    @torch.no_grad()
-    def after_evaluate(self, trainer, split: str, row: dict) -> None:
-        model = trainer.model
-        raw = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        model.load_state_dict(self.shadow)
-        try:
-            stats = trainer.evaluate(trainer.eval_loaders[split], f"{split} (EMA)")
-        finally:
-            model.load_state_dict(raw)
-        row.update({f"ema_{split}_{name}": value for name, value in stats.metrics.items()})
+    def evaluation_weights(self, trainer) -> dict:
+        return {"ema_": self.shadow} if self.shadow is not None else {}
 
     def state_dict(self) -> dict:
         return {"shadow": self.shadow}

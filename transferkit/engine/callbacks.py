@@ -54,8 +54,15 @@ class Callback:
     def before_evaluate(self, trainer: "Trainer", split: str) -> None:
         """Before the model is evaluated on `split`."""
 
+    def evaluation_weights(self, trainer: "Trainer") -> dict:
+        """Other weights to evaluate beside the model's own, in the same pass over each split: {metric prefix:
+        state dict} (EMA: {"ema_": the averaged weights}, reported as ema_val_accuracy, ...)."""
+        return {}
+
     def after_evaluate(self, trainer: "Trainer", split: str, row: dict) -> None:
-        """After the evaluation of `split`, whose metrics are in `row` already; may add its own."""
+        """After the evaluation of `split`, whose metrics are in `row` already; may add its own. During fit,
+        `trainer.outputs[split]` holds each evaluated weights' EpochStats (prefix "" the model's own, "ema_" ...)
+        with the split's logits and targets."""
 
     def on_epoch_end(self, trainer: "Trainer", epoch: int, row: dict) -> None:
         """After an epoch is trained and evaluated; `row` is its metrics (callbacks may add to it)."""
@@ -68,7 +75,7 @@ class Callback:
 
     def on_run_end(self, run_dir: Path) -> None:
         """On the primary process, once every variant has trained and this one's best checkpoint is evaluated
-        (evaluation/, curves.png and comparison.json are written): loggers send the run's files here. A callback
+        (evaluation/, MODEL_CARD.md, curves.png and comparison.json are written): loggers send the run's files here. A callback
         that overrides it is kept until then, so it should hold no tensors."""
 
     def state_dict(self) -> dict:

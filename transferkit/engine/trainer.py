@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Iterable
+from typing import Callable, Collection, Iterable
 
 import torch
 from torch import nn
@@ -33,7 +33,8 @@ class Interrupted(Exception):
 @dataclass
 class EpochStats:
     """Mean loss, the task's metrics, example count and time of one pass over a loader (data wait and step time
-    apart). `metrics` holds the task's metrics by name (training: its train_metric alone), `loss` among them."""
+    apart). `metrics` holds the task's metrics by name (training: its train_metric alone), `loss` among them.
+    An evaluation keeps the split's logits and targets (all processes', on the CPU)."""
 
     loss: float
     metrics: dict
@@ -41,6 +42,8 @@ class EpochStats:
     seconds: float
     bad: list[BadImage] = field(default_factory=list)
     data_seconds: float = 0.0
+    logits: torch.Tensor | None = None
+    targets: torch.Tensor | None = None
 
     @property
     def accuracy(self) -> float:
@@ -61,14 +64,15 @@ class Trainer:
     batches go through (default: `forward`); `model` is what is saved and averaged. `batch_transform`
     (MixUp/CutMix) turns a batch's images and labels into mixed images and soft targets. `placement` says
     which of several processes this is: loaders then hold its share, and statistics are summed over all.
-    `task` gives the metrics (default: single-label classification).
+    `task` gives the metrics (default: single-label classification). `flip_splits` are the evaluation splits
+    evaluated on each image and its mirror image (logits averaged; test-time augmentation).
     """
 
     def __init__(self, model: nn.Module, optimization: Optimization, *, device: torch.device, seed: int = 0,
                  precision: str = "fp32", forward: nn.Module | None = None, channels_last: bool = False,
                  batch_transform: Callable | None = None, callbacks: Iterable[Callback] = (),
                  progress: Progress | None = None, on_bad_image: str = "fail", placement: Placement | None = None,
-                 eval_forward: nn.Module | None = None, tta_flip: bool = False, task: Task | None = None):
+                 eval_forward: nn.Module | None = None, flip_splits: Collection[str] = (), task: Task | None = None):
         self.model, self.optimization = model, optimization
         self.task = task if task is not None else default_task()
         self.forward = forward if forward is not None else model
@@ -79,7 +83,7 @@ class Trainer:
         self.callbacks = list(callbacks)  # in this order (run/connector.py decides it)
         self.progress = progress or Progress(enabled=False)
         self.on_bad_image = on_bad_image
-        self.tta_flip = tta_flip  # evaluate on each image and its mirror image, logits averaged
+        self.flip_splits = frozenset(flip_splits)
         self.sync_every = 1 if device.type == "cpu" else 16
         self.epoch = 0  # completed epochs
         self.history: list[dict] = []
@@ -88,6 +92,8 @@ class Trainer:
         self.stop_reason: str | None = None  # set by a callback to end fit after the current epoch
         self.epochs = 0
         self.eval_loaders: dict = {}
+        self.per_epoch: tuple[str, ...] = ()  # the splits of eval_loaders evaluated after every epoch
+        self.outputs: dict[str, dict[str, EpochStats]] = {}  # this epoch's evaluations: split -> prefix -> stats
         self.last_bad: list[BadImage] = []
 
     @property
@@ -99,7 +105,8 @@ class Trainer:
         """The first callback of class `kind`, or None."""
         return next((cb for cb in self.callbacks if isinstance(cb, kind)), None)
 
-    def _call(self, event: str, *args) -> None:
+    def notify(self, event: str, *args) -> None:
+        """Call `event` on every callback, in order (what fit does at each event; the run's final test pass too)."""
         for cb in self.callbacks:
             getattr(cb, event)(self, *args)
 
@@ -115,19 +122,20 @@ class Trainer:
             bad.extend(batch.bad)
         return batch.labels.shape[0] > 0
 
-    def fit(self, train_loader, eval_loaders: dict, epochs: int, should_stop: Callable[[], bool] = lambda: False
-            ) -> list[dict]:
-        """Train from the epoch after `self.epoch` up to `epochs`, evaluating each split of `eval_loaders` after
-        every epoch; returns the history. Raises Interrupted once `should_stop()` is true (after saving through
-        the callbacks), at the next update boundary."""
+    def fit(self, train_loader, eval_loaders: dict, epochs: int, should_stop: Callable[[], bool] = lambda: False,
+            per_epoch: Collection[str] | None = None) -> list[dict]:
+        """Train from the epoch after `self.epoch` up to `epochs`, evaluating the `per_epoch` splits of
+        `eval_loaders` (default: all) after every epoch; returns the history. Raises Interrupted once
+        `should_stop()` is true (after saving through the callbacks), at the next update boundary."""
         self.eval_loaders, self.epochs = eval_loaders, epochs
+        self.per_epoch = tuple(split for split in eval_loaders if per_epoch is None or split in per_epoch)
         place = self.placement
         asked = should_stop
 
         def should_stop() -> bool:  # every process stops at the same step, whichever got the signal
             return place.agree(asked())
 
-        self._call("on_fit_start")
+        self.notify("on_fit_start")
         epoch = self.epoch
         while epoch < self.epochs and not self.stop_reason:  # a callback may shorten self.epochs (a budget)
             epoch += 1
@@ -137,21 +145,25 @@ class Trainer:
                 seed_epoch(self.seed, epoch, place.rank)  # a resumed partial epoch continues from the saved RNG state
             skip = partial["step"] * train_loader.batch_size * place.world_size if partial else 0
             train_loader.sampler.set_epoch(epoch, skip=skip)
-            self._call("on_epoch_start", epoch)
+            self.notify("on_epoch_start", epoch)
             try:
                 train = self.train_epoch(train_loader, epoch, self.epochs, partial, should_stop)
             except Interrupted as stop:
                 self.partial = stop.partial
-                self._call("on_interrupt")
+                self.notify("on_interrupt")
                 raise
             row = {"epoch": epoch, "train_loss": train.loss, **{f"train_{k}": v for k, v in train.metrics.items()}}
             bad = list(train.bad)
-            for split, loader in eval_loaders.items():
-                self._call("before_evaluate", split)
-                stats = self.evaluate(loader, split)
-                row.update({f"{split}_{name}": value for name, value in stats.metrics.items()})
-                bad += stats.bad
-                self._call("after_evaluate", split, row)
+            others = self.other_weights()
+            self.outputs = {}
+            for split in self.per_epoch:
+                self.notify("before_evaluate", split)
+                results = self.outputs[split] = self.evaluate_weights(eval_loaders[split], split, others,
+                                                                      split in self.flip_splits)
+                for prefix, stats in results.items():
+                    row.update({f"{prefix}{split}_{name}": value for name, value in stats.metrics.items()})
+                bad += results[""].bad
+                self.notify("after_evaluate", split, row)
             if place.distributed:
                 bad = [item for rank_bad in place.gather(bad) for item in rank_bad]
             epoch_seconds = time.perf_counter() - started
@@ -161,10 +173,10 @@ class Trainer:
                        epoch_seconds=epoch_seconds, elapsed_seconds=self.elapsed)
             self.epoch, self.last_bad = epoch, bad
             self.history.append(row)
-            self._call("on_epoch_end", epoch, row)
+            self.notify("on_epoch_end", epoch, row)
             if should_stop() and epoch < self.epochs and not self.stop_reason:
                 raise Interrupted(epoch + 1, None)
-        self._call("on_fit_end")
+        self.notify("on_fit_end")
         return self.history
 
     def learning_rates(self) -> dict[str, float]:
@@ -244,7 +256,7 @@ class Trainer:
                 update = opt.is_update_boundary(step, total_steps)
                 logits, losses = opt.step(self.forward, images, targets, update, weight)
                 if update:
-                    self._call("after_update", opt.updates)
+                    self.notify("after_update", opt.updates)
                 batch_loss = losses.sum()
                 loss_sum += batch_loss
                 correct += self.task.train_statistic(logits, labels)
@@ -281,53 +293,100 @@ class Trainer:
         total = int(place.sum([local], self.device)[0])
         return None if local * place.world_size == total else local * place.world_size / max(total, 1)
 
-    def _eval_logits(self, images: torch.Tensor) -> torch.Tensor:
+    def other_weights(self) -> dict[str, dict[str, torch.Tensor]]:
+        """Weights the callbacks want evaluated beside the model's own, by metric prefix (EMA: {"ema_": ...})."""
+        return {prefix: state for cb in self.callbacks for prefix, state in cb.evaluation_weights(self).items()}
+
+    def _eval_logits(self, images: torch.Tensor, flip: bool) -> torch.Tensor:
         with autocast(self.device, self.precision):
             logits = self.eval_forward(images)
-            if self.tta_flip:
+            if flip:
                 logits = (logits.float() + self.eval_forward(images.flip(-1)).float()) / 2
-        return logits
+        return logits.float()
 
-    def _eval_batches(self, loader, label: str, bad: list[BadImage]):
-        """(logits, labels) of each readable batch in eval mode, with a progress bar; unreadable files into `bad`."""
+    def _eval_batches(self, loader, label: str, bad: list[BadImage], others: dict, flip: bool):
+        """({prefix: logits}, labels) of each readable batch in eval mode, with a progress bar; unreadable files
+        into `bad`. Each batch is read once and run through the model's own weights ("") and each of `others`,
+        copied into the model in place (so a compiled or wrapped forward sees them) and back."""
         self.model.eval()
+        live = self.model.state_dict()  # tensors sharing the model's storage
+        names = list(live)
+        own = [live[n].detach().clone() for n in names] if others else []
+        targets = [live[n] for n in names]
         with self.progress.task(label, total=len(loader)) as task:
             for batch in loader:
                 task.advance()
                 if not self._handle_bad(batch, bad):
                     continue
                 images, labels = self.to_device(batch)
-                yield self._eval_logits(images), labels
+                outputs = {"": self._eval_logits(images, flip)}
+                for prefix, state in others.items():
+                    try:
+                        torch._foreach_copy_(targets, [state[n] for n in names])
+                        outputs[prefix] = self._eval_logits(images, flip)
+                    finally:
+                        torch._foreach_copy_(targets, own)
+                yield outputs, labels
 
     @torch.no_grad()
-    def predict(self, loader, label: str = "predict") -> tuple[torch.Tensor, torch.Tensor, list[BadImage]]:
-        """Logits (N, outputs) in fp32 on the CPU and targets of every readable sample, in loader order, and the
-        unreadable ones."""
-        logits_all, labels_all, bad = [], [], []
-        for logits, labels in self._eval_batches(loader, label, bad):
-            logits_all.append(logits.float())
+    def predict_weights(self, loader, label: str = "predict", others: dict | None = None, flip: bool = False
+                        ) -> tuple[dict[str, torch.Tensor], torch.Tensor, list[BadImage]]:
+        """predict() for the model's own weights ("") and each of `others` ({prefix: state dict}) in one pass
+        over the loader: {prefix: logits}, the targets and the unreadable samples."""
+        others = others or {}
+        logits_all: dict[str, list] = {prefix: [] for prefix in ("", *others)}
+        labels_all, bad = [], []
+        for outputs, labels in self._eval_batches(loader, label, bad, others, flip):
+            for prefix, logits in outputs.items():
+                logits_all[prefix].append(logits)
             labels_all.append(labels)
-        if not logits_all:
-            return torch.empty(0, 0), torch.empty(0, dtype=torch.long), bad
-        return torch.cat(logits_all).cpu(), torch.cat(labels_all).cpu(), bad  # one copy at the end, no sync per batch
+        if not labels_all:
+            return {p: torch.empty(0, 0) for p in logits_all}, torch.empty(0, dtype=torch.long), bad
+        # one copy to the CPU at the end, no sync per batch
+        return {p: torch.cat(parts).cpu() for p, parts in logits_all.items()}, torch.cat(labels_all).cpu(), bad
 
     @torch.no_grad()
-    def evaluate(self, loader, label: str = "test") -> EpochStats:
+    def predict(self, loader, label: str = "predict", flip: bool = False
+                ) -> tuple[torch.Tensor, torch.Tensor, list[BadImage]]:
+        """Logits (N, outputs) in fp32 on the CPU and targets of every readable sample, in loader order, and the
+        unreadable ones; `flip`: each image's logits averaged with its mirror image's."""
+        logits, targets, bad = self.predict_weights(loader, label, None, flip)
+        return logits[""], targets, bad
+
+    def gathered(self, logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Every process's share of a split's logits and targets, concatenated (unchanged with one process)."""
+        if not self.placement.distributed:
+            return logits, targets
+        parts = [part for part in self.placement.gather((logits, targets)) if len(part[1])]
+        if not parts:
+            return logits, targets
+        return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+
+    @torch.no_grad()
+    def evaluate_weights(self, loader, label: str = "test", others: dict | None = None, flip: bool = False
+                         ) -> dict[str, EpochStats]:
+        """evaluate() of the model's own weights ("") and each of `others` ({prefix: state dict}), reading the
+        loader once."""
+        start = time.perf_counter()
+        outputs, targets, bad = self.predict_weights(loader, label, others, flip)
+        results = {}
+        for prefix, logits in outputs.items():
+            logits_all, targets_all = self.gathered(logits, targets)
+            if len(targets_all) == 0:
+                raise DataError(f"no readable {label} images; run `transferkit check-data` on the data root")
+            metrics = self.task.epoch_metrics(logits_all, targets_all)
+            results[prefix] = EpochStats(metrics["loss"], metrics, len(targets_all), time.perf_counter() - start, bad,
+                                         logits=logits_all, targets=targets_all)
+        return results
+
+    @torch.no_grad()
+    def evaluate(self, loader, label: str = "test", flip: bool = False) -> EpochStats:
         """The task's metrics over a loader in eval mode (class weights do not weigh the reported loss).
 
         Each process evaluates its share (every world-th sample); the logits of all are gathered, so every
         sample counts once and split-wide metrics (mAP, R²) see the whole split.
         """
-        start = time.perf_counter()
-        logits, targets, bad = self.predict(loader, label)
-        if self.placement.distributed:
-            parts = [part for part in self.placement.gather((logits, targets)) if len(part[1])]
-            if parts:
-                logits, targets = torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
-        if len(targets) == 0:
-            raise DataError(f"no readable {label} images; run `transferkit check-data` on the data root")
-        metrics = self.task.epoch_metrics(logits, targets)
-        return EpochStats(metrics["loss"], metrics, len(targets), time.perf_counter() - start, bad)
+        return self.evaluate_weights(loader, label, None, flip)[""]
 
     def state_dict(self) -> dict:
         """Everything a resume needs: model, optimizer/scheduler/scaler, progress, history, RNG and callbacks.

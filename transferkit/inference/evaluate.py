@@ -23,14 +23,16 @@ from transferkit.inference.batches import ImageBatch, ImagePreparer
 from transferkit.inference.explain import Explanation, top_loss_heatmaps
 from transferkit.inference.feedback import feedback
 from transferkit.inference.metrics import classification_metrics, log_softmax
-from transferkit.inference.plots import confusion_png, top_losses_png
+from transferkit.inference.plots import confusion_png, reliability_png, top_losses_png
 from transferkit.inference.checkpoint_io import read_checkpoint
-from transferkit.inference.predictor import Predictor, softmax
+from transferkit.inference.predictor import Predictor
 from transferkit.inference.task_reports import report_for
 from transferkit.inference.torch_predictor import TorchPredictor
 from transferkit.recipe.spec import DataSpec
 from transferkit.rundir import CHECKPOINTS, RunDir
 from transferkit.tables import print_table
+from transferkit.tasks import Task
+from transferkit.tasks.calibration import calibration_report
 
 SPLITS = ("test", "val")
 TOP_LOSSES = 16
@@ -209,44 +211,13 @@ class _TopLosses:
         return {name: item for _, _, name, item in self.heap}
 
 
-def evaluate_samples(predictor: Predictor, samples: Iterable, console: Console | None = None,
-                     progress: bool = False) -> Evaluation:
-    """Predict every sample ((item, class index) pairs, a list or a stream with len()) and compute the metrics;
-    unreadable ones are left out and listed."""
+def score_samples(predictor: Predictor, samples: Iterable, console: Console | None = None, progress: bool = False,
+                  worst: "_TopLosses | None" = None) -> tuple[list[str], np.ndarray, list, list[dict]]:
+    """The readable samples' paths (names, for streamed images), their logits and targets (in sample order), and
+    the unreadable files; `samples` ((item, target) pairs, a list or a stream with len()) is read CHUNK at a time,
+    and `worst` (single_label) keeps the items of the most confidently wrong as they pass."""
     console = console or Console(stderr=True, soft_wrap=True)
-    if predictor.task.name != "single_label":  # single_label's report is this module's; the others' task_reports'
-        return evaluate_task_samples(predictor, samples, console, progress)
-    logits_parts, targets, rows, unreadable, worst = [], [], [], [], _TopLosses()
-    with feedback(console, "evaluate", len(samples), progress) as bar:
-        for items, chunk_targets, batch, logits in scored_chunks(predictor, samples):
-            unreadable += _unreadable(items, batch)
-            labels = np.array([chunk_targets[p] for p in batch.positions], dtype=np.int64)
-            if len(labels):
-                logits_parts.append(logits)
-                targets.append(labels)
-                probabilities, log_p = softmax(logits), log_softmax(logits)
-                for row, position in enumerate(batch.positions):
-                    best = int(probabilities[row].argmax())
-                    rows.append({"path": str(items[position]), "true_label": predictor.classes[labels[row]],
-                                 "predicted_label": predictor.classes[best],
-                                 "probability": float(probabilities[row, best]),
-                                 "true_probability": float(probabilities[row, labels[row]]),
-                                 "loss": float(-log_p[row, labels[row]])})
-                    if best != labels[row]:
-                        worst.offer(rows[-1]["loss"], rows[-1]["path"], items[position])
-            bar.advance(batch.count)
-    unreadable += _shard_problems(samples)
-    if not rows:
-        raise DataError(f"no readable images among the {len(samples)} to evaluate; check the files with "
-                        f"`transferkit check-data`")
-    all_logits = np.concatenate(logits_parts)
-    metrics = classification_metrics(all_logits, np.concatenate(targets), predictor.classes)
-    metrics["unreadable"] = unreadable
-    return Evaluation(metrics, list(predictor.classes), rows, unreadable, images=worst.items())
-
-
-def evaluate_task_samples(predictor: Predictor, samples: Iterable, console: Console, progress: bool) -> Evaluation:
-    """evaluate_samples for a task with a report of its own (multi_label, regression, plugin tasks)."""
+    temperature = float(getattr(predictor.task, "temperature", 1.0))
     logits_parts, targets, kept, unreadable = [], [], [], []
     with feedback(console, "evaluate", len(samples), progress) as bar:
         for items, chunk_targets, batch, logits in scored_chunks(predictor, samples):
@@ -255,17 +226,57 @@ def evaluate_task_samples(predictor: Predictor, samples: Iterable, console: Cons
                 logits_parts.append(logits)
                 targets += [chunk_targets[p] for p in batch.positions]
                 kept += [str(items[p]) for p in batch.positions]
+                if worst is not None:
+                    log_p = log_softmax(logits.astype(np.float64) / temperature)
+                    for row, position in enumerate(batch.positions):
+                        label = chunk_targets[position]
+                        if int(log_p[row].argmax()) != label:
+                            worst.offer(float(-log_p[row, label]), str(items[position]), items[position])
             bar.advance(batch.count)
     unreadable += _shard_problems(samples)
     if not kept:
         raise DataError(f"no readable images among the {len(samples)} to evaluate; check the files with "
                         f"`transferkit check-data`")
-    report = report_for(predictor.task)
-    all_logits, all_targets = np.concatenate(logits_parts), np.asarray(targets, dtype=np.float32)
-    metrics = report.metrics(all_logits, all_targets)
+    return kept, np.concatenate(logits_parts), targets, unreadable
+
+
+def evaluation_of(task: Task, classes: list[str], paths: list[str], logits: np.ndarray, targets: list,
+                  unreadable: list[dict] | None = None) -> Evaluation:
+    """The metrics and a row per file of a model's logits on labelled files (targets in the task's form).
+
+    single_label: probabilities are the task's (softmax at its temperature, so calibrated when one was fitted);
+    the loss is their NLL, and `calibration` holds NLL, ECE and reliability bins before and after the temperature.
+    """
+    unreadable = list(unreadable or [])
+    if task.name != "single_label":  # single_label's report is this module's; the others' task_reports'
+        report = report_for(task)
+        all_targets = np.asarray(targets, dtype=np.float32)
+        metrics = report.metrics(logits, all_targets)
+        metrics["unreadable"] = unreadable
+        return Evaluation(metrics, list(classes), report.rows(paths, logits, all_targets), unreadable, task)
+    labels = np.asarray(targets, dtype=np.int64)
+    temperature = float(getattr(task, "temperature", 1.0))
+    probabilities = task.answers(logits)
+    log_p = log_softmax(logits.astype(np.float64) / temperature)
+    best = probabilities.argmax(axis=1)
+    rows = [{"path": path, "true_label": classes[labels[i]], "predicted_label": classes[best[i]],
+             "probability": float(probabilities[i, best[i]]), "true_probability": float(probabilities[i, labels[i]]),
+             "loss": float(-log_p[i, labels[i]])} for i, path in enumerate(paths)]
+    metrics = classification_metrics(logits.astype(np.float64) / temperature, labels, classes)
+    metrics["calibration"] = calibration_report(logits, labels, temperature)
     metrics["unreadable"] = unreadable
-    return Evaluation(metrics, list(predictor.classes), report.rows(kept, all_logits, all_targets), unreadable,
-                      predictor.task)
+    return Evaluation(metrics, list(classes), rows, unreadable, task)
+
+
+def evaluate_samples(predictor: Predictor, samples: Iterable, console: Console | None = None,
+                     progress: bool = False) -> Evaluation:
+    """Predict every sample (a list, or a stream with len()) and compute the metrics; unreadable files are left out
+    and listed."""
+    worst = _TopLosses() if predictor.task.name == "single_label" else None
+    paths, logits, targets, unreadable = score_samples(predictor, samples, console, progress, worst)
+    result = evaluation_of(predictor.task, predictor.classes, paths, logits, targets, unreadable)
+    result.images = worst.items() if worst else {}
+    return result
 
 
 def _csv(rows: list[dict] | list[list], header: list[str] | None = None) -> str:
@@ -315,10 +326,12 @@ def shortened(text: str, width: int = CAPTION_CHARS) -> str:
 
 
 def write_evaluation(result: Evaluation, predictor: Predictor, output: Path, title: str) -> None:
-    """confusion_matrix.csv/.png, top_losses.png, misclassified.csv, predictions.csv, per_class.csv, then metrics.json."""
+    """confusion_matrix.csv/.png, reliability.png, top_losses.png (the predictor's view of the images, and its
+    Grad-CAM where it can), misclassified.csv, predictions.csv, per_class.csv, then metrics.json (another task:
+    its report's files)."""
     output = Path(output)
     if "confusion_matrix" not in result.metrics:  # a task with its own report
-        for name, data in report_for(predictor.task).files(result.metrics, result.rows, title).items():
+        for name, data in report_for(result.task).files(result.metrics, result.rows, title).items():
             atomic_write_bytes(output / name, data)
         atomic_write_text(output / "predictions.csv", _csv(result.rows, list(result.rows[0])))
         atomic_write_text(output / "metrics.json", json.dumps(result.metrics, indent=2))  # last: the set is complete
@@ -327,6 +340,7 @@ def write_evaluation(result: Evaluation, predictor: Predictor, output: Path, tit
     matrix = [["true \\ predicted", *classes]] + [[name, *row] for name, row in zip(classes, result.metrics["confusion_matrix"])]
     atomic_write_text(output / "confusion_matrix.csv", _csv(matrix))
     atomic_write_bytes(output / "confusion_matrix.png", confusion_png(result.confusion, classes, title))
+    atomic_write_bytes(output / "reliability.png", reliability_png(result.metrics["calibration"], title))
     wrong = result.misclassified
     images, captions, explained = top_loss_images(predictor, wrong, result.images)
     heatmaps = [e.overlay if e.error is None else None for e in explained] if explained else None
@@ -357,6 +371,27 @@ def print_evaluation(result: Evaluation, console: Console, title: str) -> None:
     print_table(console, ["class", "precision", "recall", "f1", "support"], rows, title, right={1, 2, 3, 4})
     top5 = f", top-5 {m['top5_accuracy']:.3f}" if "top5_accuracy" in m else ""
     console.print(f"{m['images']} images: loss {m['loss']:.4f}, top-1 {m['top1_accuracy']:.3f}{top5}", highlight=False)
+    console.print(calibration_line(m["calibration"]), highlight=False)
+
+
+def evaluation_line(result: Evaluation) -> str:
+    """'top-1 0.912, top-5 0.995, macro F1 0.905, ECE 0.021' (another task: its report's line)."""
+    m = result.metrics
+    if "top1_accuracy" not in m:
+        return report_for(result.task).line(m)
+    top5 = f", top-5 {m['top5_accuracy']:.3f}" if "top5_accuracy" in m else ""
+    return f"top-1 {m['top1_accuracy']:.3f}{top5}, macro F1 {m['macro_avg']['f1']:.3f}, ECE " \
+           f"{m['calibration']['after']['ece']:.3f}"
+
+
+def calibration_line(c: dict) -> str:
+    """'calibration: temperature 1.43; NLL 0.412 -> 0.355, ECE 0.061 -> 0.019 (15 bins)', or without a
+    temperature 'calibration: NLL 0.412, ECE 0.061 (15 bins; no temperature fitted)'."""
+    before, after = c["before"], c["after"]
+    if c["temperature"] == 1.0:
+        return f"calibration: NLL {before['nll']:.3f}, ECE {before['ece']:.3f} ({c['bins']} bins; no temperature fitted)"
+    return (f"calibration: temperature {c['temperature']:.3f}; NLL {before['nll']:.3f} -> {after['nll']:.3f}, "
+            f"ECE {before['ece']:.3f} -> {after['ece']:.3f} ({c['bins']} bins)")
 
 
 def print_unreadable(result: Evaluation, console: Console) -> None:
@@ -417,13 +452,7 @@ def evaluate_run_dir(variant_dir: str | Path, split: str = "test", console: Cons
     except TransferkitError as exc:
         console.print(f"[yellow]{variant_dir.name}: evaluation skipped: {exc}[/]", highlight=False, soft_wrap=True)
         return None
-    m = result.metrics
-    if "top1_accuracy" in m:
-        top5 = f", top-5 {m['top5_accuracy']:.3f}" if "top5_accuracy" in m else ""
-        line = f"top-1 {m['top1_accuracy']:.3f}{top5}, macro F1 {m['macro_avg']['f1']:.3f}"
-    else:
-        line = report_for(predictor.task).line(m)
-    console.print(f"[bold]{variant_dir.name}[/]: best checkpoint on {split}: {line} -> {output}", highlight=False,
-                  soft_wrap=True)
+    console.print(f"[bold]{variant_dir.name}[/]: best checkpoint on {split}: {evaluation_line(result)} -> {output}",
+                  highlight=False, soft_wrap=True)
     print_unreadable(result, console)
     return result

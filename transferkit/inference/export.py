@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from transferkit.errors import TransferkitError
-from transferkit.files import check_room, refused, write_error
+from transferkit.files import atomic_write_text, check_room, refused, write_error
 from transferkit.inference.batches import ImagePreparer, read_batches
 from transferkit.inference.evaluate import recipe_samples
 from transferkit.inference.onnx_metadata import TORCHSCRIPT_METADATA, export_metadata
@@ -43,6 +43,7 @@ class ExportResult:
     max_probability_difference: float
     max_logit_difference: float
     same_labels: int
+    card: Path | None = None  # the run's MODEL_CARD.md beside the export (None: the run has none)
 
 
 def check_images(predictor: TorchPredictor, count: int) -> tuple[torch.Tensor, str]:
@@ -163,4 +164,40 @@ def export_model(predictor: TorchPredictor, fmt: str = "onnx", path: str | Path 
     finally:
         with contextlib.suppress(OSError):
             tmp.unlink(missing_ok=True)
+    result.card = carry_card(RunDir(predictor.source.parent).card, predictor.source, path, fmt)
     return result
+
+
+def serve_available() -> bool:
+    """True when this installation has `transferkit serve` (the transferkit.serve package), which the model card
+    then names beside predict."""
+    import importlib.util
+
+    return importlib.util.find_spec("transferkit.serve") is not None
+
+
+def carry_card(card: Path, checkpoint: Path, exported: Path, fmt: str) -> Path | None:
+    """The run's MODEL_CARD.md beside an export written outside the run's folder, with a line naming the export
+    (nothing when the run has no card). A card of another model already there is kept: this one is then
+    `<export file>.MODEL_CARD.md`."""
+    if not card.is_file():
+        return None
+    if exported.parent.resolve() == card.parent.resolve():
+        return card
+    origin = f"`{checkpoint}`"
+    serve = f" and `transferkit serve {exported}`" if serve_available() else ""
+    section = (f"\n## Export: {exported.name}\n\n`{exported.name}` ({fmt}) was exported from {origin}; "
+               f"`transferkit predict {exported} photo.jpg`{serve} use{'' if serve else 's'} it as the run's "
+               f"checkpoint is used.\n")
+    text = card.read_text()
+    target = exported.parent / card.name
+    if target.is_file():
+        there = target.read_text()
+        if origin not in there:  # another model's card: keep it
+            target = exported.parent / f"{exported.name}.{card.name}"
+        elif there.startswith(text):  # this model's, from an export in another format: add this one
+            text = there
+    if section not in text:
+        text += section
+    atomic_write_text(target, text)
+    return target

@@ -99,3 +99,38 @@ def _grid(images: list[np.ndarray], captions: list[str], title: str, columns: in
 def explanations_png(overlays: list[np.ndarray], captions: list[str], title: str, columns: int = 4) -> bytes:
     """A grid of Grad-CAM overlays ((H, W, 3) uint8), each with its caption."""
     return _png(_grid(overlays, captions, title, columns))
+
+
+def reliability_png(calibration: dict, title: str) -> bytes:
+    """Reliability diagram: accuracy against confidence per bin (the diagonal is perfect calibration), before and
+    after the temperature side by side (one panel when none was fitted), bin counts underneath."""
+    plt = _pyplot()
+    fitted = calibration["temperature"] != 1.0
+    sides = [("before", "raw probabilities"), ("after", f"temperature {calibration['temperature']:.3f}")]
+    sides = sides if fitted else sides[:1]
+    fig, axes = plt.subplots(2, len(sides), figsize=(4.6 * len(sides), 5.6), squeeze=False,
+                             gridspec_kw={"height_ratios": [3, 1]})
+    for column, (key, label) in enumerate(sides):
+        side = calibration[key]
+        bins = side["reliability"]
+        centres = [(b["low"] + b["high"]) / 2 for b in bins]
+        width = bins[0]["high"] - bins[0]["low"]
+        top, bottom = axes[0, column], axes[1, column]
+        top.plot([0, 1], [0, 1], linestyle="--", color="grey", linewidth=1)
+        top.bar(centres, [b["accuracy"] or 0.0 for b in bins], width=width * 0.95, color="tab:blue", alpha=0.8,
+                label="accuracy")
+        top.bar(centres, [(b["confidence"] or 0.0) - (b["accuracy"] or 0.0) for b in bins], width=width * 0.95,
+                bottom=[b["accuracy"] or 0.0 for b in bins], fill=False, hatch="//", edgecolor="tab:red",
+                linewidth=0.8, label="gap to mean confidence")  # hatched, not filled: it reads over the blue too
+        top.set_xlim(0, 1)
+        top.set_ylim(0, 1)
+        top.set_ylabel("accuracy")
+        top.set_title(f"{label}\nECE {side['ece']:.3f}, NLL {side['nll']:.3f}", fontsize=10)
+        top.legend(fontsize=7, loc="upper left")
+        bottom.bar(centres, [b["count"] for b in bins], width=width * 0.95, color="grey")
+        bottom.set_xlim(0, 1)
+        bottom.set_xlabel("confidence (top probability)")
+        bottom.set_ylabel("images")
+    fig.suptitle(f"{title}: reliability ({calibration['images']} images)")
+    fig.tight_layout()
+    return _png(fig)

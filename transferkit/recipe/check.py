@@ -32,6 +32,17 @@ def contradictions(spec: ExperimentSpec) -> list[tuple[str, str]]:
         found.append(("train.early_stopping.metric", f"{stop.metric} differs from train.best_metric "
                                                      f"{t.best_metric}; best.pt and early stopping share one "
                                                      f"metric: set one of them"))
+    if t.tta_on_val and not t.tta_flip:
+        found.append(("train.tta_on_val", "flips the validation split as train.tta_flip flips the test split; set "
+                                          "train.tta_flip: true, or remove train.tta_on_val"))
+    if t.eval_test == "end":
+        chosen = [(name, value) for name, value in (("train.best_metric", t.best_metric),
+                                                    ("train.early_stopping.metric", stop.metric if stop else "auto"))
+                  if value.startswith("test_")]
+        for name, value in chosen:
+            found.append((name, f"{value} selects on the test split every epoch, and train.eval_test: end "
+                                f"evaluates it once after training; use a val_ metric, or train.eval_test: "
+                                f"every_epoch"))
     if isinstance(t.class_weights, list) and any(w < 0 for w in t.class_weights):
         found.append(("train.class_weights", "weights must be zero or positive"))
     if t.probe_epochs and spec.lr_policy.name == "frozen_backbone":

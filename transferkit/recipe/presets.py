@@ -16,6 +16,7 @@ PRESETS: dict[str, dict] = {
         "optimizer": {"name": "adamw", "lr": 1.0e-3, "weight_decay": 1.0e-4},
         "schedule": {"name": "cosine"},
         "data": {"batch_size": 64},
+        "train": {"eval_test": "end", "calibrate": True},
     },
     "balanced": {  # linear probe on cached features, then the whole network fine-tuned from there (LP-FT)
         "lr_policy": {"name": "uniform"},
@@ -23,7 +24,7 @@ PRESETS: dict[str, dict] = {
         "schedule": {"name": "cosine", "warmup_epochs": 0.1},
         "data": {"batch_size": 32, "crop_scale": [0.35, 1.0]},
         "train": {"probe_epochs": 20, "probe_lr": 1.0e-3, "label_smoothing": 0.1,
-                  "freeze_bn_stats": True},
+                  "freeze_bn_stats": True, "eval_test": "end", "calibrate": True},
     },
     "best": {  # LP-FT, longer, with stronger augmentation, EMA of the weights and test-time flip
         "lr_policy": {"name": "uniform"},
@@ -31,7 +32,8 @@ PRESETS: dict[str, dict] = {
         "schedule": {"name": "cosine", "warmup_epochs": 0.1},
         "data": {"batch_size": 32, "crop_scale": [0.35, 1.0], "augment": {"policy": "trivialaugment"}},
         "train": {"probe_epochs": 20, "probe_lr": 1.0e-3, "label_smoothing": 0.1,
-                  "freeze_bn_stats": True, "ema": {}, "tta_flip": True},
+                  "freeze_bn_stats": True, "ema": {}, "tta_flip": True, "eval_test": "end",
+                  "calibrate": True},
     },
 }
 
@@ -44,6 +46,8 @@ def with_preset(raw: dict) -> dict:
     preset = PRESETS[name]
     task = raw.get("task")
     task = task.get("name") if isinstance(task, dict) else task
-    if task not in (None, "single_label"):  # label smoothing spreads a class's probability: one class per image only
-        preset = {**preset, "train": {k: v for k, v in preset.get("train", {}).items() if k != "label_smoothing"}}
+    if task not in (None, "single_label"):  # label smoothing spreads a class's probability, and a temperature scales
+        # a softmax: one class per image only
+        preset = {**preset, "train": {k: v for k, v in preset.get("train", {}).items()
+                                      if k not in ("label_smoothing", "calibrate")}}
     return deep_merge(preset, raw)

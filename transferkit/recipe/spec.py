@@ -295,6 +295,8 @@ class TrainSpec(_Spec):
                     "regression: mae, rmse, r2, loss); auto: the task's own on the validation split when there is "
                     "one (val_accuracy, val_map, val_mae), else no selection (best.pt is the last epoch); a test_ "
                     "metric selects on the test split, and the run says so")
+    selection: Literal["auto", "within", "best", "last"] = Field("auto", description="which epoch best.pt takes, on best_metric: best (the best score), last (the last epoch), within (the latest epoch within selection_tolerance standard errors of the best score: a small validation split's noise is not chased); auto: within (docs/training.md has the measurements)")
+    selection_tolerance: float = Field(1.0, ge=0.0, description="selection: within: how many standard errors of an accuracy measured on the validation split an epoch may trail the best one by and still be taken")
     checkpoint: bool = Field(True, description="save checkpoints (see keep)")
     keep: Literal["both", "last", "best"] = Field("both", description="which checkpoints to keep: last.pt (everything a resume needs), best.pt (weights and what predicting needs), or both")
     freeze_epochs: int = Field(0, ge=0, description="train only the head (backbone weights and batch-norm statistics frozen) for this many first epochs, then the whole network")
@@ -309,7 +311,10 @@ class TrainSpec(_Spec):
     loggers: list[str | PluggedSpec] = Field(default_factory=lambda: ["csv"], validate_default=True, description="registered loggers (`transferkit list-loggers`), each a name or {name, options}: csv (metrics.csv/json), tensorboard (event files under tensorboard/), mlflow, wandb (docs/callbacks.md), or a plugin's")
     probe_epochs: int = Field(0, ge=0, description="before training, fit the new head alone for this many epochs on cached backbone features (linear probe, then fine-tune)")
     probe_lr: float = Field(1e-3, gt=0.0, description="AdamW learning rate of the probe_epochs head fit")
-    tta_flip: bool = Field(False, description="evaluate on each image and its mirror image, averaging the logits (test-time augmentation)")
+    tta_flip: bool = Field(False, description="evaluate the test split on each image and its mirror image, averaging the logits (test-time augmentation); the validation split only with tta_on_val")
+    tta_on_val: bool = Field(False, description="with tta_flip: flip during selection too (the validation split each epoch), at twice its cost")
+    eval_test: Literal["every_epoch", "end"] = Field("every_epoch", description="when the test split is evaluated: every_epoch (a test column per epoch), or end: once, the weights best.pt holds, after training (presets' default; selection never sees it)")
+    calibrate: bool = Field(False, description="after training, fit a temperature on the validation split so the probabilities are calibrated (single_label; presets' default); it travels in best.pt and every export")
     sync_batchnorm: bool = Field(False, description="under torchrun with several processes: batch norm statistics over the whole global batch (SyncBatchNorm) instead of each process's share")
     budget: str | None = Field(None, description="wall-time budget, e.g. 90s, 10m, 1.5h: after the first epoch the number of epochs (and the LR schedule) is fitted so the run ends inside it")
     init_from: str | None = Field(None, description="a transferkit checkpoint (best.pt or last.pt of a run with the same backbone, head and classes) whose weights, head included, the model starts from instead of the backbone's pretrained ones; a fresh optimizer and schedule (`transferkit continue` sets it)")

@@ -154,6 +154,18 @@ def build_loaders(spec: ExperimentSpec, plan: DataPlan, splits: FolderSplits, pr
     return train, evals
 
 
+def flip_splits(spec: ExperimentSpec) -> tuple[str, ...]:
+    """The splits evaluated with test-time flip: the test split under train.tta_flip, and validation (selection)
+    only when train.tta_on_val asks."""
+    t = spec.train
+    return (("test",) + (("val",) if t.tta_on_val else ())) if t.tta_flip else ()
+
+
+def per_epoch_splits(spec: ExperimentSpec, eval_loaders: dict) -> tuple[str, ...]:
+    """The splits evaluated after every epoch: validation, and the test split unless train.eval_test is `end`."""
+    return tuple(split for split in eval_loaders if split != "test" or spec.train.eval_test == "every_epoch")
+
+
 def with_batch_size(spec: ExperimentSpec, model: TransferModel, input_size: int, device: torch.device,
                     channels_last: bool, train_images: int) -> ExperimentSpec:
     """`spec` with data.batch_size: auto resolved, and a fixed batch of 64 or more checked against free memory
@@ -222,7 +234,7 @@ def assemble(spec: ExperimentSpec, console: Console, progress: bool = True,
                       channels_last=channels_last and not features,
                       batch_transform=batch_mixer(spec.data, len(splits.classes)), callbacks=callbacks or [],
                       progress=Progress(console, enabled=progress), on_bad_image=spec.data.on_bad_image,
-                      tta_flip=spec.train.tta_flip, task=task)
+                      flip_splits=flip_splits(spec), task=task)
     return Assembled(spec, trainer, train_loader, eval_loaders, plan, splits, built.preprocessing, groups,
                      built.weights_origin, device, precision, channels_last,
                      selection_metric(spec, bool(splits.val), task.default_metric), placement, task, caches,

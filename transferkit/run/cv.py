@@ -19,6 +19,7 @@ from transferkit.data.folds import FoldAssignment, assign_folds
 from transferkit.data.splits import recipe_splits
 from transferkit.errors import SpecError, TransferkitError
 from transferkit.files import atomic_write_text
+from transferkit.run.model_card import write_model_card
 from transferkit.rundir import RunDir, RunRoot
 
 if TYPE_CHECKING:
@@ -241,6 +242,9 @@ def summarize(root: RunRoot, runs: dict[str, Path], assignment: FoldAssignment, 
         "metrics": metrics, "runs": {name: str(path) for name, path in runs.items()},
     }
     atomic_write_text(root.cv, json.dumps(document, indent=2))
+    for path in runs.values():  # each fold's card gains the spread over the folds
+        if RunDir(path).card.is_file():
+            write_model_card(path)
     return CVResult(root, metrics, runs)
 
 

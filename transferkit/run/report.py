@@ -24,25 +24,28 @@ def train_metric(row: dict) -> str:
 
 
 def epoch_line(name: str, row: dict, epochs: int, metric: str = "accuracy") -> str:
-    """One line per epoch: train loss and the task's train statistic, the headline `metric` on test (and val),
-    images/s (print it on a soft-wrapping console, as the CLI's are, so a log keeps it whole)."""
+    """One line per epoch: train loss and the task's train statistic, the headline `metric` on test (when it is
+    evaluated every epoch) and val, images/s (print it on a soft-wrapping console, as the CLI's are, so a log
+    keeps it whole)."""
     short, stat = SHORT.get(metric, metric), train_metric(row)
-    val = f", val {short} {row[f'val_{metric}']:.3f}" if f"val_{metric}" in row else ""
+    shown = "".join(f", {split} {short} {row[f'{split}_{metric}']:.3f}" for split in ("test", "val")
+                    if f"{split}_{metric}" in row)
     return (f"{name} epoch {row['epoch']}/{epochs}: train loss {number(row['train_loss'])}, "
-            f"train {SHORT.get(stat, stat)} {row[f'train_{stat}']:.3f}, test {short} {row[f'test_{metric}']:.3f}"
-            f"{val}, {row['train_images_per_s']:.1f} img/s")
+            f"train {SHORT.get(stat, stat)} {row[f'train_{stat}']:.3f}{shown}, {row['train_images_per_s']:.1f} img/s")
 
 
 def comparison_rows(result: "ExperimentResult") -> list[dict]:
-    """One dict per variant: the headline test metric (accuracy, map, mae...) per epoch, final and best, final
-    losses, time."""
+    """One dict per variant: the headline metric (accuracy, map, mae...) per epoch on test (when evaluated every
+    epoch) and val, the selected weights' (best.pt's) test value and loss, the last epoch's, time."""
     rows = []
     for name, variant in result.variants.items():
         final, m = variant.final, variant.metric
         rows.append({"variant": name, "metric": m,
-                     f"test_{m}_per_epoch": [round(r[f"test_{m}"], 4) for r in variant.history],
+                     **{f"{split}_{m}_per_epoch": [round(r[f"{split}_{m}"], 4) for r in variant.history
+                                                   if f"{split}_{m}" in r] for split in ("test", "val")},
                      f"final_test_{m}": final.get(f"test_{m}"),
                      f"best_test_{m}": variant.best_test,
+                     "best_test_loss": variant.test.get("test_loss"),
                      "final_train_loss": final.get("train_loss"),
                      "final_test_loss": final.get("test_loss"),
                      "best_epoch": variant.best_epoch,
@@ -75,19 +78,22 @@ def comparison_table(result: "ExperimentResult", width: int | None = None) -> tu
     rows = comparison_rows(result)
     m = rows[0]["metric"] if rows else "accuracy"
     short = SHORT.get(m, m)
-    epochs = max((len(row[f"test_{m}_per_epoch"]) for row in rows), default=0)
-    finals = [f"best test {short}", "best.pt epoch", "final train loss", "final test loss", "time"]
+    split = "test" if any(row[f"test_{m}_per_epoch"] for row in rows) else "val"  # test: when evaluated each epoch
+    epochs = max((len(row[f"{split}_{m}_per_epoch"]) for row in rows), default=0)
+    finals = [f"best.pt test {short}", "best.pt epoch", "final train loss", "best.pt test loss", "time"]
 
     def cells(first_epoch: int) -> tuple[list[str], list[list[str]]]:
         shown = shown_epochs(epochs, first_epoch, width)
-        headers = ["variant", *(f"test {short} e{e}" if e else "..." for e in shown), *finals]
+        headers = ["variant", *(f"{split} {short} e{e}" if e else "..." for e in shown), *finals]
         body = []
         for row in rows:
-            per_epoch = row[f"test_{m}_per_epoch"]
+            per_epoch = row[f"{split}_{m}_per_epoch"]
             values = [("..." if e is None else f"{per_epoch[e - 1]:.3f}" if e <= len(per_epoch) else "")
                       for e in shown]
+            loss = row["best_test_loss"]
             body.append([row["variant"], *values, f"{row[f'best_test_{m}']:.3f}", str(row["best_epoch"] or "-"),
-                         number(row["final_train_loss"]), number(row["final_test_loss"]), f"{row['seconds']:.0f}s"])
+                         number(row["final_train_loss"]), "-" if loss is None else number(loss),
+                         f"{row['seconds']:.0f}s"])
         return headers, body
 
     first = 1

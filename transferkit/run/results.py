@@ -26,6 +26,9 @@ class VariantResult:
     best_epoch: int = 0
     metric: str = "accuracy"  # the task's headline metric (accuracy, map, mae, ...) and its better direction
     better: str = "max"
+    test: dict = field(default_factory=dict)  # the selected weights' test metrics, from the one pass at the end
+    weights: str = ""  # which weights those are ('best.pt (ema weights, epoch 3)')
+    details: dict = field(default_factory=dict)  # what the model card needs (run/model_card.py)
     parent: dict | None = None  # train.init_from: the checkpoint this run started from, its run and epoch
 
     @property
@@ -35,17 +38,17 @@ class VariantResult:
 
     @property
     def best_test(self) -> float:
-        """The best test value of the headline metric over the epochs."""
-        pick = min if self.better == "min" else max
-        return pick((row[f"test_{self.metric}"] for row in self.history), default=float("nan"))
+        """The headline metric of the selected weights (best.pt) on the test split."""
+        return self.test.get(f"test_{self.metric}", float("nan"))
 
     def summary(self) -> dict:
         """Plain-data summary written as summary.json."""
         return {"name": self.name, "epochs": len(self.history), "final": self.final, "metric": self.metric,
-                "better": self.better, f"best_test_{self.metric}": self.best_test, "seconds": self.seconds,
+                "better": self.better, "test": self.test, "test_weights": self.weights,
+                f"best_test_{self.metric}": self.best_test, "seconds": self.seconds,
                 "param_groups": self.param_groups, "skipped_images": self.skipped_images,
                 "stop_reason": self.stop_reason, "best_checkpoint": self.best, "best_epoch": self.best_epoch,
-                "time": self.timing, **({"parent": self.parent} if self.parent else {})}
+                "time": self.timing, "details": self.details, **({"parent": self.parent} if self.parent else {})}
 
 
 @dataclass
@@ -74,4 +77,5 @@ def read_summary(name: str, run_dir: Path) -> VariantResult:
                          summary.get("skipped_images", []), summary.get("stop_reason"),
                          summary.get("best_checkpoint", ""), summary.get("time", {}),
                          summary.get("best_epoch", 0), summary.get("metric", "accuracy"),
-                         summary.get("better", "max"), summary.get("parent"))
+                         summary.get("better", "max"), summary.get("test", {}), summary.get("test_weights", ""),
+                         summary.get("details", {}), summary.get("parent"))

@@ -1,5 +1,6 @@
-"""After training: let the task adjust its decisions to the best weights' validation outputs (multi_label
-thresholds), and keep what it chose in best.pt, where predict, evaluate and export read it."""
+"""After training: let the task adjust its decisions to the selected weights' validation outputs (multi_label
+thresholds, single_label's temperature under train.calibrate), and keep what it chose in the checkpoint, where
+predict, evaluate and every export read it."""
 
 from __future__ import annotations
 
@@ -7,35 +8,39 @@ from pathlib import Path
 
 from rich.console import Console
 
-from transferkit.callbacks.checkpoint import load_checkpoint
 from transferkit.files import atomic_torch_save
 from transferkit.run.assemble import Assembled
-from transferkit.rundir import RunDir
 
 
-def fit_task_to_validation(parts: Assembled, run_dir: Path, console: Console) -> None:
-    """Evaluate best.pt's weights on the validation split and hand the outputs to the task; every process runs it
-    (each holds a share of the split), the primary writes."""
+def last_validation_outputs(parts: Assembled, saved: dict | None):
+    """The validation logits and targets the last epoch's evaluation already computed for the weights `saved`
+    holds, when it holds that epoch's (raw or EMA) and they were evaluated without test-time flip; else None."""
+    trainer = parts.trainer
+    stats = trainer.outputs.get("val", {}).get("ema_" if (saved or {}).get("weights") == "ema" else "")
+    epoch = saved.get("epoch") if saved is not None else trainer.epoch
+    if stats is None or stats.logits is None or epoch != trainer.epoch or "val" in trainer.flip_splits:
+        return None
+    return stats.logits, stats.targets
+
+
+def fit_task_to_validation(parts: Assembled, saved: dict | None, path: Path | None, console: Console) -> str | None:
+    """Hand the validation outputs of the weights now in the model to the task (those the last epoch's evaluation
+    computed, when they are of these weights; else a pass over the split); when it changed something, write its
+    state into `saved` (the checkpoint read from `path`; None: nothing to write). Every process runs it (each
+    holds a share of the split); the primary writes. Returns the task's line, or None."""
     trainer, placement = parts.trainer, parts.placement
-    best = RunDir(run_dir).best
-    if "val" not in parts.eval_loaders or not placement.broadcast(best.is_file() if placement.is_primary else None):
-        return
-    saved = placement.broadcast(load_checkpoint(best) if placement.is_primary else None)
-    current = {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
-    trainer.model.load_state_dict(saved["model"])
-    try:
-        logits, targets, _ = trainer.predict(parts.eval_loaders["val"], "val (best weights)")
-    finally:
-        trainer.model.load_state_dict(current)
-    if placement.distributed:
-        import torch
-
-        parts_all = [p for p in placement.gather((logits, targets)) if len(p[1])]
-        logits, targets = torch.cat([p[0] for p in parts_all]), torch.cat([p[1] for p in parts_all])
-    note = parts.task.fit_to_validation(logits, targets)
+    if "val" not in parts.eval_loaders:
+        return None
+    outputs = last_validation_outputs(parts, saved)
+    if outputs is None:
+        logits, targets, _ = trainer.predict(parts.eval_loaders["val"], "val (selected weights)")
+        outputs = trainer.gathered(logits, targets)
+    note = parts.task.fit_to_validation(*outputs)
     if note is None:
-        return
-    if placement.is_primary:
+        return None
+    if placement.is_primary and saved is not None and path is not None:
         saved["task"] = {"name": parts.task.name, "state": parts.task.state_dict()}
-        atomic_torch_save(best, saved)
-    console.print(f"  best.pt: {note}", highlight=False)
+        atomic_torch_save(path, saved)
+    where = path.name if path is not None else "the model (no checkpoint saved)"
+    console.print(f"  {where}: {note}", highlight=False)
+    return note

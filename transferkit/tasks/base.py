@@ -27,6 +27,7 @@ class Task:
     discrete: ClassVar[bool] = True                  # targets are classes (stratified splits, class weights)
     labels_as: ClassVar[str] = "single_label"        # how a label table's cells are read: a class column
                                                      # (single_label), label sets (multi_label), numbers (regression)
+    calibrates: ClassVar[bool] = False               # fit_to_validation fits a temperature under train.calibrate
 
     def __init__(self, recipe, outputs: list[str]):
         self.recipe, self.spec, self.outputs = recipe, recipe.task, list(outputs)
@@ -44,6 +45,9 @@ class Task:
             if value != "auto" and metric not in cls.metrics:
                 found.append((field_name, f"{cls.name} reports {', '.join(sorted(cls.metrics))}; use val_ or "
                                           f"test_ and one of them (e.g. val_{cls.default_metric})"))
+        if spec.train.calibrate and not cls.calibrates:
+            found.append(("train.calibrate", f"{cls.name} has no temperature to fit (temperature scaling is for "
+                                             f"softmax probabilities, single_label); remove train.calibrate"))
         files = spec.data.source == "files"  # shards carry each sample's labels themselves
         if not cls.discrete and files and not spec.data.labels and spec.data.dataset == "folder":
             found.append(("data.labels", f"{cls.name} reads its labels from a table, not class folders; set "
@@ -116,6 +120,11 @@ class Task:
     def agreement(self, got: np.ndarray, expected: np.ndarray) -> float:
         """Largest difference between two models' answers to the same images (an export against its checkpoint)."""
         return float(np.abs(self.answers(got) - self.answers(expected)).max())
+
+    def output_counts(self, targets: list) -> dict[str, int] | None:
+        """Examples per output among `targets` (a split's), for the model card; None when outputs are not counts
+        (regression values)."""
+        return None
 
     def fit_to_validation(self, logits: torch.Tensor, targets: torch.Tensor) -> str | None:
         """After training: adjust what the task decides with (multi_label: its thresholds) to the best weights'

@@ -141,6 +141,11 @@ class MultiLabel(Task):
             return [""] * (1 + len(self.outputs))
         return [p.label, *[f"{p.scores[name]:.6f}" for name in self.outputs]]
 
+    def output_counts(self, targets):
+        positives = np.asarray(targets, dtype=np.float64).reshape(len(targets), -1).sum(0) if len(targets) else \
+            np.zeros(len(self.outputs))
+        return {name: int(n) for name, n in zip(self.outputs, positives)}
+
     def fit_to_validation(self, logits, targets):
         """Each label's threshold chosen for F1 on the validation outputs, unless task.thresholds fixed them."""
         if self.spec.thresholds is not None:

@@ -19,10 +19,13 @@ class SingleLabel(Task):
     default_metric = "accuracy"
     train_metric = "accuracy"
     output_kind = "classes"
+    calibrates = True
 
     def __init__(self, recipe, outputs):
         super().__init__(recipe, outputs)
         self.label_smoothing = recipe.train.label_smoothing
+        self.temperature = 1.0  # probabilities are softmax(logits / temperature); fitted under train.calibrate
+        self.calibration: dict | None = None  # what the fit measured on the validation split
 
     def criterion(self, class_weights=None) -> nn.Module:
         return nn.CrossEntropyLoss(weight=class_weights, reduction="none", label_smoothing=self.label_smoothing)
@@ -54,12 +57,43 @@ class SingleLabel(Task):
         return [p.label or "", "" if p.probability is None else f"{p.probability:.6f}", *ranked]
 
     def answers(self, logits: np.ndarray) -> np.ndarray:
-        shifted = logits.astype(np.float64) - logits.max(axis=1, keepdims=True)
-        exp = np.exp(shifted)
+        scaled = logits.astype(np.float64) / self.temperature
+        exp = np.exp(scaled - scaled.max(axis=1, keepdims=True))
         return exp / exp.sum(axis=1, keepdims=True)
 
     def logits_of(self, answers):
-        return np.log(np.clip(answers, 1e-12, None))  # softmax(log p) = p where the p sum to 1
+        # softmax(T log p / T) = p where the p sum to 1, whatever this model's temperature T
+        return self.temperature * np.log(np.clip(answers, 1e-12, None))
+
+    def output_counts(self, targets):
+        counts = np.bincount(np.asarray(targets, dtype=np.int64), minlength=len(self.outputs))
+        return {name: int(n) for name, n in zip(self.outputs, counts)}
+
+    def fit_to_validation(self, logits, targets):
+        """Under train.calibrate: the temperature that minimises the validation split's NLL (temperature scaling)."""
+        if not self.recipe.train.calibrate or not len(targets):
+            return None
+        from transferkit.tasks.calibration import calibration_report, fit_temperature
+
+        scores, truth = logits.float().numpy(), targets.numpy()
+        if (scores.argmax(axis=1) == truth).all():  # the NLL then falls all the way to T -> 0: nothing to fit
+            return (f"no temperature fitted: all {len(truth)} validation images are classified correctly, so no "
+                    f"temperature minimises their NLL (probabilities left as they are)")
+        self.temperature = fit_temperature(scores, truth)
+        report = calibration_report(scores, truth, self.temperature)
+        self.calibration = {"split": "val", "images": report["images"],
+                            **{f"{when}_{name}": report[when][name] for when in ("before", "after")
+                               for name in ("nll", "ece")}}
+        c = self.calibration
+        return (f"temperature {self.temperature:.3f} fitted on the validation split ({len(truth)} images): NLL "
+                f"{c['before_nll']:.3f} -> {c['after_nll']:.3f}, ECE {c['before_ece']:.3f} -> {c['after_ece']:.3f}")
+
+    def state_dict(self):
+        return {"temperature": self.temperature, "calibration": self.calibration}
+
+    def load_state_dict(self, state):
+        self.temperature = float(state.get("temperature", 1.0))
+        self.calibration = state.get("calibration")
 
 
 def default_task() -> SingleLabel:
