@@ -1,7 +1,7 @@
 """Model-only micro-benchmarks behind transferkit's CPU defaults: channels_last, eval batch size, bf16.
 
     python benchmarks/micro.py channels-last [--threads N] [NAMES...]   # training step, both memory formats
-    python benchmarks/micro.py eval-batch [NAMES...]                    # inference images/s per batch size
+    python benchmarks/micro.py eval-batch [NAMES...] [--size PX] [--batches B...]  # inference images/s per batch
     python benchmarks/micro.py bf16 [NAMES...]                          # training step, fp32 vs bf16 autocast
     python benchmarks/micro.py allocator [NAMES...] [--sides ...]       # training step under each CPU allocator
 
@@ -76,18 +76,17 @@ def channels_last(names: list[str], batch: int, rounds: int) -> None:
         print(f"{name:<30}{c:>12.1f}{cl:>15.1f}{cl / c:>7.2f}x", flush=True)
 
 
-def eval_batch(names: list[str], rounds: int) -> None:
-    """Inference images/s (channels_last, no grad) at batch sizes 4 to 32."""
-    sizes = (4, 8, 16, 32)
+def eval_batch(names: list[str], rounds: int, pixels: int = 224, sizes: tuple[int, ...] = (4, 8, 16, 32)) -> None:
+    """Inference images/s (channels_last, no grad) at each batch size (default 4 to 32), `pixels` px."""
     print(f"{'backbone':<30}" + "".join(f"{'batch ' + str(s):>10}" for s in sizes))
     for name in names:
         model = network(name).eval().to(memory_format=torch.channels_last)
 
         def rate(size: int) -> float:
-            x = torch.randn(size, 3, 224, 224).contiguous(memory_format=torch.channels_last)
+            x = torch.randn(size, 3, pixels, pixels).contiguous(memory_format=torch.channels_last)
             with torch.inference_mode():
                 start, count = time.perf_counter(), 0
-                while count < 64:
+                while count < max(64, 2 * size):
                     model(x)
                     count += size
             return count / (time.perf_counter() - start)
@@ -218,7 +217,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--steps", type=int, default=4, help="allocator: timed steps per process")
     parser.add_argument("--warmup", type=int, default=2, help="allocator: untimed steps first, per process")
-    parser.add_argument("--batches", type=int, nargs="+", help="allocator: batch sizes (default --batch)")
+    parser.add_argument("--batches", type=int, nargs="+", help="allocator: batch sizes (default --batch); "
+                        "eval-batch: the batch sizes (default 4 8 16 32)")
+    parser.add_argument("--size", type=int, default=224, help="eval-batch: image side in pixels")
     parser.add_argument("--sides", nargs="+", choices=list(ALLOCATOR_SIDES), default=["glibc", "tcmalloc", "jemalloc",
                         "jemalloc-defaults"], help="allocator: sides, each in fresh processes; ratios are to the first")
     parser.add_argument("--json", help="allocator: write the results here (after each backbone and batch)")
@@ -228,11 +229,11 @@ def main() -> None:
     names = SURVEY if args.names == ["survey"] else (args.names or DEFAULT_NAMES)
     if args.what == "allocator-child":
         return allocator_child(names[0], args.batch, args.steps, args.warmup)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch}, 224 px")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch}, {args.size} px")
     if args.what == "channels-last":
         channels_last(names, args.batch, args.rounds)
     elif args.what == "eval-batch":
-        eval_batch(names, args.rounds)
+        eval_batch(names, args.rounds, args.size, tuple(args.batches or (4, 8, 16, 32)))
     elif args.what == "allocator":
         allocator(names, args.batches or [args.batch], args.sides, args.rounds, args.threads, args.steps, args.warmup,
                   args.json)

@@ -40,10 +40,11 @@ import torchvision
 from rich.console import Console
 from torch import nn
 from torch.utils.data import DataLoader
-from torchvision import transforms as T
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from memory import measure  # noqa: E402
+from plain_loop import folder, plain_loop  # noqa: E402
+from plain_loop import transforms as plain_transforms  # noqa: E402
 
 from transferkit import Experiment  # noqa: E402
 from transferkit.data.cache import image_decoders, train_cache_size  # noqa: E402
@@ -77,53 +78,20 @@ def recipe(data: str, backbone: str, args, **overrides) -> dict:
 
 # --- the tutorial's loop ---------------------------------------------------------------------------
 
-def tutorial_loop(raw: dict) -> dict:
-    """d2l-style fine-tuning: ImageFolder + Compose on PIL images + DataLoader defaults + SGD, fp32."""
+def tutorial_loop(raw: dict, workers: int = 0) -> dict:
+    """d2l-style fine-tuning (plain_loop.py) on transferkit's network, initial weights, files and parameter groups."""
     spec = validate(raw)
-    built = build_variant(spec)  # the same network, initial weights, files and parameter groups as transferkit's
+    built = build_variant(spec)
     prep = built.preprocessing
     net = nn.Sequential(built.model.backbone, built.model.head)
-    interpolation = T.InterpolationMode(prep.interpolation)
-    normalize = T.Normalize(prep.mean, prep.std)
-    train_augs = T.Compose([T.RandomResizedCrop(prep.input_size, interpolation=interpolation),
-                            T.RandomHorizontalFlip(), T.ToTensor(), normalize])
-    test_augs = T.Compose([T.Resize(prep.resize_size, interpolation=interpolation),
-                           T.CenterCrop(prep.input_size), T.ToTensor(), normalize])
+    train_augs, test_augs = plain_transforms(prep.input_size, prep.resize_size, prep.interpolation, prep.mean, prep.std)
     root = Path(spec.data.root)
     train_set = folder(root / spec.data.train_dir, train_augs, built.splits.train)
     test_set = folder(root / spec.data.test_dir, test_augs, built.splits.test)
-    train_iter = DataLoader(train_set, batch_size=spec.data.batch_size, shuffle=True)
-    test_iter = DataLoader(test_set, batch_size=spec.data.batch_size)
-    loss_fn = nn.CrossEntropyLoss()
-    trainer = torch.optim.SGD(built.param_groups, lr=spec.optimizer.lr, momentum=spec.optimizer.momentum,
-                              weight_decay=spec.optimizer.weight_decay)
-    train_seconds, accuracy, seen = 0.0, 0.0, 0
-    for _ in range(spec.train.epochs):
-        net.train()
-        start = time.perf_counter()
-        for X, y in train_iter:
-            loss = loss_fn(net(X), y)
-            trainer.zero_grad()
-            loss.backward()
-            trainer.step()
-            seen += len(y)
-        train_seconds += time.perf_counter() - start
-        net.eval()
-        correct = total = 0
-        with torch.no_grad():
-            for X, y in test_iter:
-                correct += (net(X).argmax(1) == y).sum().item()
-                total += len(y)
-        accuracy = correct / total
-    return {"train_images_per_s": seen / train_seconds, "test_accuracy": accuracy}
-
-
-def folder(split_dir: Path, transform, samples) -> torchvision.datasets.ImageFolder:
-    """torchvision's ImageFolder over `split_dir`, kept to the files transferkit uses (data.limit)."""
-    dataset = torchvision.datasets.ImageFolder(str(split_dir), transform=transform)
-    dataset.samples = [(str(path), label) for path, label in samples]
-    dataset.targets = [label for _, label in samples]
-    return dataset
+    o = spec.optimizer
+    result = plain_loop(net, built.param_groups, train_set, test_set, spec.train.epochs, spec.data.batch_size, o.lr,
+                        o.momentum, o.weight_decay, workers)
+    return {"train_images_per_s": result["train_images_per_s"], "test_accuracy": result["test_accuracy"]}
 
 
 # --- transferkit -----------------------------------------------------------------------------------
@@ -174,10 +142,9 @@ def loaders_alone(raw: dict, batches: int) -> dict:
     spec = validate(raw)
     built = build_variant(spec)
     prep, device = built.preprocessing, torch.device("cpu")
-    interpolation = T.InterpolationMode(prep.interpolation)
-    tutorial = DataLoader(folder(Path(spec.data.root) / spec.data.train_dir, T.Compose([
-        T.RandomResizedCrop(prep.input_size, interpolation=interpolation), T.RandomHorizontalFlip(), T.ToTensor(),
-        T.Normalize(prep.mean, prep.std)]), built.splits.train), batch_size=spec.data.batch_size, shuffle=True)
+    train_augs = plain_transforms(prep.input_size, prep.resize_size, prep.interpolation, prep.mean, prep.std)[0]
+    tutorial = DataLoader(folder(Path(spec.data.root) / spec.data.train_dir, train_augs, built.splits.train),
+                          batch_size=spec.data.batch_size, shuffle=True)
     workers = default_num_workers(device)
     out = {"workers": workers, "tutorial_images_per_s": _drain(tutorial, batches)}
     for mode in ("none", "auto"):

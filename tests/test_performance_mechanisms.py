@@ -47,17 +47,29 @@ def test_cache_returns_the_pixels_of_a_fresh_decode(image_root, mode):
     assert torch.equal(transform(cached.decode(paths[0])), transform(open_rgb(paths[0])))
 
 
+@pytest.mark.parametrize("mode", ["memory", "disk", "none"])
+def test_evaluation_images_are_the_pixels_predict_sees_with_or_without_cache(tmp_path, mode):
+    from conftest import make_image_folder
+    from transferkit.inference.batches import ImagePreparer
+
+    root = make_image_folder(tmp_path / "data", per_class=(1, 2), size=(320, 240))  # JPEGs decoded at 1/4 scale
+    built = build_variant(validate(tiny_recipe(root)))
+    eval_decode = image_decoders(built.splits, built.preprocessing, mode, train_size=114)[1]
+    for path, _ in built.splits.test:
+        assert torch.equal(eval_transform(built.preprocessing)(eval_decode(path)), ImagePreparer(built.preprocessing)(path))
+
+
 def test_disk_cache_decodes_a_changed_file_again_and_keeps_the_others(image_root):
     paths = images_of(image_root)
     first = build_cache(paths, 36, "bilinear", "disk", image_root)
-    kept = first.entries[str(paths[1])]
+    kept = first.store.index[str(paths[1])]
     Image.new("RGB", (60, 50), (0, 255, 0)).save(paths[0], quality=95)
     stat = os.stat(paths[0])
     os.utime(paths[0], ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
     second = build_cache(paths, 36, "bilinear", "disk", image_root)
     assert torch.equal(second.decode(paths[0]), fresh(paths[0]))
     assert second.decode(paths[0]).shape == (3, 36, 43)
-    assert second.entries[str(paths[1])] == kept
+    assert second.store.index[str(paths[1])] == kept
     assert (image_root / ".transferkit-cache").is_dir()
 
 
@@ -69,7 +81,7 @@ def test_disk_cache_of_a_read_only_folder_goes_to_the_transferkit_cache_dir(imag
         assert tmp_path / "tkcache" in folder.parents
         cache = build_cache(images_of(image_root), 36, "bilinear", "disk", image_root)
         assert not (image_root / ".transferkit-cache").exists()
-        assert cache.file.is_relative_to(tmp_path / "tkcache")
+        assert cache.store.pixels.is_relative_to(tmp_path / "tkcache")
     finally:
         image_root.chmod(0o755)
 
@@ -90,7 +102,9 @@ def test_a_bad_file_is_reported_with_the_same_message_as_without_cache(image_roo
 
 def test_cache_none_decodes_files_directly(image_root):
     built = build_variant(validate(tiny_recipe(image_root)))
-    assert image_decoders(built.splits, built.preprocessing, "none", train_size=99) == (open_rgb, open_rgb)
+    train, evaluation = image_decoders(built.splits, built.preprocessing, "none", train_size=99)
+    assert (train.func, train.keywords) == (evaluation.func, {"min_side": 99}) and evaluation.func is open_rgb
+    assert evaluation.keywords == {"min_side": built.preprocessing.resize_size}
     assert open_rgb not in image_decoders(built.splits, built.preprocessing, "auto", train_size=99)
 
 
@@ -106,11 +120,12 @@ def test_training_images_keep_their_detail_and_evaluation_images_their_eval_resi
     for path, _ in built.splits.train:
         shrunk = train_decode(path)
         assert shrunk.shape == (3, 80, 60)  # shorter side shrunk to the cap, never to the eval resize
-        assert torch.equal(shrunk, torch.from_numpy(decode_resized(path, 60, prep.interpolation)).permute(2, 0, 1))
+        assert torch.equal(shrunk, torch.from_numpy(decode_resized(path, 60, prep.interpolation, True)).permute(2, 0, 1))
     large = image_decoders(built.splits, prep, mode, train_size=500)[0]
     assert large(built.splits.train[0][0]).shape == (3, 120, 90)  # a small image is kept at its own size
     for path, _ in built.splits.test:
-        assert torch.equal(eval_transform(prep)(eval_decode(path)), eval_transform(prep)(open_rgb(path)))
+        assert torch.equal(eval_transform(prep)(eval_decode(path)),
+                           eval_transform(prep)(open_rgb(path, min_side=prep.resize_size)))
     together = image_decoders(built.splits, prep, mode, train_size=None)[0]  # e.g. features of the eval view
     assert together(built.splits.train[0][0]).shape[1:] == (49, 37)
 

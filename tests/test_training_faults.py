@@ -38,9 +38,8 @@ def test_on_bad_image_fail_stops_naming_the_file(tmp_path, cache):
         Experiment.from_dict(raw).run(progress=False)
     assert "zero.jpg" in str(err.value) or "text.jpg" in str(err.value)
     assert "on_bad_image" in str(err.value)
-    if cache == "memory":  # the cache reads every image first: the run stops before any training step
-        assert "2 unreadable images in all" in str(err.value)
-        assert not (tmp_path / "runs" / "tiny" / "base" / "metrics.json").exists()
+    # the cache decodes each image at its first use, as without a cache: the run stops in the first epoch
+    assert not (tmp_path / "runs" / "tiny" / "base" / "metrics.json").exists()
 
 
 def test_non_finite_loss_stops_naming_epoch_and_step_and_keeps_last_good_checkpoint(tmp_path):

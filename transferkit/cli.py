@@ -673,6 +673,27 @@ def export(model: str = typer.Argument(..., help="run directory or checkpoint"),
     out.print(str(result.path), markup=False, highlight=False)
 
 
+@app.command()
+def serve(model: str = typer.Argument(..., help="run directory, checkpoint (.pt), or exported .onnx or TorchScript file"),
+          host: str = typer.Option("127.0.0.1", "--host", help="address to listen on (0.0.0.0: every interface)"),
+          port: int = typer.Option(8000, "--port", min=0, max=65535, help="TCP port (0: a free one, printed)"),
+          backend: Optional[str] = typer.Option(None, "--backend", help="torch or onnx; default: the file decides "
+                                                "(a check that it runs the file given)"),
+          device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps"),
+          max_batch: int = typer.Option(32, "--max-batch", min=1, help="most images in one forward pass (1: no batching)"),
+          max_wait_ms: float = typer.Option(5.0, "--max-wait-ms", min=0, help="how long a batch waits for more "
+                                            "images after its first"),
+          max_body_mb: float = typer.Option(20.0, "--max-body-mb", min=0.001, help="largest request body, in MiB"),
+          max_images: int = typer.Option(64, "--max-images", min=1, help="most images in one request")) -> None:
+    """Serve a model over HTTP: POST /predict, GET /health, /metadata, /stats, and a page at / to drop photos on."""
+    from transferkit.serve.server import ServeSettings, serve as run_server
+
+    settings = ServeSettings(host, port, backend, device, max_batch, max_wait_ms, round(max_body_mb * 2**20), max_images)
+    stats = run_server(model, settings, lambda line: err.print(line, markup=False, highlight=False, soft_wrap=True))
+    err.print(f"stopped: {stats.requests} requests answered, {sum(stats.refused.values())} refused, "
+              f"{stats.images} images in {stats.batches} forward passes", highlight=False, soft_wrap=True)
+
+
 def main() -> None:
     """Console-script entry point: user errors print one line and exit 2 (tracebacks only with --debug)."""
     try:

@@ -32,7 +32,7 @@ LIBRARIES = {"jemalloc": ("libjemalloc.so.2", "libjemalloc.so"),
 PACKAGES = {"jemalloc": "libjemalloc2", "tcmalloc": "libtcmalloc-minimal4"}  # Debian and Ubuntu
 MALLOC_CONF = {"jemalloc": "oversize_threshold:1,background_thread:true,metadata_thp:auto"}  # run_cpu.py's
 ALLOCATOR_NAMES = ("jemalloc", "tcmalloc", "mimalloc")
-COMMANDS = ("run", "fit", "lr-find", "compare-backbones", "evaluate", "predict", "export")  # the ones that run a network
+COMMANDS = ("run", "fit", "lr-find", "compare-backbones", "evaluate", "predict", "export", "serve")  # the ones that run a network
 
 
 def choice() -> str:

@@ -1,19 +1,25 @@
-"""Decoded-image cache: each file decoded and resized once, kept as uint8 in memory or in a memory-mapped file.
+"""Decoded-image cache: each file decoded and resized once, kept as uint8 in memory or in a file on disk.
 
 Images are stored as (H, W, 3) uint8 and handed out as (3, H, W) tensor views, so epochs after the
-first skip JPEG decoding and run their augmentations on uint8 tensors. Evaluation images are stored
-with their shorter side at the eval resize (so the eval transform's Resize is a no-op and the pixels are
-exactly the uncached ones). Training images keep their detail: their shorter side is only shrunk, to
+first skip JPEG decoding and run their augmentations on uint8 tensors. A JPEG is decoded at the smallest
+DCT scale (1/2, 1/4, 1/8) that keeps the side it is stored at, as predict and evaluate decode it.
+Evaluation images are stored with their shorter side at the eval resize (so the eval transform's Resize
+is a no-op and the pixels are exactly the uncached ones). Training images keep their detail: their shorter side is only shrunk, to
 `train_cache_size` (the side at which even RandomResizedCrop's smallest crop still has at least the
 output's pixels), never enlarged. Caching them at the eval resize instead made every small crop an
 upsampled, blurred patch and cost EfficientNet-Lite0 about 5 points of test accuracy (docs/performance.md).
-The disk cache is keyed by path, size and mtime: a changed file is decoded again. Unreadable files are
+
+Where: `auto` keeps them in memory while they fit MEMORY_BUDGET, else in a file on disk read back with
+`pread` (the kernel's page cache holds it, not the process), so the memory a run holds does not grow
+with the number of images. When: each image is decoded at its first use, during the first epoch, unless
+DataLoader worker processes would each fill a copy of their own in memory (the data plan decides). The
+disk cache is keyed by path, size and mtime: a changed file is decoded again. Unreadable files are
 remembered with their message and raise it on every look-up.
 """
 
 from __future__ import annotations
 
-import fcntl
+import functools
 import hashlib
 import json
 import math
@@ -21,9 +27,11 @@ import os
 import random
 import shutil
 import stat
+import threading
+import zlib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterable
 
 import numpy as np
 import torch
@@ -33,20 +41,23 @@ from torchvision.transforms.v2 import functional as F
 
 from transferkit.data.folder import FolderSplits
 from transferkit.data.images import open_rgb
-from transferkit.data.loading import available_cores
+from transferkit.data.loading import ReadAhead, available_cores
 from transferkit.errors import DataError
 from transferkit.model.preprocess import Preprocessing
 
 CACHE_FOLDER = ".transferkit-cache"
-MEMORY_SHARE = 0.25  # auto keeps the cache in memory while its estimate stays under this share of RAM
+MEMORY_BUDGET = 256 * 2**20  # auto keeps decoded images in memory up to this (both sides); beyond, on disk
+MEMORY_SHARE = 0.25  # and never above this share of RAM
 
 
 def decode_resized(path: str | Path, size: int, interpolation: str, shrink_only: bool = False) -> np.ndarray:
-    """The file as (H, W, 3) uint8 with its shorter side resized to `size`, exactly as the eval Resize does.
+    """The file as (H, W, 3) uint8 with its shorter side resized to `size`, exactly as evaluation and predict do:
+    a JPEG is decoded at the smallest of 1/2, 1/4 or 1/8 scale whose shorter side stays at least `size`
+    (libjpeg's DCT scaling: `open_rgb`'s min_side), then resized.
 
-    With `shrink_only`, an image whose shorter side is `size` or less is kept at its own size.
+    With `shrink_only` (training images), an image whose shorter side is `size` or less is kept at its own size.
     """
-    image = open_rgb(path)
+    image = open_rgb(path, min_side=size)
     if not (shrink_only and min(image.size) <= size):
         image = F.resize(image, size, interpolation=InterpolationMode(interpolation), antialias=True)
     return np.array(image, dtype=np.uint8)  # a writable copy, as torch.from_numpy wants
@@ -135,60 +146,225 @@ def disk_cache_dir(data_root: Path | None, size: int, interpolation: str, shrink
     return data_cache_dir() / "decoded" / f"{hashlib.sha1(origin.encode()).hexdigest()[:16]}-{name}"
 
 
-class DecodedImages:
-    """path -> cached (3, H, W) uint8 tensor; use `decode` as ImageFileDataset's decode function."""
+def cache_key(size: int, interpolation: str, shrink_only: bool = False) -> str:
+    """'decoded2-[max]<size>-<interpolation>': the name of a cache's decoding (and of its disk folder)."""
+    return f"decoded2-{'max' if shrink_only else ''}{size}-{interpolation}"  # 2: the journal format, JPEG drafts
 
-    def __init__(self, entries: dict[str, tuple | str], pixels: list[torch.Tensor] | None = None,
-                 file: Path | None = None, key: str = ""):
-        self.entries = entries  # memory: path -> index in pixels; disk: path -> (offset, h, w); or an error
-        self.pixels = pixels
-        self.file = file
-        self.key = key  # how the images were decoded (cache_key): equal keys give equal pixels
-        self._map = None
+
+class MemoryStore:
+    """Decoded images as (H, W, 3) uint8 tensors in this process's memory, by absolute path."""
+
+    def __init__(self):
+        self.entries: dict[str, torch.Tensor | str] = {}
 
     def __len__(self) -> int:
         return len(self.entries)
 
+    def has(self, path: str) -> bool:
+        """True when `path` was decoded already (or found unreadable)."""
+        return path in self.entries
+
+    def get(self, path: str) -> torch.Tensor | str | None:
+        """The image (or the message saying why it is unreadable); None when not decoded yet."""
+        return self.entries.get(path)
+
+    def put(self, path: str, result: np.ndarray | str) -> torch.Tensor | str:
+        """Keep a decode's result; return it as `get` will."""
+        self.entries[path] = result if isinstance(result, str) else torch.from_numpy(result)
+        return self.entries[path]
+
+
+class DiskStore:
+    """Decoded images appended to `pixels.u8` in `folder`, each recorded by a line of `journal.jsonl` (path, size
+    and mtime of the file, offset, height, width, CRC-32; or the message of an unreadable file).
+
+    Reads are `pread`s into a fresh buffer, so the images stay in the kernel's page cache, shared by every
+    process and reclaimable, instead of in this process's memory (a memory map would count them in its
+    RSS). Appends are atomic per write (O_APPEND), so DataLoader workers and concurrent runs share one
+    folder: a process that misses an image reads the journal lines written since it last looked before
+    decoding it. The last line for a path wins; a line whose file changed since (size or mtime), or whose
+    bytes fail their CRC (a run killed mid-write), is ignored and the image decoded again.
+    """
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+        self.pixels, self.journal = folder / "pixels.u8", folder / "journal.jsonl"
+        self.index: dict[str, list] = {}
+        self._read_to = 0
+        self._fds: tuple[int, int] | None = None
+        self.write_error: str | None = None  # why appending stopped (a full disk): decodes are then not kept
+
     def __getstate__(self) -> dict:
-        return {**self.__dict__, "_map": None}  # a spawned worker maps the file again instead of copying it
+        return {**self.__dict__, "_fds": None}  # a spawned worker opens the files itself
 
-    def _mapped(self) -> np.ndarray:
-        if self._map is None:
-            # copy-on-write mapping: torch wants writable arrays; nothing writes, so the file never changes
-            self._map = np.memmap(self.file, dtype=np.uint8, mode="c") if self.file.stat().st_size else np.empty(0, np.uint8)
-        return self._map
+    def __len__(self) -> int:
+        return len(self.index)
 
-    def decode(self, path: str | Path) -> torch.Tensor:
-        """The cached image of `path` as a (3, H, W) uint8 tensor; DataError with the original message if unreadable."""
-        entry = self.entries.get(os.path.abspath(path))
+    def _files(self) -> tuple[int, int]:
+        if self._fds is None:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            flags = os.O_RDWR | os.O_APPEND | os.O_CREAT
+            self._fds = (os.open(self.pixels, flags, 0o644), os.open(self.journal, flags, 0o644))
+        return self._fds
+
+    def _refresh(self) -> None:
+        """Read the journal lines appended since the last look, by this process or any other."""
+        fd = self._files()[1]
+        size = os.fstat(fd).st_size
+        if size <= self._read_to:
+            return
+        data = os.pread(fd, size - self._read_to, self._read_to)
+        complete = data.rfind(b"\n") + 1  # a line still being written is read next time
+        for line in data[:complete].splitlines():
+            try:
+                record = json.loads(line)
+                self.index[record[0]] = record[1:]
+            except (ValueError, IndexError, TypeError):
+                continue  # a line torn by a killed run
+        self._read_to += complete
+
+    def _entry(self, path: str) -> list | None:
+        entry = self.index.get(path)
         if entry is None:
-            raise DataError(f"{path}: not in the decoded-image cache; set data.cache: none to read files directly")
+            self._refresh()
+            entry = self.index.get(path)
+        return entry if entry is not None and entry[:2] == file_key(path) else None
+
+    def has(self, path: str) -> bool:
+        """True when the journal holds `path` as the file is now."""
+        return self._entry(path) is not None
+
+    def get(self, path: str) -> torch.Tensor | str | None:
+        """The image read back (or its message); None when not cached, changed since, or its bytes are damaged."""
+        entry = self._entry(path)
+        if entry is None or isinstance(entry[2], str):
+            return None if entry is None else entry[2]
+        offset, h, w, crc = entry[2:]
+        buffer = bytearray(h * w * 3)
+        if os.preadv(self._files()[0], [buffer], offset) != len(buffer) or zlib.crc32(buffer) != crc:
+            return None
+        return torch.from_numpy(np.frombuffer(buffer, dtype=np.uint8).reshape(h, w, 3))
+
+    def put(self, path: str, result: np.ndarray | str) -> torch.Tensor | str:
+        """Append a decode's result and its journal line; return it as `get` will."""
+        record = [path, *file_key(path)]
+        if isinstance(result, str):
+            record.append(result)
+        else:
+            data = memoryview(np.ascontiguousarray(result)).cast("B")
+            record += [None, result.shape[0], result.shape[1], zlib.crc32(data)]
+        if self.write_error is None:
+            try:
+                pixels, journal = self._files()
+                if len(record) > 4:
+                    if os.write(pixels, data) != len(data):
+                        raise OSError("short write (disk full?)")
+                    record[3] = os.lseek(pixels, 0, os.SEEK_CUR) - len(data)  # where O_APPEND put this write
+                line = (json.dumps(record) + "\n").encode()
+                os.write(journal, line)
+                self.index[path] = record[1:]
+                end = os.lseek(journal, 0, os.SEEK_CUR)
+                if end - len(line) == self._read_to:  # nobody else wrote since the last look: skip our own line
+                    self._read_to = end
+            except OSError as exc:
+                self.write_error = f"{self.folder}: {exc}"
+        return result if isinstance(result, str) else torch.from_numpy(result)
+
+
+class DecodedImages:
+    """path -> its decoded (3, H, W) uint8 tensor, decoded once and kept (`MemoryStore` or `DiskStore`); call it
+    as ImageFileDataset's decode function. A file is decoded at its first look-up, by `fill`, or ahead of use by
+    `read_ahead` on another thread; a file is never decoded twice at once (the second asker waits for the first).
+    """
+
+    def __init__(self, store: MemoryStore | DiskStore, size: int, interpolation: str, shrink_only: bool = False):
+        self.store, self.size, self.interpolation, self.shrink_only = store, size, interpolation, shrink_only
+        self.key = cache_key(size, interpolation, shrink_only)  # how the images are decoded: equal keys, equal pixels
+        self.decoded = 0  # files this process decoded (not read back)
+        self._init_threading()
+
+    def _init_threading(self) -> None:
+        self._lock = threading.Condition()
+        self._claimed: set[str] = set()  # files a thread is decoding now
+
+    def __getstate__(self) -> dict:
+        return {k: v for k, v in self.__dict__.items() if k not in ("_lock", "_claimed")}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._init_threading()
+
+    def __len__(self) -> int:
+        return len(self.store)
+
+    @property
+    def kind(self) -> str:
+        """'memory' or 'disk'."""
+        return "memory" if isinstance(self.store, MemoryStore) else "disk"
+
+    def fill(self, paths: list[str], threads: int | None = None) -> list[str]:
+        """Decode the files not kept yet, now, on `threads` threads; the messages of the unreadable ones."""
+        names = [os.path.abspath(p) for p in paths]
+        missing = [p for p in names if not self.store.has(p)]
+        for path, result in zip(missing, decode_all(missing, self.size, self.interpolation, threads or
+                                                    available_cores(), self.shrink_only)):
+            self.store.put(path, result)
+        self.decoded += len(missing)
+        return [entry for entry in map(self.store.get, names) if isinstance(entry, str)]
+
+    def __call__(self, path: str | Path) -> torch.Tensor:
+        """The kept image of `path` as a (3, H, W) uint8 tensor, decoding it first if needed; DataError with the
+        original message if unreadable."""
+        name = os.path.abspath(path)
+        with self._lock:
+            while name in self._claimed:  # the read-ahead thread is decoding it: wait rather than decode it twice
+                self._lock.wait()
+            entry = self.store.get(name)
+            if entry is None:
+                self._claimed.add(name)
+        if entry is None:
+            entry = self._decode_claimed(name)
         if isinstance(entry, str):
             raise DataError(entry)
-        if self.pixels is not None:
-            hwc = self.pixels[entry]
-        else:
-            offset, h, w = entry
-            hwc = torch.from_numpy(self._mapped()[offset: offset + h * w * 3].reshape(h, w, 3))
-        return hwc.permute(2, 0, 1)  # a channels-last view: uint8 resizes run fastest on this layout
+        return entry.permute(2, 0, 1)  # a channels-last view: uint8 resizes run fastest on this layout
+
+    decode = __call__
+
+    def read_ahead(self, paths: Iterable[str | Path], stop: threading.Event) -> None:
+        """Decode and keep the files not kept yet, in the order given, until done or `stop` is set (a thread's
+        work: `with_read_ahead`)."""
+        for path in paths:
+            if stop.is_set():
+                return
+            name = os.path.abspath(path)
+            with self._lock:
+                if name in self._claimed or self.store.has(name):
+                    continue
+                self._claimed.add(name)
+            self._decode_claimed(name)
+
+    def _decode_claimed(self, name: str) -> torch.Tensor | str:
+        """Decode a file this thread claimed and keep it; release the claim and wake the threads waiting for it
+        (who decode it themselves if this failed)."""
+        entry = None
+        try:
+            result = _decode_or_error(name, self.size, self.interpolation, self.shrink_only)
+            with self._lock:
+                entry = self.store.put(name, result)
+            return entry
+        finally:
+            with self._lock:
+                self._claimed.discard(name)
+                self.decoded += entry is not None
+                self._lock.notify_all()
 
 
-def cache_key(size: int, interpolation: str, shrink_only: bool = False) -> str:
-    """'decoded-[max]<size>-<interpolation>': the name of a cache's decoding (and of its disk folder)."""
-    return f"decoded-{'max' if shrink_only else ''}{size}-{interpolation}"
-
-
-def memory_cache(paths: list[str], size: int, interpolation: str, threads: int, shrink_only: bool = False,
-                 into: DecodedImages | None = None) -> DecodedImages:
-    """Decode every file once into memory (`into`: add them to that memory cache)."""
-    cache = into if into is not None else DecodedImages({}, pixels=[], key=cache_key(size, interpolation, shrink_only))
-    for path, result in zip(paths, decode_all(paths, size, interpolation, threads, shrink_only)):
-        if isinstance(result, str):
-            cache.entries[path] = result
-        else:
-            cache.entries[path] = len(cache.pixels)
-            cache.pixels.append(torch.from_numpy(result))
-    return cache
+def with_read_ahead(loader, decode):
+    """`loader` with a thread decoding its images ahead into the cache (`ReadAhead`) when `decode` is a
+    DecodedImages and the loader has no worker processes; else `loader` as it is."""
+    if isinstance(decode, DecodedImages) and getattr(loader, "num_workers", 1) == 0:
+        return ReadAhead(loader, decode.read_ahead)
+    return loader
 
 
 class DecodedMemo:
@@ -198,73 +374,51 @@ class DecodedMemo:
     def __init__(self):
         self._caches: dict[str, DecodedImages] = {}
 
-    def memory_cache(self, paths: list[str], size: int, interpolation: str, threads: int,
-                     shrink_only: bool = False) -> DecodedImages:
-        """The shared memory cache of this decoding, with the files it lacked decoded into it."""
+    def memory_cache(self, size: int, interpolation: str, shrink_only: bool = False) -> DecodedImages:
+        """The shared memory cache of this decoding (made empty the first time)."""
         key = cache_key(size, interpolation, shrink_only)
-        cache = self._caches.get(key)
-        missing = [p for p in paths if cache is None or p not in cache.entries]
-        self._caches[key] = cache = memory_cache(missing, size, interpolation, threads, shrink_only, into=cache)
-        return cache
-
-
-def disk_cache(paths: list[str], size: int, interpolation: str, folder: Path, threads: int,
-               shrink_only: bool = False) -> DecodedImages:
-    """Decode the files not cached yet (or changed since) and append them to the memory-mapped file in `folder`."""
-    folder.mkdir(parents=True, exist_ok=True)
-    index_path, pixel_path = folder / "index.json", folder / "pixels.u8"
-    with open(folder / "lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # two runs sharing a cache take turns updating it
-        index = json.loads(index_path.read_text()) if index_path.is_file() else {}
-        keys = {p: file_key(p) for p in paths}
-        stale = [p for p in paths if p not in index or index[p]["key"] != keys[p]]
-        if stale:
-            with open(pixel_path, "ab") as out:
-                for path, result in zip(stale, decode_all(stale, size, interpolation, threads, shrink_only)):
-                    if isinstance(result, str):
-                        index[path] = {"key": keys[path], "error": result}
-                    else:
-                        h, w, _ = result.shape
-                        index[path] = {"key": keys[path], "offset": out.tell(), "h": h, "w": w}
-                        out.write(np.ascontiguousarray(result).tobytes())
-            tmp = index_path.with_suffix(".tmp")
-            tmp.write_text(json.dumps(index))
-            os.replace(tmp, index_path)
-        pixel_path.touch()
-    entries = {p: index[p]["error"] if "error" in index[p] else (index[p]["offset"], index[p]["h"], index[p]["w"])
-               for p in paths}
-    return DecodedImages(entries, file=pixel_path, key=cache_key(size, interpolation, shrink_only))
+        if key not in self._caches:
+            self._caches[key] = DecodedImages(MemoryStore(), size, interpolation, shrink_only)
+        return self._caches[key]
 
 
 def build_cache(paths: list[str | Path], size: int, interpolation: str, mode: str = "auto",
                 data_root: Path | None = None, threads: int | None = None, shrink_only: bool = False,
-                extra_bytes: int = 0, memo: DecodedMemo | None = None) -> DecodedImages | None:
-    """The decoded-image cache data.cache asks for; auto: memory when it fits, else disk when that fits, else none.
+                extra_bytes: int = 0, fill_now: bool = True, memo: DecodedMemo | None = None) -> DecodedImages | None:
+    """The decoded-image cache data.cache asks for; auto: memory when it fits the budget, else disk when that
+    fits, else none. With `fill_now` every file is decoded here (on `threads` threads), else at its first use.
 
-    `extra_bytes`: memory another cache of the same run takes, counted against auto's memory share. `memo`: a
+    `extra_bytes`: memory another cache of the same run takes, counted against auto's memory budget. `memo`: a
     memory cache is shared with the other runs of this process.
     """
     if mode == "none" or not paths:
         return None
-    names = list(dict.fromkeys(os.path.abspath(p) for p in paths))
-    threads = threads or available_cores()
     folder = disk_cache_dir(data_root, size, interpolation, shrink_only)
     if mode == "auto":
-        mode = auto_cache_mode(names, size, folder, shrink_only, extra_bytes)
+        mode = auto_cache_mode([os.path.abspath(p) for p in paths], size, folder, shrink_only, extra_bytes)
         if mode == "none":
             return None
-    if mode == "memory":
-        if memo is not None:
-            return memo.memory_cache(names, size, interpolation, threads, shrink_only)
-        return memory_cache(names, size, interpolation, threads, shrink_only)
-    return disk_cache(names, size, interpolation, folder, threads, shrink_only)
+    if mode == "memory" and memo is not None:
+        cache = memo.memory_cache(size, interpolation, shrink_only)
+    else:
+        store = MemoryStore() if mode == "memory" else DiskStore(folder)
+        cache = DecodedImages(store, size, interpolation, shrink_only)
+    if fill_now:
+        cache.fill([str(p) for p in paths], threads)
+    return cache
+
+
+def memory_budget() -> int:
+    """Bytes of decoded images data.cache auto keeps in memory: MEMORY_BUDGET, or MEMORY_SHARE of RAM if less."""
+    ram = physical_memory()
+    return min(MEMORY_BUDGET, int(MEMORY_SHARE * ram)) if ram else MEMORY_BUDGET
 
 
 def auto_cache_mode(paths: list[str], size: int, folder: Path, shrink_only: bool = False, extra_bytes: int = 0) -> str:
-    """data.cache auto resolved for these files: memory when they fit in MEMORY_SHARE of RAM (beside
-    `extra_bytes` already held), else disk when they fit in half the free disk, else none."""
+    """data.cache auto resolved for these files: memory when they fit in `memory_budget()` (beside `extra_bytes`
+    already held), else disk when they fit in half the free disk, else none."""
     need = estimated_bytes(paths, size, shrink_only=shrink_only)
-    if need + extra_bytes <= MEMORY_SHARE * physical_memory():
+    if need + extra_bytes <= memory_budget():
         return "memory"
     return "disk" if need <= free_disk(folder) // 2 else "none"
 
@@ -304,27 +458,33 @@ def cache_modes(splits: FolderSplits, prep: Preprocessing, mode: str, train_size
 
 def image_decoders(splits: FolderSplits, prep: Preprocessing, mode: str, on_bad_image: str = "skip",
                    train_size: int | None = None, modes: tuple[str, str] | None = None,
-                   memo: DecodedMemo | None = None) -> tuple[Callable, Callable]:
+                   fill_now: bool = True, memo: DecodedMemo | None = None) -> tuple[Callable, Callable]:
     """(decode for training images, decode for evaluation images): open_rgb, or look-ups in the decoded-image cache.
 
     Evaluation images are cached at the eval resize; training images with their shorter side shrunk to at
     most `train_size` (None: exactly at the eval resize, as evaluation images, e.g. for features of their
-    eval view). `modes` (from `cache_modes`, e.g. through the data plan) overrides `mode`. Building the caches
-    reads every image, so with on_bad_image 'fail' an unreadable one stops the run here, before training starts.
+    eval view). Cached or not, a JPEG is decoded at the reduced scale that keeps the side it is needed at
+    (`open_rgb`'s min_side), as `predict` and `evaluate` decode it. `modes` (from
+    `cache_modes`, e.g. through the data plan) overrides `mode`. With `fill_now` the caches decode every image
+    here, so with on_bad_image 'fail' an unreadable one stops the run before training starts; otherwise each
+    image is decoded at its first look-up (in the first epoch), and an unreadable one is met there, as without
+    a cache. `memo`: memory caches shared with the other runs of this process.
     """
     train, evaluation = _cached_sides(splits, train_size)
     train_mode, eval_mode = modes or cache_modes(splits, prep, mode, train_size)
-    eval_cache = build_cache(evaluation, prep.resize_size, prep.interpolation, eval_mode, splits.root, memo=memo)
+    eval_cache = build_cache(evaluation, prep.resize_size, prep.interpolation, eval_mode, splits.root,
+                             fill_now=False, memo=memo)
     train_cache = build_cache(train, train_size, prep.interpolation, train_mode, splits.root, shrink_only=True,
-                              memo=memo)
-    wanted = {os.path.abspath(p) for samples in (splits.train, splits.test, splits.val or []) for p, _ in samples}
-    stop_if_unreadable([entry for cache in (eval_cache, train_cache) if cache is not None
-                        for path, entry in cache.entries.items() if isinstance(entry, str) and path in wanted],
-                       on_bad_image)
-    eval_decode = eval_cache.decode if eval_cache is not None else open_rgb
+                              fill_now=False, memo=memo)
+    if fill_now:
+        stop_if_unreadable([message for cache, paths in ((eval_cache, evaluation), (train_cache, train))
+                            if cache is not None for message in cache.fill(paths)], on_bad_image)
+    eval_decode = eval_cache if eval_cache is not None else functools.partial(open_rgb, min_side=prep.resize_size)
     if not train:
         return eval_decode, eval_decode
-    return (train_cache.decode if train_cache is not None else open_rgb), eval_decode
+    if train_cache is not None:
+        return train_cache, eval_decode
+    return functools.partial(open_rgb, min_side=train_size), eval_decode
 
 
 def stop_if_unreadable(errors: list[str], on_bad_image: str) -> None:

@@ -125,7 +125,7 @@ def fingerprint(module: torch.nn.Module) -> str:
 
 def decoder_key(decode) -> str:
     """What tells two decode functions apart: a decoded-image cache's size and resampling, else the function."""
-    owner = getattr(decode, "__self__", None)
+    owner = getattr(decode, "__self__", decode)  # a cache's bound method, or the (callable) cache itself
     return getattr(owner, "key", None) or f"{getattr(decode, '__module__', '')}.{getattr(decode, '__qualname__', decode)}"
 
 

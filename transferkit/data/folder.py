@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -83,12 +84,12 @@ def scan_split_folder(split_dir: Path, role: str = TRAIN, classes: list[str] | N
     scan = SplitScan(role, split_dir, classes, [])
     for label, name in enumerate(classes):
         class_dir = split_dir / name
-        files = sorted(p for p in class_dir.rglob("*") if p.is_file())
         images = []
-        for path in files:
-            if any(part.startswith(".") for part in path.relative_to(class_dir).parts):
+        for parts in sorted(_files_under(str(class_dir))):
+            path = Path(os.path.join(class_dir, *parts))
+            if any(part.startswith(".") for part in parts):
                 scan.hidden.append(path)
-            elif path.suffix.lower() in IMAGE_EXTENSIONS:
+            elif os.path.splitext(parts[-1])[1].lower() in IMAGE_EXTENSIONS:
                 images.append(path)
             else:
                 scan.other.append(path)
@@ -100,6 +101,20 @@ def scan_split_folder(split_dir: Path, role: str = TRAIN, classes: list[str] | N
     if role != ALL:  # a root read as one folder of classes: its own files (a README, labels.csv) are not data
         scan.other += [p for p in beside if p.suffix.lower() not in IMAGE_EXTENSIONS]
     return scan
+
+
+def _files_under(folder: str, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    """The files below `folder` (links to files included, linked folders not entered, as Path.rglob), each as the
+    tuple of its path's parts relative to `folder`. os.scandir with strings: a Path per file made while walking
+    cost more time and memory (measured in docs/performance.md, "The folder pipeline at scale")."""
+    found = []
+    with os.scandir(folder) as entries:
+        for entry in entries:
+            if entry.is_dir(follow_symlinks=True) and not entry.is_symlink():
+                found += _files_under(entry.path, (*prefix, entry.name))
+            elif entry.is_file():
+                found.append((*prefix, entry.name))
+    return found
 
 
 def scan_split(split_dir: Path, classes: list[str]) -> Samples:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, NamedTuple
@@ -69,10 +70,16 @@ def transformed(transform: Callable, image, aug_seed: int | None):
     if aug_seed is None:
         return transform(image)
     # Seeding per sample makes augmentation a function of (seed, epoch, index): identical whatever
-    # the worker count, and after a resume. fork_rng keeps the caller's RNG stream untouched.
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(aug_seed)
+    # the worker count, and after a resume. The transforms draw from the CPU generator only; saving and
+    # restoring its state keeps the caller's stream untouched (torch.random.fork_rng with torch.manual_seed,
+    # which also visits every device backend, cost far more a sample: docs/performance.md).
+    generator = torch.default_generator
+    state = generator.get_state()
+    generator.manual_seed(aug_seed)
+    try:
         return transform(image)
+    finally:
+        generator.set_state(state)
 
 
 @dataclass(frozen=True)
@@ -150,6 +157,34 @@ class EpochSampler(Sampler):
         return iter(self.shard.take(self.global_order(), self.batch))
 
 
+class ReadAhead:
+    """A DataLoader without worker processes, with a thread that decodes its images ahead, in the order the
+    loader will ask for them (`fill(paths, stop)`: the decoded-image cache's `read_ahead`). JPEG decoding then
+    overlaps the training step; cropping, which draws random numbers, stays in the loop, so the batches are
+    the same. Everything else (len, sampler, dataset) is the loader's."""
+
+    def __init__(self, loader: DataLoader, fill: Callable):
+        self.loader, self.fill = loader, fill
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __getattr__(self, name: str):
+        return getattr(self.__dict__["loader"], name)
+
+    def __iter__(self):
+        samples = self.loader.dataset.samples
+        paths = [samples[index][0] for index, _ in self.loader.sampler]  # this epoch's order (after a resume's skip)
+        stop = threading.Event()
+        thread = threading.Thread(target=self.fill, args=(paths, stop), daemon=True, name="transferkit-read-ahead")
+        thread.start()
+        try:
+            yield from self.loader
+        finally:
+            stop.set()
+            thread.join()
+
+
 def batch_to_device(batch: Batch, device: torch.device, channels_last: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """A batch's images and labels on `device`, images in the model's memory format."""
     images = batch.images.to(device, non_blocking=True)
@@ -194,14 +229,18 @@ def default_num_workers(device: torch.device, processes: int = 1) -> int:
     return min(4, cores // 4)
 
 
-def default_eval_batch_size(device: torch.device, batch_size: int) -> int:
-    """Batch for evaluation and feature extraction: on CPU at most max(8, threads), where inference runs fastest.
+def default_eval_batch_size(device: torch.device, batch_size: int, input_size: int = 224) -> int:
+    """Batch for evaluation and feature extraction: on CPU max(8, threads) at 224 px, larger in proportion to the
+    pixels saved at smaller inputs, at most batch_size. Elsewhere: batch_size.
 
-    Small batches keep a CPU's activations in cache (measured on 2 cores: 2.7x the images/s of batch 32 for
-    EfficientNet-Lite0, 1.3x for ResNet-18); eval-mode results do not depend on the batch. Elsewhere: batch_size.
+    Small batches keep a CPU's activations in cache (measured on 2 cores at 224 px: 2.7x the images/s of batch 32
+    for EfficientNet-Lite0, 1.3x for ResNet-18); at 32 px the activations of 128 images are those of 2.6 at 224 px,
+    and batch 8 ran ResNet-18 at a sixth of batch 128's images/s (docs/performance.md). Eval-mode results do not
+    depend on the batch.
     """
     if device.type == "cpu":
-        return min(batch_size, max(8, torch.get_num_threads()))
+        same_pixels = max(1, round((224 / max(1, input_size)) ** 2))
+        return min(batch_size, max(8, torch.get_num_threads()) * same_pixels)
     return batch_size
 
 

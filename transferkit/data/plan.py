@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
-from transferkit.data.cache import cache_modes, train_cache_size
+from transferkit.data.cache import cache_modes, estimated_bytes, memory_budget, train_cache_size
 from transferkit.data.device_augment import augments_on_device
 from transferkit.data.device_bank import canvas_side_for, fits_on_device
 from transferkit.data.folder import FolderSplits
@@ -37,6 +37,9 @@ class DataPlan:
     workers: int
     sampler: str
     reasons: list[str] = field(default_factory=list)
+    cache_fill: str = "first use"  # when cached images are decoded: at their first use, or all at set-up
+    train_cache_bytes: int = 0  # estimated size of the decoded images each cache will hold
+    eval_cache_bytes: int = 0
     stream: dict | None = None  # data.source webdataset: shards, readers, steps per epoch, shuffle buffer, resume
 
     @staticmethod
@@ -78,12 +81,21 @@ class DataPlan:
         if read_once:
             reasons.append(f"{read_once} read once in {spec.train.epochs} epoch: not held in memory")
         workers = d.num_workers if d.num_workers is not None else default_num_workers(device, processes)
+        sizes = _cache_bytes(splits, prep, train_side, train_cache, eval_cache)
+        reasons += _cache_reasons(train_cache, eval_cache, sizes)
+        # A lazily filled memory cache lives in the process that decodes: with two or more loader workers each
+        # would fill (and hold) a copy of its own, so they are filled once before the workers start instead.
+        fill = "setup" if workers > 1 and "memory" in (train_cache, eval_cache) else "first use"
+        if fill == "setup":
+            reasons.append(f"decoded-image cache filled at set-up: {workers} loader workers would each fill a copy")
+        elif workers == 0 and source != "feature_cache" and {train_cache, eval_cache} & {"memory", "disk"}:
+            reasons.append("no loader workers: a thread decodes the images ahead of the loop into the cache")
         if source == "device_bank":
             workers_note = "no loader workers for training (images on the device)"
             reasons.append(workers_note)
-        eval_batch = d.eval_batch_size or default_eval_batch_size(device, d.batch_size)
+        eval_batch = d.eval_batch_size or default_eval_batch_size(device, d.batch_size, prep.input_size)
         return cls(source, train_cache, eval_cache, train_side, side if resident else 0, d.batch_size, eval_batch,
-                   workers, d.sampler, reasons)
+                   workers, d.sampler, reasons, fill, *sizes)
 
     def describe(self) -> str:
         """One line for the run header."""
@@ -91,9 +103,15 @@ class DataPlan:
                  "feature_cache": "cached backbone features"}[self.train_source]
         canvas = f", canvases {self.canvas_side}px" if self.canvas_side else ""
         why = f" ({'; '.join(self.reasons)})" if self.reasons else ""
-        return (f"data: train {where}{canvas}, train cache {self.train_cache}, eval cache {self.eval_cache}, "
+        return (f"data: train {where}{canvas}, train cache {self.train_cache}, eval cache {self.eval_cache}"
+                f"{' (filled at first use)' if self.cache_fill == 'first use' and self.caches_anything else ''}, "
                 f"batch {self.batch_size} ({self.sampler}), eval batch {self.eval_batch_size}, "
                 f"{self.workers} worker(s){why}")
+
+    @property
+    def caches_anything(self) -> bool:
+        """True when a host-side decoded-image cache (memory or disk) is used."""
+        return bool({"memory", "disk"} & {self.train_cache, self.eval_cache})
 
     def to_dict(self) -> dict:
         """Plain data, written as data_plan.json."""
@@ -127,3 +145,23 @@ def _cache_modes(spec: ExperimentSpec, splits: FolderSplits, prep: Preprocessing
     eval_view = source == "feature_cache" and spec.lr_policy.cache_views == 0
     train_mode, eval_mode = cache_modes(splits, prep, requested, None if eval_view else train_side)
     return ("eval-side" if eval_view else train_mode), eval_mode
+
+
+def _cache_bytes(splits: FolderSplits, prep: Preprocessing, train_side: int, train_cache: str,
+                 eval_cache: str) -> tuple[int, int]:
+    """(training, evaluation) decoded-image bytes the caches will hold, estimated from a sample of file headers."""
+    evaluation = [str(path) for samples in (splits.test, splits.val or []) for path, _ in samples]
+    train = [str(path) for path, _ in splits.train]
+    train_bytes = estimated_bytes(train, train_side, shrink_only=True) if train_cache in ("memory", "disk") else 0
+    if train_cache == "eval-side":
+        evaluation += train
+    eval_bytes = estimated_bytes(evaluation, prep.resize_size) if eval_cache in ("memory", "disk") else 0
+    return train_bytes, eval_bytes
+
+
+def _cache_reasons(train_cache: str, eval_cache: str, sizes: tuple[int, int]) -> list[str]:
+    """Why a side's decoded images went to disk: they take more than data.cache auto's memory budget."""
+    budget = memory_budget()
+    return [f"{side} images on disk: {size / 2**20:,.1f} MiB decoded, over the {budget / 2**20:,.1f} MiB kept in memory"
+            for side, mode, size in (("training", train_cache, sizes[0]), ("evaluation", eval_cache, sizes[1]))
+            if mode == "disk" and size > budget]

@@ -63,6 +63,10 @@ class ImagePreparer:
             return self._from_tensor(item)
         raise DataError(f"cannot predict a {type(item).__name__}; give a path, a PIL image or a (3, H, W) tensor")
 
+    def from_bytes(self, name: str, data: bytes) -> torch.Tensor:
+        """The model input for an image file's bytes (an upload), decoded as the file itself would be."""
+        return self.pil_transform(open_rgb(name, data, min_side=self.prep.resize_size))
+
     def _from_tensor(self, tensor: torch.Tensor) -> torch.Tensor:
         if tensor.dim() != 3 or tensor.shape[0] != 3:
             raise DataError(f"image tensor of shape {tuple(tensor.shape)}: expected (3, H, W) RGB with values 0-255")

@@ -70,11 +70,7 @@ class RowWriter:
             if self.fmt == "csv":
                 self.csv.writerow([p.source, *self.task.prediction_cells(p, self.top_k), p.error or ""])
             else:
-                record = {"path": p.source, "label": p.label, "probability": p.probability,
-                          "top_k": [{"label": label, "probability": prob} for label, prob in p.top_k]}
-                record.update({key: value for key, value in (("labels", p.labels), ("scores", p.scores),
-                                                             ("values", p.values)) if value is not None})
-                self.buffer.write(json.dumps({**record, "error": p.error}) + "\n")
+                self.buffer.write(json.dumps({"path": p.source, **p.record(), "error": p.error}) + "\n")
         self._flush()
 
 

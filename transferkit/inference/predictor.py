@@ -34,6 +34,15 @@ class Prediction:
         """True when the input was read and predicted."""
         return self.error is None
 
+    def record(self) -> dict:
+        """The answer as JSON-ready fields (label, probability, top_k and the task's labels, scores or values), as
+        `predict --output x.jsonl` and `serve` write it."""
+        record = {"label": self.label, "probability": self.probability,
+                  "top_k": [{"label": label, "probability": prob} for label, prob in self.top_k]}
+        record.update({key: value for key, value in (("labels", self.labels), ("scores", self.scores),
+                                                     ("values", self.values)) if value is not None})
+        return record
+
 
 def softmax(logits: np.ndarray) -> np.ndarray:
     """Row-wise softmax in float64, so each row sums to 1 to within rounding."""
@@ -74,14 +83,17 @@ class Predictor:
         """Predictions batch by batch, one per item, in input order (for writing as they come)."""
         k = max(1, min(top_k, len(self.classes)))
         for batch, logits in self.scored_batches(items):
-            answers = self.task.answers(logits)
-            rows: dict[int, Prediction] = {}
+            sources = [describe_item(items[position], position) for position in batch.positions]
+            rows = dict(zip(batch.positions, self.answer_rows(logits, sources, k)))
             for position, error in batch.errors.items():
                 rows[position] = Prediction(describe_item(items[position], position), None, None, [], error)
-            for row, position in enumerate(batch.positions):
-                fields = self.task.answer(answers[row], k)
-                rows[position] = Prediction(describe_item(items[position], position), **{"top_k": [], **fields})
             yield [rows[p] for p in sorted(rows)]
+
+    def answer_rows(self, logits: np.ndarray, sources: list[str], top_k: int) -> list[Prediction]:
+        """The task's answer for each row of `logits` (N, C), named by `sources`."""
+        answers = self.task.answers(logits) if len(sources) else []
+        return [Prediction(source, **{"top_k": [], **self.task.answer(row, top_k)})
+                for source, row in zip(sources, answers)]
 
     def predict(self, inputs, top_k: int = 5) -> list[Prediction]:
         """Predictions for paths, PIL images or 0-255 tensors ((3, H, W) or (N, 3, H, W)); one per image."""

@@ -47,7 +47,7 @@ class TorchPredictor(Predictor):
         self.channels_last = channels_last_pays(model, self.device)
         memory_format = torch.channels_last if self.channels_last else torch.preserve_format
         self.model = model.to(self.device, memory_format=memory_format).eval()
-        self.batch_size = batch_size or default_eval_batch_size(self.device, 64)
+        self.batch_size = batch_size or default_eval_batch_size(self.device, 64, self.preprocessing.input_size)
         self.decode_threads = decode_threads or default_decode_threads(self.device)
 
     def logits(self, images: torch.Tensor) -> np.ndarray:

@@ -136,9 +136,10 @@ class DataSpec(_Spec):
     eval_batch_size: int | None = Field(None, gt=0, description="evaluation batch size; default: batch_size")
     num_workers: int | None = Field(None, ge=0, description="DataLoader worker processes; default: chosen from the cores")
     cache: Literal["auto", "none", "memory", "disk", "device"] = Field(
-        "auto", description="decoded-image cache: memory, disk (memory-mapped), device (training images resident on the "
-                            "accelerator, cropped there; not with augment_on cpu), none, or auto (device on CUDA when "
-                            "augmentation is on the device and the images fit)")
+        "auto", description="decoded-image cache, filled as images are first read: memory, disk (a file read back "
+                            "through the page cache), device (training images resident on the accelerator, cropped "
+                            "there; not with augment_on cpu), none, or auto (device on CUDA when augmentation is on "
+                            "the device and the images fit; else memory up to 256 MiB of decoded images, else disk)")
     on_bad_image: Literal["fail", "skip"] = Field("fail", description="what an unreadable image does: stop the run, or be left out and reported")
     limit: int | None = Field(None, gt=0, description="use at most this many images per split (quick runs)")
     options: dict[str, Any] = Field(default_factory=dict, description="settings of a dataset that declares its own options (checked against them when the recipe is read); folder takes none")

@@ -12,7 +12,7 @@ import torch
 from rich.console import Console
 
 from transferkit.data.balance import balanced_weights, loss_weights
-from transferkit.data.cache import image_decoders
+from transferkit.data.cache import image_decoders, with_read_ahead
 from transferkit.data.device_bank import DeviceBatches, DeviceImageBank
 from transferkit.data.features import Extractor, cache_features
 from transferkit.data.folder import FolderSplits
@@ -131,6 +131,7 @@ def build_loaders(spec: ExperimentSpec, plan: DataPlan, splits: FolderSplits, pr
         if plan.train_source == "device_bank" else splits
     train_decode, eval_decode = image_decoders(host_splits, prep, "auto", d.on_bad_image, train_size,
                                                modes=(host_train, plan.eval_cache),
+                                               fill_now=plan.cache_fill == "setup",
                                                memo=caches.decoded if caches else None)
     eval_sets = {"test": ImageFileDataset(splits.test, eval_transform(prep), eval_decode)}
     if splits.val:
@@ -148,8 +149,10 @@ def build_loaders(spec: ExperimentSpec, plan: DataPlan, splits: FolderSplits, pr
                               crop_size=prep.train_input_size, channels_last=channels_last, shard=shard)
     else:
         train_ds = ImageFileDataset(splits.train, train_transform(prep, d), train_decode)
-        train = make_loader(train_ds, d.batch_size, True, spec.seed, plan.workers, device, weights, shard)
-    evals = {split: make_loader(ds, plan.eval_batch_size, False, spec.seed, plan.workers, device, shard=shard)
+        train = with_read_ahead(make_loader(train_ds, d.batch_size, True, spec.seed, plan.workers, device, weights,
+                                            shard), train_decode)
+    evals = {split: with_read_ahead(make_loader(ds, plan.eval_batch_size, False, spec.seed, plan.workers, device,
+                                                shard=shard), eval_decode)
              for split, ds in eval_sets.items()}
     return train, evals
 
