@@ -56,7 +56,7 @@ def stream_plan(spec: ExperimentSpec, device: torch.device, splits: ShardSplits,
                    f"{len(splits.train.urls)} shards, their features held in memory (the images are not)"]
     eval_batch = d.eval_batch_size or default_eval_batch_size(device, d.batch_size)
     return DataPlan("feature_cache" if features else "stream", "none", "none", 0, 0, d.batch_size, eval_batch, workers,
-                    f"shuffle buffer {d.shuffle_buffer}", reasons, stream)
+                    f"shuffle buffer {d.shuffle_buffer}", reasons, stream=stream)
 
 
 def _settings(split: ShardSplit, splits: ShardSplits, batch: int, train: bool, spec: ExperimentSpec, plan: DataPlan,
