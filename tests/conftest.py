@@ -7,9 +7,16 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
-import pytest
-from PIL import Image
+# One intra-op thread for torch here and in every CLI subprocess (they inherit os.environ): the models are
+# tiny, and on a busy 2-core machine a second OpenMP thread spin-waits for its turn, costing far more CPU
+# than it saves (measured in docs/testing.md). Set before anything imports torch.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+if "torch" in sys.modules:  # imported already by a pytest plugin: the variable came too late for it
+    sys.modules["torch"].set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+from PIL import Image  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 CLOTHING = REPO.parent / "shared" / "data" / "clothing-small"

@@ -176,6 +176,34 @@ def test_other_tasks_are_served_as_predict_answers_them(trained):
         np.testing.assert_allclose(list(got[key].values()), list(expected[key].values()), rtol=1e-5)
 
 
+def test_an_openvino_export_is_served_as_predict_answers_it(trained, tmp_path):
+    """The OpenVINO IR `export` writes, served in-process: `--backend openvino` accepts the .xml, refuses a
+    checkpoint with the export command, and the answers equal `predict`'s on the same file."""
+    from fastapi.testclient import TestClient
+
+    import transferkit
+    from transferkit.errors import TransferkitError
+    from transferkit.inference.export import export_model
+    from transferkit.serve.app import create_app
+    from transferkit.serve.backends import check_backend
+
+    xml = export_model(transferkit.load(trained["run"], device="cpu").predictor, "openvino",
+                       tmp_path / "model.xml", check=0).path
+    assert check_backend(xml, "openvino") == "openvino"
+    with pytest.raises(TransferkitError, match="--format openvino"):
+        check_backend(trained["run"] / "best.pt", "openvino")
+    model = transferkit.load(xml, device="cpu")
+    photos = trained["images"][:2]
+    expected = [p.record() for p in model.predict(photos, top_k=3)]
+    with TestClient(create_app(model.predictor)) as client:
+        assert client.get("/metadata").json()["format"] == "openvino"
+        for photo, want in zip(photos, expected):
+            got = client.post("/predict?top_k=3", content=photo.read_bytes(),
+                              headers={"content-type": "image/jpeg"}).json()["predictions"][0]
+            want.pop("file", None)
+            assert_same(got, want)
+
+
 @pytest.mark.skipif(CHROMIUM is None and not BROWSER_REQUIRED,
                     reason="Debian's chromium is not installed (apt-get install -y chromium; .ci/run installs it)")
 def test_the_page_shows_the_top_classes_in_headless_chromium(trained, server, tmp_path):

@@ -548,7 +548,7 @@ def shard(target: str = typer.Argument(..., metavar="FOLDER|TABLE.csv", help="fo
 
 
 @app.command()
-def evaluate(model: str = typer.Argument(..., help="run directory (runs/<name>/<variant>), checkpoint, or exported .onnx or TorchScript file"),
+def evaluate(model: str = typer.Argument(..., help="run directory (runs/<name>/<variant>), checkpoint, or exported .onnx, OpenVINO .xml or TorchScript file"),
              data: Optional[Path] = typer.Option(None, "--data", help="folder of class sub-folders (or one with test/, val/), "
                                                                      "label table, or shard folder; default: the "
                                                                      "split the run trained with"),
@@ -561,7 +561,7 @@ def evaluate(model: str = typer.Argument(..., help="run directory (runs/<name>/<
              progress: bool = typer.Option(True, "--progress/--no-progress", help="show progress")) -> None:
     """Loss, top-1/top-5 accuracy, per-class precision/recall/F1, confusion matrix and top losses."""
     from transferkit.inference.evaluate import default_output, evaluate_folder, print_evaluation, print_unreadable
-    from transferkit.inference.model import load_predictor
+    from transferkit.inference.backends import load_predictor
 
     if split not in ("test", "val"):
         raise TransferkitError(f"--split {split}: use test or val")
@@ -575,7 +575,7 @@ def evaluate(model: str = typer.Argument(..., help="run directory (runs/<name>/<
 
 
 @app.command()
-def predict(model: str = typer.Argument(..., help="run directory, checkpoint (.pt), or exported .onnx or TorchScript file"),
+def predict(model: str = typer.Argument(..., help="run directory, checkpoint (.pt), or exported .onnx, OpenVINO .xml or TorchScript file"),
             inputs: list[str] = typer.Argument(..., help="image files, folders, .txt files of paths, or - for stdin"),
             top_k: int = typer.Option(5, "--top-k", min=1, help="labels and probabilities per row"),
             output: Optional[Path] = typer.Option(None, "--output", "-o", help="preds.csv or preds.jsonl; "
@@ -587,7 +587,7 @@ def predict(model: str = typer.Argument(..., help="run directory, checkpoint (.p
     """Classify images: one row per input, written as it goes; exit 1 when some could not be read."""
     from transferkit.inference.inputs import collect_inputs
     from transferkit.inference.predict_files import output_format, predict_to_file
-    from transferkit.inference.model import load_predictor
+    from transferkit.inference.backends import load_predictor
 
     output_format(output)  # a bad name is refused before the model loads
     if output is not None and output.exists() and not overwrite:
@@ -646,38 +646,68 @@ def explain(model: str = typer.Argument(..., help="run directory or checkpoint (
 
 @app.command()
 def export(model: str = typer.Argument(..., help="run directory or checkpoint"),
-           format: str = typer.Option("onnx", "--format", help="onnx or torchscript"),
+           format: str = typer.Option("onnx", "--format", help="onnx, onnx-fp16, onnx-int8, openvino or torchscript "
+                                                                "(docs/using-models.md#export)"),
            output: Optional[Path] = typer.Option(None, "--output", help="file to write; default beside the checkpoint"),
            check: Optional[int] = typer.Option(None, "--check", min=0, help="images to compare with PyTorch "
-                                               "(default 16: the run's test images, else synthetic; 0: no check)"),
+                                               "(default 64: the run's test images, else synthetic; 0: no check)"),
+           calibration: Optional[int] = typer.Option(None, "--calibration", min=1, help="onnx-int8: training images "
+                                                     "that set the activation ranges (default 200)"),
+           data: Optional[Path] = typer.Option(None, "--data", help="the run's data folder, when it moved (check "
+                                                                   "and calibration images)"),
            overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing file")) -> None:
-    """Write the model as ONNX or TorchScript (normalisation, classes and preprocessing inside), checked against PyTorch."""
+    """Write the model (normalisation, classes, preprocessing and task inside), checked against PyTorch within the
+    format's tolerance."""
+    from transferkit.inference.backends import is_export
     from transferkit.inference.checkpoint_io import read_checkpoint
-    from transferkit.inference.export import TOLERANCE, export_model
+    from transferkit.inference.export import export_model
     from transferkit.inference.torch_predictor import TorchPredictor
 
-    from transferkit.inference.torchscript_predictor import is_torchscript
-
-    if Path(model).suffix.lower() == ".onnx" or (Path(model).is_file() and is_torchscript(Path(model))):
+    if is_export(model):
         raise TransferkitError(f"{model}: already an exported model; export takes a run directory or checkpoint")
-    result = export_model(TorchPredictor(read_checkpoint(model), "cpu"), format, output, check, overwrite)
-    if result.checked:
-        err.print(f"checked on {result.checked} {result.check_images}: max probability difference "
-                  f"{result.max_probability_difference:.1e} (tolerance {TOLERANCE:.0e}), max logit difference "
-                  f"{result.max_logit_difference:.1e}, same label on {result.same_labels}/{result.checked}",
-                  highlight=False, soft_wrap=True)
-    else:
-        err.print("not checked (--check 0)")
+    result = export_model(TorchPredictor(read_checkpoint(model), "cpu"), format, output, check, calibration, data,
+                          overwrite)
+    err.print(result.line(), highlight=False, soft_wrap=True)
     if result.card is not None:
         err.print(f"model card: {result.card}", markup=False, highlight=False, soft_wrap=True)
     out.print(str(result.path), markup=False, highlight=False)
 
 
 @app.command()
-def serve(model: str = typer.Argument(..., help="run directory, checkpoint (.pt), or exported .onnx or TorchScript file"),
+def benchmark(model: str = typer.Argument(..., help="run directory or checkpoint"),
+              data: Optional[str] = typer.Option(None, "--data", help="labelled images: class folders, or a folder "
+                                                                     "with test/ (default: the run's test split)"),
+              formats: Optional[list[str]] = typer.Option(None, "--formats", help="some of pytorch, onnx, onnx-fp16, "
+                                                          "onnx-int8, openvino, torchscript, comma-separated "
+                                                          "(default: all)"),
+              output: Optional[Path] = typer.Option(None, "--output", help="folder for the exports and "
+                                                                         "benchmark.json/.md/.png; default "
+                                                                         "<run>/benchmark/"),
+              batch: int = typer.Option(32, "--batch", min=1, help="batch of the images/s measurement"),
+              limit: Optional[int] = typer.Option(None, "--limit", min=1, help="at most N labelled images"),
+              rounds: int = typer.Option(6, "--rounds", min=1, help="alternating speed rounds (each: 10 batch-1 "
+                                                                     "calls and one full batch per format)"),
+              calibration: Optional[int] = typer.Option(None, "--calibration", min=1, help="onnx-int8 calibration "
+                                                        "images from the run's training split (default 200)"),
+              progress: bool = typer.Option(True, "--progress/--no-progress", help="show progress")) -> None:
+    """Every export format of one model side by side: size, batch-1 latency, images/s, accuracy, agreement with fp32."""
+    from transferkit.run.benchmark import BenchmarkSettings, run_benchmark
+    from transferkit.run.benchmark_report import print_benchmark, write_benchmark
+
+    _api()
+    settings = BenchmarkSettings(formats=formats, data=data, limit=limit, batch=batch, rounds=rounds,
+                                 calibration=calibration)
+    result = run_benchmark(model, output, settings, err, progress)
+    written = write_benchmark(result, result.output)
+    print_benchmark(result, out)
+    err.print(f"wrote {', '.join(str(p) for p in written)} in {result.seconds:.0f}s", highlight=False, soft_wrap=True)
+
+
+@app.command()
+def serve(model: str = typer.Argument(..., help="run directory, checkpoint (.pt), or exported .onnx, OpenVINO .xml or TorchScript file"),
           host: str = typer.Option("127.0.0.1", "--host", help="address to listen on (0.0.0.0: every interface)"),
           port: int = typer.Option(8000, "--port", min=0, max=65535, help="TCP port (0: a free one, printed)"),
-          backend: Optional[str] = typer.Option(None, "--backend", help="torch or onnx; default: the file decides "
+          backend: Optional[str] = typer.Option(None, "--backend", help="torch, onnx or openvino; default: the file decides "
                                                 "(a check that it runs the file given)"),
           device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps"),
           max_batch: int = typer.Option(32, "--max-batch", min=1, help="most images in one forward pass (1: no batching)"),

@@ -15,7 +15,9 @@ from transferkit.files import check_room
 
 LAST, BEST = "last.pt", "best.pt"  # last: everything an exact resume needs; best: the best weights
 CHECKPOINTS = (BEST, LAST)  # the one inference reads first
-EXPORTS = {"onnx": "model.onnx", "torchscript": "model.torchscript.pt"}  # `transferkit export`'s default files
+# `transferkit export`'s default files (OpenVINO writes its weights beside the .xml, as model.openvino.bin)
+EXPORTS = {"onnx": "model.onnx", "onnx-fp16": "model.fp16.onnx", "onnx-int8": "model.int8.onnx",
+           "openvino": "model.openvino.xml", "torchscript": "model.torchscript.pt"}
 ROOM_MARGIN = 1 << 20  # metrics, summary, recipe copies and plots beside the checkpoints: well under a MiB
 
 # Settings a resume may change: where and how fast it runs, not what it computes.
@@ -51,7 +53,7 @@ class RunDir:
         return self.path / "evaluation" / split
 
     def export(self, fmt: str) -> Path:
-        """The default file of an export in `fmt` (onnx, torchscript)."""
+        """The default file of an export in `fmt` (onnx, onnx-fp16, onnx-int8, openvino, torchscript)."""
         return self.path / EXPORTS[fmt]
 
     def checkpoint(self) -> Path | None:

@@ -149,7 +149,8 @@ def folder_samples(folder: str | Path, split: str, classes: list[str], recipe: d
 
 
 def recipe_samples(recipe: dict, split: str, classes: list[str]) -> tuple[Samples, Path]:
-    """The split the run trained with: its dataset, seed and data.limit, labels indexing the model's `classes`."""
+    """A split of the run's data (test, val, or train for int8 calibration) read as the run read it: its dataset,
+    seed and data.limit, labels indexing the model's `classes`."""
     from transferkit.data.splits import recipe_splits
     from transferkit.plugins import load_plugins
     from transferkit.recipe.spec import ExperimentSpec
@@ -162,7 +163,7 @@ def recipe_samples(recipe: dict, split: str, classes: list[str]) -> tuple[Sample
         raise DataError(f"the run's data cannot be read ({exc}); pass --data FOLDER (in Python: a folder)") from None
     if isinstance(splits, ShardSplits):
         return streamed_samples(splits, split, classes)
-    samples = splits.test if split == "test" else splits.val
+    samples = {"test": splits.test, "val": splits.val, "train": splits.train}[split]
     where = Path(splits.root or spec.data.root or spec.data.dataset)
     if not samples:
         raise DataError(f"{where}: the run's data has no {split} split; use --split test or pass --data FOLDER")

@@ -179,15 +179,15 @@ def explain(predictor: Predictor, items: list, layer: str | None = None, target:
 
 
 def explainable(path: str | Path, device: str = "auto") -> Predictor:
-    """The PyTorch predictor of a run directory or checkpoint; an exported ONNX or TorchScript file is refused
+    """The PyTorch predictor of a run directory or checkpoint; an exported file (ONNX, OpenVINO, TorchScript) is refused
     (it carries no gradients), as is a missing grad-cam package."""
+    from transferkit.inference.backends import is_export
     from transferkit.inference.checkpoint_io import read_checkpoint
     from transferkit.inference.torch_predictor import TorchPredictor
-    from transferkit.inference.torchscript_predictor import is_torchscript
 
     path = Path(path).expanduser()
-    if path.suffix.lower() == ".onnx" or (path.is_file() and is_torchscript(path)):
-        kind = "ONNX" if path.suffix.lower() == ".onnx" else "TorchScript"
+    if is_export(path):
+        kind = {".onnx": "ONNX", ".xml": "OpenVINO"}.get(path.suffix.lower(), "TorchScript")
         raise TransferkitError(f"{path}: an exported {kind} model cannot be explained (Grad-CAM needs PyTorch's "
                                f"gradients); give the run directory it was exported from, or its best.pt")
     _grad_cam()

@@ -8,16 +8,13 @@ import numpy as np
 import torch
 
 from transferkit.errors import TransferkitError
-from transferkit.inference.checkpoint_io import read_checkpoint
-from transferkit.inference.ensemble import EnsemblePredictor, is_cv_folder
+from transferkit.inference.backends import load_predictor
 from transferkit.inference.evaluate import Evaluation, evaluate_folder
 from transferkit.inference.batches import expand_items
 from transferkit.inference.explain import Explanation, explain
 from transferkit.inference.export import ExportResult, export_model
-from transferkit.inference.onnx_predictor import OnnxPredictor
 from transferkit.inference.predictor import Prediction, Predictor
 from transferkit.inference.torch_predictor import TorchPredictor
-from transferkit.inference.torchscript_predictor import TorchScriptPredictor, is_torchscript
 
 
 class Model:
@@ -70,28 +67,17 @@ class Model:
         return explain(self.predictor, items, layer, target)[1]
 
     def export(self, path: str | Path | None = None, format: str = "onnx", check: int | None = None,
-               overwrite: bool = False) -> ExportResult:
-        """Write the model as ONNX or TorchScript beside the checkpoint (or at `path`), checked against this one."""
+               calibration: int | None = None, data: str | Path | None = None, overwrite: bool = False) -> ExportResult:
+        """Write the model as onnx, onnx-fp16, onnx-int8, openvino or torchscript beside the checkpoint (or at
+        `path`), checked against this one; int8 calibrates on `calibration` training images; an existing file is
+        replaced only with `overwrite` (see inference.export)."""
         if not isinstance(self.predictor, TorchPredictor):
             raise TransferkitError(f"{self.source}: only a PyTorch checkpoint can be exported; "
                                    f"this is {self.source.suffix}")
-        return export_model(self.predictor, format, path, check, overwrite)
-
-
-def load_predictor(path: str | Path, device: str = "auto", batch_size: int | None = None) -> Predictor:
-    """The backend for a run directory or checkpoint (.pt: PyTorch), a file `export` wrote: ONNX (ONNX Runtime)
-    or TorchScript (torch.jit), or a `transferkit cv` folder (its folds' models averaged)."""
-    path = Path(path).expanduser()
-    if is_cv_folder(path):
-        return EnsemblePredictor(path, device, batch_size)
-    if path.suffix.lower() == ".onnx":
-        return OnnxPredictor(path, device, batch_size)
-    if path.is_file() and is_torchscript(path):
-        return TorchScriptPredictor(path, device, batch_size)
-    return TorchPredictor(read_checkpoint(path), device, batch_size)
+        return export_model(self.predictor, format, path, check, calibration, data, overwrite)
 
 
 def load(path: str | Path, device: str = "auto", batch_size: int | None = None) -> Model:
-    """A model from a run directory, a checkpoint (.pt), an exported ONNX or TorchScript file, or a `transferkit
-    cv` folder (the folds' ensemble); weights land on `device`."""
+    """A model from a run directory, a checkpoint (.pt), a file `export` wrote (ONNX fp32/fp16/int8, OpenVINO IR,
+    TorchScript), or a `transferkit cv` folder (the folds' ensemble); weights land on `device`."""
     return Model(load_predictor(path, device, batch_size))

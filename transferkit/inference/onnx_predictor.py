@@ -8,7 +8,6 @@ import numpy as np
 import torch
 
 from transferkit.errors import TransferkitError
-from transferkit.inference.batches import default_decode_threads
 from transferkit.model.checkpoint_format import CheckpointError
 from transferkit.inference.onnx_metadata import read_export_metadata
 from transferkit.inference.predictor import Predictor
@@ -54,11 +53,8 @@ class OnnxPredictor(Predictor):
             reason = " ".join(str(exc).split())[:200]
             raise CheckpointError(f"{self.source}: not a readable ONNX model ({reason}); export it again") from None
         exported = read_export_metadata(self.session.get_modelmeta().custom_metadata_map, self.source, "ONNX")
-        self.classes, self.preprocessing = exported.classes, exported.preprocessing
-        self.recipe, self.task = exported.recipe, exported.task
         self.input_name = self.session.get_inputs()[0].name
-        self.batch_size = batch_size or (8 if self.device.type == "cpu" else 64)
-        self.decode_threads = decode_threads or default_decode_threads(self.device)
+        self.adopt_export(exported, batch_size, decode_threads)
 
     def logits(self, images: torch.Tensor) -> np.ndarray:
         """Class logits (N, C) of uint8 (N, 3, S, S) images, from ONNX Runtime."""

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 import numpy as np
 import torch
 
-from transferkit.inference.batches import ImageBatch, ImagePreparer, expand_items, read_batches
+from transferkit.inference.batches import ImageBatch, ImagePreparer, default_decode_threads, expand_items, read_batches
 from transferkit.model.preprocess import Preprocessing
 from transferkit.tasks import Task
+
+if TYPE_CHECKING:
+    from transferkit.inference.onnx_metadata import ExportedModel
 
 
 @dataclass
@@ -60,6 +63,7 @@ class Predictor:
     """Shared by every backend: batching, overlapped decoding, top-k; a backend supplies `logits`."""
 
     classes: list[str]  # the head's outputs: classes, labels or target names
+    format: str = "pytorch"  # or the export format: onnx, onnx-fp16, onnx-int8, openvino, torchscript
     task: Task
     preprocessing: Preprocessing
     recipe: dict
@@ -71,6 +75,14 @@ class Predictor:
     def logits(self, images: torch.Tensor) -> np.ndarray:
         """Class logits (N, C) of uint8 (N, 3, S, S) images."""
         raise NotImplementedError
+
+    def adopt_export(self, exported: "ExportedModel", batch_size: int | None, decode_threads: int | None) -> None:
+        """An exported file's backend: classes, preprocessing, recipe, task and format from its metadata; a batch
+        of 8 on the CPU (64 elsewhere) and the device's decoding threads unless given."""
+        self.classes, self.preprocessing = exported.classes, exported.preprocessing
+        self.recipe, self.task, self.format = exported.recipe, exported.task, exported.format
+        self.batch_size = batch_size or (8 if self.device.type == "cpu" else 64)
+        self.decode_threads = decode_threads or default_decode_threads(self.device)
 
     def scored_batches(self, items: list) -> Iterator[tuple[ImageBatch, np.ndarray]]:
         """Each batch of `items` with its logits, in input order; unreadable items carry their error."""

@@ -13,7 +13,6 @@ import torch
 
 from transferkit.device import resolve_device
 from transferkit.errors import TransferkitError
-from transferkit.inference.batches import default_decode_threads
 from transferkit.model.checkpoint_format import CheckpointError
 from transferkit.inference.onnx_metadata import TORCHSCRIPT_METADATA, read_export_metadata
 from transferkit.inference.predictor import Predictor
@@ -50,10 +49,7 @@ class TorchScriptPredictor(Predictor):
         raw = extra[TORCHSCRIPT_METADATA]
         meta = json.loads(raw) if raw else {}
         exported = read_export_metadata(meta, self.source, "TorchScript")
-        self.classes, self.preprocessing = exported.classes, exported.preprocessing
-        self.recipe, self.task = exported.recipe, exported.task
-        self.batch_size = batch_size or (8 if self.device.type == "cpu" else 64)
-        self.decode_threads = decode_threads or default_decode_threads(self.device)
+        self.adopt_export(exported, batch_size, decode_threads)
 
     def logits(self, images: torch.Tensor) -> np.ndarray:
         """Class logits (N, C) of uint8 (N, 3, S, S) images, from the TorchScript module (it takes 0-255 floats)."""

@@ -22,6 +22,7 @@ class Backend:
 BACKENDS = {
     "torch": Backend("PyTorch", "run directories, checkpoints, TorchScript", ("", ".pt", ".pth"), "torchscript"),
     "onnx": Backend("ONNX Runtime", ".onnx files", (".onnx",), "onnx"),
+    "openvino": Backend("OpenVINO", "OpenVINO IR .xml files", (".xml",), "openvino"),
 }
 
 
