@@ -564,9 +564,34 @@ def check_data(target: str = typer.Argument(..., metavar="TARGET", autocompletio
 
 
 @app.command()
+def shard(target: str = typer.Argument(..., metavar="FOLDER|TABLE.csv", help="folder of class folders (train/ and "
+                                                                            "test/, val/ optional), or a label table"),
+          folder: Path = typer.Argument(..., metavar="OUT", help="new or empty folder for the shards and index.json"),
+          shard_size: str = typer.Option("256MB", "--shard-size", metavar="SIZE", help="about how large each shard "
+                                         "is, e.g. 256MB, 1GB (a split's images are spread evenly)"),
+          shards: Optional[int] = typer.Option(None, "--shards", metavar="N", help="the training split in exactly N "
+                                               "shards (a multiple of processes x loader workers reads each image "
+                                               "once an epoch); the other splits by --shard-size"),
+          set_: list[str] = typer.Option([], "--set", metavar="KEY=VALUE", help="how to read the data, e.g. --set "
+                                         "data.split_ratio=0.2, --set task=multi_label, --set seed=1 (repeatable)")) -> None:
+    """Write a data set's splits as WebDataset tar shards with an index (images per shard and class); identical bytes on a rerun."""
+    from transferkit.run.shard import shard_target
+
+    result = shard_target(target, folder, shard_size, set_, lambda path, images: err.print(
+        f"wrote {path.name}: {images} images, {path.stat().st_size / 1e6:.1f} MB", highlight=False), shards)
+    shards = sum(len(split.shards) for split in result.index.splits.values())
+    images = sum(split.images for split in result.index.splits.values())
+    err.print(f"{shards} shards, {images} images and {result.out / 'index.json'} in {result.out}; train on them with:",
+              highlight=False, soft_wrap=True)
+    for line in result.recipe_lines():
+        out.print(line, markup=False, highlight=False, soft_wrap=True)
+
+
+@app.command()
 def evaluate(model: str = typer.Argument(..., help="run directory (runs/<name>/<variant>), checkpoint, or exported .onnx, OpenVINO .xml or TorchScript file"),
-             data: Optional[Path] = typer.Option(None, "--data", help="folder of class sub-folders (or one with test/, val/); "
-                                                                     "default: the split the run trained with"),
+             data: Optional[Path] = typer.Option(None, "--data", help="folder of class sub-folders (or one with test/, val/), "
+                                                                     "label table, or shard folder; default: the "
+                                                                     "split the run trained with"),
              split: str = typer.Option("test", "--split", help="test or val"),
              device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps"),
              output: Optional[Path] = typer.Option(None, "--output", help="folder for the results; default "

@@ -86,13 +86,22 @@ def check_room(folder: Path, needed: int, largest: tuple[Path, int], setting: st
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write `data` to a temp file beside `path`, fsync it, then rename it over `path`; on failure the temp file
     is removed and what was at `path` stays."""
+    with atomic_file(path, len(data)) as handle:
+        handle.write(data)
+
+
+@contextlib.contextmanager
+def atomic_file(path: Path, needed: int | None = None):
+    """A binary file to write `path` through: a temp file beside it, fsynced and renamed over `path` once the block
+    ends without error (streamed, for files too large to hold in memory); on failure the temp file is removed and
+    a refused write is a WriteError (`needed`: the bytes it was to hold, when known)."""
     path = Path(path)
     tmp = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
+            yield handle
             handle.flush()
             os.fsync(handle.fileno())
         os.chmod(tmp, 0o644)
@@ -102,7 +111,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             with contextlib.suppress(OSError):
                 Path(tmp).unlink(missing_ok=True)
         if refused(exc):
-            raise write_error(path, len(data), exc) from exc
+            raise write_error(path, needed, exc) from exc
         raise
 
 

@@ -18,7 +18,7 @@ from transferkit.data.images import FIXES, ImageReadError, open_rgb
 # class-per-folder root ("all") with each other, since a random split may put copies on both sides.
 # Within one split, the same image in two classes is a label conflict.
 __all__ = ["TRAIN", "VAL", "TEST", "ALL", "Problem", "CheckReport", "check_images", "check_splits", "check_folder",
-           "check_table",
+           "check_table", "compare_images",
            "scan_problems", "inspect_image"]
 
 
@@ -27,7 +27,7 @@ class Problem:
     """One problem found in a data set: its kind, the file or folder, and what to do."""
 
     kind: str
-    path: Path
+    path: Path | str  # a file, or a streamed sample's name
     message: str
 
 
@@ -48,8 +48,8 @@ class CheckReport:
         """(kind, path relative to the data root, explanation) per problem, as strings."""
         rows = []
         for problem in self.problems:
-            shown = problem.path
-            if self.root is not None and problem.path.is_relative_to(self.root):
+            shown = problem.path  # a file, or a streamed sample's name (shard URL, key, source)
+            if self.root is not None and isinstance(shown, Path) and shown.is_relative_to(self.root):
                 shown = problem.path.relative_to(self.root)
             rows.append([problem.kind, str(shown), problem.message])
         return rows
@@ -85,7 +85,13 @@ def check_images(images: list[tuple], progress: bool = True, workers: int = 1) -
     with multiprocessing.Pool(min(workers, len(paths))) if parallel else nullcontext() as pool:
         results = pool.imap(inspect_image, paths, chunksize=16) if pool else map(inspect_image, paths)
         results = list(track(results, total=len(paths), description="Checking images", disable=not progress))
-    report = CheckReport(images_checked=len(paths))
+    return compare_images(images, results)
+
+
+def compare_images(images: list[tuple], results: list[tuple[str, Problem | None]]) -> CheckReport:
+    """The report on inspected images ((role, path[, class]) with their (digest, problem)): the unreadable ones,
+    test images duplicating train/val ones, and one image under two classes of one split."""
+    report = CheckReport(images_checked=len(images))
     first_seen: dict[str, Path] = {}
     in_split: dict[tuple[str, str], tuple[Path, str | None]] = {}
     for image, (digest, problem) in zip(images, results):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import os
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +31,25 @@ FIXES = {
 
 
 SKIP_HINT = ", or set data.on_bad_image: skip"  # the way on when a run stops at the image (not once it skips it)
+
+
+@dataclass(frozen=True)
+class EncodedImage:
+    """An image file's bytes with the name that identifies it (a streamed sample: shard, key and source file)."""
+
+    name: str
+    data: bytes
+    suffix: str = ".jpg"
+
+    def __str__(self) -> str:
+        return self.name
+
+    def decode(self, min_side: int | None = None) -> Image.Image:
+        """Upright 8-bit RGB, as open_rgb decodes a file; ImageReadError naming this image when it is unreadable."""
+        try:
+            return open_rgb(Path(f"image{self.suffix}"), self.data, min_side)
+        except ImageReadError as exc:
+            raise ImageReadError(self.name, exc.kind, exc.reason) from exc
 
 
 class ImageReadError(DataError):

@@ -35,12 +35,13 @@ class Batch:
     bad: list[BadImage] = field(default_factory=list)
     boxes: torch.Tensor | None = None
     flips: torch.Tensor | None = None
+    keys: list[str] | None = None  # streamed samples: each good image's key in its split (feature extraction)
 
     def pin_memory(self) -> "Batch":
         """A copy in page-locked memory (the DataLoader's pin_memory thread calls this): asynchronous copies."""
         def pin(t):
             return None if t is None else t.pin_memory()
-        return Batch(pin(self.images), pin(self.labels), self.bad, pin(self.boxes), pin(self.flips))
+        return Batch(pin(self.images), pin(self.labels), self.bad, pin(self.boxes), pin(self.flips), self.keys)
 
 
 class ImageFileDataset(Dataset):
@@ -61,19 +62,24 @@ class ImageFileDataset(Dataset):
             image = self.decode(path)
         except DataError as exc:
             return BadImage(str(path), str(exc))
-        if aug_seed is None:
-            return self.transform(image), label
-        # Seeding per sample makes augmentation a function of (seed, epoch, index): identical whatever
-        # the worker count, and after a resume. The transforms draw from the CPU generator only; saving and
-        # restoring its state keeps the caller's stream untouched (torch.random.fork_rng with torch.manual_seed,
-        # which also visits every device backend, cost far more a sample: docs/performance.md).
-        generator = torch.default_generator
-        state = generator.get_state()
-        generator.manual_seed(aug_seed)
-        try:
-            return self.transform(image), label
-        finally:
-            generator.set_state(state)
+        return transformed(self.transform, image, aug_seed), label
+
+
+def transformed(transform: Callable, image, aug_seed: int | None):
+    """`transform(image)`, its randomness drawn from `aug_seed` when given (the caller's RNG stream untouched)."""
+    if aug_seed is None:
+        return transform(image)
+    # Seeding per sample makes augmentation a function of (seed, epoch, index): identical whatever
+    # the worker count, and after a resume. The transforms draw from the CPU generator only; saving and
+    # restoring its state keeps the caller's stream untouched (torch.random.fork_rng with torch.manual_seed,
+    # which also visits every device backend, cost far more a sample: docs/performance.md).
+    generator = torch.default_generator
+    state = generator.get_state()
+    generator.manual_seed(aug_seed)
+    try:
+        return transform(image)
+    finally:
+        generator.set_state(state)
 
 
 @dataclass(frozen=True)

@@ -41,6 +41,7 @@ class DataPlan:
     cache_fill: str = "first use"  # when cached images are decoded: at their first use, or all at set-up
     train_cache_bytes: int = 0  # estimated size of the decoded images each cache will hold
     eval_cache_bytes: int = 0
+    stream: dict | None = None  # data.source webdataset: shards, readers, steps per epoch, shuffle buffer, resume
 
     @staticmethod
     def refuse_contradictions(spec: ExperimentSpec, device: torch.device, processes: int = 1) -> None:
@@ -101,7 +102,7 @@ class DataPlan:
 
     def describe(self) -> str:
         """One line for the run header."""
-        where = {"loader": "DataLoader", "device_bank": "resident on the device",
+        where = {"loader": "DataLoader", "device_bank": "resident on the device", "stream": "streamed shards",
                  "feature_cache": "cached backbone features"}[self.train_source]
         canvas = f", canvases {self.canvas_side}px" if self.canvas_side else ""
         why = f" ({'; '.join(self.reasons)})" if self.reasons else ""

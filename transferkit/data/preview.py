@@ -7,18 +7,28 @@ from pathlib import Path
 from PIL import Image, ImageDraw, ImageOps
 
 from transferkit.data.folder import FolderSplits
-from transferkit.data.images import open_rgb
+from transferkit.data.images import EncodedImage, open_rgb
+from transferkit.data.shard_index import ShardSplits
+from transferkit.data.stream import StreamedSamples
+from transferkit.errors import DataError
 from transferkit.files import atomic_write_bytes
 
 LABEL_HEIGHT = 18
 
 
 def preview_rows(splits: FolderSplits, per_row: int = 8, max_classes: int = 20) -> list[list[tuple[Path, str]]]:
-    """One row per class (the first `max_classes` classes): its first `per_row` training images, labelled."""
+    """One row per class (the first `max_classes` classes): its first `per_row` training images, labelled.
+
+    Streamed shards are read in order only until every row is full."""
     rows: dict[int, list[tuple[Path, str]]] = {label: [] for label in range(min(len(splits.classes), max_classes))}
-    for path, label in splits.train:
+    samples = splits.train
+    if isinstance(splits, ShardSplits):
+        samples = StreamedSamples(samples.urls, samples.counts, splits.labels, splits.classes)
+    for path, label in samples:
         if label in rows and len(rows[label]) < per_row:
             rows[label].append((path, splits.classes[label]))
+            if all(len(row) == per_row for row in rows.values()):
+                break
     return [row for row in rows.values() if row]
 
 
@@ -29,8 +39,13 @@ def preview_grid(rows: list[list[tuple[Path, str]]], per_row: int = 8, cell: int
     for r, row in enumerate(rows):
         for i, (path, label) in enumerate(row[:per_row]):
             x, y = i * cell, r * (cell + LABEL_HEIGHT)
-            image = ImageOps.pad(open_rgb(path), (cell, cell), color="white")
-            grid.paste(image, (x, y))
+            try:
+                picture = path.decode() if isinstance(path, EncodedImage) else open_rgb(path)
+            except DataError:  # check-data names it; the grid shows where it is
+                draw.rectangle([x, y, x + cell - 1, y + cell - 1], fill="lightgrey")
+                draw.text((x + 4, y + 4), "unreadable", fill="black")
+            else:
+                grid.paste(ImageOps.pad(picture, (cell, cell), color="white"), (x, y))
             draw.text((x + 4, y + cell + 3), label, fill="black")
     return grid
 

@@ -8,6 +8,7 @@ import torch
 
 from transferkit.data.folder import FolderSplits
 from transferkit.data.folds import apply_fold
+from transferkit.data.shard_index import shard_splits
 from transferkit.data.table import table_splits
 from transferkit.errors import DataError
 from transferkit.registry import DATASETS
@@ -54,10 +55,13 @@ def limit_splits(splits: FolderSplits, limit: int, seed: int) -> FolderSplits:
 
 def recipe_splits(spec) -> FolderSplits:
     """The dataset a recipe names (or its label table), resolved to labelled files: limited to data.limit, val
-    carved out if asked, or one fold's part held out as val (data.kfold).
+    carved out if asked, or one fold's part held out as val (data.kfold); or, for data.source webdataset, the
+    streamed splits (ShardSplits) its index counts.
 
     Training and evaluation both call this, so an evaluation reads the very files the run was tested on.
     """
+    if spec.data.source == "webdataset":  # streamed: counted through the index, never listed
+        return shard_splits(spec.data, task_class(spec.task.name).labels_as)
     if spec.data.labels:
         splits = table_splits(spec.data, task_class(spec.task.name).labels_as, spec.seed)
     else:

@@ -12,7 +12,7 @@ import torch
 from PIL import Image, ImageOps
 from torchvision.transforms import v2
 
-from transferkit.data.images import FIXES, ImageReadError, open_rgb, to_rgb
+from transferkit.data.images import FIXES, EncodedImage, ImageReadError, open_rgb, to_rgb
 from transferkit.data.loading import available_cores
 from transferkit.data.transforms import eval_transform, interpolation_mode
 from transferkit.errors import DataError
@@ -54,6 +54,8 @@ class ImagePreparer:
         """The model input for one item; raises DataError (or ImageReadError) when it cannot be read."""
         if isinstance(item, (str, Path)):
             return self.pil_transform(open_rgb(item, min_side=self.prep.resize_size))
+        if isinstance(item, EncodedImage):
+            return self.pil_transform(item.decode(min_side=self.prep.resize_size))
         if isinstance(item, Image.Image):
             image = ImageOps.exif_transpose(item)
             return self.pil_transform(to_rgb(image, Path(getattr(item, "filename", "") or "<PIL image>")))

@@ -3,18 +3,23 @@
 from __future__ import annotations
 
 import csv
+import heapq
 import io
+import itertools
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterable, Iterator
 
 import numpy as np
 from rich.console import Console
 
 from transferkit.data.folder import Samples, class_folders, scan_split, val_folder
+from transferkit.data.shard_index import ShardSplits, folder_recipe, is_shard_folder, shard_splits
+from transferkit.data.stream import StreamedSamples
 from transferkit.errors import DataError, TransferkitError
 from transferkit.files import atomic_write_bytes, atomic_write_text
-from transferkit.inference.batches import ImagePreparer
+from transferkit.inference.batches import ImageBatch, ImagePreparer
 from transferkit.inference.explain import Explanation, top_loss_heatmaps
 from transferkit.inference.feedback import feedback
 from transferkit.inference.metrics import classification_metrics, log_softmax
@@ -23,6 +28,7 @@ from transferkit.inference.checkpoint_io import read_checkpoint
 from transferkit.inference.predictor import Predictor
 from transferkit.inference.task_reports import report_for
 from transferkit.inference.torch_predictor import TorchPredictor
+from transferkit.recipe.spec import DataSpec
 from transferkit.rundir import CHECKPOINTS, RunDir
 from transferkit.tables import print_table
 from transferkit.tasks import Task
@@ -41,6 +47,7 @@ class Evaluation:
     rows: list[dict]
     unreadable: list[dict] = field(default_factory=list)
     task: object = None  # the predictor's Task (its report prints the evaluation)
+    images: dict = field(default_factory=dict)  # the most confidently wrong rows' items by name (top_losses.png)
 
     @property
     def confusion(self) -> np.ndarray:
@@ -68,6 +75,8 @@ def check_classes(model_classes: list[str], folder: Path, folder_classes: list[s
 
 def absent_classes(samples: Samples, classes: list[str]) -> list[str]:
     """The model's classes no sample is labelled with (single-label samples; [] for label vectors)."""
+    if isinstance(samples, StreamedSamples):
+        return samples.absent_classes(classes)
     if not samples or not isinstance(samples[0][1], int):
         return []
     present = {label for _, label in samples}
@@ -112,11 +121,28 @@ def _in_model_order(samples: Samples, outputs: list[str], classes: list[str], wh
     return [(path, index[outputs[label]]) for path, label in samples]
 
 
+def streamed_samples(splits: ShardSplits, split: str, classes: list[str]) -> tuple[StreamedSamples, str]:
+    """A split of streamed shards as samples read in order (never held whole), and the index that counts them."""
+    chosen = splits.split(split)
+    if chosen is None:
+        raise DataError(f"{splits.index_url}: the run's shards have no {split} split; use --split test")
+    if splits.classes != list(classes):
+        raise DataError(f"{splits.index_url}: the shards' {splits.labels} outputs ({', '.join(splits.classes)}) are "
+                        f"not the model's ({', '.join(classes)}); evaluate on shards written for this model")
+    return StreamedSamples(chosen.urls, chosen.counts, splits.labels, splits.classes, chosen.per_class), \
+        splits.index_url
+
+
 def folder_samples(folder: str | Path, split: str, classes: list[str], recipe: dict | None = None
                    ) -> tuple[Samples, Path]:
-    """Labelled files of a class-per-folder set (or a label table, .csv), labels indexing the model's `classes`."""
+    """Labelled files of a class-per-folder set (or a label table, .csv, or the shards `transferkit shard` wrote,
+    streamed), labels indexing the model's `classes`."""
     if Path(folder).suffix.lower() in (".csv", ".tsv"):
         return table_samples(Path(folder).expanduser(), recipe or {}, split, classes)
+    if is_shard_folder(folder):
+        section, index = folder_recipe(folder)
+        data = DataSpec.model_validate(section["data"])
+        return streamed_samples(shard_splits(data, index.labels), split, classes)
     split_dir = folder_split(folder, split)
     present = class_folders(split_dir)
     return _in_model_order(scan_split(split_dir, present), present, classes, split_dir), split_dir
@@ -135,6 +161,8 @@ def recipe_samples(recipe: dict, split: str, classes: list[str]) -> tuple[Sample
         splits = recipe_splits(spec)  # the same files, trim and validation split as training's
     except TransferkitError as exc:
         raise DataError(f"the run's data cannot be read ({exc}); pass --data FOLDER (in Python: a folder)") from None
+    if isinstance(splits, ShardSplits):
+        return streamed_samples(splits, split, classes)
     samples = {"test": splits.test, "val": splits.val, "train": splits.train}[split]
     where = Path(splits.root or spec.data.root or spec.data.dataset)
     if not samples:
@@ -142,23 +170,73 @@ def recipe_samples(recipe: dict, split: str, classes: list[str]) -> tuple[Sample
     return _in_model_order(samples, splits.classes, classes, where), where
 
 
-def score_samples(predictor: Predictor, samples: Samples, console: Console | None = None, progress: bool = False
-                  ) -> tuple[list[str], np.ndarray, list, list[dict]]:
-    """The readable samples' paths, their logits and targets (in sample order), and the unreadable files."""
+CHUNK = 1024  # samples read ahead of the model at a time: a streamed split is never held whole
+
+
+def scored_chunks(predictor: Predictor, samples: Iterable) -> Iterator[tuple[list, list, ImageBatch, np.ndarray]]:
+    """(items, targets, batch, logits) for each batch of `samples` ((item, target) pairs: paths, or streamed
+    images), read CHUNK at a time; batch positions index the chunk's items."""
+    iterator = iter(samples)
+    while chunk := list(itertools.islice(iterator, CHUNK)):
+        items, targets = [item for item, _ in chunk], [target for _, target in chunk]
+        for batch, logits in predictor.scored_batches(items):
+            yield items, targets, batch, logits
+
+
+def _unreadable(items: list, batch: ImageBatch) -> list[dict]:
+    return [{"path": str(items[position]), "error": error} for position, error in batch.errors.items()]
+
+
+def _shard_problems(samples) -> list[dict]:
+    """Streamed shards or samples that could not be read at all (no image to score), as unreadable rows."""
+    return [{"path": bad.path, "error": bad.message} for bad in getattr(samples, "problems", [])]
+
+
+class _TopLosses:
+    """The items of the TOP_LOSSES most confidently wrong rows (ties: the earlier first), kept as they stream by so
+    their pictures can be drawn without reading the data again."""
+
+    def __init__(self):
+        self.heap: list = []
+        self.seen = 0
+
+    def offer(self, loss: float, name: str, item) -> None:
+        self.seen += 1
+        entry = (loss, -self.seen, name, item)
+        if len(self.heap) < TOP_LOSSES:
+            heapq.heappush(self.heap, entry)
+        elif entry[:2] > self.heap[0][:2]:
+            heapq.heapreplace(self.heap, entry)
+
+    def items(self) -> dict:
+        return {name: item for _, _, name, item in self.heap}
+
+
+def score_samples(predictor: Predictor, samples: Iterable, console: Console | None = None, progress: bool = False,
+                  worst: "_TopLosses | None" = None) -> tuple[list[str], np.ndarray, list, list[dict]]:
+    """The readable samples' paths (names, for streamed images), their logits and targets (in sample order), and
+    the unreadable files; `samples` ((item, target) pairs, a list or a stream with len()) is read CHUNK at a time,
+    and `worst` (single_label) keeps the items of the most confidently wrong as they pass."""
     console = console or Console(stderr=True, soft_wrap=True)
-    paths = [path for path, _ in samples]
+    temperature = float(getattr(predictor.task, "temperature", 1.0))
     logits_parts, targets, kept, unreadable = [], [], [], []
-    with feedback(console, "evaluate", len(paths), progress) as bar:
-        for batch, logits in predictor.scored_batches(paths):
-            for position, error in batch.errors.items():
-                unreadable.append({"path": str(paths[position]), "error": error})
+    with feedback(console, "evaluate", len(samples), progress) as bar:
+        for items, chunk_targets, batch, logits in scored_chunks(predictor, samples):
+            unreadable += _unreadable(items, batch)
             if batch.positions:
                 logits_parts.append(logits)
-                targets += [samples[p][1] for p in batch.positions]
-                kept += [str(paths[p]) for p in batch.positions]
+                targets += [chunk_targets[p] for p in batch.positions]
+                kept += [str(items[p]) for p in batch.positions]
+                if worst is not None:
+                    log_p = log_softmax(logits.astype(np.float64) / temperature)
+                    for row, position in enumerate(batch.positions):
+                        label = chunk_targets[position]
+                        if int(log_p[row].argmax()) != label:
+                            worst.offer(float(-log_p[row, label]), str(items[position]), items[position])
             bar.advance(batch.count)
+    unreadable += _shard_problems(samples)
     if not kept:
-        raise DataError(f"no readable images among the {len(paths)} to evaluate; check the files with "
+        raise DataError(f"no readable images among the {len(samples)} to evaluate; check the files with "
                         f"`transferkit check-data`")
     return kept, np.concatenate(logits_parts), targets, unreadable
 
@@ -191,11 +269,15 @@ def evaluation_of(task: Task, classes: list[str], paths: list[str], logits: np.n
     return Evaluation(metrics, list(classes), rows, unreadable, task)
 
 
-def evaluate_samples(predictor: Predictor, samples: Samples, console: Console | None = None,
+def evaluate_samples(predictor: Predictor, samples: Iterable, console: Console | None = None,
                      progress: bool = False) -> Evaluation:
-    """Predict every sample and compute the metrics; unreadable files are left out and listed."""
-    paths, logits, targets, unreadable = score_samples(predictor, samples, console, progress)
-    return evaluation_of(predictor.task, predictor.classes, paths, logits, targets, unreadable)
+    """Predict every sample (a list, or a stream with len()) and compute the metrics; unreadable files are left out
+    and listed."""
+    worst = _TopLosses() if predictor.task.name == "single_label" else None
+    paths, logits, targets, unreadable = score_samples(predictor, samples, console, progress, worst)
+    result = evaluation_of(predictor.task, predictor.classes, paths, logits, targets, unreadable)
+    result.images = worst.items() if worst else {}
+    return result
 
 
 def _csv(rows: list[dict] | list[list], header: list[str] | None = None) -> str:
@@ -213,16 +295,19 @@ def _csv(rows: list[dict] | list[list], header: list[str] | None = None) -> str:
 CAPTION_CHARS = 36  # a caption line that fits its image's width in top_losses.png
 
 
-def top_loss_images(predictor: Predictor, wrong: list[dict]
+def top_loss_images(predictor: Predictor, wrong: list[dict], kept: dict | None = None
                     ) -> tuple[list[np.ndarray], list[str], list[Explanation] | None]:
     """The model's view (resized, centre-cropped) of the most confidently wrong files, with captions, and the
-    Grad-CAM of each one's predicted class (None for an exported model, or without the grad-cam package)."""
+    Grad-CAM of each one's predicted class (None for an exported model, or without the grad-cam package); `kept`:
+    the items evaluation kept for them by name (streamed images), else each row's path is read."""
+    kept = kept or {}
     prepare = ImagePreparer(predictor.preprocessing)
+    items = [kept.get(row["path"], row["path"]) for row in wrong[:TOP_LOSSES]]
     images, captions = [], []
-    for row in wrong[:TOP_LOSSES]:
-        images.append(prepare(row["path"]).permute(1, 2, 0).numpy())
+    for item, row in zip(items, wrong):
+        images.append(prepare(item).permute(1, 2, 0).numpy())
         captions.append(loss_caption(row))
-    return images, captions, top_loss_heatmaps(predictor, [row["path"] for row in wrong[:TOP_LOSSES]])
+    return images, captions, top_loss_heatmaps(predictor, items)
 
 
 def loss_caption(row: dict) -> str:
@@ -258,7 +343,7 @@ def write_evaluation(result: Evaluation, predictor: Predictor, output: Path, tit
     atomic_write_bytes(output / "confusion_matrix.png", confusion_png(result.confusion, classes, title))
     atomic_write_bytes(output / "reliability.png", reliability_png(result.metrics["calibration"], title))
     wrong = result.misclassified
-    images, captions, explained = top_loss_images(predictor, wrong)
+    images, captions, explained = top_loss_images(predictor, wrong, result.images)
     heatmaps = [e.overlay if e.error is None else None for e in explained] if explained else None
     atomic_write_bytes(output / "top_losses.png", top_losses_png(images, captions, f"{title}: top losses",
                                                                  heatmaps=heatmaps))

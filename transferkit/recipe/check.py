@@ -74,6 +74,39 @@ def contradictions(spec: ExperimentSpec) -> list[tuple[str, str]]:
             found.append(("data.augment", "the feature cache's single view uses the eval transform; set "
                                           "lr_policy.cache_views: K for K augmented views, or "
                                           "lr_policy.feature_cache: false"))
+    return found + streaming_contradictions(spec)
+
+
+def streaming_contradictions(spec: ExperimentSpec) -> list[tuple[str, str]]:
+    """(field, message) for settings that need random access to the images or every image at hand, which streamed
+    shards (data.source: webdataset) do not give: refused when the recipe is read."""
+    d = spec.data
+    if d.source != "webdataset":
+        return []
+    found = [(f"data.{name}", f"the images come from data.urls with data.source: webdataset; remove data.{name}")
+             for name in ("root", "labels") if getattr(d, name)]
+    if d.dataset != "folder":
+        found.append(("data.dataset", "the images come from data.urls with data.source: webdataset; remove "
+                                      "data.dataset"))
+    carving = {"split_ratio": "a test split", "val_split": "a validation split", "limit": "a random subset"}
+    for name, what in carving.items():
+        if getattr(d, name) is not None:
+            found.append((f"data.{name}", f"carving {what} out of streamed shards needs random access to every "
+                                          f"image; write the splits into the shards (transferkit shard ... --set "
+                                          f"data.{name}=...) and remove data.{name}"))
+    if d.kfold is not None:
+        found.append(("data.kfold", "dealing the training images into folds needs random access to every image; "
+                                    "write each fold's shards with transferkit shard, or cross-validate image files"))
+    if d.sampler == "balanced":
+        found.append(("data.sampler", "balanced draws images by class with replacement, which needs random access; "
+                                      "streamed shards are read in order through a shuffle buffer: set data.sampler: "
+                                      "random (or train.class_weights: auto)"))
+    if d.cache in ("memory", "disk", "device"):
+        found.append(("data.cache", f"{d.cache} keeps every decoded image, which streaming exists to avoid; "
+                                    f"streamed images are decoded as they are read: set data.cache: auto or none"))
+    if d.augment_on == "device":
+        found.append(("data.augment_on", "device keeps every training image on the accelerator; streamed images are "
+                                         "cropped in the loader: set data.augment_on: auto or cpu"))
     return found
 
 

@@ -1,9 +1,9 @@
 """The relative-path rule: a path written in a recipe file is relative to that file's folder; one given
 with `--set` (or in a recipe passed as a dict) is relative to the working directory.
 
-Only the fields that name local files or folders are touched: `data.root`, `data.labels`, `train.init_from` and a
-`backbone.weights` that names a file (not a weights name, timm tag or registered weight source), in the base and in
-each variant.
+Only the fields that name local files or folders are touched: `data.root`, `data.labels`, the local paths among
+`data.urls` (not a URL with a scheme), `train.init_from` and a `backbone.weights` that names a file (not a weights
+name, timm tag or registered weight source), in the base and in each variant.
 """
 
 from __future__ import annotations
@@ -30,6 +30,23 @@ def absolute(value: str, base: Path) -> str:
     return os.path.normpath(path if path.is_absolute() else Path(base).absolute() / path)
 
 
+URL_FIELDS = ("train", "val", "test", "index")
+
+
+def is_url(value: str) -> bool:
+    """True for a URL with a scheme (http://, s3://, file://), which no folder makes relative."""
+    return "://" in value
+
+
+def _local_urls(value: Any, base: Path) -> Any:
+    """A data.urls value (a string or a list) with its local paths made absolute against `base`."""
+    if isinstance(value, str) and value and not is_url(value):
+        return absolute(value, base)
+    if isinstance(value, list):
+        return [_local_urls(item, base) for item in value]
+    return value
+
+
 def _is_path_value(keys: tuple[str, ...], value: Any) -> bool:
     if keys in (("data", "root"), ("data", "labels"), ("train", "init_from")):
         return isinstance(value, str) and bool(value)
@@ -46,6 +63,10 @@ def resolve_section_paths(section: Any, base: Path) -> Any:
         if isinstance(holder, dict) and _is_path_value(keys, holder.get(keys[1])):
             result[keys[0]] = {**holder, keys[1]: absolute(holder[keys[1]], base)}
     data = result.get("data")
+    urls = data.get("urls") if isinstance(data, dict) else None
+    if isinstance(urls, dict):
+        data = result["data"] = {**data, "urls": {k: _local_urls(v, base) if k in URL_FIELDS else v
+                                                  for k, v in urls.items()}}
     table = data.get("labels") if isinstance(data, dict) else None
     if isinstance(table, dict) and isinstance(table.get("file"), str) and table["file"]:  # labels: {file: ...}
         result["data"] = {**data, "labels": {**table, "file": absolute(table["file"], base)}}
@@ -81,5 +102,7 @@ def resolve_override_paths(overrides: list[str], base: Path) -> list[str]:
             keys = ("data", "labels")
         if sep and keys in PATH_FIELDS and _is_path_value(keys, value):
             text = f"{key}={json.dumps(absolute(value, base))}"  # a JSON string is a YAML scalar
+        elif sep and len(keys) == 3 and keys[:2] == ("data", "urls") and keys[2] in URL_FIELDS:
+            text = f"{key}={json.dumps(_local_urls(value, base))}"
         resolved.append(text)
     return resolved

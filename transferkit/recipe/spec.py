@@ -64,6 +64,19 @@ class LabelTableSpec(_Spec):
     split_column: str = Field("split", description="optional column naming each row's split (train, val, test); without it the splits are carved with the seed (data.split_ratio, data.val_split)")
 
 
+class ShardUrlsSpec(_Spec):
+    """Where WebDataset shards are, per split (data.source: webdataset), and the index `transferkit shard` wrote."""
+
+    train: str | list[str] = Field(description="training shards: a brace pattern (train-{000000..000099}.tar), a list, local paths (relative to the recipe file's folder), http(s):// or any fsspec URL")
+    test: str | list[str] = Field(description="test shards, in the same forms")
+    val: str | list[str] | None = Field(None, description="optional validation shards, in the same forms")
+    index: str | None = Field(None, description="the index JSON (images per shard and per class, classes, task); default: index.json beside the first training shard")
+
+    def of(self, split: str) -> str | list[str] | None:
+        """The URLs of `split` (train, val or test) as written."""
+        return getattr(self, split)
+
+
 class KFoldSpec(_Spec):
     """One fold of a K-fold split of the training data (`transferkit cv` writes one per fold run)."""
 
@@ -96,6 +109,9 @@ class KFoldSpec(_Spec):
 class DataSpec(_Spec):
     """Where the images come from and how they are turned into tensors."""
 
+    source: Literal["files", "webdataset"] = Field("files", description="files: image files (data.dataset, data.root, data.labels); webdataset: tar shards streamed from data.urls (docs/shards.md)")
+    urls: "ShardUrlsSpec | None" = Field(None, description="data.source webdataset: {train, test, val (optional), index (optional)}: each split's shards as a brace pattern (train-{000000..000099}.tar), a list, local paths (relative to the recipe file's folder), http(s):// or fsspec URLs; index: the index.json `transferkit shard` wrote (default: beside the first training shard)")
+    shuffle_buffer: int = Field(1000, ge=1, description="data.source webdataset: training samples (still encoded) held in each loader worker's shuffle buffer; memory is about this x the mean image file size per worker")
     dataset: str = Field("folder", description="a registered dataset: folder, or one a plugin adds (see `transferkit list-datasets`)")
     root: str | None = Field(None, description="data folder (relative to the recipe file's folder; with --set, to the working directory); for downloadable datasets, an existing copy (no download)")
     labels: "LabelTableSpec | None" = Field(None, description="a label table (CSV) listing the images and their labels, instead of class folders: a file name, or {file, path_column, columns, delimiter, split_column}")
@@ -153,6 +169,17 @@ class DataSpec(_Spec):
         if not 0.0 < value[0] <= value[1] <= 1.0:
             raise ValueError("use two area shares with 0 < min <= max <= 1, e.g. [0.08, 1.0]")
         return value
+
+    @model_validator(mode="after")
+    def _urls_with_webdataset(self) -> "DataSpec":
+        """data.source webdataset reads data.urls, and data.urls is read only then: refuse the one without the other."""
+        if self.source == "webdataset" and self.urls is None:
+            raise ValueError("data.source: webdataset streams the shards data.urls names; add data.urls with "
+                             "train and test (e.g. train: shards/train-{000000..000003}.tar)")
+        if self.source == "files" and self.urls is not None:
+            raise ValueError("data.urls: read only with data.source: webdataset; set data.source: webdataset, or "
+                             "remove data.urls")
+        return self
 
     @model_validator(mode="after")
     def _cache_fits_augmentation(self) -> "DataSpec":
@@ -441,6 +468,6 @@ def __getattr__(name: str):
     return getattr(importlib.import_module(f"transferkit.recipe.{module}"), attr)
 
 
-__all__ = ["ExperimentSpec", "TaskSpec", "LabelTableSpec", "KFoldSpec", "BackboneSpec", "HeadSpec", "DataSpec", "AugmentSpec", "OptimizerSpec", "LRPolicySpec",
-           "ScheduleSpec", "EarlyStoppingSpec", "EMASpec", "TrainSpec", "PluggedSpec", "SearchParam", "TuneSpec",
-           "parse_duration"]
+__all__ = ["ExperimentSpec", "TaskSpec", "LabelTableSpec", "ShardUrlsSpec", "KFoldSpec", "BackboneSpec", "HeadSpec", "DataSpec",
+           "AugmentSpec", "OptimizerSpec", "LRPolicySpec", "ScheduleSpec", "EarlyStoppingSpec", "EMASpec", "TrainSpec",
+           "PluggedSpec", "SearchParam", "TuneSpec", "parse_duration"]

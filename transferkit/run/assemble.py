@@ -18,8 +18,10 @@ from transferkit.data.features import Extractor, cache_features
 from transferkit.data.folder import FolderSplits
 from transferkit.data.loading import ImageFileDataset, available_cores, make_loader
 from transferkit.data.plan import DataPlan
+from transferkit.data.shard_index import ShardSplits, training_targets
 from transferkit.data.shared import SharedCaches
 from transferkit.data.splits import recipe_splits
+from transferkit.data.stream_loaders import stream_loaders, stream_plan
 from transferkit.data.transforms import batch_mixer, eval_transform, train_transform
 from transferkit.device import resolve_device, resolve_precision
 from transferkit.engine.callbacks import Callback
@@ -113,12 +115,15 @@ def build_loaders(spec: ExperimentSpec, plan: DataPlan, splits: FolderSplits, pr
                   device: torch.device, channels_last: bool, model: TransferModel, precision: str,
                   console: Console, placement: Placement | None = None,
                   caches: SharedCaches | None = None) -> tuple[object, dict]:
-    """The training loader (DataLoader, device-resident batches or cached features) and one loader per eval split,
-    each holding this process's share (`placement`); `caches`: decoded images and features shared with the other
-    runs of this process."""
+    """The training loader (DataLoader, device-resident batches, streamed shards or cached features) and one loader
+    per eval split, each holding this process's share (`placement`); `caches`: decoded images and features shared
+    with the other runs of this process."""
     d = spec.data
     placement = placement or Placement()
     shard = placement.shard
+    if isinstance(splits, ShardSplits):
+        extractor = Extractor(model, device, precision, channels_last, placement)
+        return stream_loaders(spec, plan, splits, prep, device, extractor, shard)
     weights = balanced_weights([label for _, label in splits.train]) if d.sampler == "balanced" else None
     train_size = None if plan.train_cache == "eval-side" else plan.train_cache_side
     host_train = "none" if plan.train_cache in ("device", "eval-side") else plan.train_cache
@@ -194,8 +199,8 @@ def assemble(spec: ExperimentSpec, console: Console, progress: bool = True,
     precision = resolve_precision(spec.train.precision, device)
     built = build_variant(spec)
     model, splits, groups = built.model, built.splits, built.param_groups
-    class_weights = loss_weights(spec.train.class_weights, spec.train.class_weight_power,
-                                 [label for _, label in splits.train], splits.classes)
+    class_weights = loss_weights(spec.train.class_weights, spec.train.class_weight_power, training_targets(splits),
+                                 splits.classes)
     model.set_norm_statistics_frozen(spec.train.freeze_bn_stats)
     channels_last = channels_last_for(spec, model, device)
     model.to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
@@ -204,8 +209,11 @@ def assemble(spec: ExperimentSpec, console: Console, progress: bool = True,
     if before_data is not None:
         before_data(model, optimizer)
     task = build_task(spec, splits.classes)
-    task.prepare([target for _, target in splits.train])
-    plan = DataPlan.resolve(spec, device, splits, built.preprocessing, placement.local_world_size)
+    task.prepare(training_targets(splits))
+    if isinstance(splits, ShardSplits):
+        plan = stream_plan(spec, device, splits, placement.local_world_size, placement.world_size)
+    else:
+        plan = DataPlan.resolve(spec, device, splits, built.preprocessing, placement.local_world_size)
     train_loader, eval_loaders = build_loaders(spec, plan, splits, built.preprocessing, device, channels_last, model,
                                                precision, console, placement, caches)
     updates = Optimization.updates_per_epoch(len(train_loader), spec.train.accumulate_steps)

@@ -19,11 +19,12 @@ from transferkit.callbacks.checkpoint import checkpoint_sizes, load_checkpoint
 from transferkit.callbacks.run_clock import RunClock
 from transferkit.cpu_memory import fallback_reason
 from transferkit.data.shared import SharedCaches
+from transferkit.data.stream_loaders import readers_changed
 from transferkit.device import describe_device, resolve_device
 from transferkit.engine.callbacks import Callback, RunContext
 from transferkit.engine.placement import Placement
 from transferkit.engine.trainer import Interrupted
-from transferkit.errors import WriteError
+from transferkit.errors import TransferkitError, WriteError
 from transferkit.inference.evaluate import evaluate_run_dir
 from transferkit.files import atomic_write_text
 from transferkit.optim.lr_policies import describe_groups
@@ -173,11 +174,17 @@ def run_variant(spec: ExperimentSpec, name: str, run_dir: Path, console: Console
     saved = placement.broadcast(load_checkpoint(files.last) if primary and resume and files.last.is_file()
                                 else None)
     if saved is not None:
+        changed = saved.get("partial") and files.data_plan.is_file() and \
+            readers_changed(json.loads(files.data_plan.read_text()), parts.plan)
+        if changed:
+            raise TransferkitError(changed)
         trainer.load_state_dict(saved)
         partial = trainer.partial  # worded as the interrupt worded it: the next step, of the epoch's steps
         where = (f"epoch {trainer.epoch + 1} at step {partial['step'] + 1} of {partial['steps']}" if partial
                  else f"at epoch {trainer.epoch + 1}")
         console.print(f"[bold]{name}[/]: resuming {where} from {files.last}")
+        if partial and hasattr(parts.train_loader, "describe_resume"):
+            console.print(f"  streamed shards: {parts.train_loader.describe_resume(partial['step'])}", highlight=False)
     probe_seconds = 0.0
     if spec.train.probe_epochs and trainer.epoch == 0 and trainer.partial is None:
         probe_seconds = probe_head(parts, console)

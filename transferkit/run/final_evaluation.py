@@ -12,6 +12,7 @@ import numpy as np
 from rich.console import Console
 
 from transferkit.callbacks.checkpoint import load_checkpoint
+from transferkit.data.shard_index import ShardSplits
 from transferkit.inference.evaluate import absent_classes, evaluation_line, evaluation_of, write_evaluation
 from transferkit.inference.torch_predictor import TorchPredictor
 from transferkit.model.checkpoint_format import SavedModel
@@ -58,8 +59,8 @@ def report_predictor(parts: Assembled, path: Path) -> TorchPredictor:
 def finish_variant(parts: Assembled, run_dir: Path, console: Console, report: bool = True) -> Finished:
     """Validation fit, then the one test pass of the selected weights (with test-time flip under train.tta_flip);
     every process runs it, the primary writes the report (under several processes the logits come back out of
-    sample order, so `report_written` is False and the experiment evaluates the checkpoint instead); `report=False`:
-    no report."""
+    sample order, and streamed shards list no test images, so then `report_written` is False and the experiment
+    evaluates the checkpoint instead); `report=False`: no report."""
     started = time.perf_counter()
     trainer, placement, task = parts.trainer, parts.placement, parts.task
     saved, path = load_selected(parts, run_dir)
@@ -74,7 +75,8 @@ def finish_variant(parts: Assembled, run_dir: Path, console: Console, report: bo
     weights = f"{path.name} ({saved.get('weights', 'raw')} weights, epoch {saved.get('epoch')})" if saved else \
         "the last epoch's weights (no checkpoint saved)"
     written = False
-    if report and placement.is_primary and not placement.distributed:
+    streamed = isinstance(parts.splits, ShardSplits)  # its test images are not listed: evaluate streams the checkpoint
+    if report and placement.is_primary and not placement.distributed and not streamed:
         skipped = {item.path for item in bad}
         samples = [(str(p), target) for p, target in parts.splits.test if str(p) not in skipped]
         expected = np.asarray([target for _, target in samples], dtype=np.float64)

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 import yaml
 
+from transferkit.data.shard_index import folder_recipe, is_shard_folder
 from transferkit.errors import DataError, SpecError, TransferkitError
 from transferkit.files import atomic_write_text
 from transferkit.model.offline_weights import availability
@@ -40,22 +41,34 @@ def fit_recipe(folder: str | Path, preset: str = "balanced", backbone: str | Non
                         f"or one class folder per class")
     folder_name = root.resolve().parent.name if table else root.resolve().name
     base = re.sub(r"[^A-Za-z0-9_.-]+", "-", folder_name).strip("-._") or "fit"
+    if is_shard_folder(root):  # `transferkit shard` output: streamed, its task and splits as written
+        streamed = folder_recipe(root)[0]
+        task, data = streamed["task"], streamed["data"]
+    else:
+        task = {"name": "single_label"}
+        data = {"dataset": "folder", ("labels" if table else "root"): str(root.resolve())}
     recipe = {"name": f"{base}-{preset}", "description": "", "preset": preset, "seed": seed, "base_variant": preset,
-              "task": {"name": "single_label"}, "head": {"name": "linear"},
-              "data": {"dataset": "folder", ("labels" if table else "root"): str(root.resolve())},
+              "task": task, "head": {"name": "linear"}, "data": data,
               "train": {"device": device, **({"budget": budget} if budget else {})}}
     if backbone:  # the weights already on this machine when there are some (a packaged source, a cached file)
         found = availability(backbone)
         recipe["backbone"] = {"name": backbone, "pretrained": True,
                               **({"weights": found.weights} if found.available else {})}
     recipe = apply_overrides(recipe, list(overrides))
-    given = (given_keys({k: v for k, v in recipe.items() if k != "data"}) | {"data.dataset", "data.root", "data.labels"}
+    given = (given_keys({k: v for k, v in recipe.items() if k != "data"})
+             | {"data.dataset", "data.root", "data.labels", "data.source", "data.urls"}
              | given_keys(apply_overrides({}, list(overrides))))
     merged, n_train = apply_preset(recipe, given)
     task = task_of(merged)
-    merged["train"].setdefault("best_metric", f"val_{task_class(task).default_metric}")
+    streamed_without_val = merged["data"].get("source") == "webdataset" and "val" not in merged["data"]["urls"]
+    merged["train"].setdefault("best_metric", "auto" if streamed_without_val
+                               else f"val_{task_class(task).default_metric}")
     if n_train is None:
         n_train = training_images(merged["data"], task)
+    data = merged["data"]
+    if (data.get("source") == "webdataset" and isinstance(data.get("batch_size"), int) and n_train
+            and data["batch_size"] > n_train and "data.batch_size" not in given):
+        data["batch_size"] = n_train  # a streamed epoch is whole batches: a larger batch would have no step
     merged["description"] = merged["description"] or f"transferkit fit --preset {preset} on {n_train} training images"
     return {key: merged[key] for key in ORDER if key in merged} | {k: v for k, v in merged.items() if k not in ORDER}
 

@@ -42,13 +42,14 @@ def resume_command(words: list[str], run_root: Path) -> str:
 
 
 def check_processes(experiment, nproc: int) -> None:
-    """TransferkitError unless every variant's batch divides over `nproc` processes."""
-    from transferkit.engine.placement import Placement
+    """TransferkitError unless every variant's batch divides over `nproc` processes and the device checks pass for
+    them (streamed shards: one for each process and loader worker)."""
+    from transferkit.run.validation import check_device
 
     if nproc < 1:
         raise TransferkitError(f"--nproc {nproc}: give 1 or more processes")
     for name in experiment.variant_names:
-        Placement(0, nproc).check_batch(experiment.variant_spec(name).data.batch_size)
+        check_device(experiment.variant_spec(name), processes=nproc)
 
 
 def torchrun_args(nproc: int, args: list[str]) -> list[str]:

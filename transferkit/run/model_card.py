@@ -15,6 +15,14 @@ from transferkit.files import atomic_write_text
 from transferkit.inference.export import serve_available
 from transferkit.rundir import RunDir, RunRoot
 
+def split_counts(task, items) -> dict[str, int] | None:
+    """Examples per output of a split (task.output_counts); streamed shards' from their index, not read."""
+    if not hasattr(items, "per_class"):
+        return task.output_counts([target for _, target in items])
+    empty = task.output_counts([])  # None where outputs are not counts (regression)
+    return None if empty is None else {name: int(items.per_class.get(name, 0)) for name in empty}
+
+
 def card_details(parts, tracker, finished) -> dict:
     """What the card needs that only the run knows (stored in summary.json's `details`): the backbone and where its
     weights came from, the outputs with their counts per split, the validation split's size and standard error,
@@ -28,7 +36,7 @@ def card_details(parts, tracker, finished) -> dict:
         "weights_origin": parts.weights_origin, "head": spec.head.name, "task": task.name,
         "task_description": task.describe(), "outputs": list(splits.classes), "output_kind": task.output_kind,
         "images": {split: len(items) for split, items in samples.items()},
-        "counts": {split: task.output_counts([target for _, target in items]) for split, items in samples.items()},
+        "counts": {split: split_counts(task, items) for split, items in samples.items()},
         "input_size": parts.preprocessing.input_size, "train_input_size": parts.preprocessing.train_input_size,
         "validation": {"images": n_val, "standard_error_at_0.9": standard_error(0.9, n_val) if n_val else None,
                        "standard_error_at_0.5": standard_error(0.5, n_val) if n_val else None},

@@ -126,6 +126,9 @@ def check_data_root(spec: ExperimentSpec, source: str = "recipe", variant: str =
     folder, or to the working directory for `--set` and recipes given as dicts.
     """
     where = Where(source, variant, spec.base_variant, overrides)
+    if spec.data.source == "webdataset":
+        check_shard_source(spec, where)
+        return
     root = spec.data.root
     if spec.data.labels:
         table = Path(spec.data.labels.file).expanduser().absolute()
@@ -151,6 +154,32 @@ def check_data_root(spec: ExperimentSpec, source: str = "recipe", variant: str =
     what = "is a file, not a folder" if path.exists() else "not found"
     raise DataError(f"{prefix}data.root: folder {path} {what} ({rule}); set data.root to the folder holding "
                     f"the data")
+
+
+def check_shard_source(spec: ExperimentSpec, where: Where) -> None:
+    """DataError (one line, prefixed with where the recipe sets data.urls) when streamed shards cannot be read now:
+    webdataset or the URL's fsspec package missing, the index or a shard unreachable, a URL the index does not
+    list, labels of another task, or a batch larger than the training split."""
+    from transferkit.data.shard_index import check_reachable, shard_splits
+    from transferkit.data.shard_urls import expand, missing_protocol, webdataset_module
+    from transferkit.tasks import task_class
+
+    d = spec.data
+    try:
+        webdataset_module()
+        for role in ("train", "val", "test", "index"):
+            written = getattr(d.urls, role)
+            urls = [written] if role == "index" and written else expand(written) if written else []
+            problem = next(filter(None, map(missing_protocol, urls)), None)
+            if problem:
+                raise DataError(f"data.urls.{role}: {problem}")
+        splits = shard_splits(d, task_class(spec.task.name).labels_as)
+        check_reachable(splits)
+    except DataError as exc:
+        raise DataError(f"{where('data.urls')}{exc}") from None
+    if d.batch_size != "auto" and d.batch_size > len(splits.train):
+        raise DataError(f"{where('data.batch_size')}data.batch_size: {d.batch_size} is more than the "
+                        f"{len(splits.train)} training images in the shards; use at most {len(splits.train)}")
 
 
 def check_task(spec: ExperimentSpec, source: str = "recipe", variant: str = "",

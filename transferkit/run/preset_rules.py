@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Callable
 
 from transferkit.data.folder import is_image_file, val_folder
+from transferkit.data.shard_index import listed_training_images
 from transferkit.errors import DataError, SpecError
 from transferkit.model.pypi_weights import PYPI_LITE_SOURCES, pypi_lite_preprocessing
 from transferkit.recipe.merge import deep_merge
@@ -77,7 +78,10 @@ def folder_layout(root: Path, train_dir: str = "train", test_dir: str = "test", 
 
 def training_images(data: dict, task: str = "single_label") -> int | None:
     """How many images the run will train on, from its data keys (after the split, the validation share and the
-    limit); None for a dataset other than folders and label tables, which are not counted before loading."""
+    limit), or in streamed shards from their index; None for a dataset other than folders, label tables and shards,
+    which are not counted before loading."""
+    if data.get("source") == "webdataset":  # streamed shards: their index counts them (no split is carved)
+        return listed_training_images(data["urls"]) if isinstance(data.get("urls"), dict) else None
     if data.get("labels"):
         total = sum(row.split in ("", "train") for row in _table_rows(data["labels"], task))
     elif data.get("dataset", "folder") == "folder" and data.get("root"):
@@ -197,11 +201,11 @@ def apply_preset(raw: dict, given: set[str], source: str = "recipe") -> tuple[di
     if n_train is None:
         keys, verb = " and ".join(wanted), "follow" if len(wanted) > 1 else "follows"
         raise SpecError(f"{source}: preset: {preset}: {keys} {verb} the number of training images, which is counted "
-                        f"for folders and label tables only (data.dataset: {data.get('dataset')}); set {keys} in the "
-                        f"recipe")
+                        f"for folders, label tables and shards only (data.dataset: {data.get('dataset')}); set {keys} "
+                        f"in the recipe")
     if n_train == 0:
-        raise DataError(f"{data.get('root') or data.get('labels')}: no training images found; put each class's "
-                        f"photos in a folder of its own")
+        where = data.get("root") or data.get("labels") or "data.urls.train"
+        raise DataError(f"{where}: no training images found; put each class's photos in a folder of its own")
     if "train.epochs" in wanted:
         train["epochs"] = epochs_for(preset, n_train)
     if "train.ema.decay" in wanted:

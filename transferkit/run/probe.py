@@ -11,6 +11,8 @@ from rich.console import Console
 from transferkit.data.features import Extractor, cached_split, feature_loader
 from transferkit.data.images import open_rgb
 from transferkit.data.loading import ImageFileDataset
+from transferkit.data.shard_index import ShardSplits
+from transferkit.data.stream_loaders import train_feature_set
 from transferkit.data.transforms import eval_transform
 from transferkit.engine.optimization import Optimization
 from transferkit.engine.trainer import Trainer
@@ -23,11 +25,15 @@ def probe_head(parts: Assembled, console: Console) -> float:
     spec, trainer = parts.spec, parts.trainer
     started = time.perf_counter()
     model = trainer.model
-    decode = getattr(getattr(parts.train_loader, "dataset", None), "decode", open_rgb)
-    source = ImageFileDataset(parts.splits.train, eval_transform(parts.preprocessing), decode)
     extractor = Extractor(model, parts.device, parts.precision, parts.channels_last)
-    features = cached_split(extractor, source, 1, parts.plan.eval_batch_size, spec.seed, parts.plan.workers,
-                            parts.caches.features if parts.caches else None)
+    if isinstance(parts.splits, ShardSplits):  # streamed once, each image's eval-view features kept
+        features = train_feature_set(extractor, spec, parts.plan, parts.splits, parts.preprocessing, parts.device,
+                                     views=0)
+    else:
+        decode = getattr(getattr(parts.train_loader, "dataset", None), "decode", open_rgb)
+        source = ImageFileDataset(parts.splits.train, eval_transform(parts.preprocessing), decode)
+        features = cached_split(extractor, source, 1, parts.plan.eval_batch_size, spec.seed, parts.plan.workers,
+                                parts.caches.features if parts.caches else None)
     loader = feature_loader(features, spec.data.batch_size, True, spec.seed)
     epochs = spec.train.probe_epochs
     optimizer = torch.optim.AdamW(model.head.parameters(), lr=spec.train.probe_lr, weight_decay=1e-4)

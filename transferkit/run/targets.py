@@ -10,13 +10,18 @@ from transferkit.registry import DATASETS, RECIPES
 
 
 def folder_data_spec(target: str, overrides: list[str]):
-    """The spec whose `data:` section reads folder TARGET as `fit` does (train/ alone, train/ and val/ read too),
-    with --set overrides (paths relative to the working directory)."""
+    """The spec whose `data:` section reads folder TARGET as `fit` does (train/ alone, train/ and val/ read too;
+    or the shards and index.json `transferkit shard` wrote, streamed), with --set overrides (paths relative to the
+    working directory)."""
+    from transferkit.data.shard_index import folder_recipe, is_shard_folder
     from transferkit.recipe.load import validate
     from transferkit.recipe.overrides import apply_overrides
     from transferkit.recipe.paths import resolve_override_paths
     from transferkit.run.preset_rules import LAYOUT, folder_layout, given_keys
 
+    if is_shard_folder(target):  # the shards `transferkit shard` wrote there, streamed
+        raw = apply_overrides(folder_recipe(target)[0], resolve_override_paths(overrides, Path.cwd()))
+        return validate(raw, source="--set", overrides=overrides)
     raw = apply_overrides({"data": {"dataset": "folder", "root": str(Path(target).absolute())}},
                           resolve_override_paths(overrides, Path.cwd()))
     given = given_keys(apply_overrides({}, overrides))
@@ -49,6 +54,8 @@ def splits_for(target: str, root: str | None, overrides: list[str]):
     if Path(target).is_dir():
         spec = folder_data_spec(target, overrides)
         d = spec.data
+        if d.source == "webdataset":
+            return load_splits(spec)
         if d.split_ratio is None:
             scan = scan_folder(d.root, d.train_dir, d.test_dir, d.val_dir)
             if scan.layout == ALL:
@@ -84,11 +91,17 @@ def label_table_of(target: str, overrides: list[str]):
 def check_target(target: str, overrides: list[str], workers: int = 1, progress: bool = False):
     """check-data's report on TARGET: a label table's rows, a folder's layout and images, or a recipe's splits."""
     from transferkit.data.check import check_folder, check_splits, check_table
+    from transferkit.data.shard_check import check_shards
+    from transferkit.data.shard_index import ShardSplits
 
     table = label_table_of(target, overrides)
     if table is not None:
         return check_table(*table, workers=workers, progress=progress)
     if Path(target).is_dir():
         d = folder_data_spec(target, overrides).data
-        return check_folder(Path(d.root), d.train_dir, d.test_dir, d.val_dir, workers=workers, progress=progress)
-    return check_splits(splits_for(target, None, overrides), workers=workers, progress=progress)
+        if d.source == "files":
+            return check_folder(Path(d.root), d.train_dir, d.test_dir, d.val_dir, workers=workers, progress=progress)
+    splits = splits_for(target, None, overrides)
+    if isinstance(splits, ShardSplits):
+        return check_shards(splits, workers=workers, progress=progress)
+    return check_splits(splits, workers=workers, progress=progress)

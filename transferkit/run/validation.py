@@ -76,6 +76,25 @@ def check_device(spec: ExperimentSpec, where=lambda field: "", processes: int | 
 
     for field_name, message in device_contradictions(spec, resolved, processes):
         raise SpecError(f"{where(field_name)}{field_name}: {message}")
+    if spec.data.source == "webdataset":
+        problem = stream_readers_problem(spec, resolved, processes)
+        if problem:
+            raise SpecError(f"{where('data.urls.train')}data.urls.train: {problem}")
+
+
+def stream_readers_problem(spec: ExperimentSpec, device_kind, processes: int) -> str | None:
+    """Why the training shards would leave a process or loader worker without a shard (data.source webdataset)."""
+    from transferkit.data.shard_index import readers_problem
+    from transferkit.data.shard_urls import expand
+
+    workers = spec.data.num_workers
+    if workers is None:
+        import torch
+
+        from transferkit.data.loading import default_num_workers
+
+        workers = default_num_workers(torch.device(device_kind()), processes)
+    return readers_problem(len(expand(spec.data.urls.train)), processes, workers)
 
 
 def check_data_and_device(recipe: Recipe) -> None:

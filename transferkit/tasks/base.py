@@ -48,7 +48,8 @@ class Task:
         if spec.train.calibrate and not cls.calibrates:
             found.append(("train.calibrate", f"{cls.name} has no temperature to fit (temperature scaling is for "
                                              f"softmax probabilities, single_label); remove train.calibrate"))
-        if not cls.discrete and not spec.data.labels and spec.data.dataset == "folder":
+        files = spec.data.source == "files"  # shards carry each sample's labels themselves
+        if not cls.discrete and files and not spec.data.labels and spec.data.dataset == "folder":
             found.append(("data.labels", f"{cls.name} reads its labels from a table, not class folders; set "
                                          f"data.labels: labels.csv (docs/tasks.md)"))
         if not cls.discrete:
