@@ -162,7 +162,8 @@ def curves_png(result: "ExperimentResult") -> bytes:
         ax.grid(alpha=0.3)
         if title.endswith(("accuracy", "map", "f1")):
             ax.set_ylim(0, 1.02)
-        ax.legend(fontsize=7)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
     fig.suptitle(f"{result.name} (rings: the epoch best.pt holds)")
     fig.tight_layout()
     buffer = io.BytesIO()
