@@ -52,6 +52,10 @@ class RunDir:
         """`evaluation/<split>/`: what evaluate writes for the split."""
         return self.path / "evaluation" / split
 
+    def evaluation_metrics(self, split: str) -> Path:
+        """`evaluation/<split>/metrics.json`: written last, so its presence means the split's report is whole."""
+        return self.evaluation(split) / "metrics.json"
+
     def export(self, fmt: str) -> Path:
         """The default file of an export in `fmt` (onnx, onnx-fp16, onnx-int8, openvino, torchscript)."""
         return self.path / EXPORTS[fmt]

@@ -208,7 +208,7 @@ def fold_metrics(run_dir: Path, console: Console, progress: bool) -> dict[str, f
     files = RunDir(run_dir)
     found: dict[str, float] = {}
     for split in ("val", "test"):
-        written = files.evaluation(split) / "metrics.json"
+        written = files.evaluation_metrics(split)
         if not written.is_file():
             evaluate_run_dir(run_dir, split, console, progress)
         if written.is_file():

@@ -135,7 +135,7 @@ class Experiment:
         placement.close()
         if placement.is_primary:
             for name, variant in results.items():
-                if test_report and not (RunDir(variant.run_dir).evaluation("test") / "metrics.json").is_file():
+                if test_report and not RunDir(variant.run_dir).evaluation_metrics("test").is_file():
                     evaluate_run_dir(variant.run_dir, "test", console, progress)  # the report, when the run's own
                     # test pass could not write it (several processes)
                 if variant.details:  # a variant finished by an older version has none
