@@ -116,6 +116,39 @@ def test_an_atomic_write_that_fails_keeps_the_old_file_and_leaves_no_temp_file(t
     assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"]
 
 
+def test_a_checkpoint_streams_to_disk_and_a_refused_write_names_its_cause(tmp_path):
+    target = tmp_path / "last.pt"
+    target.write_bytes(b"good checkpoint")
+    script = textwrap.dedent(f"""
+        import resource, tracemalloc
+        from pathlib import Path
+        import torch
+        from transferkit.errors import WriteError
+        from transferkit.files import atomic_torch_save
+        weights = {{"w": torch.ones(10_000_000)}}  # 40 MB
+        tracemalloc.start()
+        atomic_torch_save(Path({str(tmp_path / "big.pt")!r}), weights)
+        print("peak MB", tracemalloc.get_traced_memory()[1] / 1e6)
+        tracemalloc.stop()
+        resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, 100_000))
+        try:
+            atomic_torch_save(Path({str(target)!r}), weights)
+        except WriteError as exc:
+            print(exc)
+    """)
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    peak, error = result.stdout.splitlines()
+    assert float(peak.split()[-1]) < 4, peak  # no in-memory copy of the 40 MB file (a BytesIO held 80 MB)
+    import torch
+
+    assert torch.equal(torch.load(tmp_path / "big.pt", weights_only=True)["w"], torch.ones(10_000_000))
+    assert error.startswith(f"{target}: cannot write 40,000,000 bytes (40.0 MB) (File too large); "), error
+    assert target.read_bytes() == b"good checkpoint"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["big.pt", "last.pt"]
+
+
 def test_evaluate_predict_and_export_outputs_that_cannot_be_written_are_one_line(trained, tmp_path):
     variant = str(trained["variant"])
     line = one_error_line(cli("evaluate", variant, "--output", str(tmp_path / "eval"), "--no-progress",
