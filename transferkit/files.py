@@ -140,7 +140,8 @@ def _tensor_bytes(obj: Any) -> int:
         return sum(_tensor_bytes(value) for value in obj.values())
     if isinstance(obj, (list, tuple)):
         return sum(_tensor_bytes(value) for value in obj)
-    return getattr(obj, "nbytes", 0) if hasattr(obj, "untyped_storage") else 0
+    nbytes = getattr(obj, "nbytes", 0)  # tensors and arrays
+    return nbytes if isinstance(nbytes, int) else 0
 
 
 class _WriteErrorKeeper:
