@@ -111,9 +111,13 @@ def candidates(run: dict) -> list[dict]:
     return found
 
 
-def standard_error(p: float, n: int) -> float:
-    """Standard error of an accuracy p measured on n images."""
-    return math.sqrt(max(p * (1 - p), 0.0) / n)
+def standard_error(p: float, n: int, wald: bool = False) -> float:
+    """Standard error of an accuracy p measured on n images: Agresti-Coull's, as BestTracker's margin, or the plain
+    sqrt(p (1 - p) / n) (zero at a perfect score) with `wald`."""
+    if wald:
+        return math.sqrt(max(p * (1 - p), 0.0) / n)
+    adjusted = (p * n + 2) / (n + 4)
+    return math.sqrt(adjusted * (1 - adjusted) / (n + 4))
 
 
 def smoothed(values: list[float], width: int = 3) -> list[float]:
@@ -156,20 +160,25 @@ def pick(run: dict, rule: str) -> dict:
     if rule.startswith("within_"):  # the latest epoch with a candidate within k standard errors of the best
         k = float(rule.split("_")[1].removesuffix("se"))
         top = max(c["val_accuracy"] for c in found)
-        margin = k * standard_error(top, n_val)
+        margin = k * standard_error(top, n_val, wald=rule.endswith("_wald"))
         ok = [c for c in found if c["val_accuracy"] >= top - margin - 1e-12]
         latest = max(c["epoch"] for c in ok)
-        # at that epoch: EMA when it is within the margin ("_ema"), else the better score (a tie: EMA), as
-        # BestTracker does
+        # at that epoch: EMA when it is within the margin ("_ema"); the raw weights unless the EMA ones lead by more
+        # than the margin ("_raw", as BestTracker does); else the better score (a tie: EMA)
         at = [c for c in ok if c["epoch"] == latest]
+        rule = rule.removesuffix("_wald")
         if rule.endswith("_ema"):
             return max(at, key=lambda c: c["weights"] == "ema")
-        return max(at, key=lambda c: (c["val_accuracy"], c["weights"] == "ema"))
+        leader = max(at, key=lambda c: (c["val_accuracy"], c["weights"] == "ema"))
+        raw_at = [c for c in at if c["weights"] == "raw"]
+        if rule.endswith("_raw") and raw_at and leader["val_accuracy"] - raw_at[0]["val_accuracy"] <= margin + 1e-12:
+            return raw_at[0]  # the EMA weights only when they lead by more than the margin (BestTracker's `within`)
+        return leader
     raise ValueError(rule)
 
 
 RULES = ("val_accuracy", "val_accuracy_latest", "val_nll", "val_loss", "smoothed_val_accuracy", "within_0.5se",
-         "within_1se", "within_1se_ema", "within_2se", "within_3se", "last", "last_ema", "last_by_val")
+         "within_1se", "within_1se_wald", "within_1se_ema", "within_1se_raw", "within_2se", "within_3se", "last", "last_ema", "last_by_val")
 
 
 def analyse(runs: list[dict]) -> list[dict]:

@@ -186,3 +186,35 @@ def test_selection_within_standard_errors_does_not_chase_a_small_splits_noise():
     overfit = [0.80, 0.90, 0.93, 0.90, 0.88, 0.87]
     assert select(simulated_history(overfit, 20000, np.random.default_rng(1)), "within", 20000) == 3
     assert select(simulated_history(overfit, 20000, np.random.default_rng(1)), "last", 20000) == 6
+
+
+def test_within_keeps_the_raw_weights_unless_the_ema_ones_lead_beyond_the_noise():
+    from types import SimpleNamespace
+
+    from transferkit.callbacks.best import BestTracker
+    from transferkit.engine.trainer import EpochStats
+
+    def source(rows: list[dict], images: int, rule: str = "within") -> tuple[int, str]:
+        tracker = BestTracker("val_accuracy", rule=rule, tolerance=1.0)
+        trainer = SimpleNamespace(outputs={"val": {"": EpochStats(0.0, {}, images, 0.0)}})
+        for epoch, row in enumerate(rows, 1):
+            tracker.on_epoch_end(trainer, epoch, row)
+        return tracker.best_epoch, tracker.source
+
+    # 50 images: the margin's standard error at 0.9 is 0.046; a one-image (0.02) lead of the EMA weights is noise
+    noisy = [{"val_accuracy": 0.86, "ema_val_accuracy": 0.86}, {"val_accuracy": 0.88, "ema_val_accuracy": 0.90}]
+    assert source(noisy, 50) == (2, "raw")
+    assert source(noisy, 50, rule="best") == (2, "ema")  # the other rules take the leader
+    # a lead of three images (0.06) is beyond one standard error: the EMA weights
+    assert source([{"val_accuracy": 0.84, "ema_val_accuracy": 0.90}], 50) == (1, "ema")
+    # on 20,000 images the same 0.02 lead is many standard errors: the EMA weights
+    assert source(noisy, 20000) == (2, "ema")
+    # the EMA weights within the margin (0.036 at 0.96) of the best and the raw ones not: the EMA weights, though
+    # their lead (0.02) is within the noise
+    far = [{"val_accuracy": 0.96, "ema_val_accuracy": 0.96}, {"val_accuracy": 0.92, "ema_val_accuracy": 0.94}]
+    assert source(far, 50) == (2, "ema")
+    # a perfect score on 50 images still has an error (0.026): the last epoch's raw weights, one image below it, are
+    # kept (a plain sqrt(p (1 - p) / n) would be 0 there, and `within` would chase the perfect epoch like `best`)
+    perfect = [{"val_accuracy": 0.94, "ema_val_accuracy": 0.94}, {"val_accuracy": 0.98, "ema_val_accuracy": 1.0},
+               {"val_accuracy": 0.98, "ema_val_accuracy": 0.98}]
+    assert source(perfect, 50) == (3, "raw")

@@ -12,6 +12,15 @@ def standard_error(accuracy: float, images: int) -> float:
     return math.sqrt(max(accuracy * (1.0 - accuracy), 0.0) / images) if images else float("nan")
 
 
+def margin_error(accuracy: float, images: int) -> float:
+    """The standard error `within` measures its margin in: Agresti-Coull's, the accuracy's with two right and two
+    wrong answers added, which stays above zero at a perfect score (50 of 50 is not a certainty)."""
+    if not images:
+        return float("nan")
+    adjusted = (accuracy * images + 2) / (images + 4)
+    return math.sqrt(adjusted * (1.0 - adjusted) / (images + 4))
+
+
 RULES = {
     "best": "the epoch with the best score",
     "within": "the latest epoch whose score is within {k:g} standard error(s) of the best",
@@ -33,12 +42,12 @@ def rule_words(rule: str, tolerance: float, metric: str | None) -> str:
 
 class BestTracker(Callback):
     """After each epoch: did `metric` improve (by more than `min_delta`: early stopping's question), and does best.pt
-    take this epoch (the selection `rule`'s), with the raw or the EMA weights, whichever scores better (EMA on a
-    tie)?
+    take this epoch (the selection `rule`'s), with the raw or the EMA weights: whichever scores better (EMA on a
+    tie), except under `within`, where the EMA weights must lead by more than its margin?
 
     Rules: `best`, the best score (the first of equals); `last`, the last epoch; `within`, the latest epoch whose
     score is within `tolerance` standard errors of the best score so far: for an accuracy measured on n images,
-    sqrt(p (1 - p) / n) at the best score p, so a small validation split, whose differences between epochs are
+    Agresti-Coull's at the best score (margin_error), so a small validation split, whose differences between epochs are
     mostly noise, leans to the later epochs, and a large one picks the best (docs/training.md has the
     measurements). A metric without a standard error (a loss, mAP, R²) takes the best under `within`.
     With `metric` None there is no selection: every epoch is taken (best.pt = last epoch).
@@ -70,7 +79,7 @@ class BestTracker(Callback):
         """How far from the best score an epoch may be and still be taken under `within` (0 for other rules)."""
         if self.rule != "within" or self.top is None or not self.has_standard_error or not self.images:
             return 0.0
-        return self.tolerance * standard_error(self.top, self.images)
+        return self.tolerance * margin_error(self.top, self.images)
 
     def _better(self, value: float, than: float | None) -> bool:
         if than is None:
@@ -96,11 +105,12 @@ class BestTracker(Callback):
         if f"ema_{self.metric}" in row:
             candidates["ema"] = row[f"ema_{self.metric}"]
         sign = -1 if self.mode == "min" else 1
-        source = max(reversed(list(candidates)), key=lambda name: sign * candidates[name])  # a tie: EMA
-        value = candidates[source]
-        self.improved = self._better(value, self.top)
+        leader = max(reversed(list(candidates)), key=lambda name: sign * candidates[name])  # a tie: EMA
+        self.improved = self._better(candidates[leader], self.top)
         if self.improved:
-            self.top = value
+            self.top = candidates[leader]
+        source = self._weights(candidates, leader)
+        value = candidates[source]
         if self.rule == "last":
             self.selected = math.isfinite(value)
         elif self.rule == "within" and self.top is not None:
@@ -109,6 +119,17 @@ class BestTracker(Callback):
             self.selected = self.improved
         if self.selected:
             self.best, self.best_epoch, self.source = value, epoch, source
+
+    def _weights(self, candidates: dict, leader: str) -> str:
+        """Which weights this epoch would give best.pt: under `within`, the raw ones unless the EMA ones lead them by
+        more than the margin (a lead within the noise, or a tie, does not switch; docs/training.md has the
+        measurements), or only the EMA ones are close enough to the best; under the other rules, the leader (a tie:
+        EMA)."""
+        if self.rule != "within" or "ema" not in candidates or leader == "raw" or not self._close_enough(
+                candidates["raw"]):
+            return leader
+        lead = abs(candidates["ema"] - candidates["raw"])
+        return "ema" if lead > self.margin() + 1e-12 else "raw"
 
     def describe(self) -> str:
         """'val_accuracy 0.912 at epoch 3 (EMA weights)', or what best.pt holds without selection."""
@@ -119,7 +140,7 @@ class BestTracker(Callback):
         held = f"{self.metric} {best} at epoch {self.best_epoch}{weights}"
         if self.rule == "within" and self.top is not None and self.best is not None and self.best != self.top:
             held += (f"; the best was {self.top:.4f}, and {self.metric} on {self.images} images has a standard error "
-                     f"of {standard_error(self.top, self.images):.4f}")
+                     f"of {margin_error(self.top, self.images):.4f}")
         return held
 
     def rule_words(self) -> str:

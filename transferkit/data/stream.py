@@ -144,9 +144,37 @@ class ShardStream(IterableDataset):
 
     def __init__(self, settings: StreamSettings, transform: Callable, keys: bool = False):
         self.settings, self.transform, self.keys = settings, transform, keys
-        self.epoch = 0
-        self.done = 0  # training steps of this epoch already taken (a resume)
-        self.aug_view: int | None = None  # evaluation: draw the train transform's randomness for this view
+        # epoch, steps already taken (a resume), augmented view (-1: none), in shared memory: persistent loader
+        # workers read the pass the main process set when it starts
+        self._pass = torch.tensor([0, 0, -1], dtype=torch.int64).share_memory_()
+
+    @property
+    def epoch(self) -> int:
+        """The epoch being streamed (training: seeds the shard order, buffer and augmentation)."""
+        return int(self._pass[0])
+
+    @epoch.setter
+    def epoch(self, value: int) -> None:
+        self._pass[0] = value
+
+    @property
+    def done(self) -> int:
+        """Training steps of this epoch already taken (a resume passes over them)."""
+        return int(self._pass[1])
+
+    @done.setter
+    def done(self, value: int) -> None:
+        self._pass[1] = value
+
+    @property
+    def aug_view(self) -> int | None:
+        """Evaluation: draw the train transform's randomness for this view (None: the eval transform draws none)."""
+        view = int(self._pass[2])
+        return None if view < 0 else view
+
+    @aug_view.setter
+    def aug_view(self, value: int | None) -> None:
+        self._pass[2] = -1 if value is None else value
 
     def __iter__(self) -> Iterator[Batch]:
         info = get_worker_info()
@@ -226,11 +254,13 @@ class ShardStream(IterableDataset):
 @dataclass
 class StreamLoader:
     """A DataLoader over a ShardStream with the interface the Trainer uses: len(), iter(), batch_size (per process)
-    and sampler.set_epoch(epoch, skip). Workers start afresh each pass (they must see the epoch it is)."""
+    and sampler.set_epoch(epoch, skip). Its workers persist across passes, as the folder pipeline's do; each pass
+    they read the epoch from the stream's shared state."""
 
     dataset: ShardStream
     device: torch.device
     pin: bool = field(init=False)
+    _loader: DataLoader | None = field(init=False, default=None, repr=False)
 
     def __post_init__(self):
         self.pin = self.device.type == "cuda"
@@ -255,10 +285,12 @@ class StreamLoader:
         return s.steps - self.dataset.done if s.train else eval_batches(s)
 
     def __iter__(self) -> Iterator[Batch]:
-        workers = self.dataset.settings.workers
-        loader = DataLoader(self.dataset, batch_size=None, num_workers=workers, pin_memory=self.pin,
-                            prefetch_factor=2 if workers else None, generator=torch.Generator().manual_seed(0))
-        return iter(loader)
+        if self._loader is None:
+            workers = self.dataset.settings.workers
+            self._loader = DataLoader(self.dataset, batch_size=None, num_workers=workers, pin_memory=self.pin,
+                                      persistent_workers=workers > 0, prefetch_factor=2 if workers else None,
+                                      generator=torch.Generator().manual_seed(0))
+        return iter(self._loader)
 
     def describe_resume(self, step: int) -> str:
         """What a resume at `step` of an epoch does with the stream (printed with `--resume`)."""
