@@ -1,7 +1,7 @@
 """WebDataset shards (issue 23): memory, throughput, HTTP and two processes, on synthetic 64 px JPEGs it makes.
 
     flock /tmp/transferkit-bench.lock python benchmarks/shards.py [--sizes 10000 100000] [--rounds 3]
-        [--work DIR] [--json OUT] [--photos DIR] [--workers 0 2] [--batches N] [--photo-batches N]
+        [--work DIR] [--json OUT] [--photos DIR] [--workers 0 2] [--cache warm cold] [--batches N] [--photo-batches N]
         [--pipeline-batches N] [--ddp-epochs 3] [--skip throughput memory ddp]
 
 --batches, --photo-batches and --pipeline-batches cut each pass to its first N batches, for a run of a few
@@ -10,7 +10,9 @@ minutes on a shared machine (the figures then say so).
 1. Throughput of the training data pipeline alone (decode, random crop to 56 px, flip, batch of 64; no model),
    on the first size's images, each round: the folder pipeline (data.cache none: every epoch decodes, as
    streaming does), shards from local files, and the same shards from a local HTTP server on 127.0.0.1 (its
-   own process), interleaved. Both with 0 loader workers (this CPU's default) and with 2. Then the folder and
+   own process), interleaved. Both with 0 loader workers (this CPU's default) and with 2; with the files in the
+   page cache (warm, all of a 10k set fits), and evicted before every pass (cold: read from the disk, as a data
+   set larger than the memory is; posix_fadvise DONTNEED, no privileges needed). Then the folder and
    local shards of the real clothing photos (400 x 534 JPEGs) cropped to 224 px, on one core.
 2. Peak memory of a whole streamed training run (one epoch, a small CNN registered here so the data
    dominates, 0 workers) at every size, each in a fresh process: the kernel's ru_maxrss and the peak
@@ -198,6 +200,22 @@ def stream_loader(shards: Path, where: str, workers: int, crop: int = CROP, side
     return StreamLoader(ShardStream(settings, transform), torch.device("cpu"))
 
 
+def evict(*roots: Path) -> int:
+    """Drop the files under `roots` from the page cache (posix_fadvise DONTNEED), so the next pass reads them from
+    the disk, as a data set larger than the memory is read; the number of files."""
+    count = 0
+    for root in roots:
+        for path in root.rglob("*"):
+            if path.is_file():
+                fd = os.open(path, os.O_RDONLY)
+                try:
+                    os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+                finally:
+                    os.close(fd)
+                count += 1
+    return count
+
+
 def epoch_rate(loader, epoch: int, batches: int | None = None) -> float:
     """Training images per second over one epoch of `loader`, or its first `batches` batches (no model)."""
     loader.sampler.set_epoch(epoch)
@@ -209,8 +227,10 @@ def epoch_rate(loader, epoch: int, batches: int | None = None) -> float:
     return images / (time.perf_counter() - started)
 
 
-def throughput(photos: Path, shards: Path, rounds: int, workers: int, batches: int | None = None) -> dict:
-    """images/s of each pipeline per round (interleaved), with the HTTP server in a process of its own."""
+def throughput(photos: Path, shards: Path, rounds: int, workers: int, batches: int | None = None,
+               cold: bool = False) -> dict:
+    """images/s of each pipeline per round (interleaved), with the HTTP server in a process of its own; `cold`:
+    the images and shards evicted from the page cache before every pass."""
     port = free_port()
     server = subprocess.Popen([sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1",
                                "--directory", str(shards)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -220,8 +240,11 @@ def throughput(photos: Path, shards: Path, rounds: int, workers: int, batches: i
         rates: dict[str, list[float]] = {name: [] for name in pipelines}
         for round_ in range(rounds):
             for name, loader in pipelines.items():
+                if cold:
+                    evict(photos, shards)
                 rates[name].append(epoch_rate(loader, round_ + 1, batches))
-                print(f"  workers {workers} round {round_ + 1}: {name} {rates[name][-1]:.0f} images/s", flush=True)
+                print(f"  workers {workers} round {round_ + 1}{' cold' if cold else ''}: {name} "
+                      f"{rates[name][-1]:.0f} images/s", flush=True)
     finally:
         server.terminate()
         server.wait(timeout=10)
@@ -253,6 +276,8 @@ def main() -> None:
                         help="real photos for the 224 px decode rate (skipped when absent)")
     parser.add_argument("--skip", nargs="*", default=[], choices=["throughput", "memory", "ddp"])
     parser.add_argument("--workers", type=int, nargs="+", default=[0, 2], help="loader workers of the throughput passes")
+    parser.add_argument("--cache", nargs="+", default=["warm", "cold"], choices=["warm", "cold"],
+                        help="throughput with the files in the page cache (warm) and evicted before every pass (cold)")
     parser.add_argument("--batches", type=int, default=None,
                         help="time the first N batches of each throughput pass (default: the whole epoch)")
     parser.add_argument("--photo-batches", type=int, default=None, help="the same for the real photos")
@@ -284,8 +309,11 @@ def main() -> None:
         print(f"{n} images: {report['sets'][n]}", flush=True)
     if "throughput" not in args.skip:
         photos, shards = sets[args.sizes[0]]
-        report["throughput_images_per_s"] = {f"workers_{w}": throughput(photos, shards, args.rounds, w, args.batches)
-                                             for w in args.workers}
+        for cache in args.cache:
+            key = "throughput_images_per_s" + ("_cold" if cache == "cold" else "")
+            report[key] = {f"workers_{w}": throughput(photos, shards, args.rounds, w, args.batches, cache == "cold")
+                           for w in args.workers}
+            save(report, args.json)
         report["throughput_batches"] = args.batches
         save(report, args.json)
         report["photos_224px_images_per_s"] = photo_rates(args.photos, args.work, args.rounds, args.photo_batches)

@@ -8,13 +8,9 @@ from transferkit.engine.callbacks import Callback, RunContext
 
 
 def standard_error(accuracy: float, images: int) -> float:
-    """The standard error of an accuracy (a share of `images` independent right-or-wrong answers)."""
-    return math.sqrt(max(accuracy * (1.0 - accuracy), 0.0) / images) if images else float("nan")
-
-
-def margin_error(accuracy: float, images: int) -> float:
-    """The standard error `within` measures its margin in: Agresti-Coull's, the accuracy's with two right and two
-    wrong answers added, which stays above zero at a perfect score (50 of 50 is not a certainty)."""
+    """The standard error of an accuracy measured on `images` right-or-wrong answers: Agresti-Coull's, the plain
+    sqrt(p (1 - p) / n) with two right and two wrong answers added, which stays above zero at a perfect score
+    (50 of 50 is not a certainty)."""
     if not images:
         return float("nan")
     adjusted = (accuracy * images + 2) / (images + 4)
@@ -46,10 +42,9 @@ class BestTracker(Callback):
     tie), except under `within`, where the EMA weights must lead by more than its margin?
 
     Rules: `best`, the best score (the first of equals); `last`, the last epoch; `within`, the latest epoch whose
-    score is within `tolerance` standard errors of the best score so far: for an accuracy measured on n images,
-    Agresti-Coull's at the best score (margin_error), so a small validation split, whose differences between epochs are
-    mostly noise, leans to the later epochs, and a large one picks the best (docs/training.md has the
-    measurements). A metric without a standard error (a loss, mAP, R²) takes the best under `within`.
+    score is within `tolerance` standard errors (standard_error, at the best score so far) of that best score, so
+    a small validation split, whose differences between epochs are mostly noise, leans to the later epochs, and
+    a large one picks the best (docs/training.md has the measurements). A metric without a standard error (a loss, mAP, R²) takes the best under `within`.
     With `metric` None there is no selection: every epoch is taken (best.pt = last epoch).
     """
 
@@ -79,7 +74,7 @@ class BestTracker(Callback):
         """How far from the best score an epoch may be and still be taken under `within` (0 for other rules)."""
         if self.rule != "within" or self.top is None or not self.has_standard_error or not self.images:
             return 0.0
-        return self.tolerance * margin_error(self.top, self.images)
+        return self.tolerance * standard_error(self.top, self.images)
 
     def _better(self, value: float, than: float | None) -> bool:
         if than is None:
@@ -140,7 +135,7 @@ class BestTracker(Callback):
         held = f"{self.metric} {best} at epoch {self.best_epoch}{weights}"
         if self.rule == "within" and self.top is not None and self.best is not None and self.best != self.top:
             held += (f"; the best was {self.top:.4f}, and {self.metric} on {self.images} images has a standard error "
-                     f"of {margin_error(self.top, self.images):.4f}")
+                     f"of {standard_error(self.top, self.images):.4f}")
         return held
 
     def rule_words(self) -> str:
