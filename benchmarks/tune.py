@@ -19,7 +19,7 @@ The JSON is written again after each side, so a measurement cut short keeps what
 `--limit N` sets `data.limit=N` on every side (at most N images per split) for a shorter measurement; `--set`
 changes the recipe of every study (a smaller `tune.space`, the pruner's startup trials).
 
-Writes benchmarks/results/tune_<date>.json.
+Writes benchmarks/results/tune_<date>.json (tune_<date>_2.json, ... for a later run the same day).
 """
 
 from __future__ import annotations
@@ -109,6 +109,10 @@ def main(argv: list[str] | None = None) -> dict:
                           "cpus": os.cpu_count(), "date": time.strftime("%Y-%m-%d")}
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / f"tune_{results['date']}.json"
+    for number in range(2, 100):  # another run the same day writes beside the first, never over it
+        if not path.exists():
+            break
+        path = args.out / f"tune_{results['date']}_{number}.json"
     with tempfile.TemporaryDirectory() as temporary:
         work = args.work or Path(temporary)
         work.mkdir(parents=True, exist_ok=True)
