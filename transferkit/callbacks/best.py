@@ -44,7 +44,8 @@ class BestTracker(Callback):
     Rules: `best`, the best score (the first of equals); `last`, the last epoch; `within`, the latest epoch whose
     score is within `tolerance` standard errors (standard_error, at the best score so far) of that best score, so
     a small validation split, whose differences between epochs are mostly noise, leans to the later epochs, and
-    a large one picks the best (docs/training.md has the measurements). A metric without a standard error (a loss, mAP, R²) takes the best under `within`.
+    a large one picks the best (docs/training.md has the measurements). A metric without a standard error (a
+    loss, mAP, R²) takes the best under `within`.
     With `metric` None there is no selection: every epoch is taken (best.pt = last epoch).
     """
 
