@@ -178,7 +178,8 @@ def pick(run: dict, rule: str) -> dict:
 
 
 RULES = ("val_accuracy", "val_accuracy_latest", "val_nll", "val_loss", "smoothed_val_accuracy", "within_0.5se",
-         "within_1se", "within_1se_wald", "within_1se_ema", "within_1se_raw", "within_2se", "within_3se", "last", "last_ema", "last_by_val")
+         "within_1se", "within_1se_wald", "within_1se_ema", "within_1se_raw", "within_2se", "within_3se", "last",
+         "last_ema", "last_by_val")
 
 
 def analyse(runs: list[dict]) -> list[dict]:
