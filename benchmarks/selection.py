@@ -112,12 +112,13 @@ def candidates(run: dict) -> list[dict]:
 
 
 def standard_error(p: float, n: int, wald: bool = False) -> float:
-    """Standard error of an accuracy p measured on n images: Agresti-Coull's, as BestTracker's margin, or the plain
+    """Standard error of an accuracy p measured on n images: BestTracker's (Agresti-Coull's), or the plain
     sqrt(p (1 - p) / n) (zero at a perfect score) with `wald`."""
     if wald:
         return math.sqrt(max(p * (1 - p), 0.0) / n)
-    adjusted = (p * n + 2) / (n + 4)
-    return math.sqrt(adjusted * (1 - adjusted) / (n + 4))
+    from transferkit.callbacks.best import standard_error as trackers
+
+    return trackers(p, n)
 
 
 def smoothed(values: list[float], width: int = 3) -> list[float]:

@@ -139,6 +139,19 @@ def eval_batches(settings: StreamSettings) -> int:
     return sum(-(-n // settings.batch) for n in images)
 
 
+def _shared_int(index: int, doc: str, none: int | None = None) -> property:
+    """A ShardStream attribute kept in its shared-memory `_pass` tensor at `index` (`none` stands for None)."""
+
+    def read(self):
+        value = int(self._pass[index])
+        return None if none is not None and value == none else value
+
+    def write(self, value) -> None:
+        self._pass[index] = none if value is None else value
+
+    return property(read, write, doc=doc)
+
+
 class ShardStream(IterableDataset):
     """One split's shards as batches (collated: the DataLoader adds none); see the module doc for who reads what."""
 
@@ -148,33 +161,10 @@ class ShardStream(IterableDataset):
         # workers read the pass the main process set when it starts
         self._pass = torch.tensor([0, 0, -1], dtype=torch.int64).share_memory_()
 
-    @property
-    def epoch(self) -> int:
-        """The epoch being streamed (training: seeds the shard order, buffer and augmentation)."""
-        return int(self._pass[0])
-
-    @epoch.setter
-    def epoch(self, value: int) -> None:
-        self._pass[0] = value
-
-    @property
-    def done(self) -> int:
-        """Training steps of this epoch already taken (a resume passes over them)."""
-        return int(self._pass[1])
-
-    @done.setter
-    def done(self, value: int) -> None:
-        self._pass[1] = value
-
-    @property
-    def aug_view(self) -> int | None:
-        """Evaluation: draw the train transform's randomness for this view (None: the eval transform draws none)."""
-        view = int(self._pass[2])
-        return None if view < 0 else view
-
-    @aug_view.setter
-    def aug_view(self, value: int | None) -> None:
-        self._pass[2] = -1 if value is None else value
+    epoch = _shared_int(0, "The epoch being streamed (training: seeds the shard order, buffer and augmentation).")
+    done = _shared_int(1, "Training steps of this epoch already taken (a resume passes over them).")
+    aug_view = _shared_int(2, "Evaluation: draw the train transform's randomness for this view (None: the eval "
+                              "transform draws none).", none=-1)
 
     def __iter__(self) -> Iterator[Batch]:
         info = get_worker_info()
